@@ -1,0 +1,107 @@
+//! The command-line interface: clap definitions and dispatch.
+//!
+//! Each subcommand group lives in its own module and returns a [`CliError`],
+//! whose [`ExitKind`] maps to a distinct process exit code.
+
+pub mod exit;
+pub mod mount_cmd;
+pub mod provider_cmd;
+pub mod vm_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use exit::{CliError, ExitKind};
+
+/// vmcryptfs: encrypted VM homes over FUSE, vSphere VM Encryption style.
+///
+/// Each encrypted VM home holds a random DEK, wrapped by a KEK that a key
+/// provider holds. `mount` presents the datastore as plain files.
+#[derive(Debug, Parser)]
+#[command(name = "vmcryptfs", version, propagate_version = true)]
+pub struct Cli {
+    /// Directory of the embedded key provider's key store (master key and
+    /// KEK database). Default: /var/lib/vmcryptfs for root, else
+    /// $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs).
+    #[arg(long, global = true, env = "VMCRYPTFS_KEYSTORE", value_name = "DIR")]
+    pub keystore: Option<PathBuf>,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the key provider and its KEK versions.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Create and inspect encrypted VM homes.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Mount a datastore: its VM homes appear as plain files at MOUNTPOINT.
+    Mount(mount_cmd::MountArgs),
+}
+
+/// `vmcryptfs provider ...`
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Create the embedded key store: a master key file (0600) and KEK version 1.
+    Init,
+    /// Create a new KEK version and make it current. Existing VMs keep
+    /// working; re-key them to move them to the new version.
+    Rotate,
+    /// List KEK versions with their state.
+    List,
+    /// Write a backup of all KEK versions, still wrapped under the master key.
+    Export {
+        /// File to write (created with mode 0600; refuses to overwrite).
+        file: PathBuf,
+    },
+    /// Restore KEK versions from a backup made by `provider export`.
+    Import {
+        /// Backup file to read.
+        file: PathBuf,
+    },
+}
+
+/// `vmcryptfs vm ...`
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Turn an empty or new directory into an encrypted VM home: a random DEK,
+    /// wrapped under the current KEK, in a key bundle.
+    Create {
+        /// The VM home directory (created if missing; must be empty).
+        path: PathBuf,
+        /// Also encrypt the VM's disks (*.vmdk). Without it, disks pass through.
+        #[arg(long)]
+        encrypt_disks: bool,
+    },
+    /// Show the key status of a VM home (works unmounted).
+    Status {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+    },
+    /// Shallow re-key: rewrap the VM's DEK under the current KEK version.
+    /// Only the key bundle changes. On a mounted datastore prefer
+    /// `echo rekey > MNT/VM/.control`.
+    Rekey {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+    },
+}
+
+/// Parses arguments and runs the chosen command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let keystore = match cli.keystore {
+        Some(dir) => dir,
+        None => crate::keys::keystore_path::default_keystore_dir()?,
+    };
+    match cli.command {
+        Command::Provider(cmd) => provider_cmd::run(cmd, &keystore),
+        Command::Vm(cmd) => vm_cmd::run(cmd, &keystore),
+        Command::Mount(args) => mount_cmd::run(args, &keystore),
+    }
+}

@@ -1,0 +1,208 @@
+//! Key providers: who holds the KEKs, and how DEKs are wrapped under them.
+//!
+//! A provider holds versioned KEKs. A VM's key bundle names the provider, the
+//! KEK id and the KEK version that wrapped its DEKs ([`KekRef`]). The
+//! embedded provider ([`embedded`]) keeps its KEKs in a local sled store,
+//! wrapped under a master key file ([`master_key`]). External KMIP providers
+//! sit behind the same trait.
+
+pub mod embedded;
+pub mod keystore_path;
+pub mod master_key;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::crypto::secret::Dek;
+
+/// Which KEK wraps a bundle: provider name, the provider's KEK id, version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KekRef {
+    /// Provider name as recorded in bundles (`local` for the embedded one).
+    pub provider: String,
+    /// The provider's identifier of the KEK series. For the embedded provider
+    /// it is the key store's random id, so bundles from another store are
+    /// recognised as foreign rather than failing to unwrap mysteriously.
+    pub kek_id: String,
+    /// The KEK version, starting at 1, incremented by each rotation.
+    pub version: u32,
+}
+
+impl fmt::Display for KekRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} v{}", self.provider, self.kek_id, self.version)
+    }
+}
+
+/// Lifecycle state of one KEK version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KekState {
+    /// Wraps and unwraps. Only the current version wraps new bundles.
+    Active,
+    /// Unwraps only.
+    Retired,
+    /// Key material is gone; bundles still wrapped under it are locked out.
+    Destroyed,
+}
+
+impl KekState {
+    /// Stable lower-case name, as shown by `provider list` and `.control`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KekState::Active => "active",
+            KekState::Retired => "retired",
+            KekState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// What `provider list` shows for one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KekVersionInfo {
+    /// Version number.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: KekState,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Whether this is the provider's current (wrapping) version.
+    pub current: bool,
+}
+
+/// Everything that can go wrong talking to a key provider. Messages name the
+/// object at fault and the next step; none ever contains key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// No key store has been initialised at this path.
+    #[error("no key store at {keystore}: run `vmcryptfs provider init` first (or pass --keystore / set VMCRYPTFS_KEYSTORE)")]
+    NotInitialized {
+        /// The key store directory.
+        keystore: PathBuf,
+    },
+    /// `provider init` on a directory that already holds a key store.
+    #[error("a key store already exists at {keystore}; refusing to overwrite it")]
+    AlreadyInitialized {
+        /// The key store directory.
+        keystore: PathBuf,
+    },
+    /// The master key file is missing.
+    #[error("master key file {path} is missing: restore it from your backup (it is the root of trust; without it the KEKs cannot be decrypted)")]
+    MasterKeyMissing {
+        /// Expected path of the master key file.
+        path: PathBuf,
+    },
+    /// The master key file exists but is malformed.
+    #[error("master key file {path} is malformed: {reason}")]
+    MasterKeyMalformed {
+        /// Path of the master key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The master key does not open this key store.
+    #[error("master key {path} does not match the key store at {keystore}: wrong or replaced master key file")]
+    WrongMasterKey {
+        /// Path of the master key file.
+        path: PathBuf,
+        /// The key store directory.
+        keystore: PathBuf,
+    },
+    /// The bundle names a provider this host does not have.
+    #[error("key provider `{name}` is not configured on this host")]
+    UnknownProvider {
+        /// Provider name from the bundle.
+        name: String,
+    },
+    /// The bundle's KEK id belongs to another key store.
+    #[error("KEK `{kek_id}` is not held by this key store (its KEK id is `{store_kek_id}`): the VM was created with another key store; import it with `vmcryptfs provider import`")]
+    ForeignKek {
+        /// KEK id from the bundle.
+        kek_id: String,
+        /// This store's KEK id.
+        store_kek_id: String,
+    },
+    /// The KEK version does not exist in the provider.
+    #[error("KEK version {version} of `{kek_id}` does not exist in the key provider")]
+    UnknownKekVersion {
+        /// KEK id.
+        kek_id: String,
+        /// Missing version.
+        version: u32,
+    },
+    /// The KEK version was destroyed.
+    #[error("KEK version {version} of `{kek_id}` has been destroyed; VMs still wrapped under it cannot be unlocked")]
+    KekDestroyed {
+        /// KEK id.
+        kek_id: String,
+        /// Destroyed version.
+        version: u32,
+    },
+    /// The KEK version may unwrap but no longer wrap.
+    #[error("KEK version {version} of `{kek_id}` is {state} and cannot wrap new keys; use the current version")]
+    KekNotActive {
+        /// KEK id.
+        kek_id: String,
+        /// Version asked for.
+        version: u32,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The wrapped DEK did not authenticate under the KEK and context.
+    #[error("the wrapped DEK does not authenticate under KEK {kek}: the key bundle was modified or belongs to another VM")]
+    UnwrapFailed {
+        /// The KEK named by the bundle.
+        kek: KekRef,
+    },
+    /// Another process holds the key store lock for too long.
+    #[error("key store {keystore} is locked by another process (waited {waited_ms} ms); retry, or find the process holding it with `fuser -v {keystore}/kek.sled/db`")]
+    StoreBusy {
+        /// The key store directory.
+        keystore: PathBuf,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The key store's contents are inconsistent.
+    #[error("key store {keystore} is corrupt: {reason}")]
+    StoreCorrupt {
+        /// The key store directory.
+        keystore: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error, with what we were doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing, naming the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A holder of versioned KEKs that wraps and unwraps DEKs.
+///
+/// Implementations must make every state change durable before returning,
+/// because a bundle may refer to a new KEK version as soon as `rotate`
+/// returns.
+pub trait KeyProvider: Send + Sync {
+    /// The provider name recorded in bundles.
+    fn name(&self) -> &str;
+
+    /// The KEK that wraps new bundles now.
+    fn current_kek(&self) -> Result<KekRef, ProviderError>;
+
+    /// Wraps `dek` under the given KEK version, binding `aad`. Fails unless
+    /// that version is active.
+    fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError>;
+
+    /// Unwraps a DEK wrapped under `kek` with the same `aad`.
+    fn unwrap_dek(&self, kek: &KekRef, wrapped: &[u8], aad: &[u8]) -> Result<Dek, ProviderError>;
+
+    /// All KEK versions with their states.
+    fn list_versions(&self) -> Result<Vec<KekVersionInfo>, ProviderError>;
+
+    /// Creates a new KEK version and makes it current (durably).
+    fn rotate(&self) -> Result<KekRef, ProviderError>;
+}
