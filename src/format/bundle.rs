@@ -1,0 +1,409 @@
+//! The per-VM key bundle, `.vmcryptfs-bundle`, format version 1.
+//!
+//! The bundle names the KEK that wraps the VM's DEKs and carries the wrapped
+//! DEKs and the disk policy. It has no MAC of its own: each DEK is wrapped
+//! with an AAD that hashes every other field (see [`KeyBundle::wrap_aad`]), so
+//! the KEK authenticates the whole bundle. That works unchanged for a KMS
+//! that only offers Encrypt/Decrypt and never releases the KEK.
+//!
+//! Layout (big-endian; docs/FORMAT.md has the table):
+//! magic "VMCRYPTB" | version u16 | flags u16 | vm_id [16] | sequence u64 |
+//! created u64 | updated u64 | provider (u8 len + UTF-8) |
+//! kek_id (u8 len + UTF-8) | kek_version u32 | current_generation u32 |
+//! dek_count u8 | dek_count × (generation u32 | wrapped_len u16 | wrapped).
+
+use sha2::{Digest, Sha256};
+
+use crate::keys::KekRef;
+
+/// Bundle magic.
+pub const MAGIC: [u8; 8] = *b"VMCRYPTB";
+/// The only version this build reads and writes.
+pub const VERSION: u16 = 1;
+/// Flag bit: the VM's disk files are encrypted too.
+pub const FLAG_ENCRYPT_DISKS: u16 = 0x0001;
+/// Maximum number of DEK generations in one bundle.
+pub const MAX_DEKS: usize = 16;
+/// Maximum length of one wrapped DEK.
+pub const MAX_WRAPPED_LEN: usize = 1024;
+/// Maximum provider name length.
+pub const MAX_PROVIDER_LEN: usize = 64;
+const AAD_LABEL: &[u8] = b"vmcryptfs v1 bundle";
+
+/// Why a bundle was rejected. Each variant names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// Ran out of bytes while reading a field.
+    #[error("key bundle truncated while reading {field}")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// The magic is wrong.
+    #[error("not a vmcryptfs key bundle (bad magic)")]
+    BadMagic,
+    /// An unknown format version.
+    #[error("key bundle version {0} is not supported (this build reads version {VERSION})")]
+    UnsupportedVersion(u16),
+    /// Reserved flag bits set.
+    #[error("key bundle has unknown flags {0:#06x}")]
+    UnknownFlags(u16),
+    /// A field's value is out of range or malformed.
+    #[error("key bundle field {field} is invalid: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bytes left after the last field.
+    #[error("key bundle has {0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+}
+
+/// One wrapped DEK.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedDek {
+    /// The DEK generation; files name it in their header.
+    pub generation: u32,
+    /// Provider-specific wrapped key (never plaintext).
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for WrappedDek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WrappedDek(gen {}, {} bytes)",
+            self.generation,
+            self.wrapped.len()
+        )
+    }
+}
+
+/// A parsed key bundle. Holds no plaintext key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBundle {
+    /// The VM's random id; salts every key derived from its DEKs.
+    pub vm_id: [u8; 16],
+    /// Whether `*.vmdk` files are encrypted (otherwise they pass through).
+    pub encrypt_disks: bool,
+    /// 1 at creation, incremented by every rewrite.
+    pub sequence: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Time of the last rewrite, seconds since the Unix epoch.
+    pub updated_unix: u64,
+    /// The KEK that wraps the DEKs.
+    pub kek: KekRef,
+    /// The DEK generation that new files are encrypted under.
+    pub current_generation: u32,
+    /// Wrapped DEKs, generations strictly ascending.
+    pub deks: Vec<WrappedDek>,
+}
+
+impl KeyBundle {
+    /// Serializes the bundle. Fails if an invariant does not hold, so an
+    /// invalid bundle is never written.
+    pub fn encode(&self) -> Result<Vec<u8>, BundleError> {
+        self.validate()?;
+        Ok(self.serialize(true))
+    }
+
+    /// The AAD binding the wrapped DEK of `generation` to every other field:
+    /// SHA-256(label || body) || generation, where the body is the encoding
+    /// without the wrapped DEKs.
+    pub fn wrap_aad(&self, generation: u32) -> Vec<u8> {
+        let mut hasher = Sha256::new();
+        hasher.update(AAD_LABEL);
+        hasher.update(self.serialize(false));
+        let mut aad = hasher.finalize().to_vec();
+        aad.extend_from_slice(&generation.to_be_bytes());
+        aad
+    }
+
+    fn serialize(&self, with_wrapped: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.deks.len() * 70);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        let flags = if self.encrypt_disks {
+            FLAG_ENCRYPT_DISKS
+        } else {
+            0
+        };
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&self.vm_id);
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&self.created_unix.to_be_bytes());
+        out.extend_from_slice(&self.updated_unix.to_be_bytes());
+        put_short_str(&mut out, &self.kek.provider);
+        put_short_str(&mut out, &self.kek.kek_id);
+        out.extend_from_slice(&self.kek.version.to_be_bytes());
+        out.extend_from_slice(&self.current_generation.to_be_bytes());
+        out.push(self.deks.len() as u8);
+        for dek in &self.deks {
+            out.extend_from_slice(&dek.generation.to_be_bytes());
+            if with_wrapped {
+                out.extend_from_slice(&(dek.wrapped.len() as u16).to_be_bytes());
+                out.extend_from_slice(&dek.wrapped);
+            }
+        }
+        out
+    }
+
+    fn validate(&self) -> Result<(), BundleError> {
+        let invalid = |field, reason: &str| BundleError::InvalidField {
+            field,
+            reason: reason.to_string(),
+        };
+        if self.kek.provider.is_empty() || self.kek.provider.len() > MAX_PROVIDER_LEN {
+            return Err(invalid("provider", "must be 1..=64 bytes"));
+        }
+        if self.kek.kek_id.is_empty() || self.kek.kek_id.len() > 255 {
+            return Err(invalid("kek_id", "must be 1..=255 bytes"));
+        }
+        if self.deks.is_empty() || self.deks.len() > MAX_DEKS {
+            return Err(invalid("dek_count", "must be 1..=16"));
+        }
+        if !self
+            .deks
+            .windows(2)
+            .all(|w| w[0].generation < w[1].generation)
+        {
+            return Err(invalid(
+                "generation",
+                "generations must be strictly ascending",
+            ));
+        }
+        if !self
+            .deks
+            .iter()
+            .any(|d| d.generation == self.current_generation)
+        {
+            return Err(invalid("current_generation", "no DEK of that generation"));
+        }
+        if self
+            .deks
+            .iter()
+            .any(|d| d.wrapped.is_empty() || d.wrapped.len() > MAX_WRAPPED_LEN)
+        {
+            return Err(invalid("wrapped_len", "must be 1..=1024"));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a bundle. Does not unwrap anything: a bundle that
+    /// parses may still fail authentication at unwrap time.
+    pub fn parse(bytes: &[u8]) -> Result<Self, BundleError> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take::<8>("magic")? != MAGIC {
+            return Err(BundleError::BadMagic);
+        }
+        let version = r.u16("version")?;
+        if version != VERSION {
+            return Err(BundleError::UnsupportedVersion(version));
+        }
+        let flags = r.u16("flags")?;
+        if flags & !FLAG_ENCRYPT_DISKS != 0 {
+            return Err(BundleError::UnknownFlags(flags));
+        }
+        let vm_id = r.take::<16>("vm_id")?;
+        let sequence = r.u64("sequence")?;
+        let created_unix = r.u64("created")?;
+        let updated_unix = r.u64("updated")?;
+        let provider = r.short_str("provider")?;
+        let kek_id = r.short_str("kek_id")?;
+        let kek_version = r.u32("kek_version")?;
+        let current_generation = r.u32("current_generation")?;
+        let dek_count = r.take::<1>("dek_count")?[0] as usize;
+        let mut deks = Vec::with_capacity(dek_count);
+        for _ in 0..dek_count {
+            let generation = r.u32("generation")?;
+            let len = r.u16("wrapped_len")? as usize;
+            let wrapped = r.slice(len, "wrapped DEK")?.to_vec();
+            deks.push(WrappedDek {
+                generation,
+                wrapped,
+            });
+        }
+        if r.pos != bytes.len() {
+            return Err(BundleError::TrailingBytes(bytes.len() - r.pos));
+        }
+        let bundle = KeyBundle {
+            vm_id,
+            encrypt_disks: flags & FLAG_ENCRYPT_DISKS != 0,
+            sequence,
+            created_unix,
+            updated_unix,
+            kek: KekRef {
+                provider,
+                kek_id,
+                version: kek_version,
+            },
+            current_generation,
+            deks,
+        };
+        bundle.validate()?;
+        Ok(bundle)
+    }
+}
+
+fn put_short_str(out: &mut Vec<u8>, s: &str) {
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn slice(&mut self, len: usize, field: &'static str) -> Result<&'a [u8], BundleError> {
+        let end = self.pos.checked_add(len).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or(BundleError::Truncated { field })?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn take<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], BundleError> {
+        Ok(self
+            .slice(N, field)?
+            .try_into()
+            .expect("slice has length N"))
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, BundleError> {
+        Ok(u16::from_be_bytes(self.take(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, BundleError> {
+        Ok(u32::from_be_bytes(self.take(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, BundleError> {
+        Ok(u64::from_be_bytes(self.take(field)?))
+    }
+
+    fn short_str(&mut self, field: &'static str) -> Result<String, BundleError> {
+        let len = self.take::<1>(field)?[0] as usize;
+        if len == 0 {
+            return Err(BundleError::InvalidField {
+                field,
+                reason: "empty".into(),
+            });
+        }
+        let raw = self.slice(len, field)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| BundleError::InvalidField {
+            field,
+            reason: "not UTF-8".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> KeyBundle {
+        KeyBundle {
+            vm_id: [0x11; 16],
+            encrypt_disks: true,
+            sequence: 3,
+            created_unix: 1_700_000_000,
+            updated_unix: 1_700_000_500,
+            kek: KekRef {
+                provider: "local".into(),
+                kek_id: "abcd".into(),
+                version: 2,
+            },
+            current_generation: 1,
+            deks: vec![WrappedDek {
+                generation: 1,
+                wrapped: vec![0x5A; 60],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let b = sample();
+        assert_eq!(KeyBundle::parse(&b.encode().unwrap()).unwrap(), b);
+        let mut two = sample();
+        two.deks.push(WrappedDek {
+            generation: 4,
+            wrapped: vec![1; 60],
+        });
+        two.current_generation = 4;
+        two.encrypt_disks = false;
+        assert_eq!(KeyBundle::parse(&two.encode().unwrap()).unwrap(), two);
+    }
+
+    /// Every byte of the encoding is either rejected by the parser, changes
+    /// the wrap AAD, or changes a wrapped DEK (which then fails its GCM tag).
+    #[test]
+    fn every_byte_change_is_detectable() {
+        let b = sample();
+        let bytes = b.encode().unwrap();
+        let aad = b.wrap_aad(1);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            match KeyBundle::parse(&bad) {
+                Err(_) => {}
+                Ok(parsed) => {
+                    let aad_changed = parsed
+                        .deks
+                        .iter()
+                        .all(|d| parsed.wrap_aad(d.generation) != aad);
+                    let wrapped_changed = parsed.deks[0].wrapped != b.deks[0].wrapped;
+                    assert!(aad_changed || wrapped_changed, "byte {i} undetected");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn aad_binds_generation_and_ignores_wrapped_bytes() {
+        let b = sample();
+        assert_ne!(b.wrap_aad(1), b.wrap_aad(2));
+        let mut other = b.clone();
+        other.deks[0].wrapped = vec![9; 60];
+        assert_eq!(b.wrap_aad(1), other.wrap_aad(1));
+        other.kek.version = 3;
+        assert_ne!(b.wrap_aad(1), other.wrap_aad(1));
+    }
+
+    #[test]
+    fn field_errors_are_named() {
+        let bytes = sample().encode().unwrap();
+        assert_eq!(
+            KeyBundle::parse(&bytes[..5]),
+            Err(BundleError::Truncated { field: "magic" })
+        );
+        let mut bad = bytes.clone();
+        bad[9] = 9;
+        assert_eq!(
+            KeyBundle::parse(&bad),
+            Err(BundleError::UnsupportedVersion(9))
+        );
+        let mut bad = bytes.clone();
+        bad[11] |= 0x02;
+        assert_eq!(KeyBundle::parse(&bad), Err(BundleError::UnknownFlags(3)));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(KeyBundle::parse(&long), Err(BundleError::TrailingBytes(1)));
+        assert!(KeyBundle::parse(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn invalid_bundles_are_not_encoded() {
+        let mut b = sample();
+        b.current_generation = 2;
+        assert!(b.encode().is_err());
+        let mut b = sample();
+        b.deks.clear();
+        assert!(b.encode().is_err());
+    }
+}
