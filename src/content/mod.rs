@@ -1,1 +1,15 @@
-//! content (under construction)
+//! Encrypted content I/O on one backing file.
+//!
+//! This layer turns plaintext reads, writes and truncates into block
+//! operations on the ciphertext file (format in [`crate::format`]). It knows
+//! nothing about FUSE, paths or key providers: it is handed a backing
+//! [`std::fs::File`] and the VM's unwrapped keys.
+//!
+//! * [`range_lock`]: shared/exclusive locks on block ranges.
+//! * [`encrypted_file`]: the per-inode state and the read/write/truncate
+//!   algorithms, with their locking rules.
+
+pub mod encrypted_file;
+pub mod range_lock;
+
+pub use encrypted_file::{ContentError, EncryptedFile};

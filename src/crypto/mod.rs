@@ -10,10 +10,12 @@
 //!   content blocks.
 //! * [`key_wrap`]: AES-256-GCM with 96-bit random nonces, used to wrap one
 //!   32-byte key under another (DEK under KEK, KEK under master key).
+//! * [`keyring`]: a VM's unwrapped DEKs by generation.
 //! * [`random`]: the operating system's CSPRNG.
 
 pub mod block_aead;
 pub mod kdf;
 pub mod key_wrap;
+pub mod keyring;
 pub mod random;
 pub mod secret;
