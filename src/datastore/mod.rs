@@ -1,1 +1,82 @@
-//! datastore (under construction)
+//! Datastores and VM homes: which files are encrypted, key bundles on disk,
+//! unlocking and re-keying VMs, and the per-mount key cache.
+//!
+//! * [`layout`]: names and the encryption policy (pure).
+//! * [`bundle_file`]: reading and atomically rewriting `.vmcryptfs-bundle`.
+//! * [`vm_keys`]: creating VM homes, unwrapping bundles into keyrings, and
+//!   shallow re-key, against any [`crate::keys::KeyProvider`].
+//! * [`vm_home`]: one VM home inside a mount: cached keys, locked state,
+//!   last control command.
+//! * [`registry`]: all VM homes of a mounted datastore.
+
+pub mod bundle_file;
+pub mod layout;
+pub mod registry;
+pub mod vm_home;
+pub mod vm_keys;
+
+use std::path::PathBuf;
+
+use crate::format::bundle::BundleError;
+use crate::keys::ProviderError;
+
+/// Errors of datastore operations; each names the VM home or file at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatastoreError {
+    /// The directory holds no key bundle.
+    #[error("{path} is not an encrypted VM home (no key bundle); create one with `vmcryptfs vm create {path}`")]
+    NotAVmHome {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `vm create` on a directory that already is a VM home.
+    #[error("{path} is already an encrypted VM home")]
+    AlreadyVmHome {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `vm create` on a directory that holds files.
+    #[error("{path} is not empty; encrypting existing VMs is not supported yet, so create the VM home empty and copy files in through the mount")]
+    NotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The bundle did not parse.
+    #[error("key bundle {path} is corrupt or tampered: {source}")]
+    BadBundle {
+        /// The bundle file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: BundleError,
+    },
+    /// The provider failed.
+    #[error("VM home {path}: {source}")]
+    Provider {
+        /// The VM home.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ProviderError,
+    },
+    /// An I/O error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing, naming the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DatastoreError {
+    /// Shorthand for an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        DatastoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Commands accepted by `.control` files.
+//!
+//! One command per line; blank lines and surrounding whitespace are
+//! ignored. A write is accepted only if every line in it parses, so a
+//! malformed write changes nothing.
+
+/// Where the control file lives, which decides the commands it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlScope {
+    /// `VM/.control`.
+    VmHome,
+    /// `MNT/.control`, the datastore root.
+    Datastore,
+}
+
+/// A parsed command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// Shallow re-key of this VM home.
+    Rekey,
+    /// Shallow re-key of every VM home in the datastore.
+    RekeyAll,
+}
+
+impl ControlCommand {
+    /// The command word.
+    pub fn word(self) -> &'static str {
+        match self {
+            ControlCommand::Rekey => "rekey",
+            ControlCommand::RekeyAll => "rekey-all",
+        }
+    }
+}
+
+/// Largest write a control file accepts.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+
+/// Why a write to a control file was rejected (the write fails with EINVAL
+/// and this text appears as `last-result`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing but whitespace.
+    #[error("empty command; valid commands here: {valid}")]
+    Empty {
+        /// Valid commands for the scope.
+        valid: &'static str,
+    },
+    /// Longer than [`MAX_COMMAND_BYTES`].
+    #[error("command too long ({len} bytes; the limit is {MAX_COMMAND_BYTES})")]
+    TooLong {
+        /// The length written.
+        len: usize,
+    },
+    /// Not UTF-8 text.
+    #[error("command is not UTF-8 text")]
+    NotText,
+    /// An unknown command word.
+    #[error("unknown command {word:?}; valid commands here: {valid}")]
+    Unknown {
+        /// The word (shortened if long).
+        word: String,
+        /// Valid commands for the scope.
+        valid: &'static str,
+    },
+    /// A known command followed by more text.
+    #[error("command {word} takes no arguments (got {rest:?})")]
+    UnexpectedArguments {
+        /// The command.
+        word: &'static str,
+        /// The extra text (shortened if long).
+        rest: String,
+    },
+}
+
+fn valid_words(scope: ControlScope) -> &'static str {
+    match scope {
+        ControlScope::VmHome => "rekey",
+        ControlScope::Datastore => "rekey-all",
+    }
+}
+
+fn shorten(text: &str) -> String {
+    const LIMIT: usize = 40;
+    match text.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Parses a whole write to a control file.
+pub fn parse(scope: ControlScope, input: &[u8]) -> Result<Vec<ControlCommand>, ParseError> {
+    if input.len() > MAX_COMMAND_BYTES {
+        return Err(ParseError::TooLong { len: input.len() });
+    }
+    let text = std::str::from_utf8(input).map_err(|_| ParseError::NotText)?;
+    let valid = valid_words(scope);
+    let mut commands = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let command = match (scope, word) {
+            (ControlScope::VmHome, "rekey") => ControlCommand::Rekey,
+            (ControlScope::Datastore, "rekey-all") => ControlCommand::RekeyAll,
+            _ => {
+                return Err(ParseError::Unknown {
+                    word: shorten(word),
+                    valid,
+                })
+            }
+        };
+        let rest = rest.trim();
+        if !rest.is_empty() {
+            return Err(ParseError::UnexpectedArguments {
+                word: command.word(),
+                rest: shorten(rest),
+            });
+        }
+        commands.push(command);
+    }
+    if commands.is_empty() {
+        return Err(ParseError::Empty { valid });
+    }
+    Ok(commands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ControlScope::*;
+
+    #[test]
+    fn accepts_commands_with_whitespace() {
+        assert_eq!(parse(VmHome, b"rekey\n"), Ok(vec![ControlCommand::Rekey]));
+        assert_eq!(
+            parse(VmHome, b"  rekey \r\n\n"),
+            Ok(vec![ControlCommand::Rekey])
+        );
+        assert_eq!(
+            parse(Datastore, b"rekey-all"),
+            Ok(vec![ControlCommand::RekeyAll])
+        );
+        assert_eq!(
+            parse(VmHome, b"rekey\nrekey\n"),
+            Ok(vec![ControlCommand::Rekey, ControlCommand::Rekey])
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input_with_reasons() {
+        assert!(matches!(
+            parse(VmHome, b"\n \n"),
+            Err(ParseError::Empty { .. })
+        ));
+        assert!(matches!(
+            parse(VmHome, b"rekey-all"),
+            Err(ParseError::Unknown { .. })
+        ));
+        assert!(matches!(
+            parse(Datastore, b"rekey"),
+            Err(ParseError::Unknown { .. })
+        ));
+        assert!(matches!(
+            parse(VmHome, b"rekey now"),
+            Err(ParseError::UnexpectedArguments { .. })
+        ));
+        assert_eq!(parse(VmHome, &[0xff, 0xfe]), Err(ParseError::NotText));
+        assert!(matches!(
+            parse(VmHome, &[b'a'; 5000]),
+            Err(ParseError::TooLong { len: 5000 })
+        ));
+        assert!(matches!(
+            parse(VmHome, b"rekey\nbogus\n"),
+            Err(ParseError::Unknown { .. })
+        ));
+        let long = "x".repeat(200);
+        let msg = parse(VmHome, long.as_bytes()).unwrap_err().to_string();
+        assert!(msg.len() < 150, "{msg}");
+    }
+}

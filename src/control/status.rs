@@ -1,0 +1,201 @@
+//! What reading a `.control` file shows: `key: value` lines.
+//!
+//! Keys are stable and lower-case; a value that is unknown is shown as `-`
+//! rather than omitted, so scripts can rely on every key being present.
+
+use std::fmt::Write;
+
+use super::timefmt::format_unix_utc;
+use crate::datastore::vm_home::VmStatus;
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The status text of one VM home's `.control`.
+pub fn render_vm(status: &VmStatus) -> String {
+    let bundle = status.bundle.as_ref();
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "{key}: {value}");
+    };
+    line("vm", status.name.clone());
+    line("vm-id", or_dash(bundle.map(|b| hex::encode(b.vm_id))));
+    line("state", status.state.to_string());
+    line("provider", or_dash(bundle.map(|b| b.kek.provider.clone())));
+    line("kek-id", or_dash(bundle.map(|b| b.kek.kek_id.clone())));
+    line("kek-version", or_dash(bundle.map(|b| b.kek.version)));
+    line(
+        "provider-current-version",
+        or_dash(status.provider_current_version),
+    );
+    line("needs-rekey", or_dash(status.needs_rekey().map(yes_no)));
+    line(
+        "encrypt-disks",
+        or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
+    );
+    line("dek-fingerprint", or_dash(status.dek_fingerprint.clone()));
+    line(
+        "dek-generations",
+        or_dash(bundle.map(|b| {
+            b.deks
+                .iter()
+                .map(|d| d.generation.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })),
+    );
+    line(
+        "current-dek-generation",
+        or_dash(bundle.map(|b| b.current_generation)),
+    );
+    line("bundle-sequence", or_dash(bundle.map(|b| b.sequence)));
+    line(
+        "bundle-created",
+        or_dash(bundle.map(|b| format_unix_utc(b.created_unix))),
+    );
+    line(
+        "bundle-updated",
+        or_dash(bundle.map(|b| format_unix_utc(b.updated_unix))),
+    );
+    line("locked-reason", or_dash(status.locked_reason.clone()));
+    line("provider-error", or_dash(status.provider_error.clone()));
+    line(
+        "last-command",
+        or_dash(status.last_command.as_ref().map(|c| c.command.clone())),
+    );
+    line(
+        "last-result",
+        or_dash(status.last_command.as_ref().map(|c| c.result.clone())),
+    );
+    out
+}
+
+/// The summary shown by the datastore root's `.control`.
+pub struct DatastoreSummary<'a> {
+    /// Datastore directory.
+    pub root: String,
+    /// Provider name.
+    pub provider: &'a str,
+    /// Provider's current KEK version, if it answered.
+    pub provider_current_version: Option<u32>,
+    /// Every VM home's status.
+    pub vms: &'a [VmStatus],
+    /// Last command written to the root `.control`.
+    pub last_command: Option<crate::datastore::vm_home::CommandRecord>,
+}
+
+/// The status text of the root `.control`.
+pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
+    let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
+    let mut out = String::new();
+    let _ = writeln!(out, "datastore: {}", summary.root);
+    let _ = writeln!(out, "provider: {}", summary.provider);
+    let _ = writeln!(
+        out,
+        "provider-current-version: {}",
+        or_dash(summary.provider_current_version)
+    );
+    let _ = writeln!(out, "vms: {}", summary.vms.len());
+    let _ = writeln!(out, "unlocked: {}", count(&|s| s.state == "unlocked"));
+    let _ = writeln!(out, "locked: {}", count(&|s| s.state == "locked"));
+    let _ = writeln!(
+        out,
+        "needs-rekey: {}",
+        count(&|s| s.needs_rekey() == Some(true))
+    );
+    let _ = writeln!(
+        out,
+        "last-command: {}",
+        or_dash(summary.last_command.as_ref().map(|c| c.command.clone()))
+    );
+    let _ = writeln!(
+        out,
+        "last-result: {}",
+        or_dash(summary.last_command.as_ref().map(|c| c.result.clone()))
+    );
+    for vm in summary.vms {
+        let bundle = vm.bundle.as_ref();
+        let _ = writeln!(
+            out,
+            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={}",
+            vm.name,
+            vm.state,
+            or_dash(bundle.map(|b| b.kek.version)),
+            or_dash(vm.needs_rekey().map(yes_no)),
+            or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::bundle::tests::sample;
+
+    #[test]
+    fn vm_status_shows_every_key() {
+        let status = VmStatus {
+            name: "vm1".into(),
+            state: "unlocked",
+            bundle: Some(sample()),
+            provider_current_version: Some(3),
+            dek_fingerprint: Some("0011223344556677".into()),
+            ..VmStatus::default()
+        };
+        let text = render_vm(&status);
+        for expected in [
+            "vm: vm1\n",
+            "state: unlocked\n",
+            "kek-version: 2\n",
+            "provider-current-version: 3\n",
+            "needs-rekey: yes\n",
+            "encrypt-disks: yes\n",
+            "dek-fingerprint: 0011223344556677\n",
+            "locked-reason: -\n",
+            "last-command: -\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn datastore_summary_counts() {
+        let vms = vec![
+            VmStatus {
+                name: "a".into(),
+                state: "unlocked",
+                bundle: Some(sample()),
+                provider_current_version: Some(2),
+                ..VmStatus::default()
+            },
+            VmStatus {
+                name: "b".into(),
+                state: "locked",
+                bundle: Some(sample()),
+                provider_current_version: Some(3),
+                ..VmStatus::default()
+            },
+        ];
+        let text = render_datastore(&DatastoreSummary {
+            root: "/ds".into(),
+            provider: "local",
+            provider_current_version: Some(3),
+            vms: &vms,
+            last_command: None,
+        });
+        assert!(text.contains("vms: 2\n"));
+        assert!(text.contains("locked: 1\n"));
+        assert!(text.contains("needs-rekey: 1\n"), "{text}");
+        assert!(text.contains("vm b: state=locked"));
+    }
+}

@@ -1,0 +1,118 @@
+//! The VM homes of one mounted datastore.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::bundle_file;
+use super::vm_home::{VmHome, VmStatus};
+use super::vm_keys::RekeyOutcome;
+use super::DatastoreError;
+use crate::keys::KeyProvider;
+
+/// A mounted datastore: its root, its key provider, and the VM homes seen.
+pub struct Datastore {
+    /// The datastore directory (backing store of the mount).
+    root: PathBuf,
+    /// The key provider for every VM home in this datastore.
+    provider: Arc<dyn KeyProvider>,
+    /// VM homes by directory name, added on first lookup. Read-locked on
+    /// every lookup; write-locked to add, rename or drop an entry.
+    vms: RwLock<HashMap<OsString, Arc<VmHome>>>,
+}
+
+impl Datastore {
+    /// A datastore rooted at `root`.
+    pub fn new(root: PathBuf, provider: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            root,
+            provider,
+            vms: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The datastore directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The key provider.
+    pub fn provider(&self) -> &dyn KeyProvider {
+        &*self.provider
+    }
+
+    /// The VM home named `name` (a direct subdirectory of the root), if that
+    /// directory holds a key bundle. The bundle is checked on every call,
+    /// so a VM created by `vmcryptfs vm create` while mounted appears, and a
+    /// directory whose bundle vanished stops being treated as encrypted.
+    pub fn vm_home(&self, name: &OsStr) -> Option<Arc<VmHome>> {
+        let dir = self.root.join(name);
+        if !bundle_file::has_bundle(&dir) {
+            self.vms.write().expect("vms lock").remove(name);
+            return None;
+        }
+        if let Some(vm) = self.vms.read().expect("vms lock").get(name) {
+            return Some(vm.clone());
+        }
+        let mut vms = self.vms.write().expect("vms lock");
+        let vm = vms
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(VmHome::new(name.to_owned(), dir)));
+        Some(vm.clone())
+    }
+
+    /// Records that VM home `from` was renamed to `to` through the mount.
+    pub fn rename_vm_home(&self, from: &OsStr, to: &OsStr) {
+        let mut vms = self.vms.write().expect("vms lock");
+        if let Some(vm) = vms.remove(from) {
+            vm.set_location(to, self.root.join(to));
+            vms.insert(to.to_owned(), vm);
+        }
+    }
+
+    /// Forgets a VM home that was removed.
+    pub fn forget_vm_home(&self, name: &OsStr) {
+        self.vms.write().expect("vms lock").remove(name);
+    }
+
+    /// Every VM home in the datastore, by scanning the root (bundles are the
+    /// source of truth), sorted by name.
+    pub fn scan_vm_homes(&self) -> Result<Vec<Arc<VmHome>>, DatastoreError> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| {
+            DatastoreError::io(format!("listing datastore {}", self.root.display()), e)
+        })?;
+        let mut names: Vec<OsString> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        Ok(names.iter().filter_map(|n| self.vm_home(n)).collect())
+    }
+
+    /// Status of every VM home.
+    pub fn statuses(&self) -> Result<Vec<VmStatus>, DatastoreError> {
+        Ok(self
+            .scan_vm_homes()?
+            .iter()
+            .map(|vm| vm.status(self.provider()))
+            .collect())
+    }
+
+    /// Shallow re-key of every VM home; one result per VM.
+    pub fn rekey_all(
+        &self,
+    ) -> Result<Vec<(String, Result<RekeyOutcome, DatastoreError>)>, DatastoreError> {
+        Ok(self
+            .scan_vm_homes()?
+            .iter()
+            .map(|vm| {
+                (
+                    vm.name().to_string_lossy().into_owned(),
+                    vm.rekey(self.provider()),
+                )
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,244 @@
+//! One encrypted VM home inside a mount: its cached keys and status.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::vm_keys::{self, RekeyOutcome};
+use super::{bundle_file, DatastoreError};
+use crate::crypto::keyring::VmKeyring;
+use crate::format::bundle::KeyBundle;
+use crate::keys::KeyProvider;
+
+/// The key cache state of one VM home.
+enum KeyState {
+    /// Nothing unwrapped yet (the next access unwraps through the provider).
+    NotLoaded,
+    /// DEKs are in memory.
+    Unlocked {
+        keyring: Arc<VmKeyring>,
+        bundle: KeyBundle,
+    },
+    /// The DEKs could not be unwrapped; `reason` says why.
+    Locked {
+        reason: String,
+        bundle: Option<KeyBundle>,
+    },
+}
+
+/// The VM's DEKs cannot be unwrapped; opens of its encrypted files fail
+/// with ENOKEY and its `.control` shows `reason`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("VM {vm} is locked: {reason}")]
+pub struct VmLocked {
+    /// VM home name.
+    pub vm: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A control command and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// The command as written.
+    pub command: String,
+    /// `ok: ...` or `error: ...`.
+    pub result: String,
+}
+
+/// Everything `.control` shows for a VM home.
+#[derive(Debug, Clone, Default)]
+pub struct VmStatus {
+    /// Directory name.
+    pub name: String,
+    /// `unlocked`, `locked` or `not-loaded`.
+    pub state: &'static str,
+    /// Why the VM is locked.
+    pub locked_reason: Option<String>,
+    /// The bundle, if it parsed.
+    pub bundle: Option<KeyBundle>,
+    /// The provider's current KEK version, if the provider answered.
+    pub provider_current_version: Option<u32>,
+    /// Error from the provider, if it did not answer.
+    pub provider_error: Option<String>,
+    /// Fingerprint of the current DEK, when unlocked.
+    pub dek_fingerprint: Option<String>,
+    /// The last control command.
+    pub last_command: Option<CommandRecord>,
+}
+
+impl VmStatus {
+    /// Whether the bundle is wrapped under a KEK version other than the
+    /// provider's current one.
+    pub fn needs_rekey(&self) -> Option<bool> {
+        let bundle = self.bundle.as_ref()?;
+        let current = self.provider_current_version?;
+        Some(bundle.kek.version != current)
+    }
+}
+
+/// One encrypted VM home of a mounted datastore.
+pub struct VmHome {
+    /// Directory name and full path; changed only by a rename of the VM
+    /// home through the mount (write lock), read everywhere else.
+    location: RwLock<(OsString, PathBuf)>,
+    /// Key cache. Read-locked on the fast path of every open; write-locked
+    /// while unwrapping or re-keying, so a re-key and an unlock never
+    /// interleave.
+    keys: RwLock<KeyState>,
+    /// Last control command; its own lock, never held with `keys`.
+    last_command: Mutex<Option<CommandRecord>>,
+}
+
+impl VmHome {
+    /// A VM home whose keys are not loaded yet.
+    pub fn new(name: OsString, dir: PathBuf) -> Self {
+        Self {
+            location: RwLock::new((name, dir)),
+            keys: RwLock::new(KeyState::NotLoaded),
+            last_command: Mutex::new(None),
+        }
+    }
+
+    /// Directory name.
+    pub fn name(&self) -> OsString {
+        self.location.read().expect("location lock").0.clone()
+    }
+
+    fn display_name(&self) -> String {
+        self.name().to_string_lossy().into_owned()
+    }
+
+    /// Directory path in the datastore.
+    pub fn dir(&self) -> PathBuf {
+        self.location.read().expect("location lock").1.clone()
+    }
+
+    /// Records a rename of the VM home directory.
+    pub fn set_location(&self, name: &OsStr, dir: PathBuf) {
+        *self.location.write().expect("location lock") = (name.to_owned(), dir);
+    }
+
+    /// The VM's disk policy, from the bundle (authenticated once unlocked).
+    pub fn encrypt_disks(&self) -> bool {
+        match &*self.keys.read().expect("keys lock") {
+            KeyState::Unlocked { bundle, .. } => return bundle.encrypt_disks,
+            KeyState::Locked {
+                bundle: Some(bundle),
+                ..
+            } => return bundle.encrypt_disks,
+            _ => {}
+        }
+        // Not loaded yet: parse the bundle (cheap); unreadable means we
+        // cannot know, and treating disks as encrypted fails safe (no
+        // plaintext is ever written where ciphertext belongs).
+        bundle_file::read(&self.dir())
+            .map(|b| b.encrypt_disks)
+            .unwrap_or(true)
+    }
+
+    /// The VM's keyring, unwrapping through the provider on first use.
+    pub fn keyring(&self, provider: &dyn KeyProvider) -> Result<Arc<VmKeyring>, VmLocked> {
+        if let KeyState::Unlocked { keyring, .. } = &*self.keys.read().expect("keys lock") {
+            return Ok(keyring.clone());
+        }
+        let mut state = self.keys.write().expect("keys lock");
+        if let KeyState::Unlocked { keyring, .. } = &*state {
+            return Ok(keyring.clone());
+        }
+        let dir = self.dir();
+        let bundle = match bundle_file::read(&dir) {
+            Ok(bundle) => bundle,
+            Err(err) => return Err(self.lock_with(&mut state, err.to_string(), None)),
+        };
+        match vm_keys::unlock(&bundle, provider) {
+            Ok(keyring) => {
+                let keyring = Arc::new(keyring);
+                log::info!("VM {}: unlocked (KEK {})", self.display_name(), bundle.kek);
+                *state = KeyState::Unlocked {
+                    keyring: keyring.clone(),
+                    bundle,
+                };
+                Ok(keyring)
+            }
+            Err(err) => {
+                let reason = format!("cannot unwrap DEK under KEK {}: {err}", bundle.kek);
+                Err(self.lock_with(&mut state, reason, Some(bundle)))
+            }
+        }
+    }
+
+    fn lock_with(
+        &self,
+        state: &mut KeyState,
+        reason: String,
+        bundle: Option<KeyBundle>,
+    ) -> VmLocked {
+        log::error!("VM {} is locked: {reason}", self.display_name());
+        *state = KeyState::Locked {
+            reason: reason.clone(),
+            bundle,
+        };
+        VmLocked {
+            vm: self.display_name(),
+            reason,
+        }
+    }
+
+    /// Shallow re-key through the provider's current KEK version. The cached
+    /// keyring is kept (the DEKs do not change), so open files are not
+    /// disturbed.
+    pub fn rekey(&self, provider: &dyn KeyProvider) -> Result<RekeyOutcome, DatastoreError> {
+        let mut state = self.keys.write().expect("keys lock");
+        let outcome = vm_keys::shallow_rekey(&self.dir(), provider)?;
+        let keyring = match &*state {
+            KeyState::Unlocked { keyring, .. }
+                if keyring.current_fingerprint() == outcome.keyring.current_fingerprint() =>
+            {
+                keyring.clone()
+            }
+            _ => outcome.keyring.clone(),
+        };
+        *state = KeyState::Unlocked {
+            keyring,
+            bundle: outcome.bundle.clone(),
+        };
+        Ok(outcome)
+    }
+
+    /// Records the last control command.
+    pub fn record_command(&self, record: CommandRecord) {
+        *self.last_command.lock().expect("last command lock") = Some(record);
+    }
+
+    /// Everything `.control` shows. Asks the provider for its current
+    /// version; a provider failure is reported, not fatal.
+    pub fn status(&self, provider: &dyn KeyProvider) -> VmStatus {
+        // Touching the keyring unwraps on first use, so the status shows
+        // the real state (locked or not) rather than "not loaded".
+        let _ = self.keyring(provider);
+        let mut status = VmStatus {
+            name: self.display_name(),
+            last_command: self.last_command.lock().expect("last command lock").clone(),
+            ..VmStatus::default()
+        };
+        match &*self.keys.read().expect("keys lock") {
+            KeyState::NotLoaded => status.state = "not-loaded",
+            KeyState::Unlocked { keyring, bundle } => {
+                status.state = "unlocked";
+                status.bundle = Some(bundle.clone());
+                status.dek_fingerprint = Some(keyring.current_fingerprint());
+            }
+            KeyState::Locked { reason, bundle } => {
+                status.state = "locked";
+                status.locked_reason = Some(reason.clone());
+                status.bundle = bundle.clone();
+            }
+        }
+        match provider.current_kek() {
+            Ok(kek) => status.provider_current_version = Some(kek.version),
+            Err(err) => status.provider_error = Some(err.to_string()),
+        }
+        status
+    }
+}

@@ -1,0 +1,149 @@
+//! Creating encrypted VM homes, unlocking their bundles, shallow re-key.
+//!
+//! These are the `wrap_file_key` / `unwrap_stanza` of vmcryptfs: DEKs are
+//! wrapped by the provider under a KEK version with the bundle's AAD
+//! ([`KeyBundle::wrap_aad`]), so the KEK authenticates every bundle field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::bundle_file::{self, BundleLock};
+use super::DatastoreError;
+use crate::crypto::keyring::VmKeyring;
+use crate::crypto::secret::Dek;
+use crate::format::bundle::{KeyBundle, WrappedDek};
+use crate::keys::{KekRef, KeyProvider, ProviderError};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unwraps every DEK of `bundle`.
+pub fn unlock(bundle: &KeyBundle, provider: &dyn KeyProvider) -> Result<VmKeyring, ProviderError> {
+    let mut deks = BTreeMap::new();
+    for entry in &bundle.deks {
+        let aad = bundle.wrap_aad(entry.generation);
+        let dek = provider.unwrap_dek(&bundle.kek, &entry.wrapped, &aad)?;
+        deks.insert(entry.generation, dek);
+    }
+    Ok(VmKeyring::new(
+        bundle.vm_id,
+        bundle.current_generation,
+        deks,
+    ))
+}
+
+/// Fills `bundle.deks` by wrapping each DEK of `keyring` under `bundle.kek`.
+/// All metadata must be final first, since the AAD covers it.
+fn wrap_all(
+    bundle: &mut KeyBundle,
+    keyring: &VmKeyring,
+    provider: &dyn KeyProvider,
+) -> Result<(), ProviderError> {
+    bundle.deks = keyring
+        .deks()
+        .map(|(generation, _)| WrappedDek {
+            generation,
+            wrapped: Vec::new(),
+        })
+        .collect();
+    for (i, (generation, dek)) in keyring.deks().enumerate() {
+        let aad = bundle.wrap_aad(generation);
+        bundle.deks[i].wrapped = provider.wrap_dek(&bundle.kek, dek, &aad)?;
+    }
+    Ok(())
+}
+
+/// Makes `path` a new encrypted VM home with a fresh DEK (generation 1),
+/// wrapped under the provider's current KEK. `path` is created if missing
+/// and must otherwise be an empty directory.
+pub fn create_vm_home(
+    path: &Path,
+    provider: &dyn KeyProvider,
+    encrypt_disks: bool,
+) -> Result<KeyBundle, DatastoreError> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| DatastoreError::io(format!("creating VM home {}", path.display()), e))?;
+    let lock = BundleLock::acquire(path)?;
+    if bundle_file::has_bundle(path) {
+        return Err(DatastoreError::AlreadyVmHome { path: path.into() });
+    }
+    let non_empty = std::fs::read_dir(path)
+        .map_err(|e| DatastoreError::io(format!("listing {}", path.display()), e))?
+        .next()
+        .is_some();
+    if non_empty {
+        return Err(DatastoreError::NotEmpty { path: path.into() });
+    }
+    let provider_err = |source| DatastoreError::Provider {
+        path: path.into(),
+        source,
+    };
+    let mut deks = BTreeMap::new();
+    deks.insert(1, Dek::generate());
+    let vm_id: [u8; 16] = crate::crypto::random::array();
+    let keyring = VmKeyring::new(vm_id, 1, deks);
+    let now = unix_now();
+    let mut bundle = KeyBundle {
+        vm_id,
+        encrypt_disks,
+        sequence: 1,
+        created_unix: now,
+        updated_unix: now,
+        kek: provider.current_kek().map_err(provider_err)?,
+        current_generation: 1,
+        deks: Vec::new(),
+    };
+    wrap_all(&mut bundle, &keyring, provider).map_err(provider_err)?;
+    lock.write(&bundle)?;
+    Ok(bundle)
+}
+
+/// What a shallow re-key did.
+#[derive(Debug, Clone)]
+pub struct RekeyOutcome {
+    /// The KEK the bundle was wrapped under before.
+    pub from: KekRef,
+    /// The KEK it is wrapped under now.
+    pub to: KekRef,
+    /// The bundle as written.
+    pub bundle: KeyBundle,
+    /// The keyring (unchanged DEKs), for callers that cache it.
+    pub keyring: Arc<VmKeyring>,
+}
+
+/// Shallow re-key: rewraps the VM's DEKs, unchanged, under the provider's
+/// current KEK version and rewrites only the bundle, atomically. Nothing
+/// else in the VM home is read or written, so the cost does not depend on
+/// the VM's size, and open files (which hold keys derived from the same
+/// DEKs) are not disturbed.
+pub fn shallow_rekey(
+    vm_dir: &Path,
+    provider: &dyn KeyProvider,
+) -> Result<RekeyOutcome, DatastoreError> {
+    let lock = BundleLock::acquire(vm_dir)?;
+    let old = bundle_file::read(vm_dir)?;
+    let provider_err = |source| DatastoreError::Provider {
+        path: vm_dir.into(),
+        source,
+    };
+    let keyring = unlock(&old, provider).map_err(provider_err)?;
+    let mut bundle = old.clone();
+    bundle.kek = provider.current_kek().map_err(provider_err)?;
+    bundle.sequence = old.sequence + 1;
+    bundle.updated_unix = unix_now().max(old.updated_unix);
+    wrap_all(&mut bundle, &keyring, provider).map_err(provider_err)?;
+    lock.write(&bundle)?;
+    Ok(RekeyOutcome {
+        from: old.kek,
+        to: bundle.kek.clone(),
+        bundle,
+        keyring: Arc::new(keyring),
+    })
+}
