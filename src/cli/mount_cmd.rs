@@ -1,18 +1,306 @@
-//! `vmcryptfs mount` (placeholder).
-use std::path::{Path, PathBuf};
+//! `vmcryptfs mount`: checks, daemonizing, the FUSE session, and clean
+//! unmount on SIGINT/SIGTERM.
 
-use super::{CliError, ExitKind};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use super::{open_provider, CliError, ExitKind};
+use crate::datastore::registry::Datastore;
+use crate::frontend::VmCryptFs;
+
+/// Set by a backgrounding parent in its child's environment.
+const BACKGROUND_ENV: &str = "VMCRYPTFS_BACKGROUND_CHILD";
+/// What a background child prints on stdout once the mount is live.
+const READY_LINE: &str = "vmcryptfs: mounted";
 
 /// Arguments of `vmcryptfs mount`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// The datastore directory.
+    /// The datastore directory (one folder per VM home).
     pub datastore: PathBuf,
-    /// Where to mount it.
+    /// Where to show the plaintext view (an existing, empty directory).
     pub mountpoint: PathBuf,
+    /// Mount options, comma-separated: allow_other, allow_root, ro,
+    /// threads=N (FUSE worker threads, default 4), fsname=NAME, and kernel
+    /// options such as noatime, nodev, nosuid, noexec.
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Stay in the foreground (logs to stderr; Ctrl-C or SIGTERM unmounts).
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// In the background, append logs to this file instead of discarding them.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
-/// Runs the subcommand.
-pub fn run(_args: MountArgs, _keystore: &Path) -> Result<(), CliError> {
-    Err(CliError::new(ExitKind::Failure, "not implemented yet"))
+/// Parsed `-o` options.
+#[derive(Debug)]
+struct MountSettings {
+    config: Config,
+}
+
+fn parse_options(args: &MountArgs) -> Result<MountSettings, CliError> {
+    let mut config = Config::default();
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let mut fsname = format!("vmcryptfs:{}", args.datastore.display());
+    config.mount_options = vec![MountOption::Subtype("vmcryptfs".into()), MountOption::DefaultPermissions];
+    for option in args.options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let (key, value) = option.split_once('=').map_or((option, None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("allow_other", None) => config.acl = SessionACL::All,
+            ("allow_root", None) => config.acl = SessionACL::RootAndOwner,
+            ("ro", None) => config.mount_options.push(MountOption::RO),
+            ("rw", None) => config.mount_options.push(MountOption::RW),
+            ("noatime", None) => config.mount_options.push(MountOption::NoAtime),
+            ("nodev", None) => config.mount_options.push(MountOption::NoDev),
+            ("nosuid", None) => config.mount_options.push(MountOption::NoSuid),
+            ("noexec", None) => config.mount_options.push(MountOption::NoExec),
+            ("fsname", Some(name)) => fsname = name.to_string(),
+            ("threads", Some(n)) => {
+                let n: usize = n.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
+                    CliError::new(ExitKind::Usage, format!("mount option threads={n}: expected a number from 1 to 64"))
+                })?;
+                config.n_threads = Some(n);
+            }
+            // Options fstab and mount(8) pass that concern them, not us.
+            ("defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail", None) => {}
+            (k, _) if k.starts_with("x-") => {}
+            _ => {
+                return Err(CliError::new(
+                    ExitKind::Usage,
+                    format!("unknown mount option {option:?}; see `vmcryptfs mount --help`"),
+                ))
+            }
+        }
+    }
+    config.mount_options.push(MountOption::FSName(fsname));
+    Ok(MountSettings { config })
+}
+
+/// Whether `path` is currently a mount point (per /proc/self/mountinfo).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp.replace("\\040", " ") == target)
+}
+
+fn find_in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Checks everything a mount needs, with messages that say how to fix it.
+fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
+    if !datastore.is_dir() {
+        return Err(CliError::new(
+            ExitKind::Io,
+            format!("datastore {} does not exist or is not a directory", datastore.display()),
+        ));
+    }
+    if !mountpoint.is_dir() {
+        return Err(CliError::new(
+            ExitKind::Mount,
+            format!("mountpoint {} does not exist or is not a directory: create it with `mkdir -p {}`", mountpoint.display(), mountpoint.display()),
+        ));
+    }
+    if is_mount_point(mountpoint) {
+        return Err(CliError::new(
+            ExitKind::Mount,
+            format!("mountpoint {} is busy: something is already mounted there (unmount it with `fusermount3 -u {}`)", mountpoint.display(), mountpoint.display()),
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(CliError::new(
+            ExitKind::Mount,
+            "no /dev/fuse: load the FUSE kernel module (`modprobe fuse`), or in a container pass the device through (`--device /dev/fuse`)",
+        ));
+    }
+    if std::env::var_os("FUSERMOUNT_PATH").is_none() && !find_in_path("fusermount3") {
+        return Err(CliError::new(
+            ExitKind::Mount,
+            "fusermount3 not found in PATH: install fuse3 (Debian/Ubuntu: `apt-get install fuse3`)",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `vmcryptfs mount`.
+pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
+    let datastore = absolute(&args.datastore)?;
+    let mountpoint = absolute(&args.mountpoint)?;
+    preflight(&datastore, &mountpoint)?;
+    let settings = parse_options(&args)?;
+    let provider = open_provider(keystore)?;
+    if !args.foreground {
+        return spawn_background(&args, keystore);
+    }
+    let background = std::env::var_os(BACKGROUND_ENV).is_some();
+    if background {
+        // Leave the parent's session, so its terminal's Ctrl-C and hangup
+        // do not reach the mount.
+        let _ = nix::unistd::setsid();
+    }
+    serve(datastore, mountpoint, settings, provider, background, args.log_file.as_deref())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(path)
+        .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
+}
+
+/// Keeps secrets out of core dumps: no core file, and not ptrace-able or
+/// dumpable by other processes of the same user.
+fn disable_core_dumps() {
+    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
+        log::warn!("could not disable core dumps (RLIMIT_CORE): {e}");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!("could not clear the dumpable flag: {e}");
+    }
+}
+
+fn serve(
+    datastore: PathBuf,
+    mountpoint: PathBuf,
+    settings: MountSettings,
+    provider: Arc<dyn crate::keys::KeyProvider>,
+    background: bool,
+    log_file: Option<&Path>,
+) -> Result<(), CliError> {
+    disable_core_dumps();
+    // Backing files get exactly the modes the kernel asks for (it has
+    // already applied the caller's umask).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let store = Arc::new(Datastore::new(datastore.clone(), provider));
+    let fs = VmCryptFs::new(store)
+        .map_err(|e| CliError::new(ExitKind::Io, format!("opening datastore {}: {e}", datastore.display())))?;
+    let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
+        Ok(session) => session,
+        Err(e) => {
+            let err = CliError::new(ExitKind::Mount, format!("mounting {} failed: {e}", mountpoint.display()));
+            report_ready(background, Err(&err));
+            return Err(err);
+        }
+    };
+    log::info!("mounted {} at {}", datastore.display(), mountpoint.display());
+    let unmounter = session.unmount_callable();
+    install_signal_handlers(unmounter, mountpoint.clone());
+    if background {
+        report_ready(true, Ok(()));
+        detach_output(log_file);
+    }
+    session
+        .run()
+        .map_err(|e| CliError::new(ExitKind::Io, format!("FUSE session for {} ended: {e}", mountpoint.display())))?;
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn install_signal_handlers(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::warn!("cannot install signal handlers: {e}");
+            return;
+        }
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                log::info!("signal {signal}: unmounting {}", mountpoint.display());
+                match unmounter.unmount() {
+                    Ok(()) => break,
+                    Err(e) => log::error!("unmount of {} failed: {e} (files still open?); retry, or `fusermount3 -u -z {}`", mountpoint.display(), mountpoint.display()),
+                }
+            }
+        })
+        .expect("spawning the signal thread");
+}
+
+/// Tells a waiting parent (background mode) how the mount went, through
+/// our stdout, then detaches stdout and stderr from the parent's terminal.
+fn report_ready(background: bool, result: Result<(), &CliError>) {
+    if !background {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = match result {
+        Ok(()) => writeln!(stdout, "{READY_LINE}"),
+        Err(_) => Ok(()),
+    };
+    let _ = stdout.flush();
+}
+
+/// Points stdout and stderr of a background mount at the log file (or
+/// /dev/null), so the parent's terminal and pipes are released.
+fn detach_output(log_file: Option<&Path>) {
+    let target = match log_file {
+        Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path),
+        None => File::options().write(true).open("/dev/null"),
+    };
+    match target {
+        Ok(file) => {
+            let _ = nix::unistd::dup2(file.as_raw_fd(), 1);
+            let _ = nix::unistd::dup2(file.as_raw_fd(), 2);
+        }
+        Err(e) => log::warn!("cannot open log file: {e}"),
+    }
+}
+
+/// Starts `vmcryptfs mount --foreground` as a detached child and waits
+/// until it reports the mount ready, or exits with an error (which it has
+/// already printed to our shared stderr).
+fn spawn_background(args: &MountArgs, keystore: &Path) -> Result<(), CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(ExitKind::Failure, format!("cannot find own executable: {e}")))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("--keystore")
+        .arg(keystore)
+        .arg("mount")
+        .arg("--foreground")
+        .arg(&args.datastore)
+        .arg(&args.mountpoint)
+        .env(BACKGROUND_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    if !args.options.is_empty() {
+        command.arg("-o").arg(args.options.join(","));
+    }
+    if let Some(log) = &args.log_file {
+        command.arg("--log-file").arg(log);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| CliError::new(ExitKind::Failure, format!("starting the mount process: {e}")))?;
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+    if line.trim() == READY_LINE {
+        return Ok(());
+    }
+    let status = child
+        .wait()
+        .map_err(|e| CliError::new(ExitKind::Failure, format!("waiting for the mount process: {e}")))?;
+    let kind = match status.code() {
+        Some(3) => ExitKind::Key,
+        Some(4) => ExitKind::Io,
+        Some(2) => ExitKind::Usage,
+        _ => ExitKind::Mount,
+    };
+    Err(CliError::new(kind, format!("mount of {} failed (see the message above)", args.mountpoint.display())))
 }

@@ -1,1 +1,158 @@
-//! frontend (under construction)
+//! The FUSE frontend: translates kernel requests into datastore, content
+//! and control operations.
+//!
+//! [`VmCryptFs`] holds the mount's state. Its operations live in
+//! [`node_ops`] (names, attributes, directories), [`file_ops`] (open, read,
+//! write) and [`control_ops`] (`.control` files), each returning
+//! `Result<_, Errno>`. [`fuse_adapter`] implements `fuser::Filesystem` by
+//! calling them and sending the reply, and nothing else.
+
+pub mod attr;
+pub mod control_ops;
+pub mod file_ops;
+pub mod fuse_adapter;
+pub mod handles;
+pub mod inodes;
+pub mod node_ops;
+
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fuser::Errno;
+
+use crate::control::command::ControlScope;
+use crate::datastore::layout::{self, ContentClass, CONTROL_FILE_NAME};
+use crate::datastore::registry::Datastore;
+use crate::datastore::vm_home::CommandRecord;
+use handles::HandleTable;
+use inodes::{Area, InodeTable, NodeInfo, NodeKind, ROOT_INO};
+
+/// Result of a frontend operation: a value, or the errno to reply with.
+pub type FsResult<T> = Result<T, Errno>;
+
+/// Converts an I/O error into the errno for the reply.
+pub fn io_errno(err: std::io::Error) -> Errno {
+    Errno::from(err)
+}
+
+/// The state of one mount.
+pub struct VmCryptFs {
+    /// The datastore and its VM homes; shared, internally locked.
+    datastore: Arc<Datastore>,
+    /// Node ids; internally locked.
+    inodes: InodeTable,
+    /// Open handles; internally locked.
+    handles: HandleTable,
+    /// Last command written to the root `.control`; its own mutex.
+    root_last_command: Mutex<Option<CommandRecord>>,
+    /// Whether the daemon runs as root, so that new files are given to the
+    /// calling user (as a kernel file system would) instead of to root.
+    chown_new_files: bool,
+}
+
+impl VmCryptFs {
+    /// A frontend over `datastore`.
+    pub fn new(datastore: Arc<Datastore>) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(datastore.root())?;
+        Ok(Self {
+            inodes: InodeTable::new((meta.dev(), meta.ino())),
+            datastore,
+            handles: HandleTable::default(),
+            root_last_command: Mutex::new(None),
+            chown_new_files: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// Absolute backing path of a datastore-relative path.
+    fn backing_path(&self, rel: &Path) -> PathBuf {
+        self.datastore.root().join(rel)
+    }
+
+    /// The node, or ENOENT (ESTALE would confuse tools more).
+    fn node(&self, ino: u64) -> FsResult<NodeInfo> {
+        self.inodes.get(ino).ok_or(Errno::ENOENT)
+    }
+
+    /// The node's current path, or ENOENT if it was unlinked.
+    fn node_path(&self, node: &NodeInfo) -> FsResult<PathBuf> {
+        node.path.clone().ok_or(Errno::ENOENT)
+    }
+
+    /// Which `.control` a directory node carries, if any: the root's, or a
+    /// VM home's (the VM home directory itself, a direct child of the root).
+    fn control_scope_of_dir(&self, dir: &NodeInfo) -> Option<ControlScope> {
+        match (&dir.area, &dir.path) {
+            (Area::Root, _) => Some(ControlScope::Datastore),
+            (Area::Vm(_), Some(path)) if path.components().count() == 1 => Some(ControlScope::VmHome),
+            _ => None,
+        }
+    }
+
+    /// The area of entry `name` in directory `parent`, given its metadata.
+    fn child_area(&self, parent: &NodeInfo, name: &OsStr, meta: Option<&Metadata>) -> Area {
+        match &parent.area {
+            Area::Root => {
+                let is_dir = meta.is_some_and(|m| m.is_dir());
+                match is_dir.then(|| self.datastore.vm_home(name)).flatten() {
+                    Some(vm) => Area::Vm(vm),
+                    None => Area::Plain,
+                }
+            }
+            Area::Plain => Area::Plain,
+            Area::Vm(vm) => Area::Vm(vm.clone()),
+        }
+    }
+
+    /// How a regular file named `name` in `area` is stored.
+    fn content_class(area: &Area, name: &OsStr) -> ContentClass {
+        match area {
+            Area::Vm(vm) => layout::class_in_vm_home(name, vm.encrypt_disks()),
+            _ => ContentClass::Plain,
+        }
+    }
+
+    /// Whether the regular file at `path` in `area` is encrypted.
+    fn is_encrypted_file(area: &Area, path: &Path, meta: &Metadata) -> bool {
+        meta.is_file()
+            && path
+                .file_name()
+                .is_some_and(|name| Self::content_class(area, name) == ContentClass::Encrypted)
+    }
+
+    /// Rejects names the user may not create, remove or rename: our
+    /// internal files, and `.control` where it is virtual.
+    fn check_user_name(&self, parent: &NodeInfo, name: &OsStr) -> FsResult<()> {
+        if layout::is_internal_name(name) {
+            log::warn!("refusing to touch internal name {:?}", name);
+            return Err(Errno::EPERM);
+        }
+        if name == CONTROL_FILE_NAME && self.control_scope_of_dir(parent).is_some() {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// Gives a newly created file to the calling user when we run as root.
+    fn chown_to_caller(&self, path: &Path, uid: u32, gid: u32) -> FsResult<()> {
+        if self.chown_new_files && (uid != 0 || gid != 0) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_errno)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `ino` is the root.
+    fn is_root(ino: u64) -> bool {
+        ino == ROOT_INO
+    }
+
+    /// Whether the node is a `.control` file.
+    fn is_control(node: &NodeInfo) -> Option<ControlScope> {
+        match node.kind {
+            NodeKind::Control(scope) => Some(scope),
+            NodeKind::Backing => None,
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The virtual `.control` files.
+//!
+//! Reading shows a status snapshot taken at open (served with direct I/O,
+//! so the kernel never caches it). Writing runs commands at once: the
+//! write fails with EINVAL if the command does not parse (nothing changes),
+//! and with EIO if it ran and failed; either way the reason is shown as
+//! `last-result`.
+
+use std::sync::Arc;
+
+use fuser::Errno;
+
+use super::handles::Handle;
+use super::inodes::NodeInfo;
+use super::{FsResult, VmCryptFs};
+use crate::control::command::{self, ControlCommand, ControlScope};
+use crate::control::status::{self, DatastoreSummary};
+use crate::datastore::vm_home::{CommandRecord, VmHome};
+use crate::datastore::vm_keys::RekeyOutcome;
+use crate::datastore::DatastoreError;
+
+/// Shortens what the user wrote for display in `last-command`.
+fn describe_input(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&data[..data.len().min(64)]);
+    let text = text.trim().replace(['\n', '\r'], " ");
+    if data.len() > 64 {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+fn describe_rekey(outcome: &RekeyOutcome) -> String {
+    format!(
+        "ok: shallow re-key: DEK rewrapped under {} (was v{}); only the key bundle changed",
+        outcome.to, outcome.from.version
+    )
+}
+
+impl VmCryptFs {
+    /// The current status text of a control file.
+    pub(super) fn control_text(&self, scope: ControlScope, vm: Option<&Arc<VmHome>>) -> Vec<u8> {
+        let provider = self.datastore.provider();
+        match (scope, vm) {
+            (ControlScope::VmHome, Some(vm)) => status::render_vm(&vm.status(provider)).into_bytes(),
+            _ => {
+                let (statuses, scan_error) = match self.datastore.statuses() {
+                    Ok(s) => (s, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                };
+                let mut text = status::render_datastore(&DatastoreSummary {
+                    root: self.datastore.root().display().to_string(),
+                    provider: provider.name(),
+                    provider_current_version: provider.current_kek().ok().map(|k| k.version),
+                    vms: &statuses,
+                    last_command: self.root_last_command.lock().expect("root command lock").clone(),
+                });
+                if let Some(err) = scan_error {
+                    text.push_str(&format!("scan-error: {err}\n"));
+                }
+                text.into_bytes()
+            }
+        }
+    }
+
+    /// Opens a `.control` file and snapshots its status.
+    pub(super) fn open_control(&self, node: &NodeInfo, scope: ControlScope) -> u64 {
+        let vm = node.area.vm().cloned();
+        let snapshot = self.control_text(scope, vm.as_ref());
+        self.handles.insert(Handle::Control {
+            scope,
+            vm,
+            snapshot: std::sync::Mutex::new(snapshot),
+        })
+    }
+
+    fn record(&self, vm: Option<&Arc<VmHome>>, record: CommandRecord) {
+        match vm {
+            Some(vm) => vm.record_command(record),
+            None => *self.root_last_command.lock().expect("root command lock") = Some(record),
+        }
+    }
+
+    /// Parses and runs what was written to a control file.
+    pub(super) fn write_control(&self, scope: ControlScope, vm: Option<&Arc<VmHome>>, data: &[u8]) -> FsResult<()> {
+        let input = describe_input(data);
+        let commands = match command::parse(scope, data) {
+            Ok(commands) => commands,
+            Err(err) => {
+                log::warn!("rejected control command {input:?}: {err}");
+                self.record(
+                    vm,
+                    CommandRecord {
+                        command: input,
+                        result: format!("error: {err}"),
+                    },
+                );
+                return Err(Errno::EINVAL);
+            }
+        };
+        for command in commands {
+            let (ok, result) = match (command, vm) {
+                (ControlCommand::Rekey, Some(vm)) => self.run_rekey(vm),
+                _ => self.run_rekey_all(),
+            };
+            self.record(
+                vm,
+                CommandRecord {
+                    command: command.word().to_string(),
+                    result,
+                },
+            );
+            if !ok {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    fn run_rekey(&self, vm: &VmHome) -> (bool, String) {
+        match vm.rekey(self.datastore.provider()) {
+            Ok(outcome) => {
+                log::info!("VM {:?}: {}", vm.name(), describe_rekey(&outcome));
+                (true, describe_rekey(&outcome))
+            }
+            Err(err) => {
+                log::error!("VM {:?}: re-key failed: {err}", vm.name());
+                (false, format!("error: {err}"))
+            }
+        }
+    }
+
+    fn run_rekey_all(&self) -> (bool, String) {
+        let results = match self.datastore.rekey_all() {
+            Ok(results) => results,
+            Err(err) => return (false, format!("error: {err}")),
+        };
+        let failures: Vec<String> = results
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().err().map(|e: &DatastoreError| format!("{name}: {e}")))
+            .collect();
+        let done = results.len() - failures.len();
+        for (name, result) in &results {
+            let vm_result = match result {
+                Ok(outcome) => describe_rekey(outcome),
+                Err(err) => format!("error: {err}"),
+            };
+            if let Some(vm) = self.datastore.vm_home(std::ffi::OsStr::new(name)) {
+                vm.record_command(CommandRecord {
+                    command: "rekey-all".into(),
+                    result: vm_result,
+                });
+            }
+        }
+        if failures.is_empty() {
+            (true, format!("ok: {done} of {} VM homes re-keyed", results.len()))
+        } else {
+            (
+                false,
+                format!("error: {done} of {} VM homes re-keyed; failed: {}", results.len(), failures.join("; ")),
+            )
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Opening, reading, writing and syncing files.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use fuser::{Errno, FileAttr};
+
+use super::attr;
+use super::handles::Handle;
+use super::inodes::NodeInfo;
+use super::{io_errno, FsResult, VmCryptFs};
+use crate::content::{ContentError, EncryptedFile};
+use crate::datastore::layout::ContentClass;
+
+/// Flags of the caller's open that must not reach the backing file:
+/// O_APPEND (the kernel already computed the offset, and pwrite with
+/// O_APPEND would ignore it), O_DIRECT (ciphertext is not block-aligned),
+/// O_TRUNC (truncation goes through the content layer), O_CREAT/O_EXCL
+/// (handled by `create`).
+const STRIPPED_FLAGS: i32 = libc::O_APPEND | libc::O_DIRECT | libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL;
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+impl VmCryptFs {
+    /// Opens the backing file. Encrypted files are opened read-write for
+    /// any write access, because a partial-block write must read the block.
+    fn open_backing(path: &Path, flags: i32, class: ContentClass, create_mode: Option<u32>) -> std::io::Result<File> {
+        let mut options = OpenOptions::new();
+        let write = wants_write(flags);
+        let read = flags & libc::O_ACCMODE != libc::O_WRONLY || class == ContentClass::Encrypted;
+        options
+            .read(read)
+            .write(write)
+            .custom_flags(flags & !STRIPPED_FLAGS & !libc::O_ACCMODE);
+        if let Some(mode) = create_mode {
+            options.mode(mode & 0o7777);
+            if flags & libc::O_EXCL != 0 {
+                options.create_new(true);
+            } else {
+                options.create(true);
+            }
+        }
+        options.open(path)
+    }
+
+    /// Builds the handle for an opened backing file of node `node`.
+    fn make_handle(&self, node: &NodeInfo, file: File, class: ContentClass, rel: &Path) -> FsResult<Handle> {
+        if class == ContentClass::Plain {
+            return Ok(Handle::Plain { file });
+        }
+        let vm = node.area.vm().ok_or(Errno::EIO)?;
+        let keyring = vm.keyring(self.datastore.provider()).map_err(|locked| {
+            log::warn!("open {}: {locked}", rel.display());
+            Errno::from_i32(libc::ENOKEY)
+        })?;
+        let content = self
+            .inodes
+            .acquire_content(node.ino, || EncryptedFile::new(keyring))
+            .ok_or(Errno::ENOENT)?;
+        Ok(Handle::Encrypted {
+            file,
+            content,
+            ino: node.ino,
+        })
+    }
+
+    fn class_of(node: &NodeInfo, rel: &Path) -> ContentClass {
+        rel.file_name()
+            .map(|name| Self::content_class(&node.area, name))
+            .unwrap_or(ContentClass::Plain)
+    }
+
+    /// Opens a file (or a `.control`). Returns the handle id and whether it
+    /// needs direct I/O.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+        let node = self.node(ino)?;
+        if let Some(scope) = Self::is_control(&node) {
+            return Ok((self.open_control(&node, scope), true));
+        }
+        let rel = self.node_path(&node)?;
+        let class = Self::class_of(&node, &rel);
+        let file = Self::open_backing(&self.backing_path(&rel), flags, class, None).map_err(io_errno)?;
+        let handle = self.make_handle(&node, file, class, &rel)?;
+        if flags & libc::O_TRUNC != 0 && wants_write(flags) {
+            self.truncate_handle(&handle, &rel, 0)?;
+        }
+        Ok((self.handles.insert(handle), false))
+    }
+
+    /// Creates and opens a regular file.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, uid: u32, gid: u32) -> FsResult<(FileAttr, u64)> {
+        let dir = self.node(parent)?;
+        self.check_user_name(&dir, name)?;
+        let rel = self.node_path(&dir)?.join(name);
+        let full = self.backing_path(&rel);
+        let area = self.child_area(&dir, name, None);
+        let class = Self::content_class(&area, name);
+        let file = Self::open_backing(&full, flags, class, Some(mode)).map_err(io_errno)?;
+        self.chown_to_caller(&full, uid, gid)?;
+        let meta = file.metadata().map_err(io_errno)?;
+        let ino = self.inodes.remember((meta.dev(), meta.ino()), &rel, area);
+        let node = self.node(ino)?;
+        let handle = self.make_handle(&node, file, class, &rel)?;
+        if flags & libc::O_TRUNC != 0 && meta.len() > 0 {
+            self.truncate_handle(&handle, &rel, 0)?;
+        }
+        let attr = attr::from_metadata(ino, &meta, class == ContentClass::Encrypted && meta.len() == 0);
+        Ok((attr, self.handles.insert(handle)))
+    }
+
+    fn log_content_error(rel: &Path, what: &str, err: &ContentError) -> Errno {
+        log::error!("{what} {}: {err}", rel.display());
+        Errno::from_i32(err.errno())
+    }
+
+    fn handle_path(&self, ino: u64) -> std::path::PathBuf {
+        self.inodes
+            .get(ino)
+            .and_then(|n| n.path)
+            .unwrap_or_else(|| "<unlinked file>".into())
+    }
+
+    /// Reads from an open file.
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
+        match &*handle {
+            Handle::Plain { file } => read_plain(file, offset, size as usize).map_err(io_errno),
+            Handle::Encrypted { file, content, .. } => content
+                .read(file, offset, size as u64)
+                .map_err(|e| Self::log_content_error(&self.handle_path(ino), "read", &e)),
+            Handle::Control { snapshot, .. } => {
+                let snapshot = snapshot.lock().expect("snapshot lock");
+                let start = (offset as usize).min(snapshot.len());
+                let end = (start + size as usize).min(snapshot.len());
+                Ok(snapshot[start..end].to_vec())
+            }
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Writes to an open file.
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
+        match &*handle {
+            Handle::Plain { file } => file.write_all_at(data, offset).map_err(io_errno)?,
+            Handle::Encrypted { file, content, .. } => content
+                .write(file, offset, data)
+                .map_err(|e| Self::log_content_error(&self.handle_path(ino), "write", &e))?,
+            Handle::Control { scope, vm, snapshot } => {
+                self.write_control(*scope, vm.as_ref(), data)?;
+                *snapshot.lock().expect("snapshot lock") = self.control_text(*scope, vm.as_ref());
+            }
+            Handle::Dir { .. } => return Err(Errno::EISDIR),
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// fsync/fdatasync: reaches the backing file.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
+        let file = match &*handle {
+            Handle::Plain { file } | Handle::Encrypted { file, .. } => file,
+            _ => return Ok(()),
+        };
+        let result = if datasync { file.sync_data() } else { file.sync_all() };
+        result.map_err(io_errno)
+    }
+
+    /// Closes a handle.
+    pub fn release(&self, fh: u64) {
+        if let Some(handle) = self.handles.remove(fh) {
+            if let Handle::Encrypted { ino, .. } = &*handle {
+                self.inodes.release_content(*ino);
+            }
+        }
+    }
+
+    fn truncate_handle(&self, handle: &Handle, rel: &Path, size: u64) -> FsResult<()> {
+        match handle {
+            Handle::Plain { file } => file.set_len(size).map_err(io_errno),
+            Handle::Encrypted { file, content, .. } => content
+                .truncate(file, size)
+                .map_err(|e| Self::log_content_error(rel, "truncate", &e)),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Truncates through an open handle if given, else opens the file for
+    /// the duration (sharing the inode's content state and locks).
+    pub(super) fn truncate(&self, node: &NodeInfo, full: &Path, size: u64, fh: Option<u64>) -> FsResult<()> {
+        let rel = self.node_path(node)?;
+        if let Some(handle) = fh.and_then(|fh| self.handles.get(fh)) {
+            if matches!(&*handle, Handle::Plain { .. } | Handle::Encrypted { .. }) {
+                return self.truncate_handle(&handle, &rel, size);
+            }
+        }
+        let class = Self::class_of(node, &rel);
+        let file = Self::open_backing(full, libc::O_WRONLY, class, None).map_err(io_errno)?;
+        let handle = self.make_handle(node, file, class, &rel)?;
+        let result = self.truncate_handle(&handle, &rel, size);
+        if let Handle::Encrypted { ino, .. } = handle {
+            self.inodes.release_content(ino);
+        }
+        result
+    }
+}
+
+/// Reads up to `size` bytes at `offset`, short only at end of file.
+fn read_plain(file: &File, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    let mut filled = 0;
+    while filled < size {
+        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}

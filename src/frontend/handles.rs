@@ -1,0 +1,86 @@
+//! Open file and directory handles.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fuser::FileType;
+
+use crate::content::EncryptedFile;
+use crate::control::command::ControlScope;
+use crate::datastore::vm_home::VmHome;
+
+/// One directory entry of a directory handle's snapshot.
+pub struct DirEntry {
+    /// Node id or backing inode number (d_ino).
+    pub ino: u64,
+    /// Entry type.
+    pub kind: FileType,
+    /// Entry name.
+    pub name: OsString,
+}
+
+/// What an open handle refers to.
+pub enum Handle {
+    /// A file stored as is.
+    Plain {
+        /// The backing file.
+        file: File,
+    },
+    /// An encrypted file.
+    Encrypted {
+        /// The backing file (opened read-write when possible, because
+        /// partial-block writes must read).
+        file: File,
+        /// Shared per-inode content state.
+        content: Arc<EncryptedFile>,
+        /// The node, to release the content hold on close.
+        ino: u64,
+    },
+    /// A `.control` file.
+    Control {
+        /// Root or VM home.
+        scope: ControlScope,
+        /// The VM home, for a VM `.control`.
+        vm: Option<Arc<VmHome>>,
+        /// Status text taken at open; reads are served from it.
+        snapshot: Mutex<Vec<u8>>,
+    },
+    /// A directory: its entries, read once at opendir.
+    Dir {
+        /// The entries, `.` and `..` first.
+        entries: Vec<DirEntry>,
+    },
+}
+
+/// Handle ids → handles. Read-locked on every read and write request;
+/// write-locked only to open and close.
+#[derive(Default)]
+pub struct HandleTable {
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    /// Registers a handle and returns its id.
+    pub fn insert(&self, handle: Handle) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.handles
+            .write()
+            .expect("handle lock")
+            .insert(id, Arc::new(handle));
+        id
+    }
+
+    /// The handle with id `fh`.
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.read().expect("handle lock").get(&fh).cloned()
+    }
+
+    /// Removes and returns the handle.
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.write().expect("handle lock").remove(&fh)
+    }
+}

@@ -1,0 +1,311 @@
+//! FUSE node ids ↔ backing files.
+//!
+//! Nodes are keyed by the backing file's (st_dev, st_ino), so hard links
+//! share one node id, and each node keeps the datastore-relative paths it is
+//! known by. Virtual `.control` files get their own node per directory.
+//! Node 1 is the datastore root.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::content::EncryptedFile;
+use crate::control::command::ControlScope;
+use crate::datastore::vm_home::VmHome;
+
+/// The root's node id (FUSE_ROOT_ID).
+pub const ROOT_INO: u64 = 1;
+
+/// Which part of the datastore a node is in.
+#[derive(Clone)]
+pub enum Area {
+    /// The datastore root directory itself.
+    Root,
+    /// Outside any encrypted VM home: everything passes through.
+    Plain,
+    /// Inside (or being) an encrypted VM home.
+    Vm(Arc<VmHome>),
+}
+
+impl Area {
+    /// Whether two areas are the same encryption domain (renames and links
+    /// across domains return EXDEV).
+    pub fn same_domain(&self, other: &Area) -> bool {
+        match (self, other) {
+            (Area::Vm(a), Area::Vm(b)) => Arc::ptr_eq(a, b),
+            (Area::Vm(_), _) | (_, Area::Vm(_)) => false,
+            _ => true,
+        }
+    }
+
+    /// The VM home, if any.
+    pub fn vm(&self) -> Option<&Arc<VmHome>> {
+        match self {
+            Area::Vm(vm) => Some(vm),
+            _ => None,
+        }
+    }
+}
+
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A real file, directory or symlink in the datastore.
+    Backing,
+    /// A virtual `.control` file.
+    Control(ControlScope),
+}
+
+/// A snapshot of what the table knows about one node.
+#[derive(Clone)]
+pub struct NodeInfo {
+    /// The node id.
+    pub ino: u64,
+    /// One datastore-relative path (`""` for the root), if still linked.
+    pub path: Option<PathBuf>,
+    /// The node's area.
+    pub area: Area,
+    /// Real or virtual.
+    pub kind: NodeKind,
+}
+
+struct Node {
+    backing: Option<(u64, u64)>,
+    paths: Vec<PathBuf>,
+    area: Area,
+    kind: NodeKind,
+    lookups: u64,
+    /// Shared content state while the node is open (or being truncated),
+    /// with the number of holders.
+    content: Option<(Arc<EncryptedFile>, usize)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<u64, Node>,
+    by_backing: HashMap<(u64, u64), u64>,
+    controls: HashMap<u64, u64>,
+    next_ino: u64,
+}
+
+/// The node table. One lock: lookups and I/O take it briefly for reading;
+/// structural changes (lookup of a new node, rename, unlink, forget) write.
+pub struct InodeTable {
+    inner: RwLock<Inner>,
+}
+
+impl InodeTable {
+    /// A table holding only the root.
+    pub fn new(root_backing: (u64, u64)) -> Self {
+        let mut inner = Inner {
+            next_ino: ROOT_INO + 1,
+            ..Inner::default()
+        };
+        inner.nodes.insert(
+            ROOT_INO,
+            Node {
+                backing: Some(root_backing),
+                paths: vec![PathBuf::new()],
+                area: Area::Root,
+                kind: NodeKind::Backing,
+                lookups: 1,
+                content: None,
+            },
+        );
+        inner.by_backing.insert(root_backing, ROOT_INO);
+        Self {
+            inner: RwLock::new(inner),
+        }
+    }
+
+    /// What the table knows about `ino`.
+    pub fn get(&self, ino: u64) -> Option<NodeInfo> {
+        let inner = self.inner.read().expect("inode lock");
+        let node = inner.nodes.get(&ino)?;
+        Some(NodeInfo {
+            ino,
+            path: node.paths.first().cloned(),
+            area: node.area.clone(),
+            kind: node.kind,
+        })
+    }
+
+    /// Records a lookup of a backing file at `path`, returning its node id.
+    /// A new path of a known file (a hard link) is added to its paths; the
+    /// area is refreshed (a directory may have just become a VM home).
+    pub fn remember(&self, backing: (u64, u64), path: &Path, area: Area) -> u64 {
+        let mut inner = self.inner.write().expect("inode lock");
+        if let Some(&ino) = inner.by_backing.get(&backing) {
+            let node = inner.nodes.get_mut(&ino).expect("indexed node exists");
+            if !node.paths.iter().any(|p| p == path) {
+                node.paths.push(path.to_path_buf());
+            }
+            if ino != ROOT_INO {
+                node.area = area;
+                node.lookups += 1;
+            }
+            return ino;
+        }
+        let ino = inner.next_ino;
+        inner.next_ino += 1;
+        inner.nodes.insert(
+            ino,
+            Node {
+                backing: Some(backing),
+                paths: vec![path.to_path_buf()],
+                area,
+                kind: NodeKind::Backing,
+                lookups: 1,
+                content: None,
+            },
+        );
+        inner.by_backing.insert(backing, ino);
+        ino
+    }
+
+    /// The node id of the `.control` file in directory `dir_ino`.
+    pub fn remember_control(&self, dir_ino: u64, area: Area, scope: ControlScope) -> u64 {
+        let mut inner = self.inner.write().expect("inode lock");
+        if let Some(&ino) = inner.controls.get(&dir_ino) {
+            inner.nodes.get_mut(&ino).expect("control node exists").lookups += 1;
+            return ino;
+        }
+        let ino = inner.next_ino;
+        inner.next_ino += 1;
+        inner.nodes.insert(
+            ino,
+            Node {
+                backing: None,
+                paths: Vec::new(),
+                area,
+                kind: NodeKind::Control(scope),
+                lookups: 1,
+                content: None,
+            },
+        );
+        inner.controls.insert(dir_ino, ino);
+        ino
+    }
+
+    /// The kernel dropped `count` lookups of `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut inner = self.inner.write().expect("inode lock");
+        let Some(node) = inner.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(count);
+        if node.lookups > 0 || node.content.is_some() {
+            return;
+        }
+        Self::remove_node(&mut inner, ino);
+    }
+
+    /// A path was unlinked (or replaced by a rename): forget it.
+    pub fn unlink_path(&self, path: &Path) {
+        let mut inner = self.inner.write().expect("inode lock");
+        Self::drop_path(&mut inner, path);
+    }
+
+    /// Removes `path` from every node. A node left with no path is detached
+    /// from its backing identity, so that if the file system reuses the
+    /// inode number for a new file, that file gets a fresh node.
+    fn drop_path(inner: &mut Inner, path: &Path) {
+        let mut detached = Vec::new();
+        for node in inner.nodes.values_mut() {
+            let before = node.paths.len();
+            node.paths.retain(|p| p != path);
+            if before > 0 && node.paths.is_empty() {
+                detached.extend(node.backing);
+            }
+        }
+        for backing in detached {
+            inner.by_backing.remove(&backing);
+        }
+    }
+
+    /// `from` was renamed to `to`: rewrite it and every path below it.
+    pub fn rename_path(&self, from: &Path, to: &Path) {
+        let mut inner = self.inner.write().expect("inode lock");
+        Self::drop_path(&mut inner, to);
+        for node in inner.nodes.values_mut() {
+            for path in node.paths.iter_mut() {
+                if let Ok(rest) = path.strip_prefix(from) {
+                    *path = if rest.as_os_str().is_empty() {
+                        to.to_path_buf()
+                    } else {
+                        to.join(rest)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Takes a hold on the shared content state of `ino`, creating it with
+    /// `make` if the node has none. Pair with [`InodeTable::release_content`].
+    pub fn acquire_content(&self, ino: u64, make: impl FnOnce() -> EncryptedFile) -> Option<Arc<EncryptedFile>> {
+        let mut inner = self.inner.write().expect("inode lock");
+        let node = inner.nodes.get_mut(&ino)?;
+        let (content, holders) = node.content.get_or_insert_with(|| (Arc::new(make()), 0));
+        *holders += 1;
+        Some(content.clone())
+    }
+
+    /// Drops a hold taken by [`InodeTable::acquire_content`].
+    pub fn release_content(&self, ino: u64) {
+        let mut inner = self.inner.write().expect("inode lock");
+        let mut remove = false;
+        if let Some(node) = inner.nodes.get_mut(&ino) {
+            if let Some((_, holders)) = node.content.as_mut() {
+                *holders -= 1;
+                if *holders == 0 {
+                    node.content = None;
+                    remove = node.lookups == 0;
+                }
+            }
+        }
+        if remove {
+            Self::remove_node(&mut inner, ino);
+        }
+    }
+
+    fn remove_node(inner: &mut Inner, ino: u64) {
+        let node = inner.nodes.remove(&ino).expect("node exists");
+        if let Some(backing) = node.backing {
+            if inner.by_backing.get(&backing) == Some(&ino) {
+                inner.by_backing.remove(&backing);
+            }
+        }
+        inner.controls.retain(|_, &mut c| c != ino);
+    }
+
+    /// The node id for a directory entry, if known (for readdir's d_ino).
+    pub fn known_ino(&self, backing: (u64, u64)) -> Option<u64> {
+        self.inner.read().expect("inode lock").by_backing.get(&backing).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_links_share_a_node_and_renames_rewrite_paths() {
+        let table = InodeTable::new((1, 2));
+        let a = table.remember((1, 10), Path::new("vm/a"), Area::Plain);
+        let b = table.remember((1, 10), Path::new("vm/b"), Area::Plain);
+        assert_eq!(a, b);
+        table.unlink_path(Path::new("vm/a"));
+        assert_eq!(table.get(a).unwrap().path.unwrap(), PathBuf::from("vm/b"));
+        let d = table.remember((1, 11), Path::new("dir"), Area::Plain);
+        let f = table.remember((1, 12), Path::new("dir/sub/f"), Area::Plain);
+        table.rename_path(Path::new("dir"), Path::new("dir2"));
+        assert_eq!(table.get(d).unwrap().path.unwrap(), PathBuf::from("dir2"));
+        assert_eq!(table.get(f).unwrap().path.unwrap(), PathBuf::from("dir2/sub/f"));
+        table.forget(f, 1);
+        assert!(table.get(f).is_none());
+        assert_eq!(table.get(ROOT_INO).unwrap().path.unwrap(), PathBuf::new());
+    }
+}
