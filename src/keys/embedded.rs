@@ -606,3 +606,441 @@ fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::keys::embedded::store::VERSIONS_TREE;
+
+    const AAD: &[u8] = b"vm-home-1 bundle";
+
+    /// A temp dir with a fresh key store in its `ks` subdirectory.
+    fn new_store() -> (tempfile::TempDir, PathBuf, EmbeddedProvider) {
+        let dir = tempfile::tempdir().unwrap();
+        let keystore = dir.path().join("ks");
+        let (provider, _) = EmbeddedProvider::init(&keystore).unwrap();
+        (dir, keystore, provider)
+    }
+
+    fn version(provider: &EmbeddedProvider, version: u32) -> KekRef {
+        provider.kek_ref(version)
+    }
+
+    fn wrap_random_dek(provider: &EmbeddedProvider, kek: &KekRef) -> (Dek, Vec<u8>) {
+        let dek = Dek::generate();
+        let wrapped = provider.wrap_dek(kek, &dek, AAD).unwrap();
+        (dek, wrapped)
+    }
+
+    fn assert_unwraps(provider: &EmbeddedProvider, kek: &KekRef, dek: &Dek, wrapped: &[u8]) {
+        let unwrapped = provider.unwrap_dek(kek, wrapped, AAD).unwrap();
+        assert_eq!(unwrapped.expose(), dek.expose());
+    }
+
+    /// Rewrites one stored KEK record with sled directly, as an attacker or
+    /// a disk error would.
+    fn edit_record(keystore: &Path, version: u32, edit: impl FnOnce(&mut Vec<u8>)) {
+        let db = sled::open(kek_db_path(keystore)).unwrap();
+        let tree = db.open_tree(VERSIONS_TREE).unwrap();
+        let mut bytes = tree.get(version.to_be_bytes()).unwrap().unwrap().to_vec();
+        edit(&mut bytes);
+        tree.insert(version.to_be_bytes(), bytes).unwrap();
+        db.flush().unwrap();
+    }
+
+    fn replace_master_key(keystore: &Path) {
+        fs::remove_file(master_key_path(keystore)).unwrap();
+        master_key::create(&master_key_path(keystore)).unwrap();
+    }
+
+    #[test]
+    fn init_creates_layout_and_version_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let keystore = dir.path().join("ks");
+        let (provider, kek) = EmbeddedProvider::init(&keystore).unwrap();
+        assert_eq!(kek.provider, EMBEDDED_PROVIDER_NAME);
+        assert_eq!(kek.version, 1);
+        assert_eq!(kek.kek_id.len(), 32);
+        assert_eq!(kek.kek_id, provider.kek_id());
+        let mode = fs::metadata(&keystore).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(master_key_path(&keystore).is_file());
+        assert!(kek_db_path(&keystore).is_dir());
+        let listed = provider.list_versions().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, KekState::Active);
+        assert!(listed[0].current);
+        assert!(listed[0].created_unix > 1_600_000_000);
+    }
+
+    #[test]
+    fn open_sees_what_init_made() {
+        let (_dir, keystore, provider) = new_store();
+        let reopened = EmbeddedProvider::open(&keystore).unwrap();
+        assert_eq!(reopened.kek_id(), provider.kek_id());
+        assert_eq!(reopened.current_kek().unwrap(), version(&provider, 1));
+        let (dek, wrapped) = wrap_random_dek(&provider, &version(&provider, 1));
+        assert_unwraps(&reopened, &version(&provider, 1), &dek, &wrapped);
+    }
+
+    #[test]
+    fn init_refuses_an_existing_store() {
+        let (_dir, keystore, _provider) = new_store();
+        assert!(matches!(
+            EmbeddedProvider::init(&keystore),
+            Err(ProviderError::AlreadyInitialized { .. })
+        ));
+        fs::remove_dir_all(kek_db_path(&keystore)).unwrap();
+        assert!(matches!(
+            EmbeddedProvider::init(&keystore),
+            Err(ProviderError::AlreadyInitialized { .. })
+        ));
+    }
+
+    #[test]
+    fn open_without_store_says_not_initialized() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = EmbeddedProvider::open(dir.path()).err().unwrap();
+        assert!(matches!(err, ProviderError::NotInitialized { .. }));
+        assert!(err.to_string().contains("provider init"));
+    }
+
+    #[test]
+    fn replaced_master_key_is_wrong_master_key() {
+        let (_dir, keystore, _provider) = new_store();
+        replace_master_key(&keystore);
+        assert!(matches!(
+            EmbeddedProvider::open(&keystore),
+            Err(ProviderError::WrongMasterKey { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_master_key_is_reported() {
+        let (_dir, keystore, _provider) = new_store();
+        fs::remove_file(master_key_path(&keystore)).unwrap();
+        assert!(matches!(
+            EmbeddedProvider::open(&keystore),
+            Err(ProviderError::MasterKeyMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_master_key_is_reported() {
+        let (_dir, keystore, _provider) = new_store();
+        fs::write(master_key_path(&keystore), "not a key\n").unwrap();
+        assert!(matches!(
+            EmbeddedProvider::open(&keystore),
+            Err(ProviderError::MasterKeyMalformed { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_aad_or_tampered_dek_fails_to_unwrap() {
+        let (_dir, _keystore, provider) = new_store();
+        let kek = version(&provider, 1);
+        let (_dek, mut wrapped) = wrap_random_dek(&provider, &kek);
+        let err = provider
+            .unwrap_dek(&kek, &wrapped, b"other vm")
+            .err()
+            .unwrap();
+        assert!(matches!(err, ProviderError::UnwrapFailed { kek: k } if k == kek));
+        wrapped[20] ^= 1;
+        assert!(matches!(
+            provider.unwrap_dek(&kek, &wrapped, AAD),
+            Err(ProviderError::UnwrapFailed { .. })
+        ));
+    }
+
+    #[test]
+    fn rotate_makes_v2_current_and_v1_still_works() {
+        let (_dir, _keystore, provider) = new_store();
+        let v1 = version(&provider, 1);
+        let (dek, wrapped) = wrap_random_dek(&provider, &v1);
+        let v2 = provider.rotate().unwrap();
+        assert_eq!(v2, version(&provider, 2));
+        assert_eq!(provider.current_kek().unwrap(), v2);
+        assert_unwraps(&provider, &v1, &dek, &wrapped);
+        // v1 is still active, so it may still wrap (e.g. a re-key in flight).
+        let (dek1, wrapped1) = wrap_random_dek(&provider, &v1);
+        assert_unwraps(&provider, &v1, &dek1, &wrapped1);
+        let (dek2, wrapped2) = wrap_random_dek(&provider, &v2);
+        assert_unwraps(&provider, &v2, &dek2, &wrapped2);
+        assert!(provider.unwrap_dek(&v1, &wrapped2, AAD).is_err());
+        let current: Vec<bool> = provider
+            .list_versions()
+            .unwrap()
+            .iter()
+            .map(|info| info.current)
+            .collect();
+        assert_eq!(current, [false, true]);
+    }
+
+    #[test]
+    fn retired_version_unwraps_but_does_not_wrap() {
+        let (_dir, _keystore, provider) = new_store();
+        let v1 = version(&provider, 1);
+        let (dek, wrapped) = wrap_random_dek(&provider, &v1);
+        provider.rotate().unwrap();
+        provider.retire(1).unwrap();
+        provider.retire(1).unwrap();
+        assert_unwraps(&provider, &v1, &dek, &wrapped);
+        assert!(matches!(
+            provider.wrap_dek(&v1, &dek, AAD),
+            Err(ProviderError::KekNotActive {
+                version: 1,
+                state: "retired",
+                ..
+            })
+        ));
+        assert_eq!(
+            provider.list_versions().unwrap()[0].state,
+            KekState::Retired
+        );
+    }
+
+    #[test]
+    fn destroyed_version_is_locked_out() {
+        let (_dir, keystore, provider) = new_store();
+        let v1 = version(&provider, 1);
+        let (dek, wrapped) = wrap_random_dek(&provider, &v1);
+        provider.rotate().unwrap();
+        provider.destroy(1).unwrap();
+        provider.destroy(1).unwrap();
+        assert!(matches!(
+            provider.unwrap_dek(&v1, &wrapped, AAD),
+            Err(ProviderError::KekDestroyed { version: 1, .. })
+        ));
+        assert!(matches!(
+            provider.wrap_dek(&v1, &dek, AAD),
+            Err(ProviderError::KekDestroyed { version: 1, .. })
+        ));
+        assert!(matches!(
+            provider.retire(1),
+            Err(ProviderError::KekDestroyed { .. })
+        ));
+        assert_eq!(
+            provider.list_versions().unwrap()[0].state,
+            KekState::Destroyed
+        );
+        // The key material is gone from the record, and survives reopening.
+        let reopened = EmbeddedProvider::open(&keystore).unwrap();
+        let record = reopened.session().unwrap().record(1).unwrap().unwrap();
+        assert!(record.wrapped.is_empty());
+    }
+
+    #[test]
+    fn current_and_unknown_versions_cannot_change_state() {
+        let (_dir, _keystore, provider) = new_store();
+        for result in [provider.retire(1), provider.destroy(1)] {
+            let err = result.err().unwrap();
+            assert!(matches!(
+                err,
+                ProviderError::CurrentKekVersion { version: 1, .. }
+            ));
+            assert!(err.to_string().contains("provider rotate"));
+        }
+        assert!(matches!(
+            provider.retire(7),
+            Err(ProviderError::UnknownKekVersion { version: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_and_unknown_kek_refs_are_refused() {
+        let (_dir, _keystore, provider) = new_store();
+        let dek = Dek::generate();
+        let mut foreign = version(&provider, 1);
+        foreign.kek_id = "00".repeat(16);
+        assert!(matches!(
+            provider.wrap_dek(&foreign, &dek, AAD),
+            Err(ProviderError::ForeignKek { .. })
+        ));
+        let mut other_provider = version(&provider, 1);
+        other_provider.provider = "kmip-prod".into();
+        assert!(matches!(
+            provider.unwrap_dek(&other_provider, &[0; 60], AAD),
+            Err(ProviderError::UnknownProvider { name }) if name == "kmip-prod"
+        ));
+        assert!(matches!(
+            provider.wrap_dek(&version(&provider, 9), &dek, AAD),
+            Err(ProviderError::UnknownKekVersion { version: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_kek_record_is_store_corrupt() {
+        let (_dir, keystore, provider) = new_store();
+        let v1 = version(&provider, 1);
+        let (dek, _wrapped) = wrap_random_dek(&provider, &v1);
+        edit_record(&keystore, 1, |bytes| {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        });
+        let err = provider.wrap_dek(&v1, &dek, AAD).err().unwrap();
+        assert!(matches!(err, ProviderError::StoreCorrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("KEK version 1"), "{err}");
+        edit_record(&keystore, 1, |bytes| bytes.truncate(20));
+        let err = provider.list_versions().err().unwrap();
+        assert!(matches!(err, ProviderError::StoreCorrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("KEK version 1"), "{err}");
+    }
+
+    #[test]
+    fn export_import_round_trip_into_fresh_dir() {
+        let (dir, keystore, provider) = new_store();
+        let (dek1, wrapped1) = wrap_random_dek(&provider, &version(&provider, 1));
+        let v2 = provider.rotate().unwrap();
+        let (dek2, wrapped2) = wrap_random_dek(&provider, &v2);
+        let backup = dir.path().join("backup.txt");
+        provider.export(&backup).unwrap();
+        let mode = fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            provider.export(&backup).is_err(),
+            "export must not overwrite"
+        );
+
+        let restored_dir = dir.path().join("restored");
+        fs::create_dir(&restored_dir).unwrap();
+        fs::copy(master_key_path(&keystore), master_key_path(&restored_dir)).unwrap();
+        let summary = EmbeddedProvider::import(&restored_dir, &backup).unwrap();
+        assert!(summary.created_store);
+        assert_eq!(summary.added_versions, [1, 2]);
+        assert_eq!(summary.current, v2);
+
+        let restored = EmbeddedProvider::open(&restored_dir).unwrap();
+        assert_eq!(restored.kek_id(), provider.kek_id());
+        assert_eq!(restored.current_kek().unwrap(), v2);
+        assert_eq!(
+            restored.list_versions().unwrap(),
+            provider.list_versions().unwrap()
+        );
+        assert_unwraps(&restored, &version(&provider, 1), &dek1, &wrapped1);
+        assert_unwraps(&restored, &v2, &dek2, &wrapped2);
+    }
+
+    #[test]
+    fn import_merges_missing_versions_and_keeps_existing_ones() {
+        let (dir, keystore, provider) = new_store();
+        let old_backup = dir.path().join("old.txt");
+        provider.export(&old_backup).unwrap();
+        provider.rotate().unwrap();
+        let new_backup = dir.path().join("new.txt");
+        provider.export(&new_backup).unwrap();
+
+        // An older backup adds nothing and does not move `current` back.
+        let summary = EmbeddedProvider::import(&keystore, &old_backup).unwrap();
+        assert!(!summary.created_store);
+        assert!(summary.added_versions.is_empty());
+        assert_eq!(summary.current.version, 2);
+
+        let stale_dir = dir.path().join("stale");
+        fs::create_dir(&stale_dir).unwrap();
+        fs::copy(master_key_path(&keystore), master_key_path(&stale_dir)).unwrap();
+        EmbeddedProvider::import(&stale_dir, &old_backup).unwrap();
+        let summary = EmbeddedProvider::import(&stale_dir, &new_backup).unwrap();
+        assert_eq!(summary.added_versions, [2]);
+        assert_eq!(summary.current.version, 2);
+    }
+
+    #[test]
+    fn import_with_wrong_or_missing_master_key_fails() {
+        let (dir, _keystore, provider) = new_store();
+        let backup = dir.path().join("backup.txt");
+        provider.export(&backup).unwrap();
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let err = EmbeddedProvider::import(&target, &backup).err().unwrap();
+        assert!(matches!(err, ProviderError::ImportNeedsMasterKey { .. }));
+        assert!(err.to_string().contains("restore master.key"), "{err}");
+        master_key::create(&master_key_path(&target)).unwrap();
+        assert!(matches!(
+            EmbeddedProvider::import(&target, &backup),
+            Err(ProviderError::WrongMasterKey { .. })
+        ));
+        assert!(
+            !kek_db_path(&target).exists(),
+            "a failed import leaves no store"
+        );
+    }
+
+    #[test]
+    fn import_refuses_another_store_and_bad_keks() {
+        let (dir, keystore, provider) = new_store();
+        let backup = dir.path().join("backup.txt");
+        provider.export(&backup).unwrap();
+
+        // Same master key, different store id.
+        let other_dir = dir.path().join("other");
+        fs::create_dir(&other_dir).unwrap();
+        fs::copy(master_key_path(&keystore), master_key_path(&other_dir)).unwrap();
+        let master = master_key::load(&master_key_path(&other_dir)).unwrap();
+        let other =
+            EmbeddedProvider::from_parts(&other_dir, master, random::array(), DEFAULT_LOCK_TIMEOUT);
+        other.write_first_version().unwrap();
+        let err = EmbeddedProvider::import(&other_dir, &backup).err().unwrap();
+        assert!(
+            matches!(err, ProviderError::KeystoreIdMismatch { .. }),
+            "{err:?}"
+        );
+
+        // A KEK line whose wrapped key was altered is caught before import.
+        let text = fs::read_to_string(&backup).unwrap();
+        let kek_line = text.lines().position(|l| l.starts_with("kek: 1 ")).unwrap();
+        let tampered: String = text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| match i == kek_line {
+                true => {
+                    let (head, last) = line.split_at(line.len() - 1);
+                    let flipped = if last == "0" { "1" } else { "0" };
+                    format!("{head}{flipped}\n")
+                }
+                false => format!("{line}\n"),
+            })
+            .collect();
+        let tampered_file = dir.path().join("tampered.txt");
+        fs::write(&tampered_file, tampered).unwrap();
+        let err = EmbeddedProvider::import(&keystore, &tampered_file)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ProviderError::BackupMalformed { line, .. } if line == kek_line + 1),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn held_store_lock_gives_store_busy_after_the_timeout() {
+        let (_dir, keystore, provider) = new_store();
+        let provider = provider.with_lock_timeout(Duration::from_millis(300));
+        let held = sled::open(kek_db_path(&keystore)).unwrap();
+        let started = Instant::now();
+        let err = provider.list_versions().err().unwrap();
+        let elapsed = started.elapsed();
+        assert!(matches!(err, ProviderError::StoreBusy { .. }), "{err:?}");
+        assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        drop(held);
+        assert_eq!(provider.list_versions().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn threads_of_one_process_share_the_store() {
+        let (_dir, _keystore, provider) = new_store();
+        let kek = version(&provider, 1);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let (dek, wrapped) = wrap_random_dek(&provider, &kek);
+                        assert_unwraps(&provider, &kek, &dek, &wrapped);
+                    }
+                });
+            }
+        });
+    }
+}

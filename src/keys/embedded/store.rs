@@ -25,7 +25,7 @@ use crate::keys::ProviderError;
 const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
 const META_TREE: &[u8] = b"meta";
-const VERSIONS_TREE: &[u8] = b"kek_versions";
+pub(super) const VERSIONS_TREE: &[u8] = b"kek_versions";
 pub(super) const META_KEYSTORE_ID: &[u8] = b"keystore_id";
 pub(super) const META_CHECK: &[u8] = b"check";
 const META_CURRENT_VERSION: &[u8] = b"current_version";
