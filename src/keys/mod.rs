@@ -7,6 +7,7 @@
 //! sit behind the same trait.
 
 pub mod embedded;
+mod fsutil;
 pub mod keystore_path;
 pub mod master_key;
 
@@ -169,6 +170,47 @@ pub enum ProviderError {
         keystore: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// Retire or destroy was asked of the version that wraps new bundles.
+    #[error("KEK version {version} of `{kek_id}` is the current version and cannot be {action}; run `vmcryptfs provider rotate` first")]
+    CurrentKekVersion {
+        /// KEK id.
+        kek_id: String,
+        /// The current version.
+        version: u32,
+        /// What was refused (`retired`, `destroyed`).
+        action: &'static str,
+    },
+    /// A key store backup file does not parse or does not verify.
+    #[error("key store backup {file}, line {line}: {reason}")]
+    BackupMalformed {
+        /// The backup file.
+        file: PathBuf,
+        /// 1-based line number at fault (the last line for missing entries).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Import needs the master key the backup was made under, and it is not
+    /// in the key store directory.
+    #[error("cannot import {file}: master key file {path} is missing; restore master.key from your offline backup to {path} first, then rerun `vmcryptfs provider import`")]
+    ImportNeedsMasterKey {
+        /// The backup file.
+        file: PathBuf,
+        /// Where the master key must be.
+        path: PathBuf,
+    },
+    /// Import into a store that is a different key store than the backup.
+    #[error("cannot import {file} into {keystore}: the backup is of key store `{backup_id}` but this key store is `{store_id}`; import into an empty directory (holding only the backup's master.key) instead")]
+    KeystoreIdMismatch {
+        /// The backup file.
+        file: PathBuf,
+        /// The key store directory.
+        keystore: PathBuf,
+        /// Key store id in the backup.
+        backup_id: String,
+        /// Key store id of the existing store.
+        store_id: String,
     },
     /// An I/O error, with what we were doing.
     #[error("{context}: {source}")]

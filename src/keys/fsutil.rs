@@ -1,0 +1,39 @@
+//! Small durable-file helpers shared by the master key file and exports.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Mode of every file that holds key material, wrapped or not.
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `path` (failing if it exists, so nothing is ever overwritten),
+/// mode 0600, writes `contents`, and makes both the file and its directory
+/// entry durable: a key file that vanishes after a power cut is as bad as a
+/// lost key.
+pub(crate) fn create_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fsync_parent_dir(path)
+}
+
+/// fsyncs the directory holding `path`, so a newly created entry survives a
+/// crash.
+pub(crate) fn fsync_parent_dir(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Builds a [`crate::keys::ProviderError::Io`] that says what we were doing.
+pub(crate) fn io_error(context: String) -> impl FnOnce(io::Error) -> super::ProviderError {
+    move |source| super::ProviderError::Io { context, source }
+}
