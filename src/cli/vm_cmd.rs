@@ -1,9 +1,70 @@
-//! Subcommands (placeholder).
+//! `vmcryptfs vm create | status | rekey`: VM homes on an unmounted (or
+//! mounted) datastore, straight on the backing directory.
+
 use std::path::Path;
 
-use super::{CliError, ExitKind, VmCommand};
+use super::{open_provider, CliError, ExitKind, VmCommand};
+use crate::control::status::render_vm;
+use crate::datastore::vm_home::VmHome;
+use crate::datastore::vm_keys;
+use crate::datastore::DatastoreError;
 
-/// Runs the subcommand.
-pub fn run(_cmd: VmCommand, _keystore: &Path) -> Result<(), CliError> {
-    Err(CliError::new(ExitKind::Failure, "not implemented yet"))
+impl From<DatastoreError> for CliError {
+    fn from(err: DatastoreError) -> Self {
+        let kind = match &err {
+            DatastoreError::Io { .. } => ExitKind::Io,
+            DatastoreError::NotAVmHome { .. } | DatastoreError::AlreadyVmHome { .. } | DatastoreError::NotEmpty { .. } => {
+                ExitKind::Failure
+            }
+            _ => ExitKind::Key,
+        };
+        CliError::new(kind, err.to_string())
+    }
+}
+
+/// Runs a `vm` subcommand.
+pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
+    let provider = open_provider(keystore)?;
+    match cmd {
+        VmCommand::Create { path, encrypt_disks } => {
+            let bundle = vm_keys::create_vm_home(&path, &*provider, encrypt_disks)?;
+            println!(
+                "created encrypted VM home {} (vm-id {}, KEK {}, disks {})",
+                path.display(),
+                hex::encode(bundle.vm_id),
+                bundle.kek,
+                if encrypt_disks { "encrypted" } else { "pass through" }
+            );
+            Ok(())
+        }
+        VmCommand::Status { path } => {
+            let vm = vm_home_at(&path)?;
+            let status = vm.status(&*provider);
+            print!("{}", render_vm(&status));
+            match status.locked_reason {
+                Some(reason) => Err(CliError::new(ExitKind::Key, format!("VM home {} is locked: {reason}", path.display()))),
+                None => Ok(()),
+            }
+        }
+        VmCommand::Rekey { path } => {
+            let outcome = vm_keys::shallow_rekey(&path, &*provider)?;
+            println!(
+                "re-keyed {}: DEK rewrapped under {} (was v{}); only the key bundle changed",
+                path.display(),
+                outcome.to,
+                outcome.from.version
+            );
+            Ok(())
+        }
+    }
+}
+
+fn vm_home_at(path: &Path) -> Result<VmHome, CliError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CliError::new(ExitKind::Usage, format!("{} does not name a VM home directory", path.display())))?;
+    if !crate::datastore::bundle_file::has_bundle(path) {
+        return Err(DatastoreError::NotAVmHome { path: path.into() }.into());
+    }
+    Ok(VmHome::new(name.to_owned(), path.to_path_buf()))
 }
