@@ -124,11 +124,10 @@ impl EmbeddedProvider {
     /// id, and KEK version 1 (active, current), durably. Refuses if a master
     /// key or KEK database is already there.
     pub fn init(keystore: &Path) -> Result<(Self, KekRef), ProviderError> {
-        let already = ProviderError::AlreadyInitialized {
-            keystore: keystore.to_path_buf(),
-        };
         if master_key_path(keystore).exists() || kek_db_path(keystore).exists() {
-            return Err(already);
+            return Err(ProviderError::AlreadyInitialized {
+                keystore: keystore.to_path_buf(),
+            });
         }
         create_keystore_dir(keystore)?;
         let master = master_key::create(&master_key_path(keystore))?;
