@@ -71,6 +71,13 @@ struct Keystore {
 }
 
 impl Keystore {
+    fn new(dir: &Path, lock_timeout: Duration) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            lock_timeout,
+        }
+    }
+
     fn corrupt(&self, reason: String) -> ProviderError {
         ProviderError::StoreCorrupt {
             keystore: self.dir.clone(),
@@ -117,15 +124,18 @@ impl EmbeddedProvider {
     /// id, and KEK version 1 (active, current), durably. Refuses if a master
     /// key or KEK database is already there.
     pub fn init(keystore: &Path) -> Result<(Self, KekRef), ProviderError> {
-        let already = ProviderError::AlreadyInitialized {
-            keystore: keystore.to_path_buf(),
-        };
         if master_key_path(keystore).exists() || kek_db_path(keystore).exists() {
-            return Err(already);
+            return Err(ProviderError::AlreadyInitialized {
+                keystore: keystore.to_path_buf(),
+            });
         }
         create_keystore_dir(keystore)?;
         let master = master_key::create(&master_key_path(keystore))?;
-        let provider = Self::from_parts(keystore, master, random::array(), lock_timeout_from_env());
+        let provider = Self::from_parts(
+            Keystore::new(keystore, lock_timeout_from_env()),
+            master,
+            random::array(),
+        );
         match provider.write_first_version() {
             Ok(kek) => Ok((provider, kek)),
             Err(err) => {
@@ -147,12 +157,12 @@ impl EmbeddedProvider {
             });
         }
         let master = master_key::load(&master_key_path(keystore))?;
-        let mut provider = Self::from_parts(keystore, master, [0; 16], lock_timeout_from_env());
+        let store = Keystore::new(keystore, lock_timeout_from_env());
         let (keystore_id, check) = {
-            let session = Session::open(&provider.keystore)?;
+            let session = Session::open(&store)?;
             (session.keystore_id()?, session.check_value()?)
         };
-        provider.set_keystore_id(keystore_id);
+        let provider = Self::from_parts(store, master, keystore_id);
         provider.verify_check_value(&check)?;
         Ok(provider)
     }
@@ -237,12 +247,8 @@ impl EmbeddedProvider {
         )))?;
         let backup = Backup::parse(file, &text)?;
         let master = load_master_for_import(keystore, file)?;
-        let provider = Self::from_parts(
-            keystore,
-            master,
-            backup.keystore_id,
-            lock_timeout_from_env(),
-        );
+        let store = Keystore::new(keystore, lock_timeout_from_env());
+        let provider = Self::from_parts(store, master, backup.keystore_id);
         provider.verify_check_value(&backup.check)?;
         provider.verify_backup_keks(file, &backup)?;
         let created_store = !kek_db_path(keystore).exists();
@@ -254,26 +260,13 @@ impl EmbeddedProvider {
         result
     }
 
-    fn from_parts(
-        keystore: &Path,
-        master: MasterKey,
-        keystore_id: KeystoreId,
-        lock_timeout: Duration,
-    ) -> Self {
+    fn from_parts(keystore: Keystore, master: MasterKey, keystore_id: KeystoreId) -> Self {
         Self {
-            keystore: Keystore {
-                dir: keystore.to_path_buf(),
-                lock_timeout,
-            },
+            keystore,
             master,
             keystore_id,
             kek_id: hex::encode(keystore_id),
         }
-    }
-
-    fn set_keystore_id(&mut self, keystore_id: KeystoreId) {
-        self.keystore_id = keystore_id;
-        self.kek_id = hex::encode(keystore_id);
     }
 
     fn session(&self) -> Result<Session<'_>, ProviderError> {
@@ -978,8 +971,11 @@ mod tests {
         fs::create_dir(&other_dir).unwrap();
         fs::copy(master_key_path(&keystore), master_key_path(&other_dir)).unwrap();
         let master = master_key::load(&master_key_path(&other_dir)).unwrap();
-        let other =
-            EmbeddedProvider::from_parts(&other_dir, master, random::array(), DEFAULT_LOCK_TIMEOUT);
+        let other = EmbeddedProvider::from_parts(
+            Keystore::new(&other_dir, DEFAULT_LOCK_TIMEOUT),
+            master,
+            random::array(),
+        );
         other.write_first_version().unwrap();
         let err = EmbeddedProvider::import(&other_dir, &backup).err().unwrap();
         assert!(

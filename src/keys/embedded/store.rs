@@ -55,7 +55,9 @@ pub(super) struct Session<'a> {
 /// A set of writes that [`Session::commit`] applies atomically and durably.
 #[derive(Default)]
 pub(super) struct Changes {
+    /// `meta` entries to set.
     meta: Vec<(&'static [u8], Vec<u8>)>,
+    /// Encoded version records to set.
     versions: Vec<(u32, Vec<u8>)>,
 }
 
