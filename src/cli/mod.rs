@@ -107,7 +107,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Opens the key provider for a command that needs one.
-pub fn open_provider(keystore: &std::path::Path) -> Result<std::sync::Arc<dyn crate::keys::KeyProvider>, CliError> {
+pub fn open_provider(
+    keystore: &std::path::Path,
+) -> Result<std::sync::Arc<dyn crate::keys::KeyProvider>, CliError> {
     let provider = crate::keys::embedded::EmbeddedProvider::open(keystore)?;
     Ok(std::sync::Arc::new(provider))
 }

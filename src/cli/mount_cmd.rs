@@ -50,9 +50,19 @@ fn parse_options(args: &MountArgs) -> Result<MountSettings, CliError> {
     config.n_threads = Some(4);
     config.clone_fd = true;
     let mut fsname = format!("vmcryptfs:{}", args.datastore.display());
-    config.mount_options = vec![MountOption::Subtype("vmcryptfs".into()), MountOption::DefaultPermissions];
-    for option in args.options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let (key, value) = option.split_once('=').map_or((option, None), |(k, v)| (k, Some(v)));
+    config.mount_options = vec![
+        MountOption::Subtype("vmcryptfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    for option in args
+        .options
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = option
+            .split_once('=')
+            .map_or((option, None), |(k, v)| (k, Some(v)));
         match (key, value) {
             ("allow_other", None) => config.acl = SessionACL::All,
             ("allow_root", None) => config.acl = SessionACL::RootAndOwner,
@@ -64,9 +74,16 @@ fn parse_options(args: &MountArgs) -> Result<MountSettings, CliError> {
             ("noexec", None) => config.mount_options.push(MountOption::NoExec),
             ("fsname", Some(name)) => fsname = name.to_string(),
             ("threads", Some(n)) => {
-                let n: usize = n.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
-                    CliError::new(ExitKind::Usage, format!("mount option threads={n}: expected a number from 1 to 64"))
-                })?;
+                let n: usize =
+                    n.parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| {
+                            CliError::new(
+                                ExitKind::Usage,
+                                format!("mount option threads={n}: expected a number from 1 to 64"),
+                            )
+                        })?;
                 config.n_threads = Some(n);
             }
             // Options fstab and mount(8) pass that concern them, not us.
@@ -106,13 +123,20 @@ fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
     if !datastore.is_dir() {
         return Err(CliError::new(
             ExitKind::Io,
-            format!("datastore {} does not exist or is not a directory", datastore.display()),
+            format!(
+                "datastore {} does not exist or is not a directory",
+                datastore.display()
+            ),
         ));
     }
     if !mountpoint.is_dir() {
         return Err(CliError::new(
             ExitKind::Mount,
-            format!("mountpoint {} does not exist or is not a directory: create it with `mkdir -p {}`", mountpoint.display(), mountpoint.display()),
+            format!(
+                "mountpoint {} does not exist or is not a directory: create it with `mkdir -p {}`",
+                mountpoint.display(),
+                mountpoint.display()
+            ),
         ));
     }
     if is_mount_point(mountpoint) {
@@ -152,7 +176,14 @@ pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
         // do not reach the mount.
         let _ = nix::unistd::setsid();
     }
-    serve(datastore, mountpoint, settings, provider, background, args.log_file.as_deref())
+    serve(
+        datastore,
+        mountpoint,
+        settings,
+        provider,
+        background,
+        args.log_file.as_deref(),
+    )
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, CliError> {
@@ -184,26 +215,40 @@ fn serve(
     // already applied the caller's umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
-    let fs = VmCryptFs::new(store)
-        .map_err(|e| CliError::new(ExitKind::Io, format!("opening datastore {}: {e}", datastore.display())))?;
+    let fs = VmCryptFs::new(store).map_err(|e| {
+        CliError::new(
+            ExitKind::Io,
+            format!("opening datastore {}: {e}", datastore.display()),
+        )
+    })?;
     let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
         Ok(session) => session,
         Err(e) => {
-            let err = CliError::new(ExitKind::Mount, format!("mounting {} failed: {e}", mountpoint.display()));
+            let err = CliError::new(
+                ExitKind::Mount,
+                format!("mounting {} failed: {e}", mountpoint.display()),
+            );
             report_ready(background, Err(&err));
             return Err(err);
         }
     };
-    log::info!("mounted {} at {}", datastore.display(), mountpoint.display());
+    log::info!(
+        "mounted {} at {}",
+        datastore.display(),
+        mountpoint.display()
+    );
     let unmounter = session.unmount_callable();
     install_signal_handlers(unmounter, mountpoint.clone());
     if background {
         report_ready(true, Ok(()));
         detach_output(log_file);
     }
-    session
-        .run()
-        .map_err(|e| CliError::new(ExitKind::Io, format!("FUSE session for {} ended: {e}", mountpoint.display())))?;
+    session.run().map_err(|e| {
+        CliError::new(
+            ExitKind::Io,
+            format!("FUSE session for {} ended: {e}", mountpoint.display()),
+        )
+    })?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
 }
@@ -249,7 +294,10 @@ fn report_ready(background: bool, result: Result<(), &CliError>) {
 /// /dev/null), so the parent's terminal and pipes are released.
 fn detach_output(log_file: Option<&Path>) {
     let target = match log_file {
-        Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path),
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path),
         None => File::options().write(true).open("/dev/null"),
     };
     match target {
@@ -265,8 +313,12 @@ fn detach_output(log_file: Option<&Path>) {
 /// until it reports the mount ready, or exits with an error (which it has
 /// already printed to our shared stderr).
 fn spawn_background(args: &MountArgs, keystore: &Path) -> Result<(), CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::new(ExitKind::Failure, format!("cannot find own executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::new(
+            ExitKind::Failure,
+            format!("cannot find own executable: {e}"),
+        )
+    })?;
     let mut command = Command::new(exe);
     command
         .arg("--keystore")
@@ -284,23 +336,35 @@ fn spawn_background(args: &MountArgs, keystore: &Path) -> Result<(), CliError> {
     if let Some(log) = &args.log_file {
         command.arg("--log-file").arg(log);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| CliError::new(ExitKind::Failure, format!("starting the mount process: {e}")))?;
+    let mut child = command.spawn().map_err(|e| {
+        CliError::new(
+            ExitKind::Failure,
+            format!("starting the mount process: {e}"),
+        )
+    })?;
     let mut line = String::new();
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
     let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
     if line.trim() == READY_LINE {
         return Ok(());
     }
-    let status = child
-        .wait()
-        .map_err(|e| CliError::new(ExitKind::Failure, format!("waiting for the mount process: {e}")))?;
+    let status = child.wait().map_err(|e| {
+        CliError::new(
+            ExitKind::Failure,
+            format!("waiting for the mount process: {e}"),
+        )
+    })?;
     let kind = match status.code() {
         Some(3) => ExitKind::Key,
         Some(4) => ExitKind::Io,
         Some(2) => ExitKind::Usage,
         _ => ExitKind::Mount,
     };
-    Err(CliError::new(kind, format!("mount of {} failed (see the message above)", args.mountpoint.display())))
+    Err(CliError::new(
+        kind,
+        format!(
+            "mount of {} failed (see the message above)",
+            args.mountpoint.display()
+        ),
+    ))
 }

@@ -13,9 +13,9 @@ impl From<DatastoreError> for CliError {
     fn from(err: DatastoreError) -> Self {
         let kind = match &err {
             DatastoreError::Io { .. } => ExitKind::Io,
-            DatastoreError::NotAVmHome { .. } | DatastoreError::AlreadyVmHome { .. } | DatastoreError::NotEmpty { .. } => {
-                ExitKind::Failure
-            }
+            DatastoreError::NotAVmHome { .. }
+            | DatastoreError::AlreadyVmHome { .. }
+            | DatastoreError::NotEmpty { .. } => ExitKind::Failure,
             _ => ExitKind::Key,
         };
         CliError::new(kind, err.to_string())
@@ -26,14 +26,21 @@ impl From<DatastoreError> for CliError {
 pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
     let provider = open_provider(keystore)?;
     match cmd {
-        VmCommand::Create { path, encrypt_disks } => {
+        VmCommand::Create {
+            path,
+            encrypt_disks,
+        } => {
             let bundle = vm_keys::create_vm_home(&path, &*provider, encrypt_disks)?;
             println!(
                 "created encrypted VM home {} (vm-id {}, KEK {}, disks {})",
                 path.display(),
                 hex::encode(bundle.vm_id),
                 bundle.kek,
-                if encrypt_disks { "encrypted" } else { "pass through" }
+                if encrypt_disks {
+                    "encrypted"
+                } else {
+                    "pass through"
+                }
             );
             Ok(())
         }
@@ -42,7 +49,10 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             let status = vm.status(&*provider);
             print!("{}", render_vm(&status));
             match status.locked_reason {
-                Some(reason) => Err(CliError::new(ExitKind::Key, format!("VM home {} is locked: {reason}", path.display()))),
+                Some(reason) => Err(CliError::new(
+                    ExitKind::Key,
+                    format!("VM home {} is locked: {reason}", path.display()),
+                )),
                 None => Ok(()),
             }
         }
@@ -60,9 +70,12 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
 }
 
 fn vm_home_at(path: &Path) -> Result<VmHome, CliError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| CliError::new(ExitKind::Usage, format!("{} does not name a VM home directory", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        CliError::new(
+            ExitKind::Usage,
+            format!("{} does not name a VM home directory", path.display()),
+        )
+    })?;
     if !crate::datastore::bundle_file::has_bundle(path) {
         return Err(DatastoreError::NotAVmHome { path: path.into() }.into());
     }

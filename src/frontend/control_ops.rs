@@ -42,7 +42,9 @@ impl VmCryptFs {
     pub(super) fn control_text(&self, scope: ControlScope, vm: Option<&Arc<VmHome>>) -> Vec<u8> {
         let provider = self.datastore.provider();
         match (scope, vm) {
-            (ControlScope::VmHome, Some(vm)) => status::render_vm(&vm.status(provider)).into_bytes(),
+            (ControlScope::VmHome, Some(vm)) => {
+                status::render_vm(&vm.status(provider)).into_bytes()
+            }
             _ => {
                 let (statuses, scan_error) = match self.datastore.statuses() {
                     Ok(s) => (s, None),
@@ -53,7 +55,11 @@ impl VmCryptFs {
                     provider: provider.name(),
                     provider_current_version: provider.current_kek().ok().map(|k| k.version),
                     vms: &statuses,
-                    last_command: self.root_last_command.lock().expect("root command lock").clone(),
+                    last_command: self
+                        .root_last_command
+                        .lock()
+                        .expect("root command lock")
+                        .clone(),
                 });
                 if let Some(err) = scan_error {
                     text.push_str(&format!("scan-error: {err}\n"));
@@ -82,7 +88,12 @@ impl VmCryptFs {
     }
 
     /// Parses and runs what was written to a control file.
-    pub(super) fn write_control(&self, scope: ControlScope, vm: Option<&Arc<VmHome>>, data: &[u8]) -> FsResult<()> {
+    pub(super) fn write_control(
+        &self,
+        scope: ControlScope,
+        vm: Option<&Arc<VmHome>>,
+        data: &[u8],
+    ) -> FsResult<()> {
         let input = describe_input(data);
         let commands = match command::parse(scope, data) {
             Ok(commands) => commands,
@@ -137,7 +148,11 @@ impl VmCryptFs {
         };
         let failures: Vec<String> = results
             .iter()
-            .filter_map(|(name, r)| r.as_ref().err().map(|e: &DatastoreError| format!("{name}: {e}")))
+            .filter_map(|(name, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e: &DatastoreError| format!("{name}: {e}"))
+            })
             .collect();
         let done = results.len() - failures.len();
         for (name, result) in &results {
@@ -153,11 +168,18 @@ impl VmCryptFs {
             }
         }
         if failures.is_empty() {
-            (true, format!("ok: {done} of {} VM homes re-keyed", results.len()))
+            (
+                true,
+                format!("ok: {done} of {} VM homes re-keyed", results.len()),
+            )
         } else {
             (
                 false,
-                format!("error: {done} of {} VM homes re-keyed; failed: {}", results.len(), failures.join("; ")),
+                format!(
+                    "error: {done} of {} VM homes re-keyed; failed: {}",
+                    results.len(),
+                    failures.join("; ")
+                ),
             )
         }
     }

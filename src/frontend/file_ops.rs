@@ -19,7 +19,8 @@ use crate::datastore::layout::ContentClass;
 /// O_APPEND would ignore it), O_DIRECT (ciphertext is not block-aligned),
 /// O_TRUNC (truncation goes through the content layer), O_CREAT/O_EXCL
 /// (handled by `create`).
-const STRIPPED_FLAGS: i32 = libc::O_APPEND | libc::O_DIRECT | libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL;
+const STRIPPED_FLAGS: i32 =
+    libc::O_APPEND | libc::O_DIRECT | libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL;
 
 fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
@@ -28,7 +29,12 @@ fn wants_write(flags: i32) -> bool {
 impl VmCryptFs {
     /// Opens the backing file. Encrypted files are opened read-write for
     /// any write access, because a partial-block write must read the block.
-    fn open_backing(path: &Path, flags: i32, class: ContentClass, create_mode: Option<u32>) -> std::io::Result<File> {
+    fn open_backing(
+        path: &Path,
+        flags: i32,
+        class: ContentClass,
+        create_mode: Option<u32>,
+    ) -> std::io::Result<File> {
         let mut options = OpenOptions::new();
         let write = wants_write(flags);
         let read = flags & libc::O_ACCMODE != libc::O_WRONLY || class == ContentClass::Encrypted;
@@ -48,7 +54,13 @@ impl VmCryptFs {
     }
 
     /// Builds the handle for an opened backing file of node `node`.
-    fn make_handle(&self, node: &NodeInfo, file: File, class: ContentClass, rel: &Path) -> FsResult<Handle> {
+    fn make_handle(
+        &self,
+        node: &NodeInfo,
+        file: File,
+        class: ContentClass,
+        rel: &Path,
+    ) -> FsResult<Handle> {
         if class == ContentClass::Plain {
             return Ok(Handle::Plain { file });
         }
@@ -83,7 +95,8 @@ impl VmCryptFs {
         }
         let rel = self.node_path(&node)?;
         let class = Self::class_of(&node, &rel);
-        let file = Self::open_backing(&self.backing_path(&rel), flags, class, None).map_err(io_errno)?;
+        let file =
+            Self::open_backing(&self.backing_path(&rel), flags, class, None).map_err(io_errno)?;
         let handle = self.make_handle(&node, file, class, &rel)?;
         if flags & libc::O_TRUNC != 0 && wants_write(flags) {
             self.truncate_handle(&handle, &rel, 0)?;
@@ -93,7 +106,15 @@ impl VmCryptFs {
 
     /// Creates and opens a regular file.
     #[allow(clippy::too_many_arguments)]
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, uid: u32, gid: u32) -> FsResult<(FileAttr, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(FileAttr, u64)> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
@@ -109,7 +130,11 @@ impl VmCryptFs {
         if flags & libc::O_TRUNC != 0 && meta.len() > 0 {
             self.truncate_handle(&handle, &rel, 0)?;
         }
-        let attr = attr::from_metadata(ino, &meta, class == ContentClass::Encrypted && meta.len() == 0);
+        let attr = attr::from_metadata(
+            ino,
+            &meta,
+            class == ContentClass::Encrypted && meta.len() == 0,
+        );
         Ok((attr, self.handles.insert(handle)))
     }
 
@@ -151,7 +176,11 @@ impl VmCryptFs {
             Handle::Encrypted { file, content, .. } => content
                 .write(file, offset, data)
                 .map_err(|e| Self::log_content_error(&self.handle_path(ino), "write", &e))?,
-            Handle::Control { scope, vm, snapshot } => {
+            Handle::Control {
+                scope,
+                vm,
+                snapshot,
+            } => {
                 self.write_control(*scope, vm.as_ref(), data)?;
                 *snapshot.lock().expect("snapshot lock") = self.control_text(*scope, vm.as_ref());
             }
@@ -167,7 +196,11 @@ impl VmCryptFs {
             Handle::Plain { file } | Handle::Encrypted { file, .. } => file,
             _ => return Ok(()),
         };
-        let result = if datasync { file.sync_data() } else { file.sync_all() };
+        let result = if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
         result.map_err(io_errno)
     }
 
@@ -192,7 +225,13 @@ impl VmCryptFs {
 
     /// Truncates through an open handle if given, else opens the file for
     /// the duration (sharing the inode's content state and locks).
-    pub(super) fn truncate(&self, node: &NodeInfo, full: &Path, size: u64, fh: Option<u64>) -> FsResult<()> {
+    pub(super) fn truncate(
+        &self,
+        node: &NodeInfo,
+        full: &Path,
+        size: u64,
+        fh: Option<u64>,
+    ) -> FsResult<()> {
         let rel = self.node_path(node)?;
         if let Some(handle) = fh.and_then(|fh| self.handles.get(fh)) {
             if matches!(&*handle, Handle::Plain { .. } | Handle::Encrypted { .. }) {

@@ -167,7 +167,11 @@ impl InodeTable {
     pub fn remember_control(&self, dir_ino: u64, area: Area, scope: ControlScope) -> u64 {
         let mut inner = self.inner.write().expect("inode lock");
         if let Some(&ino) = inner.controls.get(&dir_ino) {
-            inner.nodes.get_mut(&ino).expect("control node exists").lookups += 1;
+            inner
+                .nodes
+                .get_mut(&ino)
+                .expect("control node exists")
+                .lookups += 1;
             return ino;
         }
         let ino = inner.next_ino;
@@ -245,7 +249,11 @@ impl InodeTable {
 
     /// Takes a hold on the shared content state of `ino`, creating it with
     /// `make` if the node has none. Pair with [`InodeTable::release_content`].
-    pub fn acquire_content(&self, ino: u64, make: impl FnOnce() -> EncryptedFile) -> Option<Arc<EncryptedFile>> {
+    pub fn acquire_content(
+        &self,
+        ino: u64,
+        make: impl FnOnce() -> EncryptedFile,
+    ) -> Option<Arc<EncryptedFile>> {
         let mut inner = self.inner.write().expect("inode lock");
         let node = inner.nodes.get_mut(&ino)?;
         let (content, holders) = node.content.get_or_insert_with(|| (Arc::new(make()), 0));
@@ -283,7 +291,12 @@ impl InodeTable {
 
     /// The node id for a directory entry, if known (for readdir's d_ino).
     pub fn known_ino(&self, backing: (u64, u64)) -> Option<u64> {
-        self.inner.read().expect("inode lock").by_backing.get(&backing).copied()
+        self.inner
+            .read()
+            .expect("inode lock")
+            .by_backing
+            .get(&backing)
+            .copied()
     }
 }
 
@@ -303,7 +316,10 @@ mod tests {
         let f = table.remember((1, 12), Path::new("dir/sub/f"), Area::Plain);
         table.rename_path(Path::new("dir"), Path::new("dir2"));
         assert_eq!(table.get(d).unwrap().path.unwrap(), PathBuf::from("dir2"));
-        assert_eq!(table.get(f).unwrap().path.unwrap(), PathBuf::from("dir2/sub/f"));
+        assert_eq!(
+            table.get(f).unwrap().path.unwrap(),
+            PathBuf::from("dir2/sub/f")
+        );
         table.forget(f, 1);
         assert!(table.get(f).is_none());
         assert_eq!(table.get(ROOT_INO).unwrap().path.unwrap(), PathBuf::new());

@@ -86,7 +86,9 @@ impl VmCryptFs {
     fn control_scope_of_dir(&self, dir: &NodeInfo) -> Option<ControlScope> {
         match (&dir.area, &dir.path) {
             (Area::Root, _) => Some(ControlScope::Datastore),
-            (Area::Vm(_), Some(path)) if path.components().count() == 1 => Some(ControlScope::VmHome),
+            (Area::Vm(_), Some(path)) if path.components().count() == 1 => {
+                Some(ControlScope::VmHome)
+            }
             _ => None,
         }
     }

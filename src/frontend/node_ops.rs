@@ -55,7 +55,9 @@ impl VmCryptFs {
         let dir_path = self.node_path(&dir)?;
         if name == layout::CONTROL_FILE_NAME {
             if let Some(scope) = self.control_scope_of_dir(&dir) {
-                let ino = self.inodes.remember_control(parent, dir.area.clone(), scope);
+                let ino = self
+                    .inodes
+                    .remember_control(parent, dir.area.clone(), scope);
                 let meta = fs::metadata(self.backing_path(&dir_path)).map_err(io_errno)?;
                 return Ok(attr::control_attr(ino, &meta));
             }
@@ -87,10 +89,18 @@ impl VmCryptFs {
         if let Some(handle) = fh.and_then(|fh| self.handles.get(fh)) {
             match &*handle {
                 Handle::Plain { file } => {
-                    return Ok(attr::from_metadata(ino, &file.metadata().map_err(io_errno)?, false))
+                    return Ok(attr::from_metadata(
+                        ino,
+                        &file.metadata().map_err(io_errno)?,
+                        false,
+                    ))
                 }
                 Handle::Encrypted { file, .. } => {
-                    return Ok(attr::from_metadata(ino, &file.metadata().map_err(io_errno)?, true))
+                    return Ok(attr::from_metadata(
+                        ino,
+                        &file.metadata().map_err(io_errno)?,
+                        true,
+                    ))
                 }
                 _ => {}
             }
@@ -126,7 +136,8 @@ impl VmCryptFs {
         let path = self.node_path(&node)?;
         let full = self.backing_path(&path);
         if let Some(mode) = mode {
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_errno)?;
+            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(io_errno)?;
         }
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::lchown(&full, uid, gid).map_err(io_errno)?;
@@ -148,17 +159,34 @@ impl VmCryptFs {
     }
 
     /// Creates a directory.
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<FileAttr> {
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let full = self.backing_path(&self.node_path(&dir)?.join(name));
-        DirBuilder::new().mode(mode & 0o7777).create(&full).map_err(io_errno)?;
+        DirBuilder::new()
+            .mode(mode & 0o7777)
+            .create(&full)
+            .map_err(io_errno)?;
         self.chown_to_caller(&full, uid, gid)?;
         self.lookup(parent, name)
     }
 
     /// Creates a symlink. Targets are stored as given (not encrypted).
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, uid: u32, gid: u32) -> FsResult<FileAttr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let full = self.backing_path(&self.node_path(&dir)?.join(name));
@@ -168,13 +196,22 @@ impl VmCryptFs {
     }
 
     /// Creates a special file (FIFO, socket, device) or an empty regular file.
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, uid: u32, gid: u32) -> FsResult<FileAttr> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let full = self.backing_path(&self.node_path(&dir)?.join(name));
         let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
-        nix::sys::stat::mknod(&full, kind, perm, rdev as libc::dev_t).map_err(|e| Errno::from_i32(e as i32))?;
+        nix::sys::stat::mknod(&full, kind, perm, rdev as libc::dev_t)
+            .map_err(|e| Errno::from_i32(e as i32))?;
         self.chown_to_caller(&full, uid, gid)?;
         self.lookup(parent, name)
     }
@@ -183,7 +220,10 @@ impl VmCryptFs {
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         use std::os::unix::ffi::OsStringExt;
         let path = self.node_path(&self.node(ino)?)?;
-        Ok(fs::read_link(self.backing_path(&path)).map_err(io_errno)?.into_os_string().into_vec())
+        Ok(fs::read_link(self.backing_path(&path))
+            .map_err(io_errno)?
+            .into_os_string()
+            .into_vec())
     }
 
     /// Removes a file.
@@ -232,7 +272,14 @@ impl VmCryptFs {
     /// (between VM homes, into or out of one, or between an encrypted name
     /// and a pass-through disk name) return EXDEV so that `mv` copies and
     /// re-encrypts.
-    pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: RenameFlags) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
         let from_dir = self.node(parent)?;
         let to_dir = self.node(new_parent)?;
         self.check_user_name(&from_dir, name)?;
@@ -240,8 +287,10 @@ impl VmCryptFs {
         let from = self.node_path(&from_dir)?.join(name);
         let to = self.node_path(&to_dir)?.join(new_name);
         let from_meta = fs::symlink_metadata(self.backing_path(&from)).map_err(io_errno)?;
-        let is_vm_home = matches!(self.child_area(&from_dir, name, Some(&from_meta)), Area::Vm(_))
-            && Self::is_root(parent);
+        let is_vm_home = matches!(
+            self.child_area(&from_dir, name, Some(&from_meta)),
+            Area::Vm(_)
+        ) && Self::is_root(parent);
         if is_vm_home {
             // A VM home can be renamed in place, not moved below another
             // directory (it would stop being a VM home).
@@ -292,7 +341,9 @@ impl VmCryptFs {
         if !from_area.same_domain(&to_area) {
             return Err(Errno::EXDEV);
         }
-        if meta.is_file() && Self::content_class(&from_area, name) != Self::content_class(&to_area, new_name) {
+        if meta.is_file()
+            && Self::content_class(&from_area, name) != Self::content_class(&to_area, new_name)
+        {
             return Err(Errno::EXDEV);
         }
         Ok(())
@@ -323,7 +374,8 @@ impl VmCryptFs {
 
     /// File system statistics of the datastore's file system.
     pub fn statfs(&self) -> FsResult<FsStats> {
-        let st = nix::sys::statvfs::statvfs(self.datastore.root()).map_err(|e| Errno::from_i32(e as i32))?;
+        let st = nix::sys::statvfs::statvfs(self.datastore.root())
+            .map_err(|e| Errno::from_i32(e as i32))?;
         Ok(FsStats {
             blocks: st.blocks(),
             bfree: st.blocks_free(),
@@ -380,7 +432,12 @@ impl VmCryptFs {
 
     /// Entries of an open directory from `offset` on; `add` returns true
     /// when the reply buffer is full.
-    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool) -> FsResult<()> {
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> FsResult<()> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         let Handle::Dir { entries } = &*handle else {
             return Err(Errno::EBADF);

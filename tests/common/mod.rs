@@ -1,0 +1,279 @@
+//! Shared harness for the integration tests: a temp key store, datastore
+//! and mountpoint, the real `vmcryptfs` binary, and real FUSE mounts that
+//! are always unmounted, even when a test fails.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_vmcryptfs")
+}
+
+/// A key store, a datastore and a mountpoint in one temp directory.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub keystore: PathBuf,
+    pub datastore: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl TestEnv {
+    /// Creates the directories; the key store is not initialised.
+    pub fn empty() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keystore = dir.path().join("keystore");
+        let datastore = dir.path().join("datastore");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&datastore).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        Self {
+            dir,
+            keystore,
+            datastore,
+            mnt,
+        }
+    }
+
+    /// Creates the directories and runs `provider init`.
+    pub fn new() -> Self {
+        let env = Self::empty();
+        env.run_ok(&["provider", "init"]);
+        env
+    }
+
+    /// A `vmcryptfs --keystore K ARGS...` command with a clean environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--keystore").arg(&self.keystore).args(args);
+        for var in [
+            "VMCRYPTFS_KEYSTORE",
+            "VMCRYPTFS_TEST_CRASH_AFTER",
+            "VMCRYPTFS_TEST_CRASH_AT",
+            "VMCRYPTFS_KEYSTORE_LOCK_TIMEOUT_MS",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("running vmcryptfs")
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vmcryptfs {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Path of a VM home in the datastore.
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.datastore.join(name)
+    }
+
+    /// `vm create` in the datastore.
+    pub fn create_vm(&self, name: &str, encrypt_disks: bool) -> PathBuf {
+        let path = self.vm_dir(name);
+        let path_str = path.to_str().unwrap().to_string();
+        let mut args = vec!["vm", "create", path_str.as_str()];
+        if encrypt_disks {
+            args.push("--encrypt-disks");
+        }
+        self.run_ok(&args);
+        path
+    }
+
+    /// Mounts the datastore in the foreground (a child process), waiting
+    /// until the mount is live.
+    pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    /// Mounts with extra `mount` arguments (e.g. `-o allow_other`).
+    pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        let log = self.dir.path().join(format!("mount-{}.log", rand_suffix()));
+        let log_file = fs::File::create(&log).unwrap();
+        let mut cmd = self.cmd(&["mount", "--foreground"]);
+        cmd.arg(&self.datastore)
+            .arg(&self.mnt)
+            .args(extra)
+            .env("RUST_LOG", "vmcryptfs=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().expect("spawning mount");
+        let mut mount = Mount {
+            child: Some(child),
+            mnt: self.mnt.clone(),
+            log,
+        };
+        mount.wait_until_mounted();
+        mount
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+/// Whether `path` is a mount point now.
+pub fn is_mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp == target)
+}
+
+/// A live FUSE mount served by a child process. Dropping it unmounts
+/// (lazily, so a failing test with open files still cleans up) and reaps
+/// the process.
+pub struct Mount {
+    child: Option<Child>,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    fn wait_until_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if is_mounted(&self.mnt) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "mount process exited with {status} before mounting; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "mount did not appear within 20 s; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// What the mount process has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The mount process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Asks the mount process to stop with `signal` and waits for it.
+    pub fn stop_with(mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix_kill(child.id(), signal);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "mount process ignored signal {signal}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Unmounts with fusermount3 and waits for the process to exit.
+    pub fn unmount(mut self) -> ExitStatus {
+        let status = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(status.success(), "fusermount3 -u failed");
+        let mut child = self.child.take().unwrap();
+        child.wait().unwrap()
+    }
+}
+
+fn nix_kill(pid: u32, signal: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every regular file under `dir`, relative path → content.
+pub fn snapshot_tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                out.insert(
+                    entry.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    fs::read(entry.path()).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in any file under `dir`.
+pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    snapshot_tree(dir)
+        .into_iter()
+        .find(|(_, content)| content.windows(needle.len()).any(|w| w == needle))
+        .map(|(path, _)| path)
+}
