@@ -277,3 +277,24 @@ pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
         .find(|(_, content)| content.windows(needle.len()).any(|w| w == needle))
         .map(|(path, _)| path)
 }
+
+/// Parses `key: value` lines of a `.control` file.
+pub fn read_control(path: &Path) -> std::collections::HashMap<String, String> {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Writes a command to a `.control` file the way `echo cmd > file` does,
+/// returning the OS error of the write, if any.
+pub fn write_control(path: &Path, command: &str) -> Result<(), std::io::Error> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(command.as_bytes())
+}
