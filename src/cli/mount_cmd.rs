@@ -164,8 +164,8 @@ fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
 pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
     let datastore = absolute(&args.datastore)?;
     let mountpoint = absolute(&args.mountpoint)?;
-    preflight(&datastore, &mountpoint)?;
     let settings = parse_options(&args)?;
+    preflight(&datastore, &mountpoint)?;
     let provider = open_provider(keystore)?;
     if !args.foreground {
         return spawn_background(&args, keystore);

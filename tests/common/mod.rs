@@ -298,3 +298,26 @@ pub fn write_control(path: &Path, command: &str) -> Result<(), std::io::Error> {
         .open(path)?;
     file.write_all(command.as_bytes())
 }
+
+/// Lazily unmounts a path on drop (for mounts made by the background mode,
+/// which have no child process of ours).
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while is_mounted(&self.0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_mounted(&self.0) {
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+    }
+}
