@@ -147,3 +147,71 @@ pub fn shallow_rekey(
         keyring: Arc::new(keyring),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::embedded::EmbeddedProvider;
+
+    fn provider(dir: &Path) -> EmbeddedProvider {
+        EmbeddedProvider::init(&dir.join("ks")).unwrap().0
+    }
+
+    #[test]
+    fn create_unlock_and_rekey_keep_the_dek() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = provider(dir.path());
+        let vm = dir.path().join("vm1");
+        let bundle = create_vm_home(&vm, &provider, true).unwrap();
+        let fingerprint = unlock(&bundle, &provider).unwrap().current_fingerprint();
+        provider.rotate().unwrap();
+        let outcome = shallow_rekey(&vm, &provider).unwrap();
+        assert_eq!((outcome.from.version, outcome.to.version), (1, 2));
+        assert_eq!(outcome.bundle.sequence, 2);
+        let reread = bundle_file::read(&vm).unwrap();
+        assert_eq!(reread, outcome.bundle);
+        assert_eq!(
+            unlock(&reread, &provider).unwrap().current_fingerprint(),
+            fingerprint
+        );
+        assert!(matches!(
+            create_vm_home(&vm, &provider, false),
+            Err(DatastoreError::AlreadyVmHome { .. })
+        ));
+    }
+
+    /// Every single-bit change anywhere in a real bundle is caught, either
+    /// by the parser or by the KEK when unwrapping.
+    #[test]
+    fn every_bit_of_a_real_bundle_is_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = provider(dir.path());
+        let vm = dir.path().join("vm1");
+        create_vm_home(&vm, &provider, false).unwrap();
+        let bytes = std::fs::read(bundle_file::bundle_path(&vm)).unwrap();
+        for byte in 0..bytes.len() {
+            for bit in [0u8, 3, 7] {
+                let mut bad = bytes.clone();
+                bad[byte] ^= 1 << bit;
+                if let Ok(parsed) = KeyBundle::parse(&bad) {
+                    assert!(
+                        unlock(&parsed, &provider).is_err(),
+                        "byte {byte} bit {bit} went undetected"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn another_vms_bundle_does_not_open_this_vms_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = provider(dir.path());
+        let a = create_vm_home(&dir.path().join("a"), &provider, false).unwrap();
+        let b = create_vm_home(&dir.path().join("b"), &provider, false).unwrap();
+        let ka = unlock(&a, &provider).unwrap();
+        let kb = unlock(&b, &provider).unwrap();
+        assert_ne!(ka.current_fingerprint(), kb.current_fingerprint());
+        assert_ne!(ka.vm_id(), kb.vm_id());
+    }
+}

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 #
 # Shared helpers for scripts/test and scripts/demo: make sure FUSE 3 is
-# usable. Source it; it defines functions and changes nothing by itself.
+# usable (and other tools the scripts need). Source it; it defines functions and changes nothing by itself.
 #
+#   ensure_tool      install a Debian package if its command is missing
 #   ensure_fuse3     install the fuse3 package (fusermount3) if missing
 #   ensure_dev_fuse  check that /dev/fuse exists and is usable
 
@@ -18,28 +19,29 @@ _vmcryptfs_as_root() {
     fi
 }
 
-ensure_fuse3() {
-    if command -v fusermount3 >/dev/null 2>&1; then
+# ensure_tool COMMAND PACKAGE: installs the Debian PACKAGE if COMMAND is
+# not on PATH.
+ensure_tool() {
+    local tool=$1 package=$2
+    if command -v "$tool" >/dev/null 2>&1; then
         return 0
     fi
-    echo "==> fusermount3 not found: installing the fuse3 package" >&2
+    echo "==> $tool not found: installing the $package package" >&2
     if ! command -v apt-get >/dev/null 2>&1; then
-        cat >&2 <<'MSG'
-error: fusermount3 (package fuse3) is missing and apt-get is not available.
-Install FUSE 3 with your distribution's package manager, then re-run:
-  Fedora/RHEL:  dnf install fuse3
-  Arch:         pacman -S fuse3
-  openSUSE:     zypper install fuse3
-  Alpine:       apk add fuse3
-MSG
+        echo "error: $tool (package $package) is missing and apt-get is not available." >&2
+        echo "Install $package with your distribution's package manager (dnf, pacman, zypper, apk), then re-run." >&2
         exit 1
     fi
     _vmcryptfs_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    _vmcryptfs_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3
-    if ! command -v fusermount3 >/dev/null 2>&1; then
-        echo "error: installed fuse3 but fusermount3 is still not on PATH" >&2
+    _vmcryptfs_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "error: installed $package but $tool is still not on PATH" >&2
         exit 1
     fi
+}
+
+ensure_fuse3() {
+    ensure_tool fusermount3 fuse3
 }
 
 ensure_dev_fuse() {
