@@ -41,12 +41,15 @@ fn stderr(out: &Output) -> String {
 /// The table rows of `provider list`, as (version, state, is_current).
 fn list_rows(keystore: &Path) -> Vec<(u32, String, bool)> {
     let text = run_ok(keystore, &["provider", "list"]);
-    let mut lines = text.lines().skip_while(|line| !line.starts_with("VERSION"));
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !line.starts_with("VERSION"))
+        .take_while(|line| !line.is_empty());
     assert!(lines.next().is_some(), "no table header in:\n{text}");
     lines
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let current = fields.len() == 4 && fields[2] == "*";
+            let current = fields[2] == "*";
             (fields[0].parse().unwrap(), fields[1].to_string(), current)
         })
         .collect()
@@ -86,7 +89,7 @@ fn list_shows_v1_and_rotate_makes_v2_current() {
 
     let text = run_ok(&keystore, &["provider", "rotate"]);
     assert!(text.contains(" v2"), "{text}");
-    assert!(text.contains("vmcryptfs vm rekey"), "{text}");
+    assert!(text.contains("vmcryptfs rekey --all"), "{text}");
     assert_eq!(
         list_rows(&keystore),
         [(1, "active".into(), false), (2, "active".into(), true)]

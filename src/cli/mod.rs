@@ -4,7 +4,9 @@
 //! whose [`ExitKind`] maps to a distinct process exit code.
 
 pub mod exit;
+pub mod lifecycle_cmd;
 pub mod mount_cmd;
+pub mod mountinfo;
 pub mod provider_cmd;
 pub mod vm_cmd;
 
@@ -43,6 +45,27 @@ pub enum Command {
     Vm(VmCommand),
     /// Mount a datastore: its VM homes appear as plain files at MOUNTPOINT.
     Mount(mount_cmd::MountArgs),
+    /// List every VM home of a datastore with its provider, KEK version and
+    /// disk policy, flagging those still wrapped under an old KEK version.
+    Status {
+        /// The datastore directory.
+        datastore: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shallow re-key of VM homes: rewrap their DEKs under the current KEK
+    /// version. On a mounted datastore this goes through the mount's
+    /// control files, so the mount's key cache stays consistent.
+    Rekey {
+        /// The datastore directory.
+        datastore: PathBuf,
+        /// VM home names to re-key (directory names in the datastore).
+        vms: Vec<String>,
+        /// Re-key every VM home of the datastore.
+        #[arg(long, conflicts_with = "vms")]
+        all: bool,
+    },
 }
 
 /// `vmcryptfs provider ...`
@@ -53,8 +76,30 @@ pub enum ProviderCommand {
     /// Create a new KEK version and make it current. Existing VMs keep
     /// working; re-key them to move them to the new version.
     Rotate,
-    /// List KEK versions with their state.
-    List,
+    /// List KEK versions with their state and how many VM homes (in the
+    /// datastores this key store knows) each one wraps.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire a KEK version: it still unwraps existing bundles but no longer
+    /// wraps new ones.
+    Retire {
+        /// The version to retire.
+        version: u32,
+    },
+    /// Destroy a KEK version's key material. Refused while any known VM home
+    /// is still wrapped under it (re-key them first with `vmcryptfs rekey
+    /// --all DATASTORE`), and for the current version.
+    Destroy {
+        /// The version to destroy.
+        version: u32,
+        /// Destroy even though VMs still use it; those VMs are locked out on
+        /// every host that does not hold their DEK in memory.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a backup of all KEK versions, still wrapped under the master key.
     Export {
         /// File to write (created with mode 0600; refuses to overwrite).
@@ -103,6 +148,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Provider(cmd) => provider_cmd::run(cmd, &keystore),
         Command::Vm(cmd) => vm_cmd::run(cmd, &keystore),
         Command::Mount(args) => mount_cmd::run(args, &keystore),
+        Command::Status { datastore, json } => lifecycle_cmd::status(&datastore, json, &keystore),
+        Command::Rekey {
+            datastore,
+            vms,
+            all,
+        } => lifecycle_cmd::rekey(&datastore, &vms, all, &keystore),
     }
 }
 

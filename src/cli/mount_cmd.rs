@@ -27,7 +27,7 @@ pub struct MountArgs {
     /// Where to show the plaintext view (an existing, empty directory).
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated: allow_other, allow_root, ro,
-    /// threads=N (FUSE worker threads, default 4), fsname=NAME, and kernel
+    /// threads=N (FUSE worker threads, default 4), and kernel
     /// options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
@@ -45,11 +45,11 @@ struct MountSettings {
     config: Config,
 }
 
-fn parse_options(args: &MountArgs) -> Result<MountSettings, CliError> {
+fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, CliError> {
     let mut config = Config::default();
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let mut fsname = format!("vmcryptfs:{}", args.datastore.display());
+    let fsname = super::mountinfo::fsname_for(datastore);
     config.mount_options = vec![
         MountOption::Subtype("vmcryptfs".into()),
         MountOption::DefaultPermissions,
@@ -72,7 +72,6 @@ fn parse_options(args: &MountArgs) -> Result<MountSettings, CliError> {
             ("nodev", None) => config.mount_options.push(MountOption::NoDev),
             ("nosuid", None) => config.mount_options.push(MountOption::NoSuid),
             ("noexec", None) => config.mount_options.push(MountOption::NoExec),
-            ("fsname", Some(name)) => fsname = name.to_string(),
             ("threads", Some(n)) => {
                 let n: usize =
                     n.parse()
@@ -99,17 +98,6 @@ fn parse_options(args: &MountArgs) -> Result<MountSettings, CliError> {
     }
     config.mount_options.push(MountOption::FSName(fsname));
     Ok(MountSettings { config })
-}
-
-/// Whether `path` is currently a mount point (per /proc/self/mountinfo).
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp.replace("\\040", " ") == target)
 }
 
 fn find_in_path(program: &str) -> bool {
@@ -139,7 +127,7 @@ fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
             ),
         ));
     }
-    if is_mount_point(mountpoint) {
+    if super::mountinfo::is_mount_point(mountpoint) {
         return Err(CliError::new(
             ExitKind::Mount,
             format!("mountpoint {} is busy: something is already mounted there (unmount it with `fusermount3 -u {}`)", mountpoint.display(), mountpoint.display()),
@@ -164,9 +152,10 @@ fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
 pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
     let datastore = absolute(&args.datastore)?;
     let mountpoint = absolute(&args.mountpoint)?;
-    let settings = parse_options(&args)?;
+    let settings = parse_options(&args, &datastore)?;
     preflight(&datastore, &mountpoint)?;
     let provider = open_provider(keystore)?;
+    crate::datastore::known::KnownDatastores::new(keystore).record(&datastore)?;
     if !args.foreground {
         return spawn_background(&args, keystore);
     }

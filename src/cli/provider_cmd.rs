@@ -1,14 +1,18 @@
-//! `vmcryptfs provider ...`: manage the embedded key store.
+//! `vmcryptfs provider ...`: manage the embedded key store and the KEK
+//! lifecycle.
 //!
-//! Retire and destroy exist on [`EmbeddedProvider`] but are deliberately not
-//! offered here yet: destroying a KEK version that a VM still uses locks the
-//! VM out, so they wait for an in-use guard.
+//! `destroy` is guarded: it scans the bundles of every datastore the key
+//! store knows and refuses while any VM is still wrapped under the version,
+//! because such a VM would be locked out on every host that reboots (and so
+//! loses its key cache). vSphere leaves this to the operator; we do not.
 
 use std::io::{self, Write};
 use std::path::Path;
 
 use super::{CliError, ExitKind, ProviderCommand};
 use crate::control::timefmt::format_unix_utc;
+use crate::datastore::inventory::{scan_all, vms_by_version, VmRecord};
+use crate::datastore::known::KnownDatastores;
 use crate::keys::embedded::{master_key_path, EmbeddedProvider, ImportSummary};
 use crate::keys::{KekVersionInfo, KeyProvider};
 
@@ -28,7 +32,9 @@ pub fn run_with_output(
     let report = match cmd {
         ProviderCommand::Init => init(keystore)?,
         ProviderCommand::Rotate => rotate(keystore)?,
-        ProviderCommand::List => list(keystore)?,
+        ProviderCommand::List { json } => list(keystore, json)?,
+        ProviderCommand::Retire { version } => retire(keystore, version)?,
+        ProviderCommand::Destroy { version, force } => destroy(keystore, version, force)?,
         ProviderCommand::Export { file } => export(keystore, &file)?,
         ProviderCommand::Import { file } => import(keystore, &file)?,
     };
@@ -60,18 +66,130 @@ fn rotate(keystore: &Path) -> Result<String, CliError> {
     Ok(format!(
         "Rotated: the current KEK is now {kek}\n\
          Existing VMs stay wrapped under their old KEK version until re-keyed \
-         (`vmcryptfs vm rekey DATASTORE/VM`).\n"
+         (`vmcryptfs rekey --all DATASTORE`; `vmcryptfs status DATASTORE` shows which).\n"
     ))
 }
 
-fn list(keystore: &Path) -> Result<String, CliError> {
+/// Every VM home of every known datastore, and the datastores that could
+/// not be scanned.
+fn known_vms(keystore: &Path) -> Result<(Vec<VmRecord>, Vec<String>), CliError> {
+    let known = KnownDatastores::new(keystore).list()?;
+    let (records, errors) = scan_all(&known);
+    Ok((records, errors.iter().map(ToString::to_string).collect()))
+}
+
+fn list(keystore: &Path, as_json: bool) -> Result<String, CliError> {
     let provider = EmbeddedProvider::open(keystore)?;
     let versions = provider.list_versions()?;
-    Ok(format!(
+    let (records, scan_errors) = known_vms(keystore)?;
+    let by_version = vms_by_version(&records, provider.name(), provider.kek_id());
+    let count = |v: u32| by_version.get(&v).map_or(0, Vec::len);
+    if as_json {
+        let doc = serde_json::json!({
+            "provider": provider.name(),
+            "kek_id": provider.kek_id(),
+            "versions": versions.iter().map(|v| serde_json::json!({
+                "version": v.version,
+                "state": v.state.as_str(),
+                "current": v.current,
+                "created": format_unix_utc(v.created_unix),
+                "vms": count(v.version),
+            })).collect::<Vec<_>>(),
+            "known_datastores": KnownDatastores::new(keystore).list()?,
+            "scan_errors": scan_errors,
+        });
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&doc).expect("JSON of plain values")
+        ));
+    }
+    let mut out = format!(
         "KEK id: {}\n{}",
         provider.kek_id(),
-        version_table(&versions)
-    ))
+        version_table(&versions, &count)
+    );
+    let known = KnownDatastores::new(keystore).list()?;
+    out.push_str(&format!(
+        "\nVM counts are from the bundles in {} known datastore(s) (recorded by `vm create` and `mount`).\n",
+        known.len()
+    ));
+    for err in scan_errors {
+        out.push_str(&format!("warning: {err}\n"));
+    }
+    Ok(out)
+}
+
+fn retire(keystore: &Path, version: u32) -> Result<String, CliError> {
+    let provider = EmbeddedProvider::open(keystore)?;
+    provider.retire(version)?;
+    let (records, _) = known_vms(keystore)?;
+    let users = vms_by_version(&records, provider.name(), provider.kek_id())
+        .remove(&version)
+        .unwrap_or_default();
+    let mut out =
+        format!("Retired KEK version {version}: it still unwraps, but no longer wraps.\n");
+    if !users.is_empty() {
+        out.push_str(&format!(
+            "{} VM home(s) are still wrapped under it and need a re-key before it can be destroyed:\n",
+            users.len()
+        ));
+        for vm in users {
+            out.push_str(&format!("  {}\n", vm.path().display()));
+        }
+    }
+    Ok(out)
+}
+
+fn destroy(keystore: &Path, version: u32, force: bool) -> Result<String, CliError> {
+    let provider = EmbeddedProvider::open(keystore)?;
+    let (records, scan_errors) = known_vms(keystore)?;
+    let users = vms_by_version(&records, provider.name(), provider.kek_id())
+        .remove(&version)
+        .unwrap_or_default();
+    let user_paths: Vec<String> = users
+        .iter()
+        .map(|r| r.path().display().to_string())
+        .collect();
+    let datastores: std::collections::BTreeSet<String> = users
+        .iter()
+        .map(|r| r.datastore.display().to_string())
+        .collect();
+    if !force && (!users.is_empty() || !scan_errors.is_empty()) {
+        let mut message = format!("refusing to destroy KEK version {version}");
+        if !users.is_empty() {
+            message.push_str(&format!(
+                ": {} VM home(s) are still wrapped under it and would be locked out on every host that restarts:\n  {}\nRe-key them first: {}",
+                users.len(),
+                user_paths.join("\n  "),
+                datastores
+                    .iter()
+                    .map(|d| format!("vmcryptfs rekey --all {d}"))
+                    .collect::<Vec<_>>()
+                    .join(" ; ")
+            ));
+        }
+        if !scan_errors.is_empty() {
+            message.push_str(&format!(
+                "\ncannot verify that no VM uses it, because these datastores could not be scanned:\n  {}",
+                scan_errors.join("\n  ")
+            ));
+        }
+        message.push_str("\n(--force destroys it anyway)");
+        return Err(CliError::new(ExitKind::Key, message));
+    }
+    provider.destroy(version)?;
+    let mut out = format!("Destroyed KEK version {version}.\n");
+    if !users.is_empty() {
+        let warning = format!(
+            "WARNING: --force: these {} VM home(s) are now locked out on every host without their DEK in memory:\n  {}\n\
+             A mount that still has one unlocked can rescue it: echo rekey > MNT/VM/.control\n",
+            users.len(),
+            user_paths.join("\n  ")
+        );
+        eprint!("{warning}");
+        out.push_str(&warning);
+    }
+    Ok(out)
 }
 
 fn export(keystore: &Path, file: &Path) -> Result<String, CliError> {
@@ -103,18 +221,20 @@ fn describe_import(summary: &ImportSummary) -> String {
     }
 }
 
-/// `VERSION  STATE  CURRENT  CREATED`, `*` marking the current version.
-fn version_table(versions: &[KekVersionInfo]) -> String {
+/// `VERSION  STATE  CURRENT  VMS  CREATED`, `*` marking the current version
+/// and VMS the number of known VM homes wrapped under each version.
+fn version_table(versions: &[KekVersionInfo], vm_count: &dyn Fn(u32) -> usize) -> String {
     let mut table = format!(
-        "{:<7}  {:<9}  {:<7}  CREATED\n",
-        "VERSION", "STATE", "CURRENT"
+        "{:<7}  {:<9}  {:<7}  {:<5}  CREATED\n",
+        "VERSION", "STATE", "CURRENT", "VMS"
     );
     for info in versions {
         table.push_str(&format!(
-            "{:<7}  {:<9}  {:<7}  {}\n",
+            "{:<7}  {:<9}  {:<7}  {:<5}  {}\n",
             info.version,
             info.state.as_str(),
-            if info.current { "*" } else { "" },
+            if info.current { "*" } else { "-" },
+            vm_count(info.version),
             format_unix_utc(info.created_unix)
         ));
     }
@@ -128,29 +248,32 @@ mod tests {
 
     #[test]
     fn version_table_marks_current() {
-        let table = version_table(&[
-            KekVersionInfo {
-                version: 1,
-                state: KekState::Retired,
-                created_unix: 0,
-                current: false,
-            },
-            KekVersionInfo {
-                version: 2,
-                state: KekState::Active,
-                created_unix: 86_400,
-                current: true,
-            },
-        ]);
+        let table = version_table(
+            &[
+                KekVersionInfo {
+                    version: 1,
+                    state: KekState::Retired,
+                    created_unix: 0,
+                    current: false,
+                },
+                KekVersionInfo {
+                    version: 2,
+                    state: KekState::Active,
+                    created_unix: 86_400,
+                    current: true,
+                },
+            ],
+            &|v| v as usize * 3,
+        );
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "VERSION  STATE      CURRENT  CREATED");
+        assert_eq!(lines[0], "VERSION  STATE      CURRENT  VMS    CREATED");
         assert_eq!(
             lines[1],
-            "1        retired             1970-01-01T00:00:00Z"
+            "1        retired    -        3      1970-01-01T00:00:00Z"
         );
         assert_eq!(
             lines[2],
-            "2        active     *        1970-01-02T00:00:00Z"
+            "2        active     *        6      1970-01-02T00:00:00Z"
         );
     }
 
@@ -165,7 +288,7 @@ mod tests {
         assert!(text.contains("provider export"), "{text}");
         assert!(text.contains(" v1\n"), "{text}");
         let mut out = Vec::new();
-        run_with_output(ProviderCommand::List, &keystore, &mut out).unwrap();
+        run_with_output(ProviderCommand::List { json: false }, &keystore, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\n1        active     *  "), "{text}");
     }

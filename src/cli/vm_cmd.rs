@@ -1,10 +1,11 @@
 //! `vmcryptfs vm create | status | rekey`: VM homes on an unmounted (or
 //! mounted) datastore, straight on the backing directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{open_provider, CliError, ExitKind, VmCommand};
 use crate::control::status::render_vm;
+use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_home::VmHome;
 use crate::datastore::vm_keys;
 use crate::datastore::DatastoreError;
@@ -31,6 +32,8 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             encrypt_disks,
         } => {
             let bundle = vm_keys::create_vm_home(&path, &*provider, encrypt_disks)?;
+            let (datastore, _) = split_vm_path(&path)?;
+            KnownDatastores::new(keystore).record(&datastore)?;
             println!(
                 "created encrypted VM home {} (vm-id {}, KEK {}, disks {})",
                 path.display(),
@@ -57,15 +60,27 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             }
         }
         VmCommand::Rekey { path } => {
-            let outcome = vm_keys::shallow_rekey(&path, &*provider)?;
-            println!(
-                "re-keyed {}: DEK rewrapped under {} (was v{}); only the key bundle changed",
-                path.display(),
-                outcome.to,
-                outcome.from.version
-            );
-            Ok(())
+            let (datastore, name) = split_vm_path(&path)?;
+            super::lifecycle_cmd::rekey(&datastore, &[name], false, keystore)
         }
+    }
+}
+
+/// `DATASTORE/VM` → (absolute DATASTORE, VM name).
+fn split_vm_path(path: &Path) -> Result<(PathBuf, String), CliError> {
+    let absolute = std::path::absolute(path)
+        .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))?;
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => {
+            Ok((parent.to_path_buf(), name.to_string_lossy().into_owned()))
+        }
+        _ => Err(CliError::new(
+            ExitKind::Usage,
+            format!(
+                "{} is not a VM home inside a datastore (expected DATASTORE/VM)",
+                path.display()
+            ),
+        )),
     }
 }
 

@@ -8,8 +8,12 @@
 //! * [`vm_home`]: one VM home inside a mount: cached keys, locked state,
 //!   last control command.
 //! * [`registry`]: all VM homes of a mounted datastore.
+//! * [`known`]: the datastores a key store knows about.
+//! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 
 pub mod bundle_file;
+pub mod inventory;
+pub mod known;
 pub mod layout;
 pub mod registry;
 pub mod vm_home;

@@ -184,33 +184,6 @@ impl EmbeddedProvider {
         &self.kek_id
     }
 
-    /// Retires an active version: it still unwraps but no longer wraps.
-    /// Refuses the current version. Retiring a retired version is a no-op.
-    pub fn retire(&self, version: u32) -> Result<(), ProviderError> {
-        self.change_state(version, "retired", |record| match record.state {
-            KekState::Active => Ok(Some(record.with_state(KekState::Retired))),
-            KekState::Retired => Ok(None),
-            KekState::Destroyed => Err(self.destroyed(version)),
-        })
-    }
-
-    /// Destroys a version: its wrapped key material is deleted, and bundles
-    /// still wrapped under it can no longer be unlocked. Refuses the current
-    /// version. Destroying a destroyed version is a no-op.
-    ///
-    /// sled is log-structured: the old record bytes may linger in its log
-    /// files until sled reuses that space. They are still wrapped under the
-    /// master key, so this is only a loss of secrecy if the master key leaks
-    /// too.
-    pub fn destroy(&self, version: u32) -> Result<(), ProviderError> {
-        self.change_state(version, "destroyed", |record| match record.state {
-            KekState::Destroyed => Ok(None),
-            KekState::Active | KekState::Retired => {
-                Ok(Some(record.with_state(KekState::Destroyed)))
-            }
-        })
-    }
-
     /// Writes a backup of the store to `file` (created, never overwritten,
     /// mode 0600, fsynced). KEKs stay wrapped under the master key.
     pub fn export(&self, file: &Path) -> Result<(), ProviderError> {
@@ -499,6 +472,33 @@ impl KeyProvider for EmbeddedProvider {
             })
             .collect();
         Ok(versions)
+    }
+
+    /// Retires an active version: it still unwraps but no longer wraps.
+    /// Refuses the current version. Retiring a retired version is a no-op.
+    fn retire(&self, version: u32) -> Result<(), ProviderError> {
+        self.change_state(version, "retired", |record| match record.state {
+            KekState::Active => Ok(Some(record.with_state(KekState::Retired))),
+            KekState::Retired => Ok(None),
+            KekState::Destroyed => Err(self.destroyed(version)),
+        })
+    }
+
+    /// Destroys a version: its wrapped key material is deleted, and bundles
+    /// still wrapped under it can no longer be unlocked. Refuses the current
+    /// version. Destroying a destroyed version is a no-op.
+    ///
+    /// sled is log-structured: the old record bytes may linger in its log
+    /// files until sled reuses that space. They are still wrapped under the
+    /// master key, so this is only a loss of secrecy if the master key leaks
+    /// too.
+    fn destroy(&self, version: u32) -> Result<(), ProviderError> {
+        self.change_state(version, "destroyed", |record| match record.state {
+            KekState::Destroyed => Ok(None),
+            KekState::Active | KekState::Retired => {
+                Ok(Some(record.with_state(KekState::Destroyed)))
+            }
+        })
     }
 
     fn rotate(&self) -> Result<KekRef, ProviderError> {

@@ -247,4 +247,14 @@ pub trait KeyProvider: Send + Sync {
 
     /// Creates a new KEK version and makes it current (durably).
     fn rotate(&self) -> Result<KekRef, ProviderError>;
+
+    /// Retires a version: it keeps unwrapping but no longer wraps. Refuses
+    /// the current version; retiring a retired version does nothing.
+    fn retire(&self, version: u32) -> Result<(), ProviderError>;
+
+    /// Destroys a version's key material; bundles still wrapped under it
+    /// can no longer be unlocked. Refuses the current version. This is the
+    /// raw operation: callers check first that no bundle still uses the
+    /// version (see `datastore::inventory`).
+    fn destroy(&self, version: u32) -> Result<(), ProviderError>;
 }

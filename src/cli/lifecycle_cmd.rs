@@ -1,0 +1,201 @@
+//! `vmcryptfs status` and `vmcryptfs rekey`: the datastore-wide view of
+//! which KEK version wraps each VM, and moving VMs to the current version.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::mountinfo::vmcryptfs_mount_of;
+use super::{open_provider, CliError, ExitKind};
+use crate::datastore::inventory::{scan_datastore, wrap_health, VmRecord, WrapHealth};
+use crate::datastore::known::KnownDatastores;
+use crate::datastore::vm_keys;
+use crate::keys::KeyProvider;
+
+fn absolute(path: &Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(path)
+        .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
+}
+
+/// Scans a datastore and classifies each VM against the provider.
+fn classify(
+    datastore: &Path,
+    provider: &dyn KeyProvider,
+) -> Result<Vec<(VmRecord, WrapHealth)>, CliError> {
+    let records = scan_datastore(datastore)?;
+    let current = provider.current_kek()?;
+    let versions = provider.list_versions()?;
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            let health = wrap_health(&record, provider.name(), &current.kek_id, &versions);
+            (record, health)
+        })
+        .collect())
+}
+
+/// `vmcryptfs status DATASTORE [--json]`.
+pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), CliError> {
+    let datastore = absolute(datastore)?;
+    let provider = open_provider(keystore)?;
+    KnownDatastores::new(keystore).record(&datastore)?;
+    let vms = classify(&datastore, &*provider)?;
+    let current = provider.current_kek()?;
+    if as_json {
+        let vms_json: Vec<_> = vms
+            .iter()
+            .map(|(record, health)| {
+                let bundle = record.bundle.as_ref().ok();
+                json!({
+                    "name": record.name,
+                    "path": record.path(),
+                    "provider": bundle.map(|b| b.kek.provider.clone()),
+                    "kek_id": bundle.map(|b| b.kek.kek_id.clone()),
+                    "kek_version": bundle.map(|b| b.kek.version),
+                    "encrypt_disks": bundle.map(|b| b.encrypt_disks),
+                    "status": health.as_str(),
+                    "error": record.bundle.as_ref().err(),
+                })
+            })
+            .collect();
+        let doc = json!({
+            "datastore": datastore,
+            "provider": provider.name(),
+            "kek_id": current.kek_id,
+            "current_version": current.version,
+            "mounted_at": vmcryptfs_mount_of(&datastore),
+            "vms": vms_json,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON of plain values")
+        );
+        return Ok(());
+    }
+    println!("datastore: {}", datastore.display());
+    println!(
+        "provider: {} (KEK {}, current version {})",
+        provider.name(),
+        current.kek_id,
+        current.version
+    );
+    if let Some(mnt) = vmcryptfs_mount_of(&datastore) {
+        println!("mounted at: {}", mnt.display());
+    }
+    println!(
+        "{:<24}  {:<8}  {:<7}  {:<13}  STATUS",
+        "VM", "PROVIDER", "KEK-VER", "ENCRYPT-DISKS"
+    );
+    for (record, health) in &vms {
+        match &record.bundle {
+            Ok(b) => println!(
+                "{:<24}  {:<8}  {:<7}  {:<13}  {}",
+                record.name,
+                b.kek.provider,
+                b.kek.version,
+                if b.encrypt_disks { "yes" } else { "no" },
+                health.as_str()
+            ),
+            Err(err) => println!(
+                "{:<24}  {:<8}  {:<7}  {:<13}  unknown: {err}",
+                record.name, "-", "-", "-"
+            ),
+        }
+    }
+    let stale = vms
+        .iter()
+        .filter(|(_, h)| *h == WrapHealth::NeedsRekey)
+        .count();
+    let locked = vms.iter().filter(|(_, h)| *h == WrapHealth::Locked).count();
+    if stale > 0 {
+        println!(
+            "\n{stale} VM(s) need a re-key: vmcryptfs rekey --all {}",
+            datastore.display()
+        );
+    }
+    if locked > 0 {
+        println!("{locked} VM(s) are wrapped under a destroyed or unknown KEK version and cannot be unlocked by a host without their DEK in memory");
+    }
+    Ok(())
+}
+
+/// `vmcryptfs rekey DATASTORE [VM...] [--all]`.
+pub fn rekey(
+    datastore: &Path,
+    names: &[String],
+    all: bool,
+    keystore: &Path,
+) -> Result<(), CliError> {
+    let datastore = absolute(datastore)?;
+    if names.is_empty() && !all {
+        return Err(CliError::new(
+            ExitKind::Usage,
+            "name the VM homes to re-key, or pass --all for every VM home in the datastore",
+        ));
+    }
+    let names: Vec<String> = if all {
+        scan_datastore(&datastore)?
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    } else {
+        names.to_vec()
+    };
+    let provider = open_provider(keystore)?;
+    KnownDatastores::new(keystore).record(&datastore)?;
+    let mount = vmcryptfs_mount_of(&datastore);
+    let mut failures = Vec::new();
+    for name in &names {
+        let result = match &mount {
+            Some(mnt) => rekey_through_mount(&mnt.join(name)),
+            None => vm_keys::shallow_rekey(&datastore.join(name), &*provider)
+                .map(|o| format!("DEK rewrapped under {} (was v{})", o.to, o.from.version))
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(done) => println!("{name}: {done}"),
+            Err(err) => {
+                eprintln!("{name}: re-key failed: {err}");
+                failures.push(name.clone());
+            }
+        }
+    }
+    if let Some(mnt) = &mount {
+        println!("(re-keyed through the mount at {})", mnt.display());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            ExitKind::Key,
+            format!(
+                "{} of {} VM homes could not be re-keyed: {}",
+                failures.len(),
+                names.len(),
+                failures.join(", ")
+            ),
+        ))
+    }
+}
+
+/// Re-keys one VM of a mounted datastore by writing to its `.control`, so
+/// the mount's key cache and status stay consistent; returns the mount's
+/// `last-result`.
+fn rekey_through_mount(vm_mount: &Path) -> Result<String, String> {
+    let control = vm_mount.join(crate::datastore::layout::CONTROL_FILE_NAME);
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&control)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"rekey\n"));
+    let status = std::fs::read_to_string(&control).unwrap_or_default();
+    let last = status
+        .lines()
+        .find_map(|l| l.strip_prefix("last-result: "))
+        .unwrap_or("-")
+        .to_string();
+    match write {
+        Ok(()) => Ok(last.trim_start_matches("ok: ").to_string()),
+        Err(_) if last.starts_with("error") => Err(last),
+        Err(e) => Err(format!("{}: {e}", control.display())),
+    }
+}
