@@ -26,6 +26,7 @@ fn parallel_writers_to_one_file_lose_nothing() {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(&path)
             .unwrap(),
     );

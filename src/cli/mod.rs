@@ -87,14 +87,16 @@ pub enum ProviderCommand {
     /// wraps new ones.
     Retire {
         /// The version to retire.
-        version: u32,
+        #[arg(value_name = "VERSION")]
+        kek_version: u32,
     },
     /// Destroy a KEK version's key material. Refused while any known VM home
     /// is still wrapped under it (re-key them first with `vmcryptfs rekey
     /// --all DATASTORE`), and for the current version.
     Destroy {
         /// The version to destroy.
-        version: u32,
+        #[arg(value_name = "VERSION")]
+        kek_version: u32,
         /// Destroy even though VMs still use it; those VMs are locked out on
         /// every host that does not hold their DEK in memory.
         #[arg(long)]
@@ -163,4 +165,29 @@ pub fn open_provider(
 ) -> Result<std::sync::Arc<dyn crate::keys::KeyProvider>, CliError> {
     let provider = crate::keys::embedded::EmbeddedProvider::open(keystore)?;
     Ok(std::sync::Arc::new(provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (duplicate
+    /// names, conflicting flags), which otherwise fire only at run time.
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "`{name}` has no help text");
+                walk(sub, &name);
+            }
+        }
+        walk(&Cli::command(), "vmcryptfs");
+    }
 }

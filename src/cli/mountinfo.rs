@@ -50,12 +50,14 @@ pub fn is_mount_point(path: &Path) -> bool {
     mounts().iter().any(|(mp, _, _)| mp == path)
 }
 
-/// Where `datastore` (absolute) is mounted by vmcryptfs, if it is.
+/// Where `datastore` (absolute) is mounted by vmcryptfs, if it is. The
+/// mount source is our fsname; the type is `fuse` or `fuse.vmcryptfs`
+/// depending on how fusermount3 was asked.
 pub fn vmcryptfs_mount_of(datastore: &Path) -> Option<PathBuf> {
     let source = fsname_for(datastore);
     mounts()
         .into_iter()
-        .find(|(_, fstype, src)| fstype == "fuse.vmcryptfs" && *src == source)
+        .find(|(_, fstype, src)| fstype.starts_with("fuse") && *src == source)
         .map(|(mp, _, _)| mp)
 }
 

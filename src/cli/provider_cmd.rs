@@ -33,8 +33,8 @@ pub fn run_with_output(
         ProviderCommand::Init => init(keystore)?,
         ProviderCommand::Rotate => rotate(keystore)?,
         ProviderCommand::List { json } => list(keystore, json)?,
-        ProviderCommand::Retire { version } => retire(keystore, version)?,
-        ProviderCommand::Destroy { version, force } => destroy(keystore, version, force)?,
+        ProviderCommand::Retire { kek_version } => retire(keystore, kek_version)?,
+        ProviderCommand::Destroy { kek_version, force } => destroy(keystore, kek_version, force)?,
         ProviderCommand::Export { file } => export(keystore, &file)?,
         ProviderCommand::Import { file } => import(keystore, &file)?,
     };

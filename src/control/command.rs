@@ -20,6 +20,9 @@ pub enum ControlCommand {
     Rekey,
     /// Shallow re-key of every VM home in the datastore.
     RekeyAll,
+    /// Drop the cached DEKs of every VM home with no open files, as a host
+    /// reboot would; the next access unwraps again through the provider.
+    FlushKeys,
 }
 
 impl ControlCommand {
@@ -28,6 +31,7 @@ impl ControlCommand {
         match self {
             ControlCommand::Rekey => "rekey",
             ControlCommand::RekeyAll => "rekey-all",
+            ControlCommand::FlushKeys => "flush-keys",
         }
     }
 }
@@ -75,7 +79,7 @@ pub enum ParseError {
 fn valid_words(scope: ControlScope) -> &'static str {
     match scope {
         ControlScope::VmHome => "rekey",
-        ControlScope::Datastore => "rekey-all",
+        ControlScope::Datastore => "rekey-all, flush-keys",
     }
 }
 
@@ -100,6 +104,7 @@ pub fn parse(scope: ControlScope, input: &[u8]) -> Result<Vec<ControlCommand>, P
         let command = match (scope, word) {
             (ControlScope::VmHome, "rekey") => ControlCommand::Rekey,
             (ControlScope::Datastore, "rekey-all") => ControlCommand::RekeyAll,
+            (ControlScope::Datastore, "flush-keys") => ControlCommand::FlushKeys,
             _ => {
                 return Err(ParseError::Unknown {
                     word: shorten(word),

@@ -66,6 +66,7 @@ pub fn render_vm(status: &VmStatus) -> String {
         "bundle-updated",
         or_dash(bundle.map(|b| format_unix_utc(b.updated_unix))),
     );
+    line("open-files", status.open_files.to_string());
     line("locked-reason", or_dash(status.locked_reason.clone()));
     line("provider-error", or_dash(status.provider_error.clone()));
     line(

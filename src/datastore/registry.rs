@@ -11,6 +11,9 @@ use super::vm_keys::RekeyOutcome;
 use super::DatastoreError;
 use crate::keys::KeyProvider;
 
+/// The outcome of re-keying one VM home, by name.
+pub type VmRekeyResult = (String, Result<RekeyOutcome, DatastoreError>);
+
 /// A mounted datastore: its root, its key provider, and the VM homes seen.
 pub struct Datastore {
     /// The datastore directory (backing store of the mount).
@@ -100,10 +103,32 @@ impl Datastore {
             .collect())
     }
 
+    /// Drops the cached keys of every VM home without open files. Returns
+    /// the names flushed and the names kept (files open).
+    pub fn flush_keys(&self) -> (Vec<String>, Vec<String>) {
+        let vms: Vec<Arc<VmHome>> = self
+            .vms
+            .read()
+            .expect("vms lock")
+            .values()
+            .cloned()
+            .collect();
+        let (mut flushed, mut kept) = (Vec::new(), Vec::new());
+        for vm in vms {
+            let name = vm.name().to_string_lossy().into_owned();
+            if vm.flush_keys() {
+                flushed.push(name);
+            } else {
+                kept.push(name);
+            }
+        }
+        flushed.sort();
+        kept.sort();
+        (flushed, kept)
+    }
+
     /// Shallow re-key of every VM home; one result per VM.
-    pub fn rekey_all(
-        &self,
-    ) -> Result<Vec<(String, Result<RekeyOutcome, DatastoreError>)>, DatastoreError> {
+    pub fn rekey_all(&self) -> Result<Vec<VmRekeyResult>, DatastoreError> {
         Ok(self
             .scan_vm_homes()?
             .iter()

@@ -2,6 +2,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::vm_keys::{self, RekeyOutcome};
@@ -63,6 +64,8 @@ pub struct VmStatus {
     pub provider_error: Option<String>,
     /// Fingerprint of the current DEK, when unlocked.
     pub dek_fingerprint: Option<String>,
+    /// Open encrypted files in this mount.
+    pub open_files: usize,
     /// The last control command.
     pub last_command: Option<CommandRecord>,
 }
@@ -88,6 +91,10 @@ pub struct VmHome {
     keys: RwLock<KeyState>,
     /// Last control command; its own lock, never held with `keys`.
     last_command: Mutex<Option<CommandRecord>>,
+    /// Open encrypted-file handles using the cached keyring. Incremented
+    /// while holding `keys` (read or write), so `flush_keys`, which holds
+    /// `keys` for writing, sees a stable count.
+    open_files: AtomicUsize,
 }
 
 impl VmHome {
@@ -97,6 +104,7 @@ impl VmHome {
             location: RwLock::new((name, dir)),
             keys: RwLock::new(KeyState::NotLoaded),
             last_command: Mutex::new(None),
+            open_files: AtomicUsize::new(0),
         }
     }
 
@@ -139,12 +147,41 @@ impl VmHome {
 
     /// The VM's keyring, unwrapping through the provider on first use.
     pub fn keyring(&self, provider: &dyn KeyProvider) -> Result<Arc<VmKeyring>, VmLocked> {
+        self.keyring_counting(provider, false)
+    }
+
+    /// [`VmHome::keyring`] for a file being opened: counts the open file,
+    /// which keeps `flush-keys` from dropping keys still in use. Pair with
+    /// [`VmHome::file_closed`].
+    pub fn keyring_for_open_file(
+        &self,
+        provider: &dyn KeyProvider,
+    ) -> Result<Arc<VmKeyring>, VmLocked> {
+        self.keyring_counting(provider, true)
+    }
+
+    /// An encrypted file opened with [`VmHome::keyring_for_open_file`] closed.
+    pub fn file_closed(&self) {
+        self.open_files.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn keyring_counting(
+        &self,
+        provider: &dyn KeyProvider,
+        count: bool,
+    ) -> Result<Arc<VmKeyring>, VmLocked> {
+        let take = |keyring: &Arc<VmKeyring>| {
+            if count {
+                self.open_files.fetch_add(1, Ordering::SeqCst);
+            }
+            keyring.clone()
+        };
         if let KeyState::Unlocked { keyring, .. } = &*self.keys.read().expect("keys lock") {
-            return Ok(keyring.clone());
+            return Ok(take(keyring));
         }
         let mut state = self.keys.write().expect("keys lock");
         if let KeyState::Unlocked { keyring, .. } = &*state {
-            return Ok(keyring.clone());
+            return Ok(take(keyring));
         }
         let dir = self.dir();
         let bundle = match bundle_file::read(&dir) {
@@ -155,17 +192,32 @@ impl VmHome {
             Ok(keyring) => {
                 let keyring = Arc::new(keyring);
                 log::info!("VM {}: unlocked (KEK {})", self.display_name(), bundle.kek);
-                *state = KeyState::Unlocked {
-                    keyring: keyring.clone(),
-                    bundle,
-                };
-                Ok(keyring)
+                let taken = take(&keyring);
+                *state = KeyState::Unlocked { keyring, bundle };
+                Ok(taken)
             }
             Err(err) => {
                 let reason = format!("cannot unwrap DEK under KEK {}: {err}", bundle.kek);
                 Err(self.lock_with(&mut state, reason, Some(bundle)))
             }
         }
+    }
+
+    /// Drops the cached DEKs unless files are open, as a host reboot empties
+    /// its key cache. Returns whether they were dropped.
+    pub fn flush_keys(&self) -> bool {
+        let mut state = self.keys.write().expect("keys lock");
+        if self.open_files.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        *state = KeyState::NotLoaded;
+        log::info!("VM {}: key cache flushed", self.display_name());
+        true
+    }
+
+    /// Number of open encrypted files.
+    pub fn open_files(&self) -> usize {
+        self.open_files.load(Ordering::SeqCst)
     }
 
     fn lock_with(
@@ -190,7 +242,11 @@ impl VmHome {
     /// disturbed.
     pub fn rekey(&self, provider: &dyn KeyProvider) -> Result<RekeyOutcome, DatastoreError> {
         let mut state = self.keys.write().expect("keys lock");
-        let outcome = vm_keys::shallow_rekey(&self.dir(), provider)?;
+        let cached = match &*state {
+            KeyState::Unlocked { keyring, .. } => Some(keyring.clone()),
+            _ => None,
+        };
+        let outcome = vm_keys::shallow_rekey_with_cache(&self.dir(), provider, cached.as_deref())?;
         let keyring = match &*state {
             KeyState::Unlocked { keyring, .. }
                 if keyring.current_fingerprint() == outcome.keyring.current_fingerprint() =>
@@ -220,6 +276,7 @@ impl VmHome {
         let mut status = VmStatus {
             name: self.display_name(),
             last_command: self.last_command.lock().expect("last command lock").clone(),
+            open_files: self.open_files(),
             ..VmStatus::default()
         };
         match &*self.keys.read().expect("keys lock") {

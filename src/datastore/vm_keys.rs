@@ -127,13 +127,38 @@ pub fn shallow_rekey(
     vm_dir: &Path,
     provider: &dyn KeyProvider,
 ) -> Result<RekeyOutcome, DatastoreError> {
+    shallow_rekey_with_cache(vm_dir, provider, None)
+}
+
+/// [`shallow_rekey`], able to rescue a VM whose bundle no longer unwraps
+/// (its KEK version was destroyed) from a keyring a mount still holds in
+/// memory. The cache is used only if it is this VM's (same VM id and DEK
+/// generations), so a keyring from before a deep re-key is never written
+/// back.
+pub fn shallow_rekey_with_cache(
+    vm_dir: &Path,
+    provider: &dyn KeyProvider,
+    cached: Option<&VmKeyring>,
+) -> Result<RekeyOutcome, DatastoreError> {
     let lock = BundleLock::acquire(vm_dir)?;
     let old = bundle_file::read(vm_dir)?;
     let provider_err = |source| DatastoreError::Provider {
         path: vm_dir.into(),
         source,
     };
-    let keyring = unlock(&old, provider).map_err(provider_err)?;
+    let keyring = match unlock(&old, provider) {
+        Ok(keyring) => Arc::new(keyring),
+        Err(err) => match cached.filter(|k| cache_matches(k, &old)) {
+            Some(cached) => {
+                log::warn!(
+                    "VM home {}: bundle does not unwrap ({err}); rescuing it with the DEKs held in memory",
+                    vm_dir.display()
+                );
+                Arc::new(copy_keyring(cached))
+            }
+            None => return Err(provider_err(err)),
+        },
+    };
     let mut bundle = old.clone();
     bundle.kek = provider.current_kek().map_err(provider_err)?;
     bundle.sequence = old.sequence + 1;
@@ -144,8 +169,23 @@ pub fn shallow_rekey(
         from: old.kek,
         to: bundle.kek.clone(),
         bundle,
-        keyring: Arc::new(keyring),
+        keyring,
     })
+}
+
+/// Whether a cached keyring belongs to the VM and DEK generations of `bundle`.
+fn cache_matches(keyring: &VmKeyring, bundle: &KeyBundle) -> bool {
+    keyring.vm_id() == &bundle.vm_id
+        && keyring.current_generation() == bundle.current_generation
+        && keyring
+            .deks()
+            .map(|(g, _)| g)
+            .eq(bundle.deks.iter().map(|d| d.generation))
+}
+
+fn copy_keyring(keyring: &VmKeyring) -> VmKeyring {
+    let deks = keyring.deks().map(|(g, d)| (g, d.clone())).collect();
+    VmKeyring::new(*keyring.vm_id(), keyring.current_generation(), deks)
 }
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ impl VmCryptFs {
         for command in commands {
             let (ok, result) = match (command, vm) {
                 (ControlCommand::Rekey, Some(vm)) => self.run_rekey(vm),
+                (ControlCommand::FlushKeys, _) => self.run_flush_keys(),
                 _ => self.run_rekey_all(),
             };
             self.record(
@@ -139,6 +140,20 @@ impl VmCryptFs {
                 (false, format!("error: {err}"))
             }
         }
+    }
+
+    fn run_flush_keys(&self) -> (bool, String) {
+        let (flushed, kept) = self.datastore.flush_keys();
+        let mut result = format!("ok: flushed the keys of {} VM home(s)", flushed.len());
+        if !kept.is_empty() {
+            result.push_str(&format!(
+                "; kept {} with open files ({})",
+                kept.len(),
+                kept.join(", ")
+            ));
+        }
+        log::info!("flush-keys: {result}");
+        (true, result)
     }
 
     fn run_rekey_all(&self) -> (bool, String) {

@@ -65,18 +65,24 @@ impl VmCryptFs {
             return Ok(Handle::Plain { file });
         }
         let vm = node.area.vm().ok_or(Errno::EIO)?;
-        let keyring = vm.keyring(self.datastore.provider()).map_err(|locked| {
-            log::warn!("open {}: {locked}", rel.display());
-            Errno::from_i32(libc::ENOKEY)
-        })?;
-        let content = self
+        let keyring = vm
+            .keyring_for_open_file(self.datastore.provider())
+            .map_err(|locked| {
+                log::warn!("open {}: {locked}", rel.display());
+                Errno::from_i32(libc::ENOKEY)
+            })?;
+        let Some(content) = self
             .inodes
             .acquire_content(node.ino, || EncryptedFile::new(keyring))
-            .ok_or(Errno::ENOENT)?;
+        else {
+            vm.file_closed();
+            return Err(Errno::ENOENT);
+        };
         Ok(Handle::Encrypted {
             file,
             content,
             ino: node.ino,
+            vm: vm.clone(),
         })
     }
 
@@ -207,9 +213,16 @@ impl VmCryptFs {
     /// Closes a handle.
     pub fn release(&self, fh: u64) {
         if let Some(handle) = self.handles.remove(fh) {
-            if let Handle::Encrypted { ino, .. } = &*handle {
-                self.inodes.release_content(*ino);
-            }
+            self.close_handle(&handle);
+        }
+    }
+
+    /// Gives back what an encrypted handle holds: its share of the inode's
+    /// content state and its VM's open-file count.
+    fn close_handle(&self, handle: &Handle) {
+        if let Handle::Encrypted { ino, vm, .. } = handle {
+            self.inodes.release_content(*ino);
+            vm.file_closed();
         }
     }
 
@@ -242,9 +255,7 @@ impl VmCryptFs {
         let file = Self::open_backing(full, libc::O_WRONLY, class, None).map_err(io_errno)?;
         let handle = self.make_handle(node, file, class, &rel)?;
         let result = self.truncate_handle(&handle, &rel, size);
-        if let Handle::Encrypted { ino, .. } = handle {
-            self.inodes.release_content(ino);
-        }
+        self.close_handle(&handle);
         result
     }
 }

@@ -38,6 +38,8 @@ pub enum Handle {
         content: Arc<EncryptedFile>,
         /// The node, to release the content hold on close.
         ino: u64,
+        /// The VM home, whose open-file count this handle holds.
+        vm: Arc<VmHome>,
     },
     /// A `.control` file.
     Control {

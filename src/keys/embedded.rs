@@ -242,7 +242,20 @@ impl EmbeddedProvider {
         }
     }
 
+    /// Opens the store for one operation. Refuses if the database directory
+    /// has gone (sled would silently create an empty one, which would then
+    /// shadow the real store when it comes back).
     fn session(&self) -> Result<Session<'_>, ProviderError> {
+        if !kek_db_path(&self.keystore.dir).is_dir() {
+            return Err(ProviderError::NotInitialized {
+                keystore: self.keystore.dir.clone(),
+            });
+        }
+        self.new_or_existing_session()
+    }
+
+    /// Opens the store, creating the database if needed (init and import).
+    fn new_or_existing_session(&self) -> Result<Session<'_>, ProviderError> {
         Session::open(&self.keystore)
     }
 
@@ -260,7 +273,7 @@ impl EmbeddedProvider {
         changes.set_meta(META_CHECK, new_check_value(&self.master, &self.keystore_id));
         changes.put_version(1, &self.new_kek_record(1));
         changes.set_current_version(1);
-        self.session()?.commit(&changes)?;
+        self.new_or_existing_session()?.commit(&changes)?;
         Ok(self.kek_ref(1))
     }
 
@@ -377,7 +390,7 @@ impl EmbeddedProvider {
         backup: &Backup,
         created_store: bool,
     ) -> Result<ImportSummary, ProviderError> {
-        let session = self.session()?;
+        let session = self.new_or_existing_session()?;
         let mut changes = Changes::default();
         let (existing, store_current) = if created_store {
             changes.set_meta(META_KEYSTORE_ID, backup.keystore_id.to_vec());

@@ -104,11 +104,24 @@ impl TestEnv {
 
     /// Mounts with extra `mount` arguments (e.g. `-o allow_other`).
     pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        self.mount_at(&self.mnt.clone(), extra)
+    }
+
+    /// A second mount point in the temp dir (created), e.g. for a second
+    /// "host" mounting the same datastore.
+    pub fn extra_mountpoint(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// Mounts the datastore at `mnt` with extra `mount` arguments.
+    pub fn mount_at(&self, mnt: &Path, extra: &[&str]) -> Mount {
         let log = self.dir.path().join(format!("mount-{}.log", rand_suffix()));
         let log_file = fs::File::create(&log).unwrap();
         let mut cmd = self.cmd(&["mount", "--foreground"]);
         cmd.arg(&self.datastore)
-            .arg(&self.mnt)
+            .arg(mnt)
             .args(extra)
             .env("RUST_LOG", "vmcryptfs=debug")
             .stdout(Stdio::null())
@@ -116,7 +129,7 @@ impl TestEnv {
         let child = cmd.spawn().expect("spawning mount");
         let mut mount = Mount {
             child: Some(child),
-            mnt: self.mnt.clone(),
+            mnt: mnt.to_path_buf(),
             log,
         };
         mount.wait_until_mounted();
