@@ -156,19 +156,31 @@ impl VmCryptFs {
             .unwrap_or_else(|| "<unlinked file>".into())
     }
 
-    /// Reads from an open file.
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    /// Reads from an open file into `out` (cleared first; a per-thread
+    /// buffer the adapter reuses across requests).
+    pub fn read(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> FsResult<()> {
+        out.clear();
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         match &*handle {
-            Handle::Plain { file } => read_plain(file, offset, size as usize).map_err(io_errno),
+            Handle::Plain { file } => {
+                read_plain(file, offset, size as usize, out).map_err(io_errno)
+            }
             Handle::Encrypted { file, content, .. } => content
-                .read(file, offset, size as u64)
+                .read_into(file, offset, size as u64, out)
                 .map_err(|e| Self::log_content_error(&self.handle_path(ino), "read", &e)),
             Handle::Control { snapshot, .. } => {
                 let snapshot = snapshot.lock().expect("snapshot lock");
                 let start = (offset as usize).min(snapshot.len());
                 let end = (start + size as usize).min(snapshot.len());
-                Ok(snapshot[start..end].to_vec())
+                out.extend_from_slice(&snapshot[start..end]);
+                Ok(())
             }
             Handle::Dir { .. } => Err(Errno::EISDIR),
         }
@@ -260,16 +272,16 @@ impl VmCryptFs {
     }
 }
 
-/// Reads up to `size` bytes at `offset`, short only at end of file.
-fn read_plain(file: &File, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; size];
+/// Reads up to `size` bytes at `offset` into `out`, short only at end of file.
+fn read_plain(file: &File, offset: u64, size: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.resize(size, 0);
     let mut filled = 0;
     while filled < size {
-        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+        match file.read_at(&mut out[filled..], offset + filled as u64)? {
             0 => break,
             n => filled += n,
         }
     }
-    buf.truncate(filled);
-    Ok(buf)
+    out.truncate(filled);
+    Ok(())
 }

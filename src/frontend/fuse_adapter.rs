@@ -18,6 +18,11 @@ use super::VmCryptFs;
 /// `/proc/sys/fs/fuse/max_pages_limit` pages, 1 MiB by default).
 const MAX_REQUEST_BYTES: u32 = 1 << 20;
 
+thread_local! {
+    /// Reply buffer of each FUSE worker thread, reused across reads.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn open_flags(direct_io: bool) -> FopenFlags {
     if direct_io {
         FopenFlags::FOPEN_DIRECT_IO
@@ -183,10 +188,10 @@ impl Filesystem for VmCryptFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.read(ino.0, fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        READ_BUFFER.with_borrow_mut(|buf| match self.read(ino.0, fh.0, offset, size, buf) {
+            Ok(()) => reply.data(buf),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn write(

@@ -1,0 +1,75 @@
+//! Micro-benchmark of the block codec: sealing and opening 4 KiB blocks
+//! and 1 MiB requests through `EncryptedFile`, the hot path of every read
+//! and write. Run with `cargo bench --bench block_codec`; numbers go into
+//! docs/PERFORMANCE.md to catch regressions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use divan::counter::BytesCount;
+use divan::Bencher;
+use vmcryptfs::content::EncryptedFile;
+use vmcryptfs::crypto::block_aead::{BlockAead, NONCE_LEN};
+use vmcryptfs::crypto::keyring::VmKeyring;
+use vmcryptfs::crypto::secret::{Dek, DerivedKey};
+
+fn main() {
+    divan::main();
+}
+
+#[divan::bench]
+fn seal_4k(bencher: Bencher) {
+    let aead = BlockAead::new(&DerivedKey::from_bytes([1; 32]));
+    let plain = vec![0x5a; 4096];
+    let mut out = Vec::with_capacity(4096 + 32);
+    bencher.counter(BytesCount::new(4096usize)).bench_local(|| {
+        out.clear();
+        aead.seal_append(&[7; NONCE_LEN], b"aad", divan::black_box(&plain), &mut out);
+    });
+}
+
+#[divan::bench]
+fn open_4k(bencher: Bencher) {
+    let aead = BlockAead::new(&DerivedKey::from_bytes([1; 32]));
+    let mut sealed = Vec::new();
+    aead.seal_append(&[7; NONCE_LEN], b"aad", &[0x5a; 4096], &mut sealed);
+    let mut out = Vec::with_capacity(4096);
+    bencher.counter(BytesCount::new(4096usize)).bench_local(|| {
+        out.clear();
+        aead.open_append(b"aad", divan::black_box(&sealed), &mut out)
+            .unwrap();
+    });
+}
+
+fn keyring() -> Arc<VmKeyring> {
+    let mut deks = BTreeMap::new();
+    deks.insert(1, Dek::from_bytes([9; 32]));
+    Arc::new(VmKeyring::new([4; 16], 1, deks))
+}
+
+/// A 1 MiB aligned write and read through the content layer, on a temp
+/// file (page cache), as a FUSE request would do them.
+#[divan::bench]
+fn write_1m(bencher: Bencher) {
+    let file = tempfile::tempfile().unwrap();
+    let enc = EncryptedFile::new(keyring());
+    let data = vec![0x33; 1 << 20];
+    enc.write(&file, 0, &data).unwrap();
+    bencher
+        .counter(BytesCount::new(1usize << 20))
+        .bench_local(|| {
+            enc.write(&file, 0, divan::black_box(&data)).unwrap();
+        });
+}
+
+#[divan::bench]
+fn read_1m(bencher: Bencher) {
+    let file = tempfile::tempfile().unwrap();
+    let enc = EncryptedFile::new(keyring());
+    enc.write(&file, 0, &vec![0x33; 1 << 20]).unwrap();
+    bencher
+        .counter(BytesCount::new(1usize << 20))
+        .bench_local(|| {
+            divan::black_box(enc.read(&file, 0, 1 << 20).unwrap());
+        });
+}
