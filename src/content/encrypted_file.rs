@@ -63,7 +63,7 @@ impl ContentError {
 }
 
 /// The header and content cipher of a non-empty file.
-struct FileKeys {
+pub(super) struct FileKeys {
     header: FileHeader,
     aead: BlockAead,
 }
@@ -137,7 +137,7 @@ pub struct EncryptedFile {
     keyring: Arc<VmKeyring>,
     /// See the module docs: shared for in-size I/O, exclusive for size and
     /// header changes.
-    size_lock: RwLock<()>,
+    pub(super) size_lock: RwLock<()>,
     /// Block-range lock; only taken while holding `size_lock` shared.
     blocks: BlockRangeLock,
     /// Header and cipher, loaded on first use. `None` while the file is
@@ -176,7 +176,7 @@ impl EncryptedFile {
     }
 
     /// Loads (or returns the cached) header keys. Caller holds `size_lock`.
-    fn keys(&self, backing: &File) -> Result<Arc<FileKeys>, ContentError> {
+    pub(super) fn keys(&self, backing: &File) -> Result<Arc<FileKeys>, ContentError> {
         if let Some(keys) = self.keys.read().expect("keys lock poisoned").as_ref() {
             return Ok(keys.clone());
         }
@@ -297,6 +297,16 @@ impl EncryptedFile {
     /// Sets the plaintext size, keeping the file sparse when it grows.
     pub fn truncate(&self, backing: &File, new_size: u64) -> Result<(), ContentError> {
         let _size = self.size_lock.write().expect("size lock poisoned");
+        self.truncate_locked(backing, new_size)
+    }
+
+    /// [`EncryptedFile::truncate`] for a caller that holds `size_lock`
+    /// exclusively.
+    pub(super) fn truncate_locked(
+        &self,
+        backing: &File,
+        new_size: u64,
+    ) -> Result<(), ContentError> {
         let size = Self::plain_size(backing)?;
         if new_size == size {
             return Ok(());
@@ -432,7 +442,7 @@ impl EncryptedFile {
     /// Merges `data` (at plaintext `offset`) into the blocks it covers and
     /// stores them. Partial blocks are read, merged and re-sealed. Caller
     /// holds exclusive access to those blocks.
-    fn write_blocks(
+    pub(super) fn write_blocks(
         &self,
         backing: &File,
         keys: &FileKeys,

@@ -6,10 +6,13 @@
 //! [`std::fs::File`] and the VM's unwrapped keys.
 //!
 //! * [`range_lock`]: shared/exclusive locks on block ranges.
+//! * [`allocation`]: SEEK_DATA/SEEK_HOLE, fallocate, hole punching.
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
 
+pub mod allocation;
 pub mod encrypted_file;
 pub mod range_lock;
 
+pub use allocation::SeekTarget;
 pub use encrypted_file::{ContentError, EncryptedFile};

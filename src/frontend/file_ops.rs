@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use super::attr;
 use super::handles::Handle;
 use super::inodes::NodeInfo;
 use super::{io_errno, FsResult, VmCryptFs};
-use crate::content::{ContentError, EncryptedFile};
+use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::datastore::layout::ContentClass;
 
 /// Flags of the caller's open that must not reach the backing file:
@@ -144,6 +145,17 @@ impl VmCryptFs {
         Ok((attr, self.handles.insert(handle)))
     }
 
+    /// The errno for a content error; ENXIO from a seek is an answer, not a
+    /// fault, so only other errors are logged.
+    fn content_errno(&self, ino: u64, what: &str, err: ContentError) -> Errno {
+        match &err {
+            ContentError::Io(io) if io.raw_os_error() == Some(libc::ENXIO) => {
+                Errno::from_i32(libc::ENXIO)
+            }
+            _ => Self::log_content_error(&self.handle_path(ino), what, &err),
+        }
+    }
+
     fn log_content_error(rel: &Path, what: &str, err: &ContentError) -> Errno {
         log::error!("{what} {}: {err}", rel.display());
         Errno::from_i32(err.errno())
@@ -205,6 +217,65 @@ impl VmCryptFs {
             Handle::Dir { .. } => return Err(Errno::EISDIR),
         }
         Ok(data.len() as u32)
+    }
+
+    /// lseek for SEEK_DATA/SEEK_HOLE (the kernel handles the other
+    /// whences itself).
+    pub fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
+        let target = match whence {
+            libc::SEEK_DATA => SeekTarget::Data,
+            libc::SEEK_HOLE => SeekTarget::Hole,
+            _ => return Err(Errno::EINVAL),
+        };
+        let offset = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        match &*handle {
+            Handle::Plain { file } => {
+                let whence = match target {
+                    SeekTarget::Data => nix::unistd::Whence::SeekData,
+                    SeekTarget::Hole => nix::unistd::Whence::SeekHole,
+                };
+                nix::unistd::lseek(file.as_raw_fd(), offset as i64, whence)
+                    .map_err(|e| Errno::from_i32(e as i32))
+            }
+            Handle::Encrypted { file, content, .. } => content
+                .seek(file, offset, target)
+                .map(|off| off as i64)
+                .map_err(|e| self.content_errno(ino, "seek", e)),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// fallocate: modes 0 and KEEP_SIZE (preallocate), PUNCH_HOLE (discard;
+    /// frees datastore space), ZERO_RANGE. Others are EOPNOTSUPP.
+    pub fn fallocate(&self, ino: u64, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let kind = mode & !libc::FALLOC_FL_KEEP_SIZE;
+        let supported = kind == 0
+            || (kind == libc::FALLOC_FL_PUNCH_HOLE && keep_size)
+            || kind == libc::FALLOC_FL_ZERO_RANGE;
+        if !supported {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        match &*handle {
+            Handle::Plain { file } => nix::fcntl::fallocate(
+                file.as_raw_fd(),
+                nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+                offset as i64,
+                len as i64,
+            )
+            .map_err(|e| Errno::from_i32(e as i32)),
+            Handle::Encrypted { file, content, .. } => {
+                let result = match kind {
+                    0 => content.allocate(file, offset, len, keep_size),
+                    libc::FALLOC_FL_PUNCH_HOLE => content.punch_hole(file, offset, len),
+                    _ => content.zero_range(file, offset, len, keep_size),
+                };
+                result.map_err(|e| self.content_errno(ino, "fallocate", e))
+            }
+            _ => Err(Errno::EOPNOTSUPP),
+        }
     }
 
     /// fsync/fdatasync: reaches the backing file.
