@@ -295,6 +295,7 @@ impl VmCryptFs {
 
     /// Closes a handle.
     pub fn release(&self, fh: u64) {
+        self.release_locks_of_handle(fh);
         if let Some(handle) = self.handles.remove(fh) {
             self.close_handle(&handle);
         }

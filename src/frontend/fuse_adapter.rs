@@ -6,12 +6,14 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use super::attr::ATTR_TTL;
+use super::lock_ops::apply_lock;
 use super::VmCryptFs;
 
 /// Largest read/write request we ask the kernel for (it caps this at
@@ -35,6 +37,11 @@ impl Filesystem for VmCryptFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_REQUEST_BYTES);
         let _ = config.set_max_readahead(MAX_REQUEST_BYTES);
+        // Byte-range locks come to us so they can be forwarded to the
+        // backing files (lock_ops); without this the kernel keeps them local.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
+            log::warn!("kernel lacks {missing:?}: byte-range locks stay local to this mount");
+        }
         Ok(())
     }
 
@@ -215,12 +222,61 @@ impl Filesystem for VmCryptFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.release_lock_owner(ino.0, lock_owner.0);
         reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        match self.getlk(ino.0, fh.0, lock_owner.0, start, end, typ) {
+            Ok((start, end, typ)) => reply.locked(start, end, typ, 0),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.lock_owner_file(ino.0, fh.0, lock_owner.0) {
+            Ok(file) => file,
+            Err(e) => return reply.error(e),
+        };
+        if !sleep {
+            return reply_empty(reply, apply_lock(&file, start, end, typ, false));
+        }
+        // A blocking lock waits in its own thread, so waiters never use up
+        // the FUSE worker threads.
+        let spawned = std::thread::Builder::new()
+            .name("lock-wait".into())
+            .spawn(move || reply_empty(reply, apply_lock(&file, start, end, typ, true)));
+        if let Err(e) = spawned {
+            log::error!("cannot start a lock-wait thread: {e}");
+        }
     }
 
     fn release(

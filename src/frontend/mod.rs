@@ -3,7 +3,7 @@
 //!
 //! [`VmCryptFs`] holds the mount's state. Its operations live in
 //! [`node_ops`] (names, attributes, directories), [`file_ops`] (open, read,
-//! write) and [`control_ops`] (`.control` files), each returning
+//! write), [`lock_ops`] (byte-range locks) and [`control_ops`] (`.control` files), each returning
 //! `Result<_, Errno>`. [`fuse_adapter`] implements `fuser::Filesystem` by
 //! calling them and sending the reply, and nothing else.
 
@@ -13,6 +13,7 @@ pub mod file_ops;
 pub mod fuse_adapter;
 pub mod handles;
 pub mod inodes;
+pub mod lock_ops;
 pub mod node_ops;
 
 use std::ffi::OsStr;
@@ -46,6 +47,8 @@ pub struct VmCryptFs {
     inodes: InodeTable,
     /// Open handles; internally locked.
     handles: HandleTable,
+    /// Lock owners' backing files; internally locked.
+    locks: lock_ops::LockTable,
     /// Last command written to the root `.control`; its own mutex.
     root_last_command: Mutex<Option<CommandRecord>>,
     /// Whether the daemon runs as root, so that new files are given to the
@@ -61,6 +64,7 @@ impl VmCryptFs {
             inodes: InodeTable::new((meta.dev(), meta.ino())),
             datastore,
             handles: HandleTable::default(),
+            locks: lock_ops::LockTable::default(),
             root_last_command: Mutex::new(None),
             chown_new_files: nix::unistd::geteuid().is_root(),
         })
