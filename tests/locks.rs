@@ -83,12 +83,22 @@ fn ofd_locks_conflict_within_a_mount_and_across_two_mounts() {
         "F_GETLK reports the conflicting lock"
     );
 
+    // The kernel tells the file system about the last close of an open
+    // file description asynchronously (FUSE RELEASE), so an OFD lock is
+    // given back on the backing file shortly after close(2) returns.
     drop(holder);
-    fcntl(
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fcntl(
         other_host.as_raw_fd(),
         FcntlArg::F_OFD_SETLK(&write_lock(0, 1)),
-    )
-    .expect("released on close");
+    ) == Err(Errno::EAGAIN)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lock was not released after close"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -5,6 +5,10 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fuser::BackingId;
 
 use fuser::{Errno, FileAttr};
 
@@ -63,7 +67,10 @@ impl VmCryptFs {
         rel: &Path,
     ) -> FsResult<Handle> {
         if class == ContentClass::Plain {
-            return Ok(Handle::Plain { file });
+            return Ok(Handle::Plain {
+                file,
+                passthrough: std::sync::OnceLock::new(),
+            });
         }
         let vm = node.area.vm().ok_or(Errno::EIO)?;
         let keyring = vm
@@ -181,7 +188,7 @@ impl VmCryptFs {
         out.clear();
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         match &*handle {
-            Handle::Plain { file } => {
+            Handle::Plain { file, .. } => {
                 read_plain(file, offset, size as usize, out).map_err(io_errno)
             }
             Handle::Encrypted { file, content, .. } => content
@@ -202,7 +209,7 @@ impl VmCryptFs {
     pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         match &*handle {
-            Handle::Plain { file } => file.write_all_at(data, offset).map_err(io_errno)?,
+            Handle::Plain { file, .. } => file.write_all_at(data, offset).map_err(io_errno)?,
             Handle::Encrypted { file, content, .. } => content
                 .write(file, offset, data)
                 .map_err(|e| Self::log_content_error(&self.handle_path(ino), "write", &e))?,
@@ -230,7 +237,7 @@ impl VmCryptFs {
         };
         let offset = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
         match &*handle {
-            Handle::Plain { file } => {
+            Handle::Plain { file, .. } => {
                 let whence = match target {
                     SeekTarget::Data => nix::unistd::Whence::SeekData,
                     SeekTarget::Hole => nix::unistd::Whence::SeekHole,
@@ -259,7 +266,7 @@ impl VmCryptFs {
             return Err(Errno::EOPNOTSUPP);
         }
         match &*handle {
-            Handle::Plain { file } => nix::fcntl::fallocate(
+            Handle::Plain { file, .. } => nix::fcntl::fallocate(
                 file.as_raw_fd(),
                 nix::fcntl::FallocateFlags::from_bits_truncate(mode),
                 offset as i64,
@@ -282,7 +289,7 @@ impl VmCryptFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         let file = match &*handle {
-            Handle::Plain { file } | Handle::Encrypted { file, .. } => file,
+            Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => file,
             _ => return Ok(()),
         };
         let result = if datasync {
@@ -301,18 +308,59 @@ impl VmCryptFs {
         }
     }
 
-    /// Gives back what an encrypted handle holds: its share of the inode's
-    /// content state and its VM's open-file count.
+    /// Gives back what a handle holds: for an encrypted file its share of
+    /// the inode's content state and its VM's open-file count, for a
+    /// pass-through file its share of the kernel passthrough backing id.
     fn close_handle(&self, handle: &Handle) {
-        if let Handle::Encrypted { ino, vm, .. } = handle {
-            self.inodes.release_content(*ino);
-            vm.file_closed();
+        match handle {
+            Handle::Encrypted { ino, vm, .. } => {
+                self.inodes.release_content(*ino);
+                vm.file_closed();
+            }
+            Handle::Plain { passthrough, .. } => {
+                if let Some(ino) = passthrough.get() {
+                    self.inodes.release_passthrough(*ino);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The kernel passthrough backing id for a freshly opened pass-through
+    /// handle, registering the backing file with `open_backing` for the
+    /// first handle of the inode. `None` means serve it through FUSE as
+    /// usual (encrypted file, passthrough unavailable, or registration
+    /// failed, after which passthrough is switched off for this mount).
+    pub fn passthrough_backing(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let handle = self.handles.get(fh)?;
+        let Handle::Plain { file, passthrough } = &*handle else {
+            return None;
+        };
+        match self.inodes.acquire_passthrough(ino, || open_backing(file)) {
+            Ok(Some(id)) => {
+                let _ = passthrough.set(ino);
+                Some(id)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("kernel passthrough refused ({e}); serving unencrypted files through FUSE instead");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
         }
     }
 
     fn truncate_handle(&self, handle: &Handle, rel: &Path, size: u64) -> FsResult<()> {
         match handle {
-            Handle::Plain { file } => file.set_len(size).map_err(io_errno),
+            Handle::Plain { file, .. } => file.set_len(size).map_err(io_errno),
             Handle::Encrypted { file, content, .. } => content
                 .truncate(file, size)
                 .map_err(|e| Self::log_content_error(rel, "truncate", &e)),

@@ -42,6 +42,21 @@ impl Filesystem for VmCryptFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
             log::warn!("kernel lacks {missing:?}: byte-range locks stay local to this mount");
         }
+        // Unencrypted files (pass-through disks, plain directories) are served
+        // by the kernel straight from the backing file where it can (Linux
+        // 6.9+, FUSE_PASSTHROUGH, needs CAP_SYS_ADMIN). A stack depth of 2
+        // lets the datastore itself sit on overlayfs.
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config
+                .set_max_stack_depth(2)
+                .or_else(|_| config.set_max_stack_depth(1))
+                .is_ok();
+        self.set_passthrough(passthrough);
+        if passthrough {
+            log::info!("unencrypted files use kernel passthrough");
+        } else {
+            log::info!("kernel passthrough unavailable: unencrypted files go through FUSE");
+        }
         Ok(())
     }
 
@@ -179,7 +194,12 @@ impl Filesystem for VmCryptFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open(ino.0, flags.0) {
-            Ok((fh, direct_io)) => reply.opened(FileHandle(fh), open_flags(direct_io)),
+            Ok((fh, direct_io)) => {
+                match self.passthrough_backing(ino.0, fh, |file| reply.open_backing(file)) {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                    None => reply.opened(FileHandle(fh), open_flags(direct_io)),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -399,13 +419,22 @@ impl Filesystem for VmCryptFs {
         reply: ReplyCreate,
     ) {
         match self.create(parent.0, name, mode, flags, req.uid(), req.gid()) {
-            Ok((attr, fh)) => reply.created(
-                &ATTR_TTL,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, fh)) => {
+                let no_flags = FopenFlags::empty();
+                match self.passthrough_backing(attr.ino.0, fh, |file| reply.open_backing(file)) {
+                    Some(id) => reply.created_passthrough(
+                        &ATTR_TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        no_flags,
+                        &id,
+                    ),
+                    None => {
+                        reply.created(&ATTR_TTL, &attr, Generation(0), FileHandle(fh), no_flags)
+                    }
+                }
+            }
             Err(e) => reply.error(e),
         }
     }

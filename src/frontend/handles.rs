@@ -28,6 +28,9 @@ pub enum Handle {
     Plain {
         /// The backing file.
         file: File,
+        /// The node, once this handle holds its kernel passthrough backing
+        /// id (set at most once, at open).
+        passthrough: std::sync::OnceLock<u64>,
     },
     /// An encrypted file.
     Encrypted {

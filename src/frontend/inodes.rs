@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use fuser::BackingId;
+
 use crate::content::EncryptedFile;
 use crate::control::command::ControlScope;
 use crate::datastore::vm_home::VmHome;
@@ -78,6 +80,16 @@ struct Node {
     /// Shared content state while the node is open (or being truncated),
     /// with the number of holders.
     content: Option<(Arc<EncryptedFile>, usize)>,
+    /// Kernel passthrough backing id while pass-through handles are open,
+    /// with the number of holders.
+    passthrough: Option<(Arc<BackingId>, usize)>,
+}
+
+impl Node {
+    /// No lookups and nothing open: the node can go.
+    fn is_unused(&self) -> bool {
+        self.lookups == 0 && self.content.is_none() && self.passthrough.is_none()
+    }
 }
 
 #[derive(Default)]
@@ -110,6 +122,7 @@ impl InodeTable {
                 kind: NodeKind::Backing,
                 lookups: 1,
                 content: None,
+                passthrough: None,
             },
         );
         inner.by_backing.insert(root_backing, ROOT_INO);
@@ -157,6 +170,7 @@ impl InodeTable {
                 kind: NodeKind::Backing,
                 lookups: 1,
                 content: None,
+                passthrough: None,
             },
         );
         inner.by_backing.insert(backing, ino);
@@ -185,6 +199,7 @@ impl InodeTable {
                 kind: NodeKind::Control(scope),
                 lookups: 1,
                 content: None,
+                passthrough: None,
             },
         );
         inner.controls.insert(dir_ino, ino);
@@ -201,7 +216,7 @@ impl InodeTable {
             return;
         };
         node.lookups = node.lookups.saturating_sub(count);
-        if node.lookups > 0 || node.content.is_some() {
+        if !node.is_unused() {
             return;
         }
         Self::remove_node(&mut inner, ino);
@@ -254,27 +269,68 @@ impl InodeTable {
         ino: u64,
         make: impl FnOnce() -> EncryptedFile,
     ) -> Option<Arc<EncryptedFile>> {
-        let mut inner = self.inner.write().expect("inode lock");
-        let node = inner.nodes.get_mut(&ino)?;
-        let (content, holders) = node.content.get_or_insert_with(|| (Arc::new(make()), 0));
-        *holders += 1;
-        Some(content.clone())
+        self.acquire(ino, |node| &mut node.content, || Ok::<_, ()>(make()))
+            .ok()
+            .flatten()
     }
 
     /// Drops a hold taken by [`InodeTable::acquire_content`].
     pub fn release_content(&self, ino: u64) {
+        self.release(ino, |node| &mut node.content);
+    }
+
+    /// Takes a hold on the kernel passthrough backing id of `ino` (one per
+    /// inode, shared by all its handles, as the kernel requires), creating
+    /// it with `make` if needed. Pair with [`InodeTable::release_passthrough`].
+    pub fn acquire_passthrough(
+        &self,
+        ino: u64,
+        make: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> std::io::Result<Option<Arc<BackingId>>> {
+        self.acquire(ino, |node| &mut node.passthrough, make)
+    }
+
+    /// Drops a hold taken by [`InodeTable::acquire_passthrough`].
+    pub fn release_passthrough(&self, ino: u64) {
+        self.release(ino, |node| &mut node.passthrough);
+    }
+
+    /// Takes a hold on a per-node shared value, creating it if absent.
+    /// `None` if the node is gone.
+    fn acquire<T, E>(
+        &self,
+        ino: u64,
+        slot: fn(&mut Node) -> &mut Option<(Arc<T>, usize)>,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Option<Arc<T>>, E> {
         let mut inner = self.inner.write().expect("inode lock");
-        let mut remove = false;
-        if let Some(node) = inner.nodes.get_mut(&ino) {
-            if let Some((_, holders)) = node.content.as_mut() {
-                *holders -= 1;
-                if *holders == 0 {
-                    node.content = None;
-                    remove = node.lookups == 0;
-                }
+        let Some(node) = inner.nodes.get_mut(&ino) else {
+            return Ok(None);
+        };
+        let shared = slot(node);
+        if shared.is_none() {
+            *shared = Some((Arc::new(make()?), 0));
+        }
+        let (value, holders) = shared.as_mut().expect("just filled");
+        *holders += 1;
+        Ok(Some(value.clone()))
+    }
+
+    /// Drops a hold on a per-node shared value; the value goes with its last
+    /// holder, and the node with its last lookup and last value.
+    fn release<T>(&self, ino: u64, slot: fn(&mut Node) -> &mut Option<(Arc<T>, usize)>) {
+        let mut inner = self.inner.write().expect("inode lock");
+        let Some(node) = inner.nodes.get_mut(&ino) else {
+            return;
+        };
+        let shared = slot(node);
+        if let Some((_, holders)) = shared.as_mut() {
+            *holders -= 1;
+            if *holders == 0 {
+                *shared = None;
             }
         }
-        if remove {
+        if node.is_unused() {
             Self::remove_node(&mut inner, ino);
         }
     }

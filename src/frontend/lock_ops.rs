@@ -12,6 +12,11 @@
 //! participant goes through vmcryptfs, so they agree. `flock(2)` is left to
 //! the kernel's local emulation (fuser cannot tell flock from POSIX
 //! requests), so flock locks hold within one mount only.
+//!
+//! POSIX locks are dropped when their owner closes any descriptor of the
+//! file (FUSE FLUSH, synchronous with close). An OFD lock is dropped when
+//! the kernel reports the last close of its open file description (FUSE
+//! RELEASE), which arrives asynchronously, shortly after close(2) returns.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -78,7 +83,7 @@ impl VmCryptFs {
         }
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         let backing = match &*handle {
-            Handle::Plain { file } | Handle::Encrypted { file, .. } => file,
+            Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => file,
             _ => return Err(Errno::ENOLCK),
         };
         // Reopening through /proc gives a separate open file description

@@ -51,6 +51,10 @@ pub struct VmCryptFs {
     locks: lock_ops::LockTable,
     /// Last command written to the root `.control`; its own mutex.
     root_last_command: Mutex<Option<CommandRecord>>,
+    /// Whether unencrypted files are served by kernel passthrough (set at
+    /// FUSE init when the kernel offers it; cleared if registering a
+    /// backing file ever fails).
+    passthrough: std::sync::atomic::AtomicBool,
     /// Whether the daemon runs as root, so that new files are given to the
     /// calling user (as a kernel file system would) instead of to root.
     chown_new_files: bool,
@@ -67,7 +71,14 @@ impl VmCryptFs {
             locks: lock_ops::LockTable::default(),
             root_last_command: Mutex::new(None),
             chown_new_files: nix::unistd::geteuid().is_root(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Turns kernel passthrough for unencrypted files on or off (FUSE init).
+    pub fn set_passthrough(&self, enabled: bool) {
+        self.passthrough
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Absolute backing path of a datastore-relative path.

@@ -88,7 +88,7 @@ impl VmCryptFs {
         }
         if let Some(handle) = fh.and_then(|fh| self.handles.get(fh)) {
             match &*handle {
-                Handle::Plain { file } => {
+                Handle::Plain { file, .. } => {
                     return Ok(attr::from_metadata(
                         ino,
                         &file.metadata().map_err(io_errno)?,
