@@ -79,11 +79,17 @@ struct Node {
     lookups: u64,
     /// Shared content state while the node is open (or being truncated),
     /// with the number of holders.
-    content: Option<(Arc<EncryptedFile>, usize)>,
+    content: Shared<EncryptedFile>,
     /// Kernel passthrough backing id while pass-through handles are open,
     /// with the number of holders.
-    passthrough: Option<(Arc<BackingId>, usize)>,
+    passthrough: Shared<BackingId>,
 }
+
+/// A value shared by all open handles of a node, with its holder count.
+type Shared<T> = Option<(Arc<T>, usize)>;
+
+/// Picks one shared-value field of a node.
+type SlotOf<T> = fn(&mut Node) -> &mut Shared<T>;
 
 impl Node {
     /// No lookups and nothing open: the node can go.
@@ -300,7 +306,7 @@ impl InodeTable {
     fn acquire<T, E>(
         &self,
         ino: u64,
-        slot: fn(&mut Node) -> &mut Option<(Arc<T>, usize)>,
+        slot: SlotOf<T>,
         make: impl FnOnce() -> Result<T, E>,
     ) -> Result<Option<Arc<T>>, E> {
         let mut inner = self.inner.write().expect("inode lock");
@@ -318,7 +324,7 @@ impl InodeTable {
 
     /// Drops a hold on a per-node shared value; the value goes with its last
     /// holder, and the node with its last lookup and last value.
-    fn release<T>(&self, ino: u64, slot: fn(&mut Node) -> &mut Option<(Arc<T>, usize)>) {
+    fn release<T>(&self, ino: u64, slot: SlotOf<T>) {
         let mut inner = self.inner.write().expect("inode lock");
         let Some(node) = inner.nodes.get_mut(&ino) else {
             return;
