@@ -6,7 +6,7 @@
 //! and with EIO if it ran and failed; either way the reason is shown as
 //! `last-result`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fuser::Errno;
 
@@ -76,7 +76,8 @@ impl VmCryptFs {
         self.handles.insert(Handle::Control {
             scope,
             vm,
-            snapshot: std::sync::Mutex::new(snapshot),
+            snapshot: Mutex::new(snapshot),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -87,7 +88,58 @@ impl VmCryptFs {
         }
     }
 
-    /// Parses and runs what was written to a control file.
+    /// A write to a control file. Bytes are collected until a newline, so a
+    /// command written in pieces runs once, whole; every complete line runs
+    /// now (the write fails with EINVAL if one does not parse, EIO if one
+    /// fails). Anything longer than a command can be is refused at once.
+    pub(super) fn control_write(
+        &self,
+        scope: ControlScope,
+        vm: Option<&Arc<VmHome>>,
+        pending: &Mutex<Vec<u8>>,
+        data: &[u8],
+    ) -> FsResult<()> {
+        let mut buffer = pending.lock().expect("pending lock");
+        if buffer.len() + data.len() > command::MAX_COMMAND_BYTES {
+            let len = buffer.len() + data.len();
+            buffer.clear();
+            drop(buffer);
+            let err = command::ParseError::TooLong { len };
+            log::warn!("rejected control write: {err}");
+            self.record(
+                vm,
+                CommandRecord {
+                    command: describe_input(data),
+                    result: format!("error: {err}"),
+                },
+            );
+            return Err(Errno::EINVAL);
+        }
+        buffer.extend_from_slice(data);
+        let Some(last_newline) = buffer.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        let complete: Vec<u8> = buffer.drain(..=last_newline).collect();
+        drop(buffer);
+        self.write_control(scope, vm, &complete)
+    }
+
+    /// At close: runs a last command written without a trailing newline
+    /// (`printf rekey > .control`); its failure is returned by close(2).
+    pub(super) fn control_flush(
+        &self,
+        scope: ControlScope,
+        vm: Option<&Arc<VmHome>>,
+        pending: &Mutex<Vec<u8>>,
+    ) -> FsResult<()> {
+        let rest = std::mem::take(&mut *pending.lock().expect("pending lock"));
+        if rest.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        self.write_control(scope, vm, &rest)
+    }
+
+    /// Parses and runs complete command lines written to a control file.
     pub(super) fn write_control(
         &self,
         scope: ControlScope,

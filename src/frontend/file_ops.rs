@@ -217,8 +217,9 @@ impl VmCryptFs {
                 scope,
                 vm,
                 snapshot,
+                pending,
             } => {
-                self.write_control(*scope, vm.as_ref(), data)?;
+                self.control_write(*scope, vm.as_ref(), pending, data)?;
                 *snapshot.lock().expect("snapshot lock") = self.control_text(*scope, vm.as_ref());
             }
             Handle::Dir { .. } => return Err(Errno::EISDIR),
@@ -298,6 +299,18 @@ impl VmCryptFs {
             file.sync_all()
         };
         result.map_err(io_errno)
+    }
+
+    /// flush (each close(2) of a descriptor): runs a control command left
+    /// without a trailing newline. Nothing to do for other files: writes
+    /// are already in the backing file.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Control {
+                scope, vm, pending, ..
+            }) => self.control_flush(*scope, vm.as_ref(), pending),
+            _ => Ok(()),
+        }
     }
 
     /// Closes a handle.

@@ -243,12 +243,12 @@ impl Filesystem for VmCryptFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.release_lock_owner(ino.0, lock_owner.0);
-        reply.ok();
+        reply_empty(reply, self.flush(fh.0));
     }
 
     fn getlk(

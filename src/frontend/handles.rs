@@ -52,6 +52,9 @@ pub enum Handle {
         vm: Option<Arc<VmHome>>,
         /// Status text taken at open; reads are served from it.
         snapshot: Mutex<Vec<u8>>,
+        /// Written bytes not yet ending in a newline: a command split over
+        /// several writes runs once its line is complete, or at close.
+        pending: Mutex<Vec<u8>>,
     },
     /// A directory: its entries, read once at opendir.
     Dir {
