@@ -8,10 +8,11 @@
 //! 128-bit nonce is hashed with GHASH into the initial counter block, which
 //! costs one extra GHASH block per 4 KiB block.
 
-use aes::Aes256;
+use aes_gcm::aead::array::Array;
 use aes_gcm::aead::consts::U16;
-use aes_gcm::aead::generic_array::GenericArray;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::inout::InOutBuf;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::aes::Aes256;
 use aes_gcm::AesGcm;
 
 use super::secret::DerivedKey;
@@ -39,11 +40,12 @@ impl BlockAead {
     /// Builds the cipher for one derived key.
     pub fn new(key: &DerivedKey) -> Self {
         Self {
-            cipher: AesGcm::new(GenericArray::from_slice(key.expose())),
+            cipher: AesGcm::new(&Array::from(*key.expose())),
         }
     }
 
-    /// Appends `nonce || ciphertext || tag` for `plaintext` to `out`.
+    /// Appends `nonce || ciphertext || tag` for `plaintext` to `out`,
+    /// encrypting straight from `plaintext` into `out` (no staging copy).
     pub fn seal_append(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -53,10 +55,11 @@ impl BlockAead {
     ) {
         out.extend_from_slice(nonce);
         let start = out.len();
-        out.extend_from_slice(plaintext);
+        out.resize(start + plaintext.len(), 0);
+        let buffer = InOutBuf::new(plaintext, &mut out[start..]).expect("equal lengths");
         let tag = self
             .cipher
-            .encrypt_in_place_detached(GenericArray::from_slice(nonce), aad, &mut out[start..])
+            .encrypt_inout_detached(&Array::from(*nonce), aad, buffer)
             .expect("a 4 KiB block is far below GCM's plaintext limit");
         out.extend_from_slice(&tag);
     }
@@ -74,15 +77,16 @@ impl BlockAead {
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
         let start = out.len();
-        out.extend_from_slice(ciphertext);
-        let result = self.cipher.decrypt_in_place_detached(
-            GenericArray::from_slice(nonce),
-            aad,
-            &mut out[start..],
-            GenericArray::from_slice(tag),
-        );
+        out.resize(start + ciphertext.len(), 0);
+        let buffer = InOutBuf::new(ciphertext, &mut out[start..]).expect("equal lengths");
+        let result =
+            self.cipher
+                .decrypt_inout_detached(&Array::from(nonce), aad, buffer, &Array::from(tag));
         if result.is_err() {
+            // Never hand out unauthenticated plaintext, not even partially.
             out.truncate(start);
             return Err(AuthenticationFailed);
         }

@@ -5,8 +5,8 @@
 //! random 96-bit nonce is far from its collision bound. The wrapped form is
 //! `nonce (12) || ciphertext (32) || tag (16)` = 60 bytes.
 
-use aes_gcm::aead::generic_array::GenericArray;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::array::Array;
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
 use zeroize::Zeroizing;
 
@@ -24,11 +24,11 @@ pub struct UnwrapFailed;
 
 /// Wraps `key` under `wrapping_key`, binding `aad`.
 pub fn wrap(wrapping_key: &[u8; KEY_LEN], key: &[u8; KEY_LEN], aad: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(GenericArray::from_slice(wrapping_key));
+    let cipher = Aes256Gcm::new(&Array::from(*wrapping_key));
     let nonce: [u8; WRAP_NONCE_LEN] = super::random::array();
     let mut buf = Zeroizing::new(*key);
     let tag = cipher
-        .encrypt_in_place_detached(GenericArray::from_slice(&nonce), aad, buf.as_mut())
+        .encrypt_inout_detached(&Array::from(nonce), aad, buf.as_mut_slice().into())
         .expect("32 bytes is within GCM limits");
     let mut out = Vec::with_capacity(WRAPPED_KEY_LEN);
     out.extend_from_slice(&nonce);
@@ -46,17 +46,19 @@ pub fn unwrap(
     if wrapped.len() != WRAPPED_KEY_LEN {
         return Err(UnwrapFailed);
     }
-    let cipher = Aes256Gcm::new(GenericArray::from_slice(wrapping_key));
+    let cipher = Aes256Gcm::new(&Array::from(*wrapping_key));
     let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
     let (ciphertext, tag) = rest.split_at(KEY_LEN);
+    let nonce: [u8; WRAP_NONCE_LEN] = nonce.try_into().expect("split at WRAP_NONCE_LEN");
+    let tag: [u8; 16] = tag.try_into().expect("16-byte tag");
     let mut buf = Zeroizing::new([0u8; KEY_LEN]);
     buf.copy_from_slice(ciphertext);
     cipher
-        .decrypt_in_place_detached(
-            GenericArray::from_slice(nonce),
+        .decrypt_inout_detached(
+            &Array::from(nonce),
             aad,
-            buf.as_mut(),
-            GenericArray::from_slice(tag),
+            buf.as_mut_slice().into(),
+            &Array::from(tag),
         )
         .map_err(|_| UnwrapFailed)?;
     Ok(buf)
