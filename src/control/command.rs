@@ -59,19 +59,19 @@ pub enum ParseError {
     #[error("command is not UTF-8 text")]
     NotText,
     /// An unknown command word.
-    #[error("unknown command {word:?}; valid commands here: {valid}")]
+    #[error("unknown command {word}; valid commands here: {valid}")]
     Unknown {
-        /// The word (shortened if long).
+        /// The word, quoted and escaped (shortened if long).
         word: String,
         /// Valid commands for the scope.
         valid: &'static str,
     },
     /// A known command followed by more text.
-    #[error("command {word} takes no arguments (got {rest:?})")]
+    #[error("command {word} takes no arguments (got {rest})")]
     UnexpectedArguments {
         /// The command.
         word: &'static str,
-        /// The extra text (shortened if long).
+        /// The extra text, quoted and escaped (shortened if long).
         rest: String,
     },
 }
@@ -83,11 +83,14 @@ fn valid_words(scope: ControlScope) -> &'static str {
     }
 }
 
+/// `text` quoted with control characters escaped, cut to a length that
+/// keeps `last-result` readable whatever was written.
 fn shorten(text: &str) -> String {
-    const LIMIT: usize = 40;
-    match text.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
+    const LIMIT: usize = 48;
+    let quoted = format!("{text:?}");
+    match quoted.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &quoted[..cut]),
+        None => quoted,
     }
 }
 
@@ -178,6 +181,11 @@ mod tests {
         ));
         let long = "x".repeat(200);
         let msg = parse(VmHome, long.as_bytes()).unwrap_err().to_string();
+        assert!(msg.len() < 150, "{msg}");
+        // Found by the fuzzer: escaped control characters must not blow up
+        // the message either.
+        let controls = "\u{1a}".repeat(100);
+        let msg = parse(VmHome, controls.as_bytes()).unwrap_err().to_string();
         assert!(msg.len() < 150, "{msg}");
     }
 }
