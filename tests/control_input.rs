@@ -13,7 +13,9 @@ use std::sync::Arc;
 use common::{read_control, write_control, TestEnv};
 
 fn bundle_sequence(mount: &common::Mount) -> u64 {
-    read_control(&mount.path("vm1/.control"))["bundle-sequence"].parse().unwrap()
+    read_control(&mount.path("vm1/.control"))["bundle-sequence"]
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -22,10 +24,17 @@ fn a_command_split_over_writes_runs_once_whole() {
     env.create_vm("vm1", false);
     let mount = env.mount();
     let before = bundle_sequence(&mount);
-    let mut file = OpenOptions::new().write(true).open(mount.path("vm1/.control")).unwrap();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/.control"))
+        .unwrap();
     file.write_all(b"re").unwrap();
     file.write_all(b"ke").unwrap();
-    assert_eq!(bundle_sequence(&mount), before, "nothing runs before the line is complete");
+    assert_eq!(
+        bundle_sequence(&mount),
+        before,
+        "nothing runs before the line is complete"
+    );
     file.write_all(b"y\n").unwrap();
     assert_eq!(bundle_sequence(&mount), before + 1);
     drop(file);
@@ -38,12 +47,18 @@ fn a_command_without_newline_runs_at_close_and_errors_surface_there() {
     env.create_vm("vm1", false);
     let mount = env.mount();
     let before = bundle_sequence(&mount);
-    let mut file = OpenOptions::new().write(true).open(mount.path("vm1/.control")).unwrap();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/.control"))
+        .unwrap();
     file.write_all(b"rekey").unwrap();
     nix::unistd::close(file.into_raw_fd()).expect("close runs the command");
     assert_eq!(bundle_sequence(&mount), before + 1);
 
-    let mut file = OpenOptions::new().write(true).open(mount.path("vm1/.control")).unwrap();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/.control"))
+        .unwrap();
     file.write_all(b"bogus").unwrap();
     let err = nix::unistd::close(file.into_raw_fd()).unwrap_err();
     assert_eq!(err, nix::errno::Errno::EINVAL);
@@ -58,13 +73,23 @@ fn huge_and_binary_writes_are_refused_without_effect() {
     let mount = env.mount();
     let before = bundle_sequence(&mount);
     let huge = vec![b'x'; 10 << 20];
-    let err = write_control(&mount.path("vm1/.control"), std::str::from_utf8(&huge).unwrap()).unwrap_err();
+    let err = write_control(
+        &mount.path("vm1/.control"),
+        std::str::from_utf8(&huge).unwrap(),
+    )
+    .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     assert!(read_control(&mount.path("vm1/.control"))["last-result"].contains("too long"));
     let mut garbage: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 256) as u8).collect();
     garbage.push(b'\n');
-    let mut file = OpenOptions::new().write(true).open(mount.path("vm1/.control")).unwrap();
-    assert_eq!(file.write_all(&garbage).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/.control"))
+        .unwrap();
+    assert_eq!(
+        file.write_all(&garbage).unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
     drop(file);
     assert_eq!(bundle_sequence(&mount), before, "bad input changes nothing");
     write_control(&mount.path("vm1/.control"), "rekey\n").expect("the control file still works");
@@ -89,6 +114,13 @@ fn concurrent_writers_each_run_their_commands() {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(bundle_sequence(&mount), before + 30, "every re-key ran, one at a time");
-    assert_eq!(read_control(&mount.path("vm1/.control"))["state"], "unlocked");
+    assert_eq!(
+        bundle_sequence(&mount),
+        before + 30,
+        "every re-key ran, one at a time"
+    );
+    assert_eq!(
+        read_control(&mount.path("vm1/.control"))["state"],
+        "unlocked"
+    );
 }
