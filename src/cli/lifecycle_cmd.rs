@@ -199,3 +199,35 @@ fn rekey_through_mount(vm_mount: &Path) -> Result<String, String> {
         Err(e) => Err(format!("{}: {e}", control.display())),
     }
 }
+
+/// `vmcryptfs rekey --deep DATASTORE VM... | --all`.
+pub fn deep_rekey(
+    datastore: &Path,
+    names: &[String],
+    all: bool,
+    keystore: &Path,
+) -> Result<(), CliError> {
+    let datastore = absolute(datastore)?;
+    let names: Vec<String> = match (all, names.is_empty()) {
+        (true, _) => scan_datastore(&datastore)?
+            .into_iter()
+            .map(|r| r.name)
+            .collect(),
+        (false, false) => names.to_vec(),
+        (false, true) => {
+            return Err(CliError::new(
+                ExitKind::Usage,
+                "name the VM homes to deep re-key, or pass --all",
+            ));
+        }
+    };
+    for name in &names {
+        super::convert_cmd::run(
+            &datastore,
+            name,
+            crate::datastore::convert::Operation::DeepRekey,
+            keystore,
+        )?;
+    }
+    Ok(())
+}

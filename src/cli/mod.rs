@@ -3,10 +3,12 @@
 //! Each subcommand group lives in its own module and returns a [`CliError`],
 //! whose [`ExitKind`] maps to a distinct process exit code.
 
+pub mod convert_cmd;
 pub mod exit;
 pub mod lifecycle_cmd;
 pub mod mount_cmd;
 pub mod mountinfo;
+pub mod progress;
 pub mod provider_cmd;
 pub mod vm_cmd;
 
@@ -65,6 +67,10 @@ pub enum Command {
         /// Re-key every VM home of the datastore.
         #[arg(long, conflicts_with = "vms")]
         all: bool,
+        /// Deep re-key: a new DEK, and every encrypted file re-encrypted
+        /// under it (resumable; the VM's files must not be open).
+        #[arg(long)]
+        deep: bool,
     },
 }
 
@@ -126,6 +132,25 @@ pub enum VmCommand {
         #[arg(long)]
         encrypt_disks: bool,
     },
+    /// Convert an existing plain VM home in place: a new DEK and bundle,
+    /// then every file encrypted, one by one (resumable after a crash).
+    Encrypt {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+        /// Also encrypt the VM's disks (*.vmdk).
+        #[arg(long)]
+        encrypt_disks: bool,
+    },
+    /// Encrypt the VM's disks (*.vmdk) in place and record the policy.
+    EncryptDisks {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+    },
+    /// Decrypt the VM's disks (*.vmdk) in place; they then pass through.
+    DecryptDisks {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+    },
     /// Show the key status of a VM home (works unmounted).
     Status {
         /// The VM home directory in the datastore.
@@ -155,7 +180,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             datastore,
             vms,
             all,
+            deep: false,
         } => lifecycle_cmd::rekey(&datastore, &vms, all, &keystore),
+        Command::Rekey {
+            datastore,
+            vms,
+            all,
+            deep: true,
+        } => lifecycle_cmd::deep_rekey(&datastore, &vms, all, &keystore),
     }
 }
 

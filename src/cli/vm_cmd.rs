@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{open_provider, CliError, ExitKind, VmCommand};
 use crate::control::status::render_vm;
+use crate::datastore::convert::Operation;
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_home::VmHome;
 use crate::datastore::vm_keys;
@@ -59,11 +60,22 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
                 None => Ok(()),
             }
         }
+        VmCommand::Encrypt {
+            path,
+            encrypt_disks,
+        } => convert(&path, Operation::EncryptHome { encrypt_disks }, keystore),
+        VmCommand::EncryptDisks { path } => convert(&path, Operation::EncryptDisks, keystore),
+        VmCommand::DecryptDisks { path } => convert(&path, Operation::DecryptDisks, keystore),
         VmCommand::Rekey { path } => {
             let (datastore, name) = split_vm_path(&path)?;
             super::lifecycle_cmd::rekey(&datastore, &[name], false, keystore)
         }
     }
+}
+
+fn convert(path: &Path, operation: Operation, keystore: &Path) -> Result<(), CliError> {
+    let (datastore, name) = split_vm_path(path)?;
+    super::convert_cmd::run(&datastore, &name, operation, keystore)
 }
 
 /// `DATASTORE/VM` → (absolute DATASTORE, VM name).

@@ -7,12 +7,14 @@
 //!
 //! * [`range_lock`]: shared/exclusive locks on block ranges.
 //! * [`allocation`]: SEEK_DATA/SEEK_HOLE, fallocate, hole punching.
+//! * [`transcode`]: whole-file conversion between plain and encrypted forms.
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
 
 pub mod allocation;
 pub mod encrypted_file;
 pub mod range_lock;
+pub mod transcode;
 
 pub use allocation::SeekTarget;
 pub use encrypted_file::{ContentError, EncryptedFile};

@@ -67,6 +67,7 @@ pub fn render_vm(status: &VmStatus) -> String {
         or_dash(bundle.map(|b| format_unix_utc(b.updated_unix))),
     );
     line("open-files", status.open_files.to_string());
+    line("conversion", or_dash(status.conversion.clone()));
     line("locked-reason", or_dash(status.locked_reason.clone()));
     line("provider-error", or_dash(status.provider_error.clone()));
     line(

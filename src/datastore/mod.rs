@@ -8,10 +8,13 @@
 //! * [`vm_home`]: one VM home inside a mount: cached keys, locked state,
 //!   last control command.
 //! * [`registry`]: all VM homes of a mounted datastore.
+//! * [`convert`]: in-place conversions (encrypting a VM home or its disks,
+//!   decrypting disks, deep re-key), file by file and resumable.
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 
 pub mod bundle_file;
+pub mod convert;
 pub mod inventory;
 pub mod known;
 pub mod layout;
@@ -54,6 +57,14 @@ pub enum DatastoreError {
         /// Why.
         #[source]
         source: BundleError,
+    },
+    /// Another conversion of this VM home was interrupted.
+    #[error("VM home {path} has an unfinished `{operation}` conversion; finish it first by running that command again")]
+    ConversionPending {
+        /// The VM home.
+        path: PathBuf,
+        /// The unfinished operation.
+        operation: String,
     },
     /// The provider failed.
     #[error("VM home {path}: {source}")]

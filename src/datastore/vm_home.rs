@@ -66,6 +66,8 @@ pub struct VmStatus {
     pub dek_fingerprint: Option<String>,
     /// Open encrypted files in this mount.
     pub open_files: usize,
+    /// An unfinished in-place conversion, by name.
+    pub conversion: Option<String>,
     /// The last control command.
     pub last_command: Option<CommandRecord>,
 }
@@ -188,6 +190,11 @@ impl VmHome {
             Ok(bundle) => bundle,
             Err(err) => return Err(self.lock_with(&mut state, err.to_string(), None)),
         };
+        if let Some(operation) = super::convert::pending(&dir) {
+            let reason =
+                format!("a `{operation}` conversion is unfinished; run it again to complete it");
+            return Err(self.lock_with(&mut state, reason, Some(bundle)));
+        }
         match vm_keys::unlock(&bundle, provider) {
             Ok(keyring) => {
                 let keyring = Arc::new(keyring);
@@ -277,6 +284,7 @@ impl VmHome {
             name: self.display_name(),
             last_command: self.last_command.lock().expect("last command lock").clone(),
             open_files: self.open_files(),
+            conversion: super::convert::pending(&self.dir()),
             ..VmStatus::default()
         };
         match &*self.keys.read().expect("keys lock") {

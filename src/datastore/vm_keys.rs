@@ -70,16 +70,26 @@ pub fn create_vm_home(
 ) -> Result<KeyBundle, DatastoreError> {
     std::fs::create_dir_all(path)
         .map_err(|e| DatastoreError::io(format!("creating VM home {}", path.display()), e))?;
-    let lock = BundleLock::acquire(path)?;
-    if bundle_file::has_bundle(path) {
-        return Err(DatastoreError::AlreadyVmHome { path: path.into() });
-    }
     let non_empty = std::fs::read_dir(path)
         .map_err(|e| DatastoreError::io(format!("listing {}", path.display()), e))?
         .next()
         .is_some();
-    if non_empty {
+    if non_empty && !bundle_file::has_bundle(path) {
         return Err(DatastoreError::NotEmpty { path: path.into() });
+    }
+    create_bundle(path, provider, encrypt_disks)
+}
+
+/// Writes a first bundle (new VM id, DEK generation 1) into `path`, which
+/// may already hold files (they are converted afterwards by `convert`).
+pub fn create_bundle(
+    path: &Path,
+    provider: &dyn KeyProvider,
+    encrypt_disks: bool,
+) -> Result<KeyBundle, DatastoreError> {
+    let lock = BundleLock::acquire(path)?;
+    if bundle_file::has_bundle(path) {
+        return Err(DatastoreError::AlreadyVmHome { path: path.into() });
     }
     let provider_err = |source| DatastoreError::Provider {
         path: path.into(),
@@ -101,6 +111,33 @@ pub fn create_vm_home(
         deks: Vec::new(),
     };
     wrap_all(&mut bundle, &keyring, provider).map_err(provider_err)?;
+    lock.write(&bundle)?;
+    Ok(bundle)
+}
+
+/// Rewrites the bundle of `vm_dir` to hold exactly the DEKs of `keyring`
+/// (its current generation becoming current) and the given disk policy,
+/// wrapped under the provider's current KEK. Used by deep re-key (adding a
+/// generation, then dropping the old ones) and by disk conversions.
+pub fn rewrite_bundle(
+    vm_dir: &Path,
+    provider: &dyn KeyProvider,
+    keyring: &VmKeyring,
+    encrypt_disks: bool,
+) -> Result<KeyBundle, DatastoreError> {
+    let lock = BundleLock::acquire(vm_dir)?;
+    let old = bundle_file::read(vm_dir)?;
+    let provider_err = |source| DatastoreError::Provider {
+        path: vm_dir.into(),
+        source,
+    };
+    let mut bundle = old.clone();
+    bundle.encrypt_disks = encrypt_disks;
+    bundle.current_generation = keyring.current_generation();
+    bundle.kek = provider.current_kek().map_err(provider_err)?;
+    bundle.sequence = old.sequence + 1;
+    bundle.updated_unix = unix_now().max(old.updated_unix);
+    wrap_all(&mut bundle, keyring, provider).map_err(provider_err)?;
     lock.write(&bundle)?;
     Ok(bundle)
 }
