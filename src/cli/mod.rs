@@ -7,6 +7,7 @@ pub mod convert_cmd;
 pub mod exit;
 pub mod lifecycle_cmd;
 pub mod mount_cmd;
+pub mod mount_helper;
 pub mod mountinfo;
 pub mod progress;
 pub mod provider_cmd;

@@ -86,7 +86,11 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
                 config.n_threads = Some(n);
             }
             // Options fstab and mount(8) pass that concern them, not us.
-            ("defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail", None) => {}
+            (
+                "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner" | "_netdev"
+                | "nofail" | "suid" | "dev" | "exec" | "async" | "relatime" | "atime",
+                None,
+            ) => {}
             (k, _) if k.starts_with("x-") => {}
             _ => {
                 return Err(CliError::new(
@@ -100,10 +104,21 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
     Ok(MountSettings { config })
 }
 
+/// The search path when none is set: mount(8) runs its helpers with a
+/// sanitized environment, and fusermount3 must still be found.
+const STANDARD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn find_in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
+    let path = std::env::var_os("PATH").unwrap_or_else(|| STANDARD_PATH.into());
+    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+}
+
+/// Gives the process a standard PATH if it has none (as under mount(8)),
+/// so that fuser finds fusermount3.
+fn ensure_path() {
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", STANDARD_PATH);
+    }
 }
 
 /// Checks everything a mount needs, with messages that say how to fix it.
@@ -150,6 +165,7 @@ fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
 
 /// Runs `vmcryptfs mount`.
 pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
+    ensure_path();
     let datastore = absolute(&args.datastore)?;
     let mountpoint = absolute(&args.mountpoint)?;
     let settings = parse_options(&args, &datastore)?;
