@@ -48,12 +48,14 @@ impl VmCryptFs {
             .write(write)
             .custom_flags(flags & !STRIPPED_FLAGS & !libc::O_ACCMODE);
         if let Some(mode) = create_mode {
-            options.mode(mode & 0o7777);
-            if flags & libc::O_EXCL != 0 {
-                options.create_new(true);
-            } else {
-                options.create(true);
-            }
+            // Passed as raw flags rather than `create(true)`: std refuses to
+            // create a file opened read-only, which POSIX (and pjdfstest)
+            // allow with O_RDONLY|O_CREAT.
+            options.mode(mode & 0o7777).custom_flags(
+                (flags & !STRIPPED_FLAGS & !libc::O_ACCMODE)
+                    | libc::O_CREAT
+                    | (flags & libc::O_EXCL),
+            );
         }
         options.open(path)
     }
@@ -69,6 +71,7 @@ impl VmCryptFs {
         if class == ContentClass::Plain {
             return Ok(Handle::Plain {
                 file,
+                ino: node.ino,
                 passthrough: std::sync::OnceLock::new(),
             });
         }
@@ -354,7 +357,10 @@ impl VmCryptFs {
             return None;
         }
         let handle = self.handles.get(fh)?;
-        let Handle::Plain { file, passthrough } = &*handle else {
+        let Handle::Plain {
+            file, passthrough, ..
+        } = &*handle
+        else {
             return None;
         };
         match self.inodes.acquire_passthrough(ino, || open_backing(file)) {
@@ -390,12 +396,21 @@ impl VmCryptFs {
         size: u64,
         fh: Option<u64>,
     ) -> FsResult<()> {
-        let rel = self.node_path(node)?;
-        if let Some(handle) = fh.and_then(|fh| self.handles.get(fh)) {
-            if matches!(&*handle, Handle::Plain { .. } | Handle::Encrypted { .. }) {
-                return self.truncate_handle(&handle, &rel, size);
-            }
+        // Through the given handle, or for a file unlinked while open, any
+        // open handle of it; otherwise open the file for the duration.
+        let open = fh
+            .and_then(|fh| self.handles.get(fh))
+            .filter(|h| matches!(&**h, Handle::Plain { .. } | Handle::Encrypted { .. }))
+            .or_else(|| {
+                node.path
+                    .is_none()
+                    .then(|| self.handles.find_open_file(node.ino))
+                    .flatten()
+            });
+        if let Some(handle) = open {
+            return self.truncate_handle(&handle, &self.handle_path(node.ino), size);
         }
+        let rel = self.node_path(node)?;
         let class = Self::class_of(node, &rel);
         let file = Self::open_backing(full, libc::O_WRONLY, class, None).map_err(io_errno)?;
         let handle = self.make_handle(node, file, class, &rel)?;

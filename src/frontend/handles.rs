@@ -28,6 +28,8 @@ pub enum Handle {
     Plain {
         /// The backing file.
         file: File,
+        /// The node.
+        ino: u64,
         /// The node, once this handle holds its kernel passthrough backing
         /// id (set at most once, at open).
         passthrough: std::sync::OnceLock<u64>,
@@ -85,6 +87,17 @@ impl HandleTable {
     /// The handle with id `fh`.
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
         self.handles.read().expect("handle lock").get(&fh).cloned()
+    }
+
+    /// An open file handle of node `ino`, if any: the only way to reach a
+    /// file that was unlinked while open. A linear scan, used only then.
+    pub fn find_open_file(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.handles
+            .read()
+            .expect("handle lock")
+            .values()
+            .find(|h| matches!(&***h, Handle::Plain { ino: i, .. } | Handle::Encrypted { ino: i, .. } if *i == ino))
+            .cloned()
     }
 
     /// Removes and returns the handle.

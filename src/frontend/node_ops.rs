@@ -86,7 +86,15 @@ impl VmCryptFs {
             let dir_meta = fs::metadata(self.datastore.root()).map_err(io_errno)?;
             return Ok(attr::control_attr(ino, &dir_meta));
         }
-        if let Some(handle) = fh.and_then(|fh| self.handles.get(fh)) {
+        // Through an open handle: the one given, or for a file unlinked
+        // while open, any open handle of the node.
+        let handle = fh
+            .and_then(|fh| self.handles.get(fh))
+            .or_else(|| match node.path {
+                None => self.handles.find_open_file(ino),
+                Some(_) => None,
+            });
+        if let Some(handle) = handle {
             match &*handle {
                 Handle::Plain { file, .. } => {
                     return Ok(attr::from_metadata(
@@ -133,29 +141,52 @@ impl VmCryptFs {
             // `echo cmd > .control` truncates first; there is nothing to do.
             return self.getattr(ino, None);
         }
-        let path = self.node_path(&node)?;
-        let full = self.backing_path(&path);
+        let (full, via_proc) = self.metadata_target(&node)?;
         if let Some(mode) = mode {
             fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(io_errno)?;
         }
         if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&full, uid, gid).map_err(io_errno)?;
+            let result = if via_proc {
+                std::os::unix::fs::chown(&full, uid, gid)
+            } else {
+                std::os::unix::fs::lchown(&full, uid, gid)
+            };
+            result.map_err(io_errno)?;
         }
         if let Some(size) = size {
             self.truncate(&node, &full, size, fh)?;
         }
         if atime.is_some() || mtime.is_some() {
-            utimensat(
-                None,
-                &full,
-                &to_timespec(atime),
-                &to_timespec(mtime),
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| Errno::from_i32(e as i32))?;
+            let flags = if via_proc {
+                UtimensatFlags::FollowSymlink
+            } else {
+                UtimensatFlags::NoFollowSymlink
+            };
+            utimensat(None, &full, &to_timespec(atime), &to_timespec(mtime), flags)
+                .map_err(|e| Errno::from_i32(e as i32))?;
         }
         self.getattr(ino, fh)
+    }
+
+    /// Where metadata changes of `node` go, and whether that path is a
+    /// /proc link to follow: the backing path, or for a file unlinked while
+    /// open, `/proc/self/fd/N` of one of its open handles.
+    fn metadata_target(&self, node: &NodeInfo) -> FsResult<(PathBuf, bool)> {
+        if let Some(path) = &node.path {
+            return Ok((self.backing_path(path), false));
+        }
+        let handle = self.handles.find_open_file(node.ino).ok_or(Errno::ENOENT)?;
+        match &*handle {
+            Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => {
+                use std::os::fd::AsRawFd;
+                Ok((
+                    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+                    true,
+                ))
+            }
+            _ => Err(Errno::ENOENT),
+        }
     }
 
     /// Creates a directory.
