@@ -1,0 +1,148 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_vmcryptfs_global_optspecs
+    string join \n keystore= h/help V/version
+end
+
+function __fish_vmcryptfs_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_vmcryptfs_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_vmcryptfs_using_subcommand
+    set -l cmd (__fish_vmcryptfs_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -f -a "provider" -d 'Manage the key provider and its KEK versions'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -f -a "vm" -d 'Create and inspect encrypted VM homes'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -f -a "mount" -d 'Mount a datastore: its VM homes appear as plain files at MOUNTPOINT'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -f -a "status" -d 'List every VM home of a datastore with its provider, KEK version and disk policy, flagging those still wrapped under an old KEK version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -f -a "rekey" -d 'Shallow re-key of VM homes: rewrap their DEKs under the current KEK version. On a mounted datastore this goes through the mount\'s control files, so the mount\'s key cache stays consistent'
+complete -c vmcryptfs -n "__fish_vmcryptfs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "init" -d 'Create the embedded key store: a master key file (0600) and KEK version 1'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "rotate" -d 'Create a new KEK version and make it current. Existing VMs keep working; re-key them to move them to the new version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "list" -d 'List KEK versions with their state and how many VM homes (in the datastores this key store knows) each one wraps'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "retire" -d 'Retire a KEK version: it still unwraps existing bundles but no longer wraps new ones'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "destroy" -d 'Destroy a KEK version\'s key material. Refused while any known VM home is still wrapped under it (re-key them first with `vmcryptfs rekey --all DATASTORE`), and for the current version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "export" -d 'Write a backup of all KEK versions, still wrapped under the master key'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "import" -d 'Restore KEK versions from a backup made by `provider export`'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and not __fish_seen_subcommand_from init rotate list retire destroy export import help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from init" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from init" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from init" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from rotate" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from rotate" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from rotate" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from list" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from list" -l json -d 'Print JSON instead of a table'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from retire" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from retire" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from retire" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from destroy" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from destroy" -l force -d 'Destroy even though VMs still use it; those VMs are locked out on every host that does not hold their DEK in memory'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from destroy" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from destroy" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from export" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from export" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from import" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from import" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "init" -d 'Create the embedded key store: a master key file (0600) and KEK version 1'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "rotate" -d 'Create a new KEK version and make it current. Existing VMs keep working; re-key them to move them to the new version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "list" -d 'List KEK versions with their state and how many VM homes (in the datastores this key store knows) each one wraps'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "retire" -d 'Retire a KEK version: it still unwraps existing bundles but no longer wraps new ones'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "destroy" -d 'Destroy a KEK version\'s key material. Refused while any known VM home is still wrapped under it (re-key them first with `vmcryptfs rekey --all DATASTORE`), and for the current version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "export" -d 'Write a backup of all KEK versions, still wrapped under the master key'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "import" -d 'Restore KEK versions from a backup made by `provider export`'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand provider; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "create" -d 'Turn an empty or new directory into an encrypted VM home: a random DEK, wrapped under the current KEK, in a key bundle'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "encrypt" -d 'Convert an existing plain VM home in place: a new DEK and bundle, then every file encrypted, one by one (resumable after a crash)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "encrypt-disks" -d 'Encrypt the VM\'s disks (*.vmdk) in place and record the policy'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "decrypt-disks" -d 'Decrypt the VM\'s disks (*.vmdk) in place; they then pass through'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "status" -d 'Show the key status of a VM home (works unmounted)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "rekey" -d 'Shallow re-key: rewrap the VM\'s DEK under the current KEK version. Only the key bundle changes. On a mounted datastore prefer `echo rekey > MNT/VM/.control`'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and not __fish_seen_subcommand_from create encrypt encrypt-disks decrypt-disks status rekey help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from create" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from create" -l encrypt-disks -d 'Also encrypt the VM\'s disks (*.vmdk). Without it, disks pass through'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt" -l encrypt-disks -d 'Also encrypt the VM\'s disks (*.vmdk)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt-disks" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt-disks" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from encrypt-disks" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from decrypt-disks" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from decrypt-disks" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from decrypt-disks" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from rekey" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from rekey" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from rekey" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "create" -d 'Turn an empty or new directory into an encrypted VM home: a random DEK, wrapped under the current KEK, in a key bundle'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "encrypt" -d 'Convert an existing plain VM home in place: a new DEK and bundle, then every file encrypted, one by one (resumable after a crash)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "encrypt-disks" -d 'Encrypt the VM\'s disks (*.vmdk) in place and record the policy'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "decrypt-disks" -d 'Decrypt the VM\'s disks (*.vmdk) in place; they then pass through'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show the key status of a VM home (works unmounted)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "rekey" -d 'Shallow re-key: rewrap the VM\'s DEK under the current KEK version. Only the key bundle changes. On a mounted datastore prefer `echo rekey > MNT/VM/.control`'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand mount" -s o -d 'Mount options, comma-separated: allow_other, allow_root, ro, threads=N (FUSE worker threads, default 4), and kernel options such as noatime, nodev, nosuid, noexec' -r
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand mount" -l log-file -d 'In the background, append logs to this file instead of discarding them' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand mount" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand mount" -s f -l foreground -d 'Stay in the foreground (logs to stderr; Ctrl-C or SIGTERM unmounts)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand mount" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand mount" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand status" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand status" -l json -d 'Print JSON instead of a table'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand status" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand status" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand rekey" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand rekey" -l all -d 'Re-key every VM home of the datastore'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand rekey" -l deep -d 'Deep re-key: a new DEK, and every encrypted file re-encrypted under it (resumable; the VM\'s files must not be open)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand rekey" -s h -l help -d 'Print help'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand rekey" -s V -l version -d 'Print version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and not __fish_seen_subcommand_from provider vm mount status rekey help" -f -a "provider" -d 'Manage the key provider and its KEK versions'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and not __fish_seen_subcommand_from provider vm mount status rekey help" -f -a "vm" -d 'Create and inspect encrypted VM homes'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and not __fish_seen_subcommand_from provider vm mount status rekey help" -f -a "mount" -d 'Mount a datastore: its VM homes appear as plain files at MOUNTPOINT'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and not __fish_seen_subcommand_from provider vm mount status rekey help" -f -a "status" -d 'List every VM home of a datastore with its provider, KEK version and disk policy, flagging those still wrapped under an old KEK version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and not __fish_seen_subcommand_from provider vm mount status rekey help" -f -a "rekey" -d 'Shallow re-key of VM homes: rewrap their DEKs under the current KEK version. On a mounted datastore this goes through the mount\'s control files, so the mount\'s key cache stays consistent'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and not __fish_seen_subcommand_from provider vm mount status rekey help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "init" -d 'Create the embedded key store: a master key file (0600) and KEK version 1'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "rotate" -d 'Create a new KEK version and make it current. Existing VMs keep working; re-key them to move them to the new version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "list" -d 'List KEK versions with their state and how many VM homes (in the datastores this key store knows) each one wraps'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "retire" -d 'Retire a KEK version: it still unwraps existing bundles but no longer wraps new ones'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "destroy" -d 'Destroy a KEK version\'s key material. Refused while any known VM home is still wrapped under it (re-key them first with `vmcryptfs rekey --all DATASTORE`), and for the current version'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "export" -d 'Write a backup of all KEK versions, still wrapped under the master key'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from provider" -f -a "import" -d 'Restore KEK versions from a backup made by `provider export`'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "create" -d 'Turn an empty or new directory into an encrypted VM home: a random DEK, wrapped under the current KEK, in a key bundle'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "encrypt" -d 'Convert an existing plain VM home in place: a new DEK and bundle, then every file encrypted, one by one (resumable after a crash)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "encrypt-disks" -d 'Encrypt the VM\'s disks (*.vmdk) in place and record the policy'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "decrypt-disks" -d 'Decrypt the VM\'s disks (*.vmdk) in place; they then pass through'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "status" -d 'Show the key status of a VM home (works unmounted)'
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "rekey" -d 'Shallow re-key: rewrap the VM\'s DEK under the current KEK version. Only the key bundle changes. On a mounted datastore prefer `echo rekey > MNT/VM/.control`'
