@@ -1038,7 +1038,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__status)
-            opts="-h -V --keystore --help --version"
+            opts="-h -V --json --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -100,6 +100,7 @@ complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_
 complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from decrypt-disks" -s h -l help -d 'Print help'
 complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from decrypt-disks" -s V -l version -d 'Print version'
 complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F
+complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -l json -d 'Print JSON instead of `key: value` lines'
 complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c vmcryptfs -n "__fish_vmcryptfs_using_subcommand vm; and __fish_seen_subcommand_from rekey" -l keystore -d 'Directory of the embedded key provider\'s key store (master key and KEK database). Default: /var/lib/vmcryptfs for root, else $XDG_DATA_HOME/vmcryptfs (~/.local/share/vmcryptfs)' -r -F

@@ -188,6 +188,12 @@ fn cli_status_and_rekey_work_unmounted_and_clean_stale_temp_files() {
     let vm_str = vm.to_str().unwrap();
     let status = env.run_ok(&["vm", "status", vm_str]);
     assert!(status.contains("kek-version: 1\n"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&env.run_ok(&["vm", "status", "--json", vm_str])).unwrap();
+    assert_eq!(json["kek_version"], 1);
+    assert_eq!(json["encrypt_disks"], true);
+    assert_eq!(json["state"], "unlocked");
+    assert_eq!(json["dek_generations"], serde_json::json!([1]));
     assert!(status.contains("encrypt-disks: yes\n"), "{status}");
 
     let stale = vm.join(".vmcryptfs-bundle.tmp.99999.0011223344556677");

@@ -156,6 +156,9 @@ pub enum VmCommand {
     Status {
         /// The VM home directory in the datastore.
         path: PathBuf,
+        /// Print JSON instead of `key: value` lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Shallow re-key: rewrap the VM's DEK under the current KEK version.
     /// Only the key bundle changes. On a mounted datastore prefer

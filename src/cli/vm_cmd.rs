@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{open_provider, CliError, ExitKind, VmCommand};
-use crate::control::status::render_vm;
+use crate::control::status::{render_vm, vm_json};
 use crate::datastore::convert::Operation;
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_home::VmHome;
@@ -48,10 +48,17 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             );
             Ok(())
         }
-        VmCommand::Status { path } => {
+        VmCommand::Status { path, json } => {
             let vm = vm_home_at(&path)?;
             let status = vm.status(&*provider);
-            print!("{}", render_vm(&status));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&vm_json(&status)).expect("JSON of plain values")
+                );
+            } else {
+                print!("{}", render_vm(&status));
+            }
             match status.locked_reason {
                 Some(reason) => Err(CliError::new(
                     ExitKind::Key,

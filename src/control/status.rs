@@ -81,6 +81,34 @@ pub fn render_vm(status: &VmStatus) -> String {
     out
 }
 
+/// The same fields as [`render_vm`], as JSON (schema: docs/JSON.md).
+pub fn vm_json(status: &VmStatus) -> serde_json::Value {
+    let bundle = status.bundle.as_ref();
+    serde_json::json!({
+        "vm": status.name,
+        "vm_id": bundle.map(|b| hex::encode(b.vm_id)),
+        "state": status.state,
+        "provider": bundle.map(|b| b.kek.provider.clone()),
+        "kek_id": bundle.map(|b| b.kek.kek_id.clone()),
+        "kek_version": bundle.map(|b| b.kek.version),
+        "provider_current_version": status.provider_current_version,
+        "needs_rekey": status.needs_rekey(),
+        "encrypt_disks": bundle.map(|b| b.encrypt_disks),
+        "dek_fingerprint": status.dek_fingerprint,
+        "dek_generations": bundle.map(|b| b.deks.iter().map(|d| d.generation).collect::<Vec<_>>()),
+        "current_dek_generation": bundle.map(|b| b.current_generation),
+        "bundle_sequence": bundle.map(|b| b.sequence),
+        "bundle_created": bundle.map(|b| format_unix_utc(b.created_unix)),
+        "bundle_updated": bundle.map(|b| format_unix_utc(b.updated_unix)),
+        "open_files": status.open_files,
+        "conversion": status.conversion,
+        "locked_reason": status.locked_reason,
+        "provider_error": status.provider_error,
+        "last_command": status.last_command.as_ref().map(|c| c.command.clone()),
+        "last_result": status.last_command.as_ref().map(|c| c.result.clone()),
+    })
+}
+
 /// The summary shown by the datastore root's `.control`.
 pub struct DatastoreSummary<'a> {
     /// Datastore directory.
