@@ -14,7 +14,11 @@ pub const ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// The FUSE file type of a backing file.
 pub fn file_type(meta: &Metadata) -> FileType {
-    let ft = meta.file_type();
+    kind_of(meta.file_type())
+}
+
+/// The FUSE file type for a std file type (from a stat or a directory entry).
+pub fn kind_of(ft: std::fs::FileType) -> FileType {
     if ft.is_dir() {
         FileType::Directory
     } else if ft.is_symlink() {

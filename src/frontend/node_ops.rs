@@ -444,17 +444,21 @@ impl VmCryptFs {
                 name: layout::CONTROL_FILE_NAME.into(),
             });
         }
+        // The directory's own device: entries of one directory share it
+        // (the datastore is one file system), and d_type and d_ino come with
+        // the entry, so listing costs no stat per entry.
+        let dev = fs::metadata(&full).map_err(io_errno)?.dev();
         for entry in fs::read_dir(&full).map_err(io_errno)? {
             let entry = entry.map_err(io_errno)?;
             let name = entry.file_name();
             if layout::is_internal_name(&name) {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
-            let backing = (meta.dev(), meta.ino());
+            let Ok(file_type) = entry.file_type() else { continue };
+            let backing_ino = std::os::unix::fs::DirEntryExt::ino(&entry);
             entries.push(DirEntry {
-                ino: self.inodes.known_ino(backing).unwrap_or(meta.ino()),
-                kind: attr::file_type(&meta),
+                ino: self.inodes.known_ino((dev, backing_ino)).unwrap_or(backing_ino),
+                kind: attr::kind_of(file_type),
                 name,
             });
         }
