@@ -454,10 +454,15 @@ impl VmCryptFs {
             if layout::is_internal_name(&name) {
                 continue;
             }
-            let Ok(file_type) = entry.file_type() else { continue };
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
             let backing_ino = std::os::unix::fs::DirEntryExt::ino(&entry);
             entries.push(DirEntry {
-                ino: self.inodes.known_ino((dev, backing_ino)).unwrap_or(backing_ino),
+                ino: self
+                    .inodes
+                    .known_ino((dev, backing_ino))
+                    .unwrap_or(backing_ino),
                 kind: attr::kind_of(file_type),
                 name,
             });
