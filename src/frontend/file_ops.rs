@@ -141,7 +141,10 @@ impl VmCryptFs {
         let file = Self::open_backing(&full, flags, class, Some(mode)).map_err(io_errno)?;
         self.chown_to_caller(&full, uid, gid)?;
         let meta = file.metadata().map_err(io_errno)?;
-        let ino = self.inodes.remember((meta.dev(), meta.ino()), &rel, area);
+        let backing = (meta.dev(), meta.ino());
+        let ino = self.inodes.remember(backing, &rel, area, |known| {
+            self.names_backing(known, backing)
+        });
         let node = self.node(ino)?;
         let handle = self.make_handle(&node, file, class, &rel)?;
         if flags & libc::O_TRUNC != 0 && meta.len() > 0 {

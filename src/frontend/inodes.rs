@@ -152,18 +152,39 @@ impl InodeTable {
     /// Records a lookup of a backing file at `path`, returning its node id.
     /// A new path of a known file (a hard link) is added to its paths; the
     /// area is refreshed (a directory may have just become a VM home).
-    pub fn remember(&self, backing: (u64, u64), path: &Path, area: Area) -> u64 {
+    ///
+    /// `still_this_file` tells whether one of the node's known paths still
+    /// names this backing file. Files replaced behind the mount's back
+    /// (another host, `vm encrypt`, a conversion: rename over the path)
+    /// free their inode numbers, which the file system may hand to a new
+    /// file; a node whose paths all name other files now is such a stale
+    /// identity, and the new file gets a fresh node, so the kernel never
+    /// serves one file's cached pages or attributes for another.
+    pub fn remember(
+        &self,
+        backing: (u64, u64),
+        path: &Path,
+        area: Area,
+        still_this_file: impl Fn(&Path) -> bool,
+    ) -> u64 {
         let mut inner = self.inner.write().expect("inode lock");
         if let Some(&ino) = inner.by_backing.get(&backing) {
             let node = inner.nodes.get_mut(&ino).expect("indexed node exists");
-            if !node.paths.iter().any(|p| p == path) {
-                node.paths.push(path.to_path_buf());
-            }
             if ino != ROOT_INO {
-                node.area = area;
-                node.lookups += 1;
+                node.paths.retain(|p| p == path || still_this_file(p));
             }
-            return ino;
+            if ino == ROOT_INO || !node.paths.is_empty() {
+                if !node.paths.iter().any(|p| p == path) {
+                    node.paths.push(path.to_path_buf());
+                }
+                if ino != ROOT_INO {
+                    node.area = area;
+                    node.lookups += 1;
+                }
+                return ino;
+            }
+            // Every path of the old node names another file now: detach it.
+            inner.by_backing.remove(&backing);
         }
         let ino = inner.next_ino;
         inner.next_ino += 1;
@@ -369,13 +390,13 @@ mod tests {
     #[test]
     fn hard_links_share_a_node_and_renames_rewrite_paths() {
         let table = InodeTable::new((1, 2));
-        let a = table.remember((1, 10), Path::new("vm/a"), Area::Plain);
-        let b = table.remember((1, 10), Path::new("vm/b"), Area::Plain);
+        let a = table.remember((1, 10), Path::new("vm/a"), Area::Plain, |_| true);
+        let b = table.remember((1, 10), Path::new("vm/b"), Area::Plain, |_| true);
         assert_eq!(a, b);
         table.unlink_path(Path::new("vm/a"));
         assert_eq!(table.get(a).unwrap().path.unwrap(), PathBuf::from("vm/b"));
-        let d = table.remember((1, 11), Path::new("dir"), Area::Plain);
-        let f = table.remember((1, 12), Path::new("dir/sub/f"), Area::Plain);
+        let d = table.remember((1, 11), Path::new("dir"), Area::Plain, |_| true);
+        let f = table.remember((1, 12), Path::new("dir/sub/f"), Area::Plain, |_| true);
         table.rename_path(Path::new("dir"), Path::new("dir2"));
         assert_eq!(table.get(d).unwrap().path.unwrap(), PathBuf::from("dir2"));
         assert_eq!(
@@ -385,5 +406,23 @@ mod tests {
         table.forget(f, 1);
         assert!(table.get(f).is_none());
         assert_eq!(table.get(ROOT_INO).unwrap().path.unwrap(), PathBuf::new());
+    }
+
+    #[test]
+    fn a_reused_inode_number_gets_a_fresh_node() {
+        let table = InodeTable::new((1, 2));
+        let old = table.remember((1, 50), Path::new("vm/a.nvram"), Area::Plain, |_| true);
+        // a.nvram was replaced behind the mount's back and its inode number
+        // now belongs to b.log: a.nvram's path no longer names it.
+        let new = table.remember((1, 50), Path::new("vm/b.log"), Area::Plain, |_| false);
+        assert_ne!(old, new);
+        assert_eq!(
+            table.get(new).unwrap().path.unwrap(),
+            PathBuf::from("vm/b.log")
+        );
+        assert!(
+            table.get(old).unwrap().path.is_none(),
+            "the old node is detached"
+        );
     }
 }

@@ -69,8 +69,16 @@ impl VmCryptFs {
         let meta = fs::symlink_metadata(self.backing_path(&rel)).map_err(io_errno)?;
         let area = self.child_area(&dir, name, Some(&meta));
         let encrypted = Self::is_encrypted_file(&area, &rel, &meta);
-        let ino = self.inodes.remember((meta.dev(), meta.ino()), &rel, area);
+        let backing = (meta.dev(), meta.ino());
+        let ino = self.inodes.remember(backing, &rel, area, |known| {
+            self.names_backing(known, backing)
+        });
         Ok(attr::from_metadata(ino, &meta, encrypted))
+    }
+
+    /// Whether datastore path `rel` currently names the backing file `backing`.
+    pub(super) fn names_backing(&self, rel: &Path, backing: (u64, u64)) -> bool {
+        fs::symlink_metadata(self.backing_path(rel)).is_ok_and(|m| (m.dev(), m.ino()) == backing)
     }
 
     /// The kernel forgets `count` lookups.

@@ -123,7 +123,7 @@ impl TestEnv {
         cmd.arg(&self.datastore)
             .arg(mnt)
             .args(extra)
-            .env("RUST_LOG", "vmcryptfs=debug")
+            .env("RUST_LOG", "vmcryptfs=trace")
             .stdout(Stdio::null())
             .stderr(log_file);
         let child = cmd.spawn().expect("spawning mount");
@@ -238,8 +238,27 @@ fn nix_kill(pid: u32, signal: i32) {
         .status();
 }
 
+/// Fails the test if the mount's log holds anything shaped like a key: a
+/// run of 64 or more hex digits (a 256-bit key in hex, like master.key).
+/// Every integration test runs its mounts at trace level, so this checks
+/// the whole suite's logs.
+pub fn assert_no_key_material_in(log: &str) {
+    let longest = log
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest < 64,
+        "the mount log holds a 256-bit hex string:\n{log}"
+    );
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_no_key_material_in(&self.log_text());
+        }
         if is_mounted(&self.mnt) {
             let _ = Command::new("fusermount3")
                 .arg("-u")
