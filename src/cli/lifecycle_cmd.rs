@@ -119,6 +119,31 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
     Ok(())
 }
 
+/// The VM homes a command acts on: those named, or with `--all` every VM
+/// home of the datastore. Naming none without `--all` is a usage error.
+fn vm_names(
+    datastore: &Path,
+    names: &[String],
+    all: bool,
+    what: &str,
+) -> Result<Vec<String>, CliError> {
+    if all {
+        return Ok(scan_datastore(datastore)?
+            .into_iter()
+            .map(|r| r.name)
+            .collect());
+    }
+    if names.is_empty() {
+        return Err(CliError::new(
+            ExitKind::Usage,
+            format!(
+                "name the VM homes to {what}, or pass --all for every VM home in the datastore"
+            ),
+        ));
+    }
+    Ok(names.to_vec())
+}
+
 /// `vmcryptfs rekey DATASTORE [VM...] [--all]`.
 pub fn rekey(
     datastore: &Path,
@@ -127,20 +152,7 @@ pub fn rekey(
     keystore: &Path,
 ) -> Result<(), CliError> {
     let datastore = absolute(datastore)?;
-    if names.is_empty() && !all {
-        return Err(CliError::new(
-            ExitKind::Usage,
-            "name the VM homes to re-key, or pass --all for every VM home in the datastore",
-        ));
-    }
-    let names: Vec<String> = if all {
-        scan_datastore(&datastore)?
-            .into_iter()
-            .map(|r| r.name)
-            .collect()
-    } else {
-        names.to_vec()
-    };
+    let names = vm_names(&datastore, names, all, "re-key")?;
     let provider = open_provider(keystore)?;
     KnownDatastores::new(keystore).record(&datastore)?;
     let mount = vmcryptfs_mount_of(&datastore);
@@ -208,19 +220,7 @@ pub fn deep_rekey(
     keystore: &Path,
 ) -> Result<(), CliError> {
     let datastore = absolute(datastore)?;
-    let names: Vec<String> = match (all, names.is_empty()) {
-        (true, _) => scan_datastore(&datastore)?
-            .into_iter()
-            .map(|r| r.name)
-            .collect(),
-        (false, false) => names.to_vec(),
-        (false, true) => {
-            return Err(CliError::new(
-                ExitKind::Usage,
-                "name the VM homes to deep re-key, or pass --all",
-            ));
-        }
-    };
+    let names = vm_names(&datastore, names, all, "deep re-key")?;
     for name in &names {
         super::convert_cmd::run(
             &datastore,

@@ -206,15 +206,12 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
-        let dir = self.node(parent)?;
-        self.check_user_name(&dir, name)?;
-        let full = self.backing_path(&self.node_path(&dir)?.join(name));
-        DirBuilder::new()
-            .mode(mode & 0o7777)
-            .create(&full)
-            .map_err(io_errno)?;
-        self.chown_to_caller(&full, uid, gid)?;
-        self.lookup(parent, name)
+        self.create_entry(parent, name, uid, gid, |full| {
+            DirBuilder::new()
+                .mode(mode & 0o7777)
+                .create(full)
+                .map_err(io_errno)
+        })
     }
 
     /// Creates a symlink. Targets are stored as given (not encrypted).
@@ -226,12 +223,9 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
-        let dir = self.node(parent)?;
-        self.check_user_name(&dir, name)?;
-        let full = self.backing_path(&self.node_path(&dir)?.join(name));
-        std::os::unix::fs::symlink(target, &full).map_err(io_errno)?;
-        self.chown_to_caller(&full, uid, gid)?;
-        self.lookup(parent, name)
+        self.create_entry(parent, name, uid, gid, |full| {
+            std::os::unix::fs::symlink(target, full).map_err(io_errno)
+        })
     }
 
     /// Creates a special file (FIFO, socket, device) or an empty regular file.
@@ -244,13 +238,28 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
+        let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        let perm = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
+        self.create_entry(parent, name, uid, gid, |full| {
+            nix::sys::stat::mknod(full, kind, perm, rdev as libc::dev_t)
+                .map_err(|e| Errno::from_i32(e as i32))
+        })
+    }
+
+    /// The common part of mkdir, symlink and mknod: check the name, create
+    /// the backing entry with `make`, give it to the caller, look it up.
+    fn create_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        uid: u32,
+        gid: u32,
+        make: impl FnOnce(&Path) -> FsResult<()>,
+    ) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let full = self.backing_path(&self.node_path(&dir)?.join(name));
-        let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
-        let perm = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
-        nix::sys::stat::mknod(&full, kind, perm, rdev as libc::dev_t)
-            .map_err(|e| Errno::from_i32(e as i32))?;
+        make(&full)?;
         self.chown_to_caller(&full, uid, gid)?;
         self.lookup(parent, name)
     }
