@@ -69,12 +69,22 @@ fn check_idle(vm_mount: &Path, operation: Operation, mnt: &Path) -> Result<(), C
             ),
         ));
     }
-    let status = std::fs::read_to_string(vm_mount.join(CONTROL_FILE_NAME)).unwrap_or_default();
-    let open: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("open-files: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
+    // The kernel reports closes to the mount asynchronously, so a file
+    // closed a moment ago may still count: give it a few seconds.
+    let open_files = || -> usize {
+        let status = std::fs::read_to_string(vm_mount.join(CONTROL_FILE_NAME)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("open-files: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut open = open_files();
+    while open > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        open = open_files();
+    }
     if open > 0 {
         return Err(CliError::new(
             ExitKind::Failure,

@@ -353,3 +353,21 @@ impl Drop for UnmountOnDrop {
         }
     }
 }
+
+/// Waits (up to 5 s) until the VM's `.control` shows `open-files: N`: the
+/// kernel reports closes asynchronously, so a file closed just now may
+/// still count for a moment.
+pub fn wait_for_open_files(control: &Path, expected: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = read_control(control)["open-files"].clone();
+        if open == expected.to_string() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "open-files stayed {open}, expected {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
