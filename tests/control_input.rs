@@ -18,16 +18,20 @@ fn bundle_sequence(mount: &common::Mount) -> u64 {
         .unwrap()
 }
 
+fn open_control(mount: &common::Mount) -> std::fs::File {
+    OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/.control"))
+        .unwrap()
+}
+
 #[test]
 fn a_command_split_over_writes_runs_once_whole() {
     let env = TestEnv::new();
     env.create_vm("vm1", false);
     let mount = env.mount();
     let before = bundle_sequence(&mount);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(mount.path("vm1/.control"))
-        .unwrap();
+    let mut file = open_control(&mount);
     file.write_all(b"re").unwrap();
     file.write_all(b"ke").unwrap();
     assert_eq!(
@@ -47,18 +51,12 @@ fn a_command_without_newline_runs_at_close_and_errors_surface_there() {
     env.create_vm("vm1", false);
     let mount = env.mount();
     let before = bundle_sequence(&mount);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(mount.path("vm1/.control"))
-        .unwrap();
+    let mut file = open_control(&mount);
     file.write_all(b"rekey").unwrap();
     nix::unistd::close(file.into_raw_fd()).expect("close runs the command");
     assert_eq!(bundle_sequence(&mount), before + 1);
 
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(mount.path("vm1/.control"))
-        .unwrap();
+    let mut file = open_control(&mount);
     file.write_all(b"bogus").unwrap();
     let err = nix::unistd::close(file.into_raw_fd()).unwrap_err();
     assert_eq!(err, nix::errno::Errno::EINVAL);
@@ -82,10 +80,7 @@ fn huge_and_binary_writes_are_refused_without_effect() {
     assert!(read_control(&mount.path("vm1/.control"))["last-result"].contains("too long"));
     let mut garbage: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 256) as u8).collect();
     garbage.push(b'\n');
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(mount.path("vm1/.control"))
-        .unwrap();
+    let mut file = open_control(&mount);
     assert_eq!(
         file.write_all(&garbage).unwrap_err().raw_os_error(),
         Some(libc::EINVAL)

@@ -177,30 +177,18 @@ impl EncryptedFile {
         } else {
             end / PLAIN_BLOCK_LEN
         };
+        // Partial blocks are rewritten as encrypted zeros.
+        let write_zeros = |from: u64, to: u64| -> Result<(), ContentError> {
+            if from < to {
+                self.write_blocks(backing, &keys, from, &vec![0u8; (to - from) as usize], size)?;
+            }
+            Ok(())
+        };
         if first_whole >= whole_end {
-            let zeros = vec![0u8; (end - offset) as usize];
-            return self.write_blocks(backing, &keys, offset, &zeros, size);
+            return write_zeros(offset, end);
         }
-        let head_end = block_no_to_plain_off(first_whole);
-        if offset < head_end {
-            self.write_blocks(
-                backing,
-                &keys,
-                offset,
-                &vec![0u8; (head_end - offset) as usize],
-                size,
-            )?;
-        }
-        let tail_start = block_no_to_plain_off(whole_end);
-        if tail_start < end {
-            self.write_blocks(
-                backing,
-                &keys,
-                tail_start,
-                &vec![0u8; (end - tail_start) as usize],
-                size,
-            )?;
-        }
+        write_zeros(offset, block_no_to_plain_off(first_whole))?;
+        write_zeros(block_no_to_plain_off(whole_end), end)?;
         let cipher_start = block_no_to_cipher_off(first_whole);
         let cipher_len = block_no_to_cipher_off(whole_end) - cipher_start;
         fallocate(
