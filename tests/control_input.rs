@@ -8,9 +8,25 @@ mod common;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::IntoRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::{read_control, write_control, TestEnv};
+
+/// Runs the tests of this file one at a time.
+///
+/// A command written without its newline waits in the open file until the
+/// next FUSE FLUSH, and the kernel sends one at every close(2) of any
+/// descriptor of that open file. A test in another thread that starts a
+/// process (every mount does) forks a child that holds a copy of our
+/// descriptor until its exec closes it (O_CLOEXEC); that close flushes, and
+/// runs the half-written command early. So no process may start while one
+/// of these tests holds a partial command.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn bundle_sequence(mount: &common::Mount) -> u64 {
     read_control(&mount.path("vm1/.control"))["bundle-sequence"]
@@ -27,6 +43,7 @@ fn open_control(mount: &common::Mount) -> std::fs::File {
 
 #[test]
 fn a_command_split_over_writes_runs_once_whole() {
+    let _serial = one_at_a_time();
     let env = TestEnv::new();
     env.create_vm("vm1", false);
     let mount = env.mount();
@@ -47,6 +64,7 @@ fn a_command_split_over_writes_runs_once_whole() {
 
 #[test]
 fn a_command_without_newline_runs_at_close_and_errors_surface_there() {
+    let _serial = one_at_a_time();
     let env = TestEnv::new();
     env.create_vm("vm1", false);
     let mount = env.mount();
@@ -66,6 +84,7 @@ fn a_command_without_newline_runs_at_close_and_errors_surface_there() {
 
 #[test]
 fn huge_and_binary_writes_are_refused_without_effect() {
+    let _serial = one_at_a_time();
     let env = TestEnv::new();
     env.create_vm("vm1", false);
     let mount = env.mount();
@@ -92,6 +111,7 @@ fn huge_and_binary_writes_are_refused_without_effect() {
 
 #[test]
 fn concurrent_writers_each_run_their_commands() {
+    let _serial = one_at_a_time();
     let env = TestEnv::new();
     env.create_vm("vm1", false);
     let mount = Arc::new(env.mount());

@@ -126,6 +126,9 @@ impl VmCryptFs {
 
     /// At close: runs a last command written without a trailing newline
     /// (`printf rekey > .control`); its failure is returned by close(2).
+    /// The kernel flushes at every close of every descriptor of the open
+    /// file, so with a forked copy of the descriptor the first close to
+    /// arrive runs the command and sees its error.
     pub(super) fn control_flush(
         &self,
         scope: ControlScope,
