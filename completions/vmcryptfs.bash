@@ -52,6 +52,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help,vm)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__provider,add-kmip)
+                cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__add__subcmd__kmip"
+                ;;
             vmcryptfs__subcmd__help__subcmd__provider,destroy)
                 cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__destroy"
                 ;;
@@ -73,6 +76,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help__subcmd__provider,rotate)
                 cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__rotate"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__provider,set-default)
+                cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__set__subcmd__default"
+                ;;
             vmcryptfs__subcmd__help__subcmd__vm,create)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__create"
                 ;;
@@ -90,6 +96,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__help__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__status"
+                ;;
+            vmcryptfs__subcmd__provider,add-kmip)
+                cmd="vmcryptfs__subcmd__provider__subcmd__add__subcmd__kmip"
                 ;;
             vmcryptfs__subcmd__provider,destroy)
                 cmd="vmcryptfs__subcmd__provider__subcmd__destroy"
@@ -115,6 +124,12 @@ _vmcryptfs() {
             vmcryptfs__subcmd__provider,rotate)
                 cmd="vmcryptfs__subcmd__provider__subcmd__rotate"
                 ;;
+            vmcryptfs__subcmd__provider,set-default)
+                cmd="vmcryptfs__subcmd__provider__subcmd__set__subcmd__default"
+                ;;
+            vmcryptfs__subcmd__provider__subcmd__help,add-kmip)
+                cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__add__subcmd__kmip"
+                ;;
             vmcryptfs__subcmd__provider__subcmd__help,destroy)
                 cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__destroy"
                 ;;
@@ -138,6 +153,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__provider__subcmd__help,rotate)
                 cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__rotate"
+                ;;
+            vmcryptfs__subcmd__provider__subcmd__help,set-default)
+                cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__set__subcmd__default"
                 ;;
             vmcryptfs__subcmd__vm,create)
                 cmd="vmcryptfs__subcmd__vm__subcmd__create"
@@ -248,8 +266,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__provider)
-            opts="init rotate list retire destroy export import"
+            opts="init add-kmip set-default rotate list retire destroy export import"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__provider__subcmd__add__subcmd__kmip)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -346,6 +378,20 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__provider__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__provider__subcmd__set__subcmd__default)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -512,7 +558,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider)
-            opts="-h -V --keystore --help --version init rotate list retire destroy export import help"
+            opts="-h -V --keystore --help --version init add-kmip set-default rotate list retire destroy export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -529,13 +575,71 @@ _vmcryptfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        vmcryptfs__subcmd__provider__subcmd__destroy)
-            opts="-h -V --force --keystore --help --version"
+        vmcryptfs__subcmd__provider__subcmd__add__subcmd__kmip)
+            opts="-h -V --server --ca --cert --key --default --wrap --key-series --connect-timeout --request-timeout --retries --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wrap)
+                    COMPREPLY=($(compgen -W "server local" -- "${cur}"))
+                    return 0
+                    ;;
+                --key-series)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__provider__subcmd__destroy)
+            opts="-h -V --provider --force --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -566,8 +670,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider__subcmd__help)
-            opts="init rotate list retire destroy export import help"
+            opts="init add-kmip set-default rotate list retire destroy export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__provider__subcmd__help__subcmd__add__subcmd__kmip)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -691,6 +809,20 @@ _vmcryptfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmcryptfs__subcmd__provider__subcmd__help__subcmd__set__subcmd__default)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmcryptfs__subcmd__provider__subcmd__import)
             opts="-h -V --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -746,12 +878,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider__subcmd__retire)
-            opts="-h -V --keystore --help --version"
+            opts="-h -V --provider --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -781,13 +917,35 @@ _vmcryptfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmcryptfs__subcmd__provider__subcmd__set__subcmd__default)
+            opts="-h -V --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmcryptfs__subcmd__rekey)
-            opts="-h -V --all --deep --keystore --help --version"
+            opts="-h -V --all --deep --provider --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -836,12 +994,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__create)
-            opts="-h -V --encrypt-disks --keystore --help --version"
+            opts="-h -V --encrypt-disks --provider --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1020,12 +1182,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__rekey)
-            opts="-h -V --keystore --help --version"
+            opts="-h -V --provider --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -5,20 +5,23 @@ use std::path::Path;
 
 use super::mountinfo::vmcryptfs_mount_of;
 use super::progress::ConsoleProgress;
-use super::{open_provider, CliError, ExitKind};
+use super::{open_provider_targeting, CliError, ExitKind};
 use crate::datastore::convert::{self, Operation};
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::layout::CONTROL_FILE_NAME;
 
-/// Runs one conversion of the VM home `datastore/name`.
+/// Runs one conversion of the VM home `datastore/name`; the new bundle is
+/// wrapped by provider `target` if given, else by the VM's own provider
+/// (the default provider for a VM home being encrypted).
 pub fn run(
     datastore: &Path,
     name: &str,
     operation: Operation,
+    target: Option<&str>,
     keystore: &Path,
 ) -> Result<(), CliError> {
     let vm_dir = datastore.join(name);
-    let provider = open_provider(keystore)?;
+    let provider = open_provider_targeting(keystore, target)?;
     KnownDatastores::new(keystore).record(datastore)?;
     let mount = vmcryptfs_mount_of(datastore);
     if let Some(mnt) = &mount {

@@ -6,29 +6,44 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::mountinfo::vmcryptfs_mount_of;
-use super::{open_provider, CliError, ExitKind};
+use super::{open_provider, open_provider_targeting, CliError, ExitKind};
 use crate::datastore::inventory::{scan_datastore, wrap_health, VmRecord, WrapHealth};
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_keys;
-use crate::keys::KeyProvider;
+use crate::keys::provider_set::ProviderSet;
+use crate::keys::{KekVersionInfo, KeyProvider};
+use std::collections::HashMap;
 
 fn absolute(path: &Path) -> Result<PathBuf, CliError> {
     std::path::absolute(path)
         .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
 }
 
-/// Scans a datastore and classifies each VM against the provider.
+/// Scans a datastore and classifies each VM against the versions of the
+/// provider that wraps it. A provider that does not answer (or is not
+/// configured here) leaves its VMs `unknown`.
 fn classify(
     datastore: &Path,
-    provider: &dyn KeyProvider,
+    providers: &ProviderSet,
 ) -> Result<Vec<(VmRecord, WrapHealth)>, CliError> {
     let records = scan_datastore(datastore)?;
-    let current = provider.current_kek()?;
-    let versions = provider.list_versions()?;
+    let mut versions_of: HashMap<String, Option<(String, Vec<KekVersionInfo>)>> = HashMap::new();
     Ok(records
         .into_iter()
         .map(|record| {
-            let health = wrap_health(&record, provider.name(), &current.kek_id, &versions);
+            let Ok(bundle) = &record.bundle else {
+                return (record, WrapHealth::Unknown);
+            };
+            let name = bundle.kek.provider.clone();
+            let known = versions_of.entry(name.clone()).or_insert_with(|| {
+                let provider = providers.get(&name).ok()?;
+                let kek_id = provider.current_kek().ok()?.kek_id;
+                Some((kek_id, provider.list_versions().ok()?))
+            });
+            let health = match known {
+                Some((kek_id, versions)) => wrap_health(&record, &name, kek_id, versions),
+                None => WrapHealth::Unknown,
+            };
             (record, health)
         })
         .collect())
@@ -39,8 +54,8 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
     let datastore = absolute(datastore)?;
     let provider = open_provider(keystore)?;
     KnownDatastores::new(keystore).record(&datastore)?;
-    let vms = classify(&datastore, &*provider)?;
-    let current = provider.current_kek()?;
+    let vms = classify(&datastore, &provider)?;
+    let current = provider.current_kek();
     if as_json {
         let vms_json: Vec<_> = vms
             .iter()
@@ -61,8 +76,9 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
         let doc = json!({
             "datastore": datastore,
             "provider": provider.name(),
-            "kek_id": current.kek_id,
-            "current_version": current.version,
+            "kek_id": current.as_ref().ok().map(|k| k.kek_id.clone()),
+            "current_version": current.as_ref().ok().map(|k| k.version),
+            "provider_error": current.as_ref().err().map(ToString::to_string),
             "mounted_at": vmcryptfs_mount_of(&datastore),
             "vms": vms_json,
         });
@@ -73,12 +89,15 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
         return Ok(());
     }
     println!("datastore: {}", datastore.display());
-    println!(
-        "provider: {} (KEK {}, current version {})",
-        provider.name(),
-        current.kek_id,
-        current.version
-    );
+    match &current {
+        Ok(kek) => println!(
+            "default provider: {} (KEK {}, current version {})",
+            provider.name(),
+            kek.kek_id,
+            kek.version
+        ),
+        Err(err) => println!("default provider: {} ({err})", provider.name()),
+    }
     if let Some(mnt) = vmcryptfs_mount_of(&datastore) {
         println!("mounted at: {}", mnt.display());
     }
@@ -144,22 +163,23 @@ fn vm_names(
     Ok(names.to_vec())
 }
 
-/// `vmcryptfs rekey DATASTORE [VM...] [--all]`.
+/// `vmcryptfs rekey DATASTORE [VM...] [--all] [--provider NAME]`.
 pub fn rekey(
     datastore: &Path,
     names: &[String],
     all: bool,
+    target: Option<&str>,
     keystore: &Path,
 ) -> Result<(), CliError> {
     let datastore = absolute(datastore)?;
     let names = vm_names(&datastore, names, all, "re-key")?;
-    let provider = open_provider(keystore)?;
+    let provider = open_provider_targeting(keystore, target)?;
     KnownDatastores::new(keystore).record(&datastore)?;
     let mount = vmcryptfs_mount_of(&datastore);
     let mut failures = Vec::new();
     for name in &names {
         let result = match &mount {
-            Some(mnt) => rekey_through_mount(&mnt.join(name)),
+            Some(mnt) => rekey_through_mount(&mnt.join(name), target),
             None => vm_keys::shallow_rekey(&datastore.join(name), &*provider)
                 .map(|o| format!("DEK rewrapped under {} (was v{})", o.to, o.from.version))
                 .map_err(|e| e.to_string()),
@@ -193,12 +213,16 @@ pub fn rekey(
 /// Re-keys one VM of a mounted datastore by writing to its `.control`, so
 /// the mount's key cache and status stay consistent; returns the mount's
 /// `last-result`.
-fn rekey_through_mount(vm_mount: &Path) -> Result<String, String> {
+fn rekey_through_mount(vm_mount: &Path, target: Option<&str>) -> Result<String, String> {
     let control = vm_mount.join(crate::datastore::layout::CONTROL_FILE_NAME);
+    let command = match target {
+        Some(name) => format!("rekey-to {name}\n"),
+        None => "rekey\n".to_owned(),
+    };
     let write = std::fs::OpenOptions::new()
         .write(true)
         .open(&control)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"rekey\n"));
+        .and_then(|mut f| std::io::Write::write_all(&mut f, command.as_bytes()));
     let status = std::fs::read_to_string(&control).unwrap_or_default();
     let last = status
         .lines()
@@ -217,6 +241,7 @@ pub fn deep_rekey(
     datastore: &Path,
     names: &[String],
     all: bool,
+    target: Option<&str>,
     keystore: &Path,
 ) -> Result<(), CliError> {
     let datastore = absolute(datastore)?;
@@ -226,6 +251,7 @@ pub fn deep_rekey(
             &datastore,
             name,
             crate::datastore::convert::Operation::DeepRekey,
+            target,
             keystore,
         )?;
     }

@@ -40,7 +40,8 @@ pub struct Cli {
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage the key provider and its KEK versions.
+    /// Manage key providers (the embedded one and KMIP servers) and their
+    /// KEK versions.
     #[command(subcommand)]
     Provider(ProviderCommand),
     /// Create and inspect encrypted VM homes.
@@ -72,6 +73,10 @@ pub enum Command {
         /// under it (resumable; the VM's files must not be open).
         #[arg(long)]
         deep: bool,
+        /// Move the VMs to this provider's current KEK (default: each VM
+        /// stays with the provider that wraps it).
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
     },
 }
 
@@ -80,36 +85,58 @@ pub enum Command {
 pub enum ProviderCommand {
     /// Create the embedded key store: a master key file (0600) and KEK version 1.
     Init,
+    /// Register a KMIP key management server as provider NAME. Checks that
+    /// the server answers and creates KEK version 1 there if the key series
+    /// is new.
+    AddKmip(AddKmipArgs),
+    /// Make NAME the provider that wraps new VM homes (`local` is the
+    /// embedded one).
+    SetDefault {
+        /// A provider name from `vmcryptfs provider list`.
+        name: String,
+    },
     /// Create a new KEK version and make it current. Existing VMs keep
     /// working; re-key them to move them to the new version.
-    Rotate,
-    /// List KEK versions with their state and how many VM homes (in the
-    /// datastores this key store knows) each one wraps.
+    Rotate {
+        /// The provider (default: the default provider).
+        name: Option<String>,
+    },
+    /// List every provider: reachability, KEK versions with their state, and
+    /// how many VM homes (in the datastores this key store knows) each
+    /// version wraps.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Retire a KEK version: it still unwraps existing bundles but no longer
-    /// wraps new ones.
+    /// wraps new ones. On KMIP this is Revoke.
     Retire {
         /// The version to retire.
         #[arg(value_name = "VERSION")]
         kek_version: u32,
+        /// The provider (default: the default provider).
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
     },
     /// Destroy a KEK version's key material. Refused while any known VM home
     /// is still wrapped under it (re-key them first with `vmcryptfs rekey
-    /// --all DATASTORE`), and for the current version.
+    /// --all DATASTORE`), and for the current version. On KMIP this is
+    /// Revoke, then Destroy.
     Destroy {
         /// The version to destroy.
         #[arg(value_name = "VERSION")]
         kek_version: u32,
+        /// The provider (default: the default provider).
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
         /// Destroy even though VMs still use it; those VMs are locked out on
         /// every host that does not hold their DEK in memory.
         #[arg(long)]
         force: bool,
     },
-    /// Write a backup of all KEK versions, still wrapped under the master key.
+    /// Write a backup of the embedded key store's KEK versions, still
+    /// wrapped under the master key.
     Export {
         /// File to write (created with mode 0600; refuses to overwrite).
         file: PathBuf,
@@ -119,6 +146,55 @@ pub enum ProviderCommand {
         /// Backup file to read.
         file: PathBuf,
     },
+}
+
+/// Where DEKs are wrapped with a KMIP provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WrapArg {
+    /// KMIP Encrypt/Decrypt (AES-GCM, KMIP 1.4): the KEK never leaves the KMS.
+    Server,
+    /// KMIP Get, then AES-GCM on this host; the KEK is wiped after each use.
+    Local,
+}
+
+/// `vmcryptfs provider add-kmip ...`
+#[derive(Debug, clap::Args)]
+pub struct AddKmipArgs {
+    /// Provider name, recorded in the bundles it wraps (a-z, 0-9, '-', '_').
+    pub name: String,
+    /// The KMS address, HOST:PORT (KMIP's port is usually 5696).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: String,
+    /// CA certificate (PEM) that signed the KMS's certificate.
+    #[arg(long, value_name = "CA.pem")]
+    pub ca: PathBuf,
+    /// Client certificate (PEM), with the clientAuth extended key usage.
+    #[arg(long, value_name = "CLIENT.pem")]
+    pub cert: PathBuf,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "CLIENT.key")]
+    pub key: PathBuf,
+    /// Also make it the provider that wraps new VM homes.
+    #[arg(long)]
+    pub default: bool,
+    /// Where DEKs are wrapped.
+    #[arg(long, value_enum, default_value = "server")]
+    pub wrap: WrapArg,
+    /// KMIP Name prefix and Object Group of the KEKs (versions are named
+    /// SERIES-v1, SERIES-v2, ...). Hosts that share VMs must use the same.
+    /// Default: vmcryptfs-NAME.
+    #[arg(long, value_name = "SERIES")]
+    pub key_series: Option<String>,
+    /// TCP connect timeout, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// Timeout of each read or write of a request, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub request_timeout: f64,
+    /// Retries of a failed connection or read-only request (backoff 0.1 s,
+    /// doubling).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
 }
 
 /// `vmcryptfs vm ...`
@@ -132,6 +208,9 @@ pub enum VmCommand {
         /// Also encrypt the VM's disks (*.vmdk). Without it, disks pass through.
         #[arg(long)]
         encrypt_disks: bool,
+        /// The provider that wraps the DEK (default: the default provider).
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
     },
     /// Convert an existing plain VM home in place: a new DEK and bundle,
     /// then every file encrypted, one by one (resumable after a crash).
@@ -166,6 +245,9 @@ pub enum VmCommand {
     Rekey {
         /// The VM home directory in the datastore.
         path: PathBuf,
+        /// Move the VM to this provider (still a shallow re-key).
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
     },
 }
 
@@ -185,22 +267,39 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             vms,
             all,
             deep: false,
-        } => lifecycle_cmd::rekey(&datastore, &vms, all, &keystore),
+            provider,
+        } => lifecycle_cmd::rekey(&datastore, &vms, all, provider.as_deref(), &keystore),
         Command::Rekey {
             datastore,
             vms,
             all,
             deep: true,
-        } => lifecycle_cmd::deep_rekey(&datastore, &vms, all, &keystore),
+            provider,
+        } => lifecycle_cmd::deep_rekey(&datastore, &vms, all, provider.as_deref(), &keystore),
     }
 }
 
-/// Opens the key provider for a command that needs one.
+/// Opens the key providers (the embedded one and every registered one) for
+/// a command that needs them.
 pub fn open_provider(
     keystore: &std::path::Path,
-) -> Result<std::sync::Arc<dyn crate::keys::KeyProvider>, CliError> {
-    let provider = crate::keys::embedded::EmbeddedProvider::open(keystore)?;
-    Ok(std::sync::Arc::new(provider))
+) -> Result<std::sync::Arc<crate::keys::provider_set::ProviderSet>, CliError> {
+    Ok(std::sync::Arc::new(
+        crate::keys::provider_set::ProviderSet::open(keystore)?,
+    ))
+}
+
+/// [`open_provider`], re-keying and creating VM homes with provider `name`
+/// when given (`--provider NAME`).
+pub fn open_provider_targeting(
+    keystore: &std::path::Path,
+    name: Option<&str>,
+) -> Result<std::sync::Arc<crate::keys::provider_set::ProviderSet>, CliError> {
+    let providers = open_provider(keystore)?;
+    match name {
+        None => Ok(providers),
+        Some(name) => Ok(std::sync::Arc::new(providers.targeting(name)?)),
+    }
 }
 
 #[cfg(test)]

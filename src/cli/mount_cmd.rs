@@ -211,7 +211,7 @@ fn serve(
     datastore: PathBuf,
     mountpoint: PathBuf,
     settings: MountSettings,
-    provider: Arc<dyn crate::keys::KeyProvider>,
+    provider: Arc<crate::keys::provider_set::ProviderSet>,
     background: bool,
     log_file: Option<&Path>,
 ) -> Result<(), CliError> {

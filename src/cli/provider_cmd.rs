@@ -1,5 +1,5 @@
-//! `vmcryptfs provider ...`: manage the embedded key store and the KEK
-//! lifecycle.
+//! `vmcryptfs provider ...`: manage the embedded key store, register KMIP
+//! providers, and the KEK lifecycle of any provider.
 //!
 //! `destroy` is guarded: it scans the bundles of every datastore the key
 //! store knows and refuses while any VM is still wrapped under the version,
@@ -9,11 +9,16 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::{CliError, ExitKind, ProviderCommand};
+use super::{open_provider, AddKmipArgs, CliError, ExitKind, ProviderCommand, WrapArg};
 use crate::control::timefmt::format_unix_utc;
 use crate::datastore::inventory::{scan_all, vms_by_version, VmRecord};
 use crate::datastore::known::KnownDatastores;
-use crate::keys::embedded::{master_key_path, EmbeddedProvider, ImportSummary};
+use crate::keys::embedded::{
+    master_key_path, EmbeddedProvider, ImportSummary, EMBEDDED_PROVIDER_NAME,
+};
+use crate::keys::kmip::{KmipConfig, KmipProvider, WrapMode};
+use crate::keys::provider_set::ProviderSet;
+use crate::keys::registry::{self, ProviderEntry, Registry};
 use crate::keys::{KekVersionInfo, KeyProvider};
 
 /// Runs one provider subcommand against the key store at `keystore`,
@@ -31,10 +36,19 @@ pub fn run_with_output(
 ) -> Result<(), CliError> {
     let report = match cmd {
         ProviderCommand::Init => init(keystore)?,
-        ProviderCommand::Rotate => rotate(keystore)?,
+        ProviderCommand::AddKmip(args) => add_kmip(keystore, args)?,
+        ProviderCommand::SetDefault { name } => set_default(keystore, &name)?,
+        ProviderCommand::Rotate { name } => rotate(keystore, name.as_deref())?,
         ProviderCommand::List { json } => list(keystore, json)?,
-        ProviderCommand::Retire { kek_version } => retire(keystore, kek_version)?,
-        ProviderCommand::Destroy { kek_version, force } => destroy(keystore, kek_version, force)?,
+        ProviderCommand::Retire {
+            kek_version,
+            provider,
+        } => retire(keystore, provider.as_deref(), kek_version)?,
+        ProviderCommand::Destroy {
+            kek_version,
+            provider,
+            force,
+        } => destroy(keystore, provider.as_deref(), kek_version, force)?,
         ProviderCommand::Export { file } => export(keystore, &file)?,
         ProviderCommand::Import { file } => import(keystore, &file)?,
     };
@@ -61,8 +75,118 @@ fn init(keystore: &Path) -> Result<String, CliError> {
     ))
 }
 
-fn rotate(keystore: &Path) -> Result<String, CliError> {
-    let kek = EmbeddedProvider::open(keystore)?.rotate()?;
+/// The provider named `name`, or the default one.
+fn provider_named(
+    keystore: &Path,
+    name: Option<&str>,
+) -> Result<std::sync::Arc<dyn KeyProvider>, CliError> {
+    let providers = open_provider(keystore)?;
+    Ok(providers.get(name.unwrap_or(providers.default_name()))?)
+}
+
+fn seconds_to_ms(what: &str, seconds: f64) -> Result<u64, CliError> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+        return Err(CliError::new(
+            ExitKind::Usage,
+            format!("--{what} must be between 0 and 3600 seconds (got {seconds})"),
+        ));
+    }
+    Ok((seconds * 1000.0).ceil() as u64)
+}
+
+fn add_kmip(keystore: &Path, args: AddKmipArgs) -> Result<String, CliError> {
+    registry::check_name(&args.name).map_err(|e| CliError::new(ExitKind::Usage, e))?;
+    let mut registry = Registry::load(keystore)?;
+    if registry.providers.contains_key(&args.name) {
+        return Err(CliError::new(
+            ExitKind::Failure,
+            format!(
+                "a provider named `{}` is already registered in {}",
+                args.name,
+                registry::registry_path(keystore).display()
+            ),
+        ));
+    }
+    let absolute = |path: &Path| {
+        std::path::absolute(path)
+            .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
+    };
+    let config = KmipConfig {
+        server: args.server.clone(),
+        ca: absolute(&args.ca)?,
+        cert: absolute(&args.cert)?,
+        key: absolute(&args.key)?,
+        key_series: args
+            .key_series
+            .clone()
+            .unwrap_or_else(|| format!("vmcryptfs-{}", args.name)),
+        wrap: match args.wrap {
+            WrapArg::Server => WrapMode::Server,
+            WrapArg::Local => WrapMode::Local,
+        },
+        connect_timeout_ms: seconds_to_ms("connect-timeout", args.connect_timeout)?,
+        request_timeout_ms: seconds_to_ms("request-timeout", args.request_timeout)?,
+        retries: args.retries,
+    };
+    if !args.server.contains(':') {
+        return Err(CliError::new(
+            ExitKind::Usage,
+            format!(
+                "--server {:?} must be HOST:PORT (KMIP's port is usually 5696)",
+                args.server
+            ),
+        ));
+    }
+    let provider = KmipProvider::new(&args.name, config.clone());
+    provider.ping()?;
+    let current = provider.ensure_current()?;
+    std::fs::create_dir_all(keystore).map_err(|e| {
+        CliError::new(
+            ExitKind::Io,
+            format!("creating {}: {e}", keystore.display()),
+        )
+    })?;
+    registry
+        .providers
+        .insert(args.name.clone(), ProviderEntry::Kmip(config.clone()));
+    if args.default {
+        registry.default = Some(args.name.clone());
+    }
+    registry.save(keystore)?;
+    Ok(format!(
+        "Registered KMIP provider `{name}`: server {server}, KEKs named {series}-vN, wrap {wrap}.
+         Current KEK: {current}
+         {default}         Every host that mounts these VMs needs the same provider name and key series,
+         and a client identity the KMS lets use the keys (docs/KMIP.md).
+",
+        name = args.name,
+        server = config.server,
+        series = config.key_series,
+        wrap = config.wrap.as_str(),
+        default = if args.default {
+            "It is now the default provider: new VM homes are wrapped by it.
+"
+        } else {
+            ""
+        },
+    ))
+}
+
+fn set_default(keystore: &Path, name: &str) -> Result<String, CliError> {
+    let mut registry = Registry::load(keystore)?;
+    if name != EMBEDDED_PROVIDER_NAME && !registry.providers.contains_key(name) {
+        return Err(crate::keys::ProviderError::UnknownProvider { name: name.into() }.into());
+    }
+    registry.default = (name != EMBEDDED_PROVIDER_NAME).then(|| name.to_owned());
+    registry.save(keystore)?;
+    Ok(format!(
+        "The default provider is now `{name}`: new VM homes are wrapped by it.
+"
+    ))
+}
+
+fn rotate(keystore: &Path, name: Option<&str>) -> Result<String, CliError> {
+    let kek = provider_named(keystore, name)?.rotate()?;
     Ok(format!(
         "Rotated: the current KEK is now {kek}\n\
          Existing VMs stay wrapped under their old KEK version until re-keyed \
@@ -78,24 +202,80 @@ fn known_vms(keystore: &Path) -> Result<(Vec<VmRecord>, Vec<String>), CliError> 
     Ok((records, errors.iter().map(ToString::to_string).collect()))
 }
 
+/// What `provider list` shows of one provider.
+struct ProviderReport {
+    name: String,
+    kind: &'static str,
+    server: Option<String>,
+    wrap: Option<&'static str>,
+    /// KEK id and versions, or why the provider did not answer.
+    versions: Result<(String, Vec<KekVersionInfo>), String>,
+}
+
+fn report(name: &str, providers: &ProviderSet, keystore: &Path) -> ProviderReport {
+    let kmip = Registry::load(keystore)
+        .ok()
+        .and_then(|r| r.providers.get(name).cloned())
+        .map(|ProviderEntry::Kmip(config)| config);
+    let versions = providers.get(name).and_then(|p| {
+        let versions = p.list_versions()?;
+        let kek_id = match &kmip {
+            Some(config) => config.key_series.clone(),
+            None => p.current_kek()?.kek_id,
+        };
+        Ok((kek_id, versions))
+    });
+    ProviderReport {
+        name: name.to_owned(),
+        kind: if kmip.is_some() { "kmip" } else { "embedded" },
+        server: kmip.as_ref().map(|c| c.server.clone()),
+        wrap: kmip.as_ref().map(|c| c.wrap.as_str()),
+        versions: versions.map_err(|e| e.to_string()),
+    }
+}
+
 fn list(keystore: &Path, as_json: bool) -> Result<String, CliError> {
-    let provider = EmbeddedProvider::open(keystore)?;
-    let versions = provider.list_versions()?;
+    let providers = open_provider(keystore)?;
+    let reports: Vec<ProviderReport> = providers
+        .names()
+        .iter()
+        .map(|name| report(name, &providers, keystore))
+        .collect();
     let (records, scan_errors) = known_vms(keystore)?;
-    let by_version = vms_by_version(&records, provider.name(), provider.kek_id());
-    let count = |v: u32| by_version.get(&v).map_or(0, Vec::len);
+    let known = KnownDatastores::new(keystore).list()?;
+    let counts = |r: &ProviderReport| match &r.versions {
+        Ok((kek_id, _)) => vms_by_version(&records, &r.name, kek_id),
+        Err(_) => Default::default(),
+    };
     if as_json {
+        let docs: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                let by_version = counts(r);
+                let count = |v: u32| by_version.get(&v).map_or(0, Vec::len);
+                serde_json::json!({
+                    "name": r.name,
+                    "type": r.kind,
+                    "default": r.name == providers.default_name(),
+                    "server": r.server,
+                    "wrap": r.wrap,
+                    "reachable": r.versions.is_ok(),
+                    "error": r.versions.as_ref().err(),
+                    "kek_id": r.versions.as_ref().ok().map(|(id, _)| id),
+                    "versions": r.versions.as_ref().map(|(_, versions)| versions.iter().map(|v| serde_json::json!({
+                        "version": v.version,
+                        "state": v.state.as_str(),
+                        "current": v.current,
+                        "created": format_unix_utc(v.created_unix),
+                        "vms": count(v.version),
+                    })).collect::<Vec<_>>()).unwrap_or_default(),
+                })
+            })
+            .collect();
         let doc = serde_json::json!({
-            "provider": provider.name(),
-            "kek_id": provider.kek_id(),
-            "versions": versions.iter().map(|v| serde_json::json!({
-                "version": v.version,
-                "state": v.state.as_str(),
-                "current": v.current,
-                "created": format_unix_utc(v.created_unix),
-                "vms": count(v.version),
-            })).collect::<Vec<_>>(),
-            "known_datastores": KnownDatastores::new(keystore).list()?,
+            "default": providers.default_name(),
+            "providers": docs,
+            "known_datastores": known,
             "scan_errors": scan_errors,
         });
         return Ok(format!(
@@ -103,14 +283,30 @@ fn list(keystore: &Path, as_json: bool) -> Result<String, CliError> {
             serde_json::to_string_pretty(&doc).expect("JSON of plain values")
         ));
     }
-    let mut out = format!(
-        "KEK id: {}\n{}",
-        provider.kek_id(),
-        version_table(&versions, &count)
-    );
-    let known = KnownDatastores::new(keystore).list()?;
+    let mut out = String::new();
+    for r in &reports {
+        let mut title = format!("provider {} ({}", r.name, r.kind);
+        if let (Some(server), Some(wrap)) = (&r.server, r.wrap) {
+            title.push_str(&format!(" {server}, wrap {wrap}"));
+        }
+        if r.name == providers.default_name() {
+            title.push_str(", default");
+        }
+        title.push(')');
+        match &r.versions {
+            Ok((kek_id, versions)) => {
+                let by_version = counts(r);
+                let count = |v: u32| by_version.get(&v).map_or(0, Vec::len);
+                out.push_str(&format!(
+                    "{title}: reachable\nKEK id: {kek_id}\n{}\n",
+                    version_table(versions, &count)
+                ));
+            }
+            Err(err) => out.push_str(&format!("{title}: UNREACHABLE\n  {err}\n\n")),
+        }
+    }
     out.push_str(&format!(
-        "\nVM counts are from the bundles in {} known datastore(s) (recorded by `vm create` and `mount`).\n",
+        "VM counts are from the bundles in {} known datastore(s) (recorded by `vm create` and `mount`).\n",
         known.len()
     ));
     for err in scan_errors {
@@ -119,15 +315,31 @@ fn list(keystore: &Path, as_json: bool) -> Result<String, CliError> {
     Ok(out)
 }
 
-fn retire(keystore: &Path, version: u32) -> Result<String, CliError> {
-    let provider = EmbeddedProvider::open(keystore)?;
-    provider.retire(version)?;
-    let (records, _) = known_vms(keystore)?;
-    let users = vms_by_version(&records, provider.name(), provider.kek_id())
+/// The VM homes wrapped under `version` of `provider`, in known datastores.
+fn users_of(
+    keystore: &Path,
+    provider: &dyn KeyProvider,
+    version: u32,
+) -> Result<(Vec<VmRecord>, Vec<String>), CliError> {
+    let kek_id = provider.current_kek()?.kek_id;
+    let (records, scan_errors) = known_vms(keystore)?;
+    let users = vms_by_version(&records, provider.name(), &kek_id)
         .remove(&version)
-        .unwrap_or_default();
-    let mut out =
-        format!("Retired KEK version {version}: it still unwraps, but no longer wraps.\n");
+        .unwrap_or_default()
+        .into_iter()
+        .cloned()
+        .collect();
+    Ok((users, scan_errors))
+}
+
+fn retire(keystore: &Path, name: Option<&str>, version: u32) -> Result<String, CliError> {
+    let provider = provider_named(keystore, name)?;
+    provider.retire(version)?;
+    let (users, _) = users_of(keystore, &*provider, version)?;
+    let mut out = format!(
+        "Retired KEK version {version} of provider `{}`: it still unwraps, but no longer wraps.\n",
+        provider.name()
+    );
     if !users.is_empty() {
         out.push_str(&format!(
             "{} VM home(s) are still wrapped under it and need a re-key before it can be destroyed:\n",
@@ -140,12 +352,14 @@ fn retire(keystore: &Path, version: u32) -> Result<String, CliError> {
     Ok(out)
 }
 
-fn destroy(keystore: &Path, version: u32, force: bool) -> Result<String, CliError> {
-    let provider = EmbeddedProvider::open(keystore)?;
-    let (records, scan_errors) = known_vms(keystore)?;
-    let users = vms_by_version(&records, provider.name(), provider.kek_id())
-        .remove(&version)
-        .unwrap_or_default();
+fn destroy(
+    keystore: &Path,
+    name: Option<&str>,
+    version: u32,
+    force: bool,
+) -> Result<String, CliError> {
+    let provider = provider_named(keystore, name)?;
+    let (users, scan_errors) = users_of(keystore, &*provider, version)?;
     let user_paths: Vec<String> = users
         .iter()
         .map(|r| r.path().display().to_string())
@@ -178,7 +392,10 @@ fn destroy(keystore: &Path, version: u32, force: bool) -> Result<String, CliErro
         return Err(CliError::new(ExitKind::Key, message));
     }
     provider.destroy(version)?;
-    let mut out = format!("Destroyed KEK version {version}.\n");
+    let mut out = format!(
+        "Destroyed KEK version {version} of provider `{}`.\n",
+        provider.name()
+    );
     if !users.is_empty() {
         let warning = format!(
             "WARNING: --force: these {} VM home(s) are now locked out on every host without their DEK in memory:\n  {}\n\
@@ -290,6 +507,10 @@ mod tests {
         let mut out = Vec::new();
         run_with_output(ProviderCommand::List { json: false }, &keystore, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("provider local (embedded, default): reachable"),
+            "{text}"
+        );
         assert!(text.contains("\n1        active     *  "), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{open_provider, CliError, ExitKind, VmCommand};
+use super::{open_provider, open_provider_targeting, CliError, ExitKind, VmCommand};
 use crate::control::status::{render_vm, vm_json};
 use crate::datastore::convert::Operation;
 use crate::datastore::known::KnownDatastores;
@@ -31,7 +31,9 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         VmCommand::Create {
             path,
             encrypt_disks,
+            provider: name,
         } => {
+            let provider = open_provider_targeting(keystore, name.as_deref())?;
             let bundle = vm_keys::create_vm_home(&path, &*provider, encrypt_disks)?;
             let (datastore, _) = split_vm_path(&path)?;
             KnownDatastores::new(keystore).record(&datastore)?;
@@ -73,16 +75,16 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         } => convert(&path, Operation::EncryptHome { encrypt_disks }, keystore),
         VmCommand::EncryptDisks { path } => convert(&path, Operation::EncryptDisks, keystore),
         VmCommand::DecryptDisks { path } => convert(&path, Operation::DecryptDisks, keystore),
-        VmCommand::Rekey { path } => {
+        VmCommand::Rekey { path, provider } => {
             let (datastore, name) = split_vm_path(&path)?;
-            super::lifecycle_cmd::rekey(&datastore, &[name], false, keystore)
+            super::lifecycle_cmd::rekey(&datastore, &[name], false, provider.as_deref(), keystore)
         }
     }
 }
 
 fn convert(path: &Path, operation: Operation, keystore: &Path) -> Result<(), CliError> {
     let (datastore, name) = split_vm_path(path)?;
-    super::convert_cmd::run(&datastore, &name, operation, keystore)
+    super::convert_cmd::run(&datastore, &name, operation, None, keystore)
 }
 
 /// `DATASTORE/VM` → (absolute DATASTORE, VM name).

@@ -14,10 +14,13 @@ pub enum ControlScope {
 }
 
 /// A parsed command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControlCommand {
     /// Shallow re-key of this VM home.
     Rekey,
+    /// Shallow re-key of this VM home that moves it to the named provider
+    /// (`rekey-to NAME`); only the bundle changes.
+    RekeyTo(String),
     /// Shallow re-key of every VM home in the datastore.
     RekeyAll,
     /// Drop the cached DEKs of every VM home with no open files, as a host
@@ -27,9 +30,10 @@ pub enum ControlCommand {
 
 impl ControlCommand {
     /// The command word.
-    pub fn word(self) -> &'static str {
+    pub fn word(&self) -> &'static str {
         match self {
             ControlCommand::Rekey => "rekey",
+            ControlCommand::RekeyTo(_) => "rekey-to",
             ControlCommand::RekeyAll => "rekey-all",
             ControlCommand::FlushKeys => "flush-keys",
         }
@@ -66,6 +70,12 @@ pub enum ParseError {
         /// Valid commands for the scope.
         valid: &'static str,
     },
+    /// `rekey-to` without a valid provider name.
+    #[error("rekey-to needs one provider name (`rekey-to NAME`, NAME as in `vmcryptfs provider list`); got {got}")]
+    BadProviderName {
+        /// What was written, quoted and escaped (shortened if long).
+        got: String,
+    },
     /// A known command followed by more text.
     #[error("command {word} takes no arguments (got {rest})")]
     UnexpectedArguments {
@@ -78,7 +88,7 @@ pub enum ParseError {
 
 fn valid_words(scope: ControlScope) -> &'static str {
     match scope {
-        ControlScope::VmHome => "rekey",
+        ControlScope::VmHome => "rekey, rekey-to NAME",
         ControlScope::Datastore => "rekey-all, flush-keys",
     }
 }
@@ -104,8 +114,18 @@ pub fn parse(scope: ControlScope, input: &[u8]) -> Result<Vec<ControlCommand>, P
     let mut commands = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim();
         let command = match (scope, word) {
             (ControlScope::VmHome, "rekey") => ControlCommand::Rekey,
+            (ControlScope::VmHome, "rekey-to") => {
+                let valid_name = rest == crate::keys::embedded::EMBEDDED_PROVIDER_NAME
+                    || crate::keys::registry::check_name(rest).is_ok();
+                if !valid_name {
+                    return Err(ParseError::BadProviderName { got: shorten(rest) });
+                }
+                commands.push(ControlCommand::RekeyTo(rest.to_owned()));
+                continue;
+            }
             (ControlScope::Datastore, "rekey-all") => ControlCommand::RekeyAll,
             (ControlScope::Datastore, "flush-keys") => ControlCommand::FlushKeys,
             _ => {
@@ -115,7 +135,6 @@ pub fn parse(scope: ControlScope, input: &[u8]) -> Result<Vec<ControlCommand>, P
                 })
             }
         };
-        let rest = rest.trim();
         if !rest.is_empty() {
             return Err(ParseError::UnexpectedArguments {
                 word: command.word(),
@@ -150,6 +169,13 @@ mod tests {
             parse(VmHome, b"rekey\nrekey\n"),
             Ok(vec![ControlCommand::Rekey, ControlCommand::Rekey])
         );
+        assert_eq!(
+            parse(VmHome, b"rekey-to  kms-2 \nrekey-to local\n"),
+            Ok(vec![
+                ControlCommand::RekeyTo("kms-2".into()),
+                ControlCommand::RekeyTo("local".into())
+            ])
+        );
     }
 
     #[test]
@@ -177,6 +203,21 @@ mod tests {
         ));
         assert!(matches!(
             parse(VmHome, b"rekey\nbogus\n"),
+            Err(ParseError::Unknown { .. })
+        ));
+        for bad in [
+            &b"rekey-to"[..],
+            b"rekey-to a b",
+            b"rekey-to Bad",
+            b"rekey-to ../x",
+        ] {
+            assert!(
+                matches!(parse(VmHome, bad), Err(ParseError::BadProviderName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse(Datastore, b"rekey-to kms"),
             Err(ParseError::Unknown { .. })
         ));
         let long = "x".repeat(200);

@@ -9,7 +9,7 @@ use super::bundle_file;
 use super::vm_home::{VmHome, VmStatus};
 use super::vm_keys::RekeyOutcome;
 use super::DatastoreError;
-use crate::keys::KeyProvider;
+use crate::keys::provider_set::ProviderSet;
 
 /// The outcome of re-keying one VM home, by name.
 pub type VmRekeyResult = (String, Result<RekeyOutcome, DatastoreError>);
@@ -18,8 +18,9 @@ pub type VmRekeyResult = (String, Result<RekeyOutcome, DatastoreError>);
 pub struct Datastore {
     /// The datastore directory (backing store of the mount).
     root: PathBuf,
-    /// The key provider for every VM home in this datastore.
-    provider: Arc<dyn KeyProvider>,
+    /// The key providers of this host; each VM home's bundle names its
+    /// own. Immutable.
+    provider: Arc<ProviderSet>,
     /// VM homes by directory name, added on first lookup. Read-locked on
     /// every lookup; write-locked to add, rename or drop an entry.
     vms: RwLock<HashMap<OsString, Arc<VmHome>>>,
@@ -27,7 +28,7 @@ pub struct Datastore {
 
 impl Datastore {
     /// A datastore rooted at `root`.
-    pub fn new(root: PathBuf, provider: Arc<dyn KeyProvider>) -> Self {
+    pub fn new(root: PathBuf, provider: Arc<ProviderSet>) -> Self {
         Self {
             root,
             provider,
@@ -40,9 +41,9 @@ impl Datastore {
         &self.root
     }
 
-    /// The key provider.
-    pub fn provider(&self) -> &dyn KeyProvider {
-        &*self.provider
+    /// The key providers.
+    pub fn provider(&self) -> &ProviderSet {
+        &self.provider
     }
 
     /// The VM home named `name` (a direct subdirectory of the root), if that

@@ -300,7 +300,11 @@ impl VmHome {
                 status.bundle = bundle.clone();
             }
         }
-        match provider.current_kek() {
+        let current = match &status.bundle {
+            Some(bundle) => provider.current_kek_for(&bundle.kek),
+            None => provider.current_kek(),
+        };
+        match current {
             Ok(kek) => status.provider_current_version = Some(kek.version),
             Err(err) => status.provider_error = Some(err.to_string()),
         }

@@ -134,7 +134,7 @@ pub fn rewrite_bundle(
     let mut bundle = old.clone();
     bundle.encrypt_disks = encrypt_disks;
     bundle.current_generation = keyring.current_generation();
-    bundle.kek = provider.current_kek().map_err(provider_err)?;
+    bundle.kek = provider.current_kek_for(&old.kek).map_err(provider_err)?;
     bundle.sequence = old.sequence + 1;
     bundle.updated_unix = unix_now().max(old.updated_unix);
     wrap_all(&mut bundle, keyring, provider).map_err(provider_err)?;
@@ -197,7 +197,7 @@ pub fn shallow_rekey_with_cache(
         },
     };
     let mut bundle = old.clone();
-    bundle.kek = provider.current_kek().map_err(provider_err)?;
+    bundle.kek = provider.current_kek_for(&old.kek).map_err(provider_err)?;
     bundle.sequence = old.sequence + 1;
     bundle.updated_unix = unix_now().max(old.updated_unix);
     wrap_all(&mut bundle, &keyring, provider).map_err(provider_err)?;

@@ -18,6 +18,7 @@ use crate::control::status::{self, DatastoreSummary};
 use crate::datastore::vm_home::{CommandRecord, VmHome};
 use crate::datastore::vm_keys::RekeyOutcome;
 use crate::datastore::DatastoreError;
+use crate::keys::KeyProvider;
 
 /// Shortens what the user wrote for display in `last-command`.
 fn describe_input(data: &[u8]) -> String {
@@ -165,8 +166,9 @@ impl VmCryptFs {
             }
         };
         for command in commands {
-            let (ok, result) = match (command, vm) {
-                (ControlCommand::Rekey, Some(vm)) => self.run_rekey(vm),
+            let (ok, result) = match (&command, vm) {
+                (ControlCommand::Rekey, Some(vm)) => self.run_rekey(vm, None),
+                (ControlCommand::RekeyTo(target), Some(vm)) => self.run_rekey(vm, Some(target)),
                 (ControlCommand::FlushKeys, _) => self.run_flush_keys(),
                 _ => self.run_rekey_all(),
             };
@@ -184,8 +186,19 @@ impl VmCryptFs {
         Ok(())
     }
 
-    fn run_rekey(&self, vm: &VmHome) -> (bool, String) {
-        match vm.rekey(self.datastore.provider()) {
+    /// Shallow re-key, moving the VM to provider `target` if given.
+    fn run_rekey(&self, vm: &VmHome, target: Option<&str>) -> (bool, String) {
+        let providers = match target {
+            None => Ok(self.datastore.provider().clone()),
+            Some(name) => self.datastore.provider().targeting(name),
+        };
+        let result = providers
+            .map_err(|source| DatastoreError::Provider {
+                path: vm.dir(),
+                source,
+            })
+            .and_then(|providers| vm.rekey(&providers));
+        match result {
             Ok(outcome) => {
                 log::info!("VM {:?}: {}", vm.name(), describe_rekey(&outcome));
                 (true, describe_rekey(&outcome))

@@ -37,3 +37,16 @@ pub(crate) fn fsync_parent_dir(path: &Path) -> io::Result<()> {
 pub(crate) fn io_error(context: String) -> impl FnOnce(io::Error) -> super::ProviderError {
     move |source| super::ProviderError::Io { context, source }
 }
+
+/// Replaces `path` with `contents` atomically (temporary file, fsync,
+/// rename, directory fsync), mode 0600: readers see the old or the new
+/// file, never a mix, even after a crash.
+pub(crate) fn replace_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(".tmp");
+    let temp = Path::new(&temp_name);
+    let _ = std::fs::remove_file(temp);
+    create_private_file(temp, contents)?;
+    std::fs::rename(temp, path)?;
+    fsync_parent_dir(path)
+}

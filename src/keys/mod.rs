@@ -9,7 +9,10 @@
 pub mod embedded;
 mod fsutil;
 pub mod keystore_path;
+pub mod kmip;
 pub mod master_key;
+pub mod provider_set;
+pub mod registry;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -212,6 +215,51 @@ pub enum ProviderError {
         /// Key store id of the existing store.
         store_id: String,
     },
+    /// The KMS of a KMIP provider could not be reached (down, network, or
+    /// timeout). Transient: VMs unlock once it answers again.
+    #[error("key provider `{provider}`: KMS unreachable: {reason}; VMs already unlocked keep working from the key cache, the others stay locked until the KMS answers again")]
+    KmsUnreachable {
+        /// Provider name.
+        provider: String,
+        /// The operation, server and failure.
+        reason: String,
+    },
+    /// The TLS session to the KMS failed: a certificate was refused.
+    #[error("key provider `{provider}`: {reason}")]
+    KmsTls {
+        /// Provider name.
+        provider: String,
+        /// Which side refused which certificate, and what to check.
+        reason: String,
+    },
+    /// The KMS answered, and refused the operation.
+    #[error("key provider `{provider}`: {reason}{hint}")]
+    KmsRefused {
+        /// Provider name.
+        provider: String,
+        /// The operation, server, result reason and message.
+        reason: String,
+        /// What to do about it, if we know.
+        hint: &'static str,
+    },
+    /// The KMS has no key of that name that this host may see.
+    #[error("key provider `{provider}`: the KMS at {server} holds no key named {name} that this host's client identity may use: it was destroyed, or the KMS does not let this identity see it (hosts sharing VMs need a shared client identity or a KMS policy granting access; docs/KMIP.md)")]
+    KmsKeyNotFound {
+        /// Provider name.
+        provider: String,
+        /// HOST:PORT.
+        server: String,
+        /// The KMIP Name looked for.
+        name: String,
+    },
+    /// A provider's configuration cannot be used.
+    #[error("key provider `{provider}`: {reason}")]
+    ProviderConfig {
+        /// Provider name.
+        provider: String,
+        /// What is wrong, naming the file or setting.
+        reason: String,
+    },
     /// An I/O error, with what we were doing.
     #[error("{context}: {source}")]
     Io {
@@ -234,6 +282,14 @@ pub trait KeyProvider: Send + Sync {
 
     /// The KEK that wraps new bundles now.
     fn current_kek(&self) -> Result<KekRef, ProviderError>;
+
+    /// The KEK a re-key of a bundle now wrapped under `existing` moves it
+    /// to. One provider: its current KEK. A set of providers keeps each VM
+    /// with the provider that wraps it (see [`provider_set`]).
+    fn current_kek_for(&self, existing: &KekRef) -> Result<KekRef, ProviderError> {
+        let _ = existing;
+        self.current_kek()
+    }
 
     /// Wraps `dek` under the given KEK version, binding `aad`. Fails unless
     /// that version is active.

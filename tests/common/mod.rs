@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod kms;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -60,6 +62,27 @@ impl TestEnv {
         }
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// Another "host" on the same datastore: its own key store and mount
+    /// point (in a temp directory of its own), nothing initialised.
+    pub fn second_host(&self) -> TestEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keystore = dir.path().join("keystore");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        TestEnv {
+            dir,
+            keystore,
+            datastore: self.datastore.clone(),
+            mnt,
+        }
+    }
+
+    /// Runs a command given as owned strings.
+    pub fn run_strings(&self, args: &[String]) -> Output {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args)
     }
 
     /// Runs a command and returns its output.

@@ -1,0 +1,461 @@
+//! The KMIP operations vmcryptfs needs, over [`transport`](super::transport),
+//! with retries.
+//!
+//! Read-only and repeatable operations (Locate, Get, GetAttributes,
+//! Encrypt, Decrypt, DiscoverVersions) share one cached connection and are
+//! retried with backoff when the connection fails, because repeating them
+//! changes nothing. Operations that change the server (Create, Activate,
+//! Revoke, Destroy) each open a fresh connection and are retried only while
+//! connecting: once the request may have reached the server, repeating it
+//! could create a second key or fail confusingly, so the error is reported.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use zeroize::Zeroizing;
+
+use super::message::{decode_response, encode_request, ResponseError};
+use super::tags::{self, operation, tag};
+use super::transport::{ClientIdentity, Connection, Endpoint, IdentityError, TransportError};
+use super::ttlv::Item;
+use crate::crypto::secret::KEY_LEN;
+
+/// First retry delay; doubled for each further retry.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a KMIP operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KmipError {
+    /// The certificate files are unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The server could not be reached or the connection failed.
+    #[error("{operation} via {server}: {source} (after {attempts} attempt(s))")]
+    Transport {
+        /// The KMIP operation.
+        operation: &'static str,
+        /// HOST:PORT.
+        server: String,
+        /// How many times we tried.
+        attempts: u32,
+        /// The last failure.
+        source: TransportError,
+    },
+    /// The server answered with a failure.
+    #[error("{operation} refused by {server}: {source}")]
+    Refused {
+        /// The KMIP operation.
+        operation: &'static str,
+        /// HOST:PORT.
+        server: String,
+        /// The result reason and message.
+        source: ResponseError,
+    },
+    /// The answer is not what the operation returns.
+    #[error("{operation} via {server}: the answer lacks {field}")]
+    Missing {
+        /// The KMIP operation.
+        operation: &'static str,
+        /// HOST:PORT.
+        server: String,
+        /// The field.
+        field: &'static str,
+    },
+}
+
+impl KmipError {
+    /// The KMIP Result Reason, when the server refused.
+    pub fn reason(&self) -> Option<u32> {
+        match self {
+            KmipError::Refused {
+                source: ResponseError::Failed { reason, .. },
+                ..
+            } => *reason,
+            _ => None,
+        }
+    }
+
+    /// Whether the server could not be reached (as opposed to answering).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            KmipError::Transport {
+                source: TransportError::Connect(_)
+                    | TransportError::Timeout(_)
+                    | TransportError::Io(_)
+                    | TransportError::Resolve(_),
+                ..
+            }
+        )
+    }
+}
+
+/// Attributes of a managed object that vmcryptfs reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectAttributes {
+    /// The Name attribute.
+    pub name: Option<String>,
+    /// The State enumeration.
+    pub state: Option<u32>,
+    /// Initial Date, seconds since the epoch.
+    pub initial_date: Option<i64>,
+}
+
+/// A KMIP client for one server and client identity.
+pub struct KmipClient {
+    /// Where and how long to wait. Immutable.
+    endpoint: Endpoint,
+    /// TLS configuration built from the identity files. Immutable.
+    tls: Arc<ClientConfig>,
+    /// Retries after the first attempt. Immutable.
+    retries: u32,
+    /// The connection shared by repeatable operations. Held for the whole
+    /// request and response, so one request is in flight at a time.
+    cached: Mutex<Option<Connection>>,
+}
+
+impl KmipClient {
+    /// A client; reads the certificate files now, so bad files fail here.
+    pub fn new(
+        endpoint: Endpoint,
+        identity: &ClientIdentity,
+        retries: u32,
+    ) -> Result<Self, KmipError> {
+        Ok(Self {
+            tls: identity.client_config()?,
+            endpoint,
+            retries,
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// HOST:PORT of the server.
+    pub fn server(&self) -> &str {
+        &self.endpoint.server
+    }
+
+    fn transport_error(&self, op: u32, attempts: u32, source: TransportError) -> KmipError {
+        KmipError::Transport {
+            operation: tags::operation_name(op),
+            server: self.endpoint.server.clone(),
+            attempts,
+            source,
+        }
+    }
+
+    fn decode(&self, op: u32, bytes: &[u8]) -> Result<Item, KmipError> {
+        decode_response(bytes, op).map_err(|source| KmipError::Refused {
+            operation: tags::operation_name(op),
+            server: self.endpoint.server.clone(),
+            source,
+        })
+    }
+
+    fn retryable(err: &TransportError) -> bool {
+        matches!(
+            err,
+            TransportError::Connect(_) | TransportError::Timeout(_) | TransportError::Io(_)
+        )
+    }
+
+    fn backoff(attempt: u32) {
+        std::thread::sleep(FIRST_BACKOFF * 2u32.saturating_pow(attempt));
+    }
+
+    /// Runs one operation and returns its response payload.
+    fn call(&self, op: u32, payload: Vec<Item>, repeatable: bool) -> Result<Item, KmipError> {
+        let request = encode_request(op, payload);
+        let mut attempt = 0;
+        loop {
+            let result = if repeatable {
+                self.round_trip_cached(&request)
+            } else {
+                self.round_trip_fresh(&request)
+            };
+            match result {
+                Ok(bytes) => return self.decode(op, &bytes),
+                Err((err, may_retry)) => {
+                    if !(may_retry && Self::retryable(&err)) || attempt >= self.retries {
+                        return Err(self.transport_error(op, attempt + 1, err));
+                    }
+                    log::warn!(
+                        "KMIP {} via {}: {err}; retrying",
+                        tags::operation_name(op),
+                        self.endpoint.server
+                    );
+                    Self::backoff(attempt);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// A round trip on the cached connection; any failure drops it.
+    #[allow(clippy::type_complexity)]
+    fn round_trip_cached(
+        &self,
+        request: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, (TransportError, bool)> {
+        let mut cached = self.cached.lock().expect("KMIP connection lock");
+        if cached.is_none() {
+            *cached =
+                Some(Connection::open(&self.endpoint, self.tls.clone()).map_err(|e| (e, true))?);
+        }
+        let connection = cached.as_mut().expect("just connected");
+        connection.round_trip(request).map_err(|err| {
+            *cached = None;
+            (err, true)
+        })
+    }
+
+    /// A round trip on a new connection; only connecting may be retried.
+    #[allow(clippy::type_complexity)]
+    fn round_trip_fresh(
+        &self,
+        request: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, (TransportError, bool)> {
+        let mut connection =
+            Connection::open(&self.endpoint, self.tls.clone()).map_err(|e| (e, true))?;
+        connection.round_trip(request).map_err(|e| (e, false))
+    }
+
+    fn missing(&self, op: u32, field: &'static str) -> KmipError {
+        KmipError::Missing {
+            operation: tags::operation_name(op),
+            server: self.endpoint.server.clone(),
+            field,
+        }
+    }
+
+    fn unique_identifier(&self, op: u32, payload: &Item) -> Result<String, KmipError> {
+        payload
+            .child(tag::UNIQUE_IDENTIFIER)
+            .and_then(Item::as_text)
+            .map(str::to_owned)
+            .ok_or_else(|| self.missing(op, "Unique Identifier"))
+    }
+
+    /// Checks that the server answers: DiscoverVersions, which every KMIP
+    /// server implements and which touches no object.
+    pub fn ping(&self) -> Result<(), KmipError> {
+        self.call(operation::DISCOVER_VERSIONS, Vec::new(), true)
+            .map(drop)
+    }
+
+    /// Creates a 256-bit AES key for encrypt and decrypt, with a Name and an
+    /// Object Group; it starts Pre-Active. Returns its unique identifier.
+    pub fn create_aes256(&self, name: &str, group: &str) -> Result<String, KmipError> {
+        let attribute = |attr_name: &str, value: Item| {
+            Item::structure(
+                tag::ATTRIBUTE,
+                vec![Item::text(tag::ATTRIBUTE_NAME, attr_name), value],
+            )
+        };
+        let payload = vec![
+            Item::enumeration(tag::OBJECT_TYPE, tags::OBJECT_TYPE_SYMMETRIC_KEY),
+            Item::structure(
+                tag::TEMPLATE_ATTRIBUTE,
+                vec![
+                    attribute(
+                        "Cryptographic Algorithm",
+                        Item::enumeration(tag::ATTRIBUTE_VALUE, tags::ALGORITHM_AES),
+                    ),
+                    attribute(
+                        "Cryptographic Length",
+                        Item::integer(tag::ATTRIBUTE_VALUE, 256),
+                    ),
+                    attribute(
+                        "Cryptographic Usage Mask",
+                        Item::integer(tag::ATTRIBUTE_VALUE, tags::USAGE_ENCRYPT_DECRYPT),
+                    ),
+                    attribute("Name", name_value(name)),
+                    attribute("Object Group", Item::text(tag::ATTRIBUTE_VALUE, group)),
+                ],
+            ),
+        ];
+        let response = self.call(operation::CREATE, payload, false)?;
+        self.unique_identifier(operation::CREATE, &response)
+    }
+
+    /// Pre-Active to Active.
+    pub fn activate(&self, uid: &str) -> Result<(), KmipError> {
+        self.call(operation::ACTIVATE, uid_payload(uid), false)
+            .map(drop)
+    }
+
+    /// Active to Deactivated, reason Superseded.
+    pub fn revoke(&self, uid: &str) -> Result<(), KmipError> {
+        let mut payload = uid_payload(uid);
+        payload.push(Item::structure(
+            tag::REVOCATION_REASON,
+            vec![Item::enumeration(
+                tag::REVOCATION_REASON_CODE,
+                tags::REVOCATION_SUPERSEDED,
+            )],
+        ));
+        self.call(operation::REVOKE, payload, false).map(drop)
+    }
+
+    /// Destroys the key material (the server refuses Active keys).
+    pub fn destroy(&self, uid: &str) -> Result<(), KmipError> {
+        self.call(operation::DESTROY, uid_payload(uid), false)
+            .map(drop)
+    }
+
+    /// Unique identifiers of the objects with this Name.
+    pub fn locate_by_name(&self, name: &str) -> Result<Vec<String>, KmipError> {
+        self.locate(Item::structure(
+            tag::ATTRIBUTE,
+            vec![Item::text(tag::ATTRIBUTE_NAME, "Name"), name_value(name)],
+        ))
+    }
+
+    /// Unique identifiers of the objects in this Object Group.
+    pub fn locate_by_group(&self, group: &str) -> Result<Vec<String>, KmipError> {
+        self.locate(Item::structure(
+            tag::ATTRIBUTE,
+            vec![
+                Item::text(tag::ATTRIBUTE_NAME, "Object Group"),
+                Item::text(tag::ATTRIBUTE_VALUE, group),
+            ],
+        ))
+    }
+
+    fn locate(&self, attribute: Item) -> Result<Vec<String>, KmipError> {
+        let response = self.call(operation::LOCATE, vec![attribute], true)?;
+        Ok(response
+            .children(tag::UNIQUE_IDENTIFIER)
+            .filter_map(Item::as_text)
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Name, State and Initial Date of an object.
+    pub fn get_attributes(&self, uid: &str) -> Result<ObjectAttributes, KmipError> {
+        let mut payload = uid_payload(uid);
+        for name in ["Name", "State", "Initial Date"] {
+            payload.push(Item::text(tag::ATTRIBUTE_NAME, name));
+        }
+        let response = self.call(operation::GET_ATTRIBUTES, payload, true)?;
+        let mut attributes = ObjectAttributes::default();
+        for attribute in response.children(tag::ATTRIBUTE) {
+            let name = attribute.child(tag::ATTRIBUTE_NAME).and_then(Item::as_text);
+            let Some(value) = attribute.child(tag::ATTRIBUTE_VALUE) else {
+                continue;
+            };
+            match name {
+                Some("Name") => {
+                    attributes.name = value
+                        .child(tag::NAME_VALUE)
+                        .and_then(Item::as_text)
+                        .map(str::to_owned)
+                }
+                Some("State") => attributes.state = value.as_enumeration(),
+                Some("Initial Date") => attributes.initial_date = value.as_date_time(),
+                _ => {}
+            }
+        }
+        Ok(attributes)
+    }
+
+    /// The raw key material of a 256-bit symmetric key.
+    pub fn get_key(&self, uid: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KmipError> {
+        let op = operation::GET;
+        let response = self.call(op, uid_payload(uid), true)?;
+        let material = response
+            .child(tag::SYMMETRIC_KEY)
+            .and_then(|k| k.child(tag::KEY_BLOCK))
+            .and_then(|b| b.child(tag::KEY_VALUE))
+            .and_then(|v| v.child(tag::KEY_MATERIAL))
+            .and_then(Item::as_bytes)
+            .ok_or_else(|| self.missing(op, "the raw key material of a symmetric key"))?;
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        if material.len() != KEY_LEN {
+            return Err(self.missing(op, "a 256-bit key"));
+        }
+        key.copy_from_slice(material);
+        Ok(key)
+    }
+
+    /// AES-GCM encryption on the server with our nonce and additional data;
+    /// returns ciphertext and 16-byte tag.
+    pub fn encrypt_gcm(
+        &self,
+        uid: &str,
+        plaintext: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), KmipError> {
+        let op = operation::ENCRYPT;
+        let mut payload = uid_payload(uid);
+        payload.extend([
+            gcm_parameters(),
+            Item::bytes(tag::DATA, plaintext),
+            Item::bytes(tag::IV_COUNTER_NONCE, nonce),
+            Item::bytes(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad),
+        ]);
+        let response = self.call(op, payload, true)?;
+        let data = response
+            .child(tag::DATA)
+            .and_then(Item::as_bytes)
+            .ok_or_else(|| self.missing(op, "Data"))?;
+        let tag_bytes = response
+            .child(tag::AUTHENTICATED_ENCRYPTION_TAG)
+            .and_then(Item::as_bytes)
+            .ok_or_else(|| self.missing(op, "Authenticated Encryption Tag"))?;
+        Ok((data.to_vec(), tag_bytes.to_vec()))
+    }
+
+    /// AES-GCM decryption on the server; the tag and additional data are
+    /// checked there.
+    pub fn decrypt_gcm(
+        &self,
+        uid: &str,
+        ciphertext: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        gcm_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KmipError> {
+        let op = operation::DECRYPT;
+        let mut payload = uid_payload(uid);
+        payload.extend([
+            gcm_parameters(),
+            Item::bytes(tag::DATA, ciphertext),
+            Item::bytes(tag::IV_COUNTER_NONCE, nonce),
+            Item::bytes(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad),
+            Item::bytes(tag::AUTHENTICATED_ENCRYPTION_TAG, gcm_tag),
+        ]);
+        let response = self.call(op, payload, true)?;
+        response
+            .child(tag::DATA)
+            .and_then(Item::as_bytes)
+            .map(|data| Zeroizing::new(data.to_vec()))
+            .ok_or_else(|| self.missing(op, "Data"))
+    }
+}
+
+fn uid_payload(uid: &str) -> Vec<Item> {
+    vec![Item::text(tag::UNIQUE_IDENTIFIER, uid)]
+}
+
+fn name_value(name: &str) -> Item {
+    Item::structure(
+        tag::ATTRIBUTE_VALUE,
+        vec![
+            Item::text(tag::NAME_VALUE, name),
+            Item::enumeration(tag::NAME_TYPE, tags::NAME_TYPE_TEXT),
+        ],
+    )
+}
+
+fn gcm_parameters() -> Item {
+    Item::structure(
+        tag::CRYPTOGRAPHIC_PARAMETERS,
+        vec![
+            Item::enumeration(tag::BLOCK_CIPHER_MODE, tags::MODE_GCM),
+            Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, tags::ALGORITHM_AES),
+            Item::integer(tag::TAG_LENGTH, 16),
+        ],
+    )
+}

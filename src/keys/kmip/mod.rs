@@ -1,0 +1,25 @@
+//! The KMIP key provider: KEKs held by an external key management server
+//! that speaks KMIP 1.x over TLS with client certificates.
+//!
+//! Layers, bottom to top, each knowing only its own job:
+//!
+//! * [`ttlv`]: the TTLV byte encoding (pure, fuzzed).
+//! * [`tags`]: the KMIP numbers we use.
+//! * [`message`]: request and response envelopes, result status.
+//! * [`transport`]: one TLS connection (rustls, ring), timeouts, framing.
+//! * [`client`]: the operations (Create, Activate, Get, Locate,
+//!   GetAttributes, Encrypt, Decrypt, Revoke, Destroy), with retries.
+//! * [`provider`]: KEK versions on the server as a
+//!   [`KeyProvider`](crate::keys::KeyProvider).
+//! * [`config`]: the stored settings of one provider.
+
+pub mod client;
+pub mod config;
+pub mod message;
+pub mod provider;
+pub mod tags;
+pub mod transport;
+pub mod ttlv;
+
+pub use config::{KmipConfig, WrapMode};
+pub use provider::KmipProvider;

@@ -1,0 +1,535 @@
+//! [`KmipProvider`]: KEKs that live in a KMIP key management server.
+//!
+//! Each KEK version is one AES-256 symmetric key on the server, named
+//! `<series>-v<N>` and placed in Object Group `<series>`; the series is the
+//! `kek_id` recorded in bundles. The current version is the highest Active
+//! one, so every host sharing the KMS agrees on it without local state.
+//!
+//! Wrapping (`wrap = server`, the default) is a KMIP Encrypt with AES-GCM,
+//! our random 96-bit nonce and the bundle's wrap AAD; the KEK never leaves
+//! the KMS. The result has the layout of
+//! [`key_wrap`](crate::crypto::key_wrap): `nonce || ciphertext || tag`, 60
+//! bytes. So `wrap = local` (Get the KEK and wrap on the host, as vSphere
+//! hosts do, for servers without Encrypt) produces and reads exactly the
+//! same bytes, and a VM can be moved between the two modes without a
+//! re-key.
+//!
+//! Lifecycle: rotate = Create + Activate of the next version; retire =
+//! Revoke (reason Superseded), after which the key is Deactivated; destroy
+//! = Revoke if still Active, then Destroy. Many servers (PyKMIP among them)
+//! refuse Decrypt with a Deactivated key although the spec allows it; a
+//! retired version is then unwrapped with Get and a local unwrap, which is
+//! what `wrap = local` does for every version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use super::client::{KmipClient, KmipError, ObjectAttributes};
+use super::config::{KmipConfig, WrapMode};
+use super::tags::{reason, state};
+use super::transport::{ClientIdentity, Endpoint, TransportError};
+use crate::crypto::key_wrap::{self, WRAPPED_KEY_LEN, WRAP_NONCE_LEN};
+use crate::crypto::secret::{Dek, KEY_LEN};
+use crate::keys::{KekRef, KekState, KekVersionInfo, KeyProvider, ProviderError};
+
+/// One KEK version as the KMS holds it.
+#[derive(Debug, Clone)]
+struct ServerVersion {
+    version: u32,
+    uid: String,
+    attributes: ObjectAttributes,
+}
+
+/// A key provider backed by a KMIP server.
+pub struct KmipProvider {
+    /// Provider name recorded in bundles. Immutable.
+    name: String,
+    /// Server, identity, series, wrap mode and limits. Immutable.
+    config: KmipConfig,
+    /// The client, built on first use so that a broken certificate file of
+    /// one provider does not stop commands that never use it. Set once.
+    client: Mutex<Option<Arc<KmipClient>>>,
+    /// Unique identifiers of KEK versions already located. An identifier
+    /// never changes for a name; entries are removed on destroy.
+    uids: Mutex<HashMap<u32, String>>,
+}
+
+/// `<series>-v<N>`: the KMIP Name of a KEK version.
+pub fn version_name(series: &str, version: u32) -> String {
+    format!("{series}-v{version}")
+}
+
+/// The version in a KMIP Name of `series`, if it is one of ours.
+pub fn parse_version_name(series: &str, name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(series)?.strip_prefix("-v")?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&v| v > 0)
+}
+
+impl KmipProvider {
+    /// A provider; nothing is contacted until the first key operation.
+    pub fn new(name: &str, config: KmipConfig) -> Self {
+        Self {
+            name: name.to_owned(),
+            config,
+            client: Mutex::new(None),
+            uids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KmipConfig {
+        &self.config
+    }
+
+    fn client(&self) -> Result<Arc<KmipClient>, ProviderError> {
+        let mut slot = self.client.lock().expect("KMIP client lock");
+        if let Some(client) = &*slot {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint {
+            server: self.config.server.clone(),
+            connect_timeout: Duration::from_millis(self.config.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.config.request_timeout_ms),
+        };
+        let identity = ClientIdentity {
+            ca: self.config.ca.clone(),
+            cert: self.config.cert.clone(),
+            key: self.config.key.clone(),
+        };
+        let client = Arc::new(
+            KmipClient::new(endpoint, &identity, self.config.retries).map_err(|e| self.error(e))?,
+        );
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Maps a client error to the provider error a user acts on.
+    fn error(&self, err: KmipError) -> ProviderError {
+        let provider = self.name.clone();
+        match &err {
+            KmipError::Identity(_) => ProviderError::ProviderConfig {
+                provider,
+                reason: err.to_string(),
+            },
+            KmipError::Transport {
+                source: TransportError::Tls(_),
+                ..
+            } => ProviderError::KmsTls {
+                provider,
+                reason: err.to_string(),
+            },
+            _ if err.is_unreachable() => ProviderError::KmsUnreachable {
+                provider,
+                reason: err.to_string(),
+            },
+            _ => ProviderError::KmsRefused {
+                provider,
+                reason: err.to_string(),
+                hint: match err.reason() {
+                    Some(reason::PERMISSION_DENIED) => {
+                        "; the KMS lets only a key's owner (the client certificate's identity) use it by default: hosts that share KEKs need a shared client identity or a KMS policy granting access (docs/KMIP.md)"
+                    }
+                    Some(reason::AUTHENTICATION_NOT_SUCCESSFUL) => {
+                        "; the KMS did not accept our client certificate as a user"
+                    }
+                    Some(reason::OPERATION_NOT_SUPPORTED | reason::INVALID_MESSAGE) => {
+                        "; if the server lacks KMIP 1.4 Encrypt/Decrypt, register it with `--wrap local`"
+                    }
+                    _ => "",
+                },
+            },
+        }
+    }
+
+    fn kek_ref(&self, version: u32) -> KekRef {
+        KekRef {
+            provider: self.name.clone(),
+            kek_id: self.config.key_series.clone(),
+            version,
+        }
+    }
+
+    /// Every KEK version of our series on the server, by version.
+    fn server_versions(&self) -> Result<Vec<ServerVersion>, ProviderError> {
+        let client = self.client()?;
+        let series = &self.config.key_series;
+        let uids = client.locate_by_group(series).map_err(|e| self.error(e))?;
+        let mut versions = Vec::new();
+        for uid in uids {
+            let attributes = client.get_attributes(&uid).map_err(|e| self.error(e))?;
+            let Some(version) = attributes
+                .name
+                .as_deref()
+                .and_then(|n| parse_version_name(series, n))
+            else {
+                continue;
+            };
+            versions.push(ServerVersion {
+                version,
+                uid,
+                attributes,
+            });
+        }
+        versions.sort_by_key(|v| v.version);
+        let mut cache = self.uids.lock().expect("uid cache lock");
+        for v in &versions {
+            cache.insert(v.version, v.uid.clone());
+        }
+        Ok(versions)
+    }
+
+    fn current_of(&self, versions: &[ServerVersion]) -> Result<u32, ProviderError> {
+        versions
+            .iter()
+            .rev()
+            .find(|v| v.attributes.state == Some(state::ACTIVE))
+            .map(|v| v.version)
+            .ok_or_else(|| ProviderError::KmsRefused {
+                provider: self.name.clone(),
+                reason: format!(
+                    "the KMS at {} holds no Active key named {}-vN",
+                    self.config.server, self.config.key_series
+                ),
+                hint: "; create one with `vmcryptfs provider rotate NAME`",
+            })
+    }
+
+    /// The unique identifier of a version, located by name once.
+    fn uid(&self, kek: &KekRef) -> Result<String, ProviderError> {
+        self.check_series(kek)?;
+        if let Some(uid) = self.uids.lock().expect("uid cache lock").get(&kek.version) {
+            return Ok(uid.clone());
+        }
+        let name = version_name(&self.config.key_series, kek.version);
+        let found = self
+            .client()?
+            .locate_by_name(&name)
+            .map_err(|e| self.error(e))?;
+        match found.as_slice() {
+            [] => Err(ProviderError::KmsKeyNotFound {
+                provider: self.name.clone(),
+                server: self.config.server.clone(),
+                name,
+            }),
+            [uid, rest @ ..] => {
+                if !rest.is_empty() {
+                    log::warn!(
+                        "KMS {} holds {} keys named {name}; using the first ({uid})",
+                        self.config.server,
+                        found.len()
+                    );
+                }
+                self.uids
+                    .lock()
+                    .expect("uid cache lock")
+                    .insert(kek.version, uid.clone());
+                Ok(uid.clone())
+            }
+        }
+    }
+
+    fn check_series(&self, kek: &KekRef) -> Result<(), ProviderError> {
+        if kek.provider != self.name {
+            return Err(ProviderError::UnknownProvider {
+                name: kek.provider.clone(),
+            });
+        }
+        if kek.kek_id != self.config.key_series {
+            return Err(ProviderError::ForeignKek {
+                kek_id: kek.kek_id.clone(),
+                store_kek_id: self.config.key_series.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn fetch_key(&self, uid: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, ProviderError> {
+        self.client()?.get_key(uid).map_err(|e| self.error(e))
+    }
+
+    fn unwrap_locally(
+        &self,
+        kek: &KekRef,
+        uid: &str,
+        wrapped: &[u8],
+        aad: &[u8],
+    ) -> Result<Dek, ProviderError> {
+        let key = self.fetch_key(uid)?;
+        let dek = key_wrap::unwrap(&key, wrapped, aad)
+            .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
+        Ok(Dek::from_bytes(*dek))
+    }
+
+    fn state_of(&self, uid: &str) -> Result<Option<u32>, ProviderError> {
+        Ok(self
+            .client()?
+            .get_attributes(uid)
+            .map_err(|e| self.error(e))?
+            .state)
+    }
+
+    /// Checks that the KMS answers (KMIP DiscoverVersions).
+    pub fn ping(&self) -> Result<(), ProviderError> {
+        self.client()?.ping().map_err(|e| self.error(e))
+    }
+
+    /// Makes sure the series has an Active version, creating version 1 if
+    /// the series is new. Used when the provider is registered.
+    pub fn ensure_current(&self) -> Result<KekRef, ProviderError> {
+        match self.current_kek() {
+            Ok(kek) => Ok(kek),
+            Err(ProviderError::KmsRefused { .. }) if self.server_versions()?.is_empty() => {
+                self.rotate()
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn version_of(&self, version: u32) -> Result<ServerVersion, ProviderError> {
+        self.server_versions()?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| ProviderError::UnknownKekVersion {
+                kek_id: self.config.key_series.clone(),
+                version,
+            })
+    }
+
+    fn refuse_current(&self, version: u32, action: &'static str) -> Result<(), ProviderError> {
+        let current = self.current_kek()?;
+        if current.version == version {
+            return Err(ProviderError::CurrentKekVersion {
+                kek_id: current.kek_id,
+                version,
+                action,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl KeyProvider for KmipProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn current_kek(&self) -> Result<KekRef, ProviderError> {
+        let versions = self.server_versions()?;
+        Ok(self.kek_ref(self.current_of(&versions)?))
+    }
+
+    fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let uid = self.uid(kek)?;
+        let not_active = |state: Option<u32>| ProviderError::KekNotActive {
+            kek_id: kek.kek_id.clone(),
+            version: kek.version,
+            state: state.map_or("unknown", super::tags::state_name),
+        };
+        match self.config.wrap {
+            WrapMode::Server => {
+                let nonce: [u8; WRAP_NONCE_LEN] = crate::crypto::random::array();
+                let client = self.client()?;
+                let (ciphertext, tag) = match client.encrypt_gcm(&uid, dek.expose(), &nonce, aad) {
+                    Ok(out) => out,
+                    Err(err) if err.reason() == Some(reason::PERMISSION_DENIED) => {
+                        match self.state_of(&uid)? {
+                            Some(state::ACTIVE) => return Err(self.error(err)),
+                            other => return Err(not_active(other)),
+                        }
+                    }
+                    Err(err) => return Err(self.error(err)),
+                };
+                if ciphertext.len() != KEY_LEN || tag.len() != 16 {
+                    return Err(ProviderError::KmsRefused {
+                        provider: self.name.clone(),
+                        reason: format!(
+                            "Encrypt via {} returned {} bytes and a {}-byte tag, not 32 and 16",
+                            self.config.server,
+                            ciphertext.len(),
+                            tag.len()
+                        ),
+                        hint: "",
+                    });
+                }
+                let mut out = Vec::with_capacity(WRAPPED_KEY_LEN);
+                out.extend_from_slice(&nonce);
+                out.extend_from_slice(&ciphertext);
+                out.extend_from_slice(&tag);
+                Ok(out)
+            }
+            WrapMode::Local => {
+                // Get does not check the key's state, so we do.
+                match self.state_of(&uid)? {
+                    Some(state::ACTIVE) => {}
+                    other => return Err(not_active(other)),
+                }
+                let key = self.fetch_key(&uid)?;
+                Ok(key_wrap::wrap(&key, dek.expose(), aad))
+            }
+        }
+    }
+
+    fn unwrap_dek(&self, kek: &KekRef, wrapped: &[u8], aad: &[u8]) -> Result<Dek, ProviderError> {
+        let uid = self.uid(kek)?;
+        if wrapped.len() != WRAPPED_KEY_LEN {
+            return Err(ProviderError::UnwrapFailed { kek: kek.clone() });
+        }
+        if self.config.wrap == WrapMode::Local {
+            return self.unwrap_locally(kek, &uid, wrapped, aad);
+        }
+        let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(KEY_LEN);
+        match self
+            .client()?
+            .decrypt_gcm(&uid, ciphertext, nonce, aad, tag)
+        {
+            Ok(plain) => {
+                Dek::from_slice(&plain).ok_or(ProviderError::UnwrapFailed { kek: kek.clone() })
+            }
+            Err(err) => match err.reason() {
+                // A tag that does not verify. PyKMIP reports it as General
+                // Failure ("see the server logs"), so that counts too once
+                // the key is known to be usable.
+                Some(reason::CRYPTOGRAPHIC_FAILURE | reason::INVALID_FIELD) => {
+                    Err(ProviderError::UnwrapFailed { kek: kek.clone() })
+                }
+                Some(reason::GENERAL_FAILURE) if self.state_of(&uid)? == Some(state::ACTIVE) => {
+                    log::warn!(
+                        "KEK {kek}: {err}; taking it as a wrapped DEK that does not authenticate"
+                    );
+                    Err(ProviderError::UnwrapFailed { kek: kek.clone() })
+                }
+                Some(reason::PERMISSION_DENIED) => match self.state_of(&uid)? {
+                    Some(state::DEACTIVATED) => {
+                        log::info!(
+                            "KEK {kek} is retired and the KMS refuses Decrypt with it; unwrapping with the fetched key instead"
+                        );
+                        self.unwrap_locally(kek, &uid, wrapped, aad)
+                    }
+                    _ => Err(self.error(err)),
+                },
+                _ => Err(self.error(err)),
+            },
+        }
+    }
+
+    fn list_versions(&self) -> Result<Vec<KekVersionInfo>, ProviderError> {
+        let versions = self.server_versions()?;
+        let current = self.current_of(&versions).ok();
+        let highest = versions.last().map_or(0, |v| v.version);
+        let mut infos = Vec::new();
+        for version in 1..=highest {
+            let found = versions.iter().find(|v| v.version == version);
+            let state = match found.and_then(|v| v.attributes.state) {
+                Some(state::ACTIVE) => KekState::Active,
+                Some(state::DEACTIVATED | state::COMPROMISED) => KekState::Retired,
+                // Pre-Active: a rotation stopped between Create and
+                // Activate; the next rotate activates it.
+                Some(state::PRE_ACTIVE) => continue,
+                // Gone from the server (PyKMIP deletes destroyed keys) or
+                // in a Destroyed state.
+                _ => KekState::Destroyed,
+            };
+            infos.push(KekVersionInfo {
+                version,
+                state,
+                created_unix: found
+                    .and_then(|v| v.attributes.initial_date)
+                    .map_or(0, |d| d.max(0) as u64),
+                current: Some(version) == current,
+            });
+        }
+        Ok(infos)
+    }
+
+    fn rotate(&self) -> Result<KekRef, ProviderError> {
+        let versions = self.server_versions()?;
+        let client = self.client()?;
+        let (version, uid) = match versions.last() {
+            // Resume a rotation that created the key but did not activate it.
+            Some(last) if last.attributes.state == Some(state::PRE_ACTIVE) => {
+                (last.version, last.uid.clone())
+            }
+            last => {
+                let version = last.map_or(1, |v| v.version + 1);
+                let name = version_name(&self.config.key_series, version);
+                let uid = client
+                    .create_aes256(&name, &self.config.key_series)
+                    .map_err(|e| self.error(e))?;
+                (version, uid)
+            }
+        };
+        client.activate(&uid).map_err(|e| self.error(e))?;
+        self.uids
+            .lock()
+            .expect("uid cache lock")
+            .insert(version, uid);
+        Ok(self.kek_ref(version))
+    }
+
+    fn retire(&self, version: u32) -> Result<(), ProviderError> {
+        self.refuse_current(version, "retired")?;
+        let found = self.version_of(version)?;
+        match found.attributes.state {
+            Some(state::ACTIVE) => self.client()?.revoke(&found.uid).map_err(|e| self.error(e)),
+            Some(state::DEACTIVATED | state::COMPROMISED) => Ok(()),
+            _ => Err(ProviderError::KekDestroyed {
+                kek_id: self.config.key_series.clone(),
+                version,
+            }),
+        }
+    }
+
+    fn destroy(&self, version: u32) -> Result<(), ProviderError> {
+        self.refuse_current(version, "destroyed")?;
+        let found = match self.version_of(version) {
+            Ok(found) => found,
+            // Already gone from the server: nothing left to destroy.
+            Err(ProviderError::UnknownKekVersion { .. }) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        let client = self.client()?;
+        if found.attributes.state == Some(state::ACTIVE) {
+            client.revoke(&found.uid).map_err(|e| self.error(e))?;
+        }
+        client.destroy(&found.uid).map_err(|e| self.error(e))?;
+        self.uids.lock().expect("uid cache lock").remove(&version);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_round_trip_and_reject_others() {
+        assert_eq!(version_name("vmcryptfs-kms", 3), "vmcryptfs-kms-v3");
+        assert_eq!(
+            parse_version_name("vmcryptfs-kms", "vmcryptfs-kms-v3"),
+            Some(3)
+        );
+        assert_eq!(
+            parse_version_name("vmcryptfs-kms", "vmcryptfs-kms-v12"),
+            Some(12)
+        );
+        for other in [
+            "vmcryptfs-kms-v0",
+            "vmcryptfs-kms-v03",
+            "vmcryptfs-kms-v",
+            "vmcryptfs-kms-v3x",
+            "vmcryptfs-kms-other-v3",
+            "vmcryptfs-kms",
+            "other-v3",
+            "vmcryptfs-kms-v99999999999",
+        ] {
+            assert_eq!(parse_version_name("vmcryptfs-kms", other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The KMIP provider end to end against a real KMS (PyKMIP over TLS with
+//! client certificates): registration, VMs wrapped by the KMS, moving VMs
+//! between providers, the two-host lifecycle, a KMS outage, and the errors
+//! a misconfigured host gets.
+
+mod common;
+
+use std::fs;
+
+use common::kms::Kms;
+use common::{read_control, snapshot_tree, write_control, TestEnv};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn bundle_json(env: &TestEnv, vm: &str) -> serde_json::Value {
+    let path = env.vm_dir(vm);
+    serde_json::from_str(&env.run_ok(&["vm", "status", "--json", path.to_str().unwrap()])).unwrap()
+}
+
+fn ds(env: &TestEnv) -> String {
+    env.datastore.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_kmip_provider_wraps_vms_beside_the_embedded_one() {
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    let out = env.run_strings(&kms.add_args("kms", &["--default"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kms:vmcryptfs-kms v1"), "{text}");
+
+    env.create_vm("on-kms", true);
+    let local_vm = env.vm_dir("on-local");
+    env.run_ok(&[
+        "vm",
+        "create",
+        "--encrypt-disks",
+        "--provider",
+        "local",
+        local_vm.to_str().unwrap(),
+    ]);
+    assert_eq!(bundle_json(&env, "on-kms")["provider"], "kms");
+    assert_eq!(bundle_json(&env, "on-kms")["kek_id"], "vmcryptfs-kms");
+    assert_eq!(bundle_json(&env, "on-local")["provider"], "local");
+
+    let secret = b"vTPM NVRAM: endorsement seed 5eed5eed".repeat(100);
+    {
+        let mount = env.mount();
+        for vm in ["on-kms", "on-local"] {
+            fs::write(mount.path(&format!("{vm}/{vm}.nvram")), &secret).unwrap();
+            fs::write(mount.path(&format!("{vm}/disk.vmdk")), &secret).unwrap();
+        }
+        let status = read_control(&mount.path("on-kms/.control"));
+        assert_eq!(status["state"], "unlocked");
+        assert_eq!(status["provider"], "kms");
+        assert_eq!(status["needs-rekey"], "no");
+    }
+    assert!(
+        common::tree_contains(&env.datastore, b"endorsement seed").is_none(),
+        "plaintext reached the datastore"
+    );
+    let mount = env.mount();
+    assert_eq!(fs::read(mount.path("on-kms/on-kms.nvram")).unwrap(), secret);
+    assert_eq!(
+        fs::read(mount.path("on-local/on-local.nvram")).unwrap(),
+        secret
+    );
+    drop(mount);
+
+    let list = env.run_ok(&["provider", "list"]);
+    assert!(
+        list.contains("provider local (embedded): reachable"),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            "provider kms (kmip {}, wrap server, default): reachable",
+            kms.server
+        )),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&env.run_ok(&["provider", "list", "--json"])).unwrap();
+    assert_eq!(json["default"], "kms");
+    let kms_entry = &json["providers"][1];
+    assert_eq!(kms_entry["name"], "kms");
+    assert_eq!(kms_entry["reachable"], true);
+    assert_eq!(kms_entry["versions"][0]["vms"], 1);
+    assert_eq!(kms_entry["versions"][0]["current"], true);
+}
+
+#[test]
+fn rekey_provider_moves_a_vm_and_only_its_bundle_changes() {
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    env.run_strings(&kms.add_args("kms", &[]));
+    env.create_vm("vm1", false);
+    {
+        let mount = env.mount();
+        fs::write(mount.path("vm1/vm1.vmx"), "displayName = \"vm1\"\n").unwrap();
+        fs::write(mount.path("vm1/vm1.nvram"), vec![7u8; 300_000]).unwrap();
+    }
+    let bundle_name = ".vmcryptfs-bundle";
+    let without_bundle = |env: &TestEnv| {
+        let mut tree = snapshot_tree(&env.vm_dir("vm1"));
+        tree.retain(|path, _| !path.ends_with(bundle_name));
+        tree
+    };
+    let before = without_bundle(&env);
+
+    // Unmounted: the CLI rewrites the bundle itself.
+    let out = env.run_ok(&["rekey", "--provider", "kms", &ds(&env), "vm1"]);
+    assert!(out.contains("kms:vmcryptfs-kms v1"), "{out}");
+    assert_eq!(bundle_json(&env, "vm1")["provider"], "kms");
+    assert_eq!(without_bundle(&env), before, "a move is a shallow re-key");
+
+    // Mounted: through the control file, with a file open all along.
+    let mount = env.mount();
+    let open = fs::File::open(mount.path("vm1/vm1.nvram")).unwrap();
+    write_control(&mount.path("vm1/.control"), "rekey-to local\n").unwrap();
+    let status = read_control(&mount.path("vm1/.control"));
+    assert_eq!(status["provider"], "local");
+    assert!(status["last-result"].starts_with("ok:"), "{status:?}");
+    let err = write_control(&mount.path("vm1/.control"), "rekey-to nowhere\n").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(read_control(&mount.path("vm1/.control"))["last-result"]
+        .contains("`nowhere` is not configured"),);
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut &open, &mut buf).unwrap();
+    assert_eq!(buf, vec![7u8; 300_000], "the open file did not notice");
+    drop(open);
+    drop(mount);
+    assert_eq!(without_bundle(&env), before);
+}
+
+/// The lifecycle issue's two-host scenario, with the KEKs in the KMS:
+/// host A and host B have separate key stores (B has no embedded store at
+/// all) and share the KMS through one client identity.
+#[test]
+fn two_hosts_share_kmip_keks_through_rotation_destroy_and_rescue() {
+    let kms = Kms::start();
+    let host_a = TestEnv::empty();
+    let host_b = host_a.second_host();
+    for host in [&host_a, &host_b] {
+        let out = host.run_strings(&kms.add_args("kms", &["--default"]));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    host_a.create_vm("vm1", false);
+    let mount_a = host_a.mount();
+    let secret = b"sealed vTPM secret 0123456789abcdef".repeat(300);
+    fs::write(mount_a.path("vm1/vm1.nvram"), &secret).unwrap();
+
+    // Rotation on the KMS, seen by both hosts.
+    host_a.run_ok(&["provider", "rotate", "kms"]);
+    let status_b = host_b.run_ok(&["status", &ds(&host_b)]);
+    assert!(status_b.contains("needs-rekey"), "{status_b}");
+
+    // Destroy is guarded until the VM is re-keyed (through A's mount).
+    let out = host_a.run(&["provider", "destroy", "--provider", "kms", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("still wrapped under it"),
+        "{}",
+        stderr(&out)
+    );
+    write_control(&mount_a.path("vm1/.control"), "rekey\n").unwrap();
+    assert_eq!(
+        read_control(&mount_a.path("vm1/.control"))["kek-version"],
+        "2"
+    );
+    host_a.run_ok(&["provider", "destroy", "--provider", "kms", "1"]);
+    let list = host_b.run_ok(&["provider", "list"]);
+    assert!(list.contains("\n1        destroyed"), "{list}");
+    {
+        let mount_b = host_b.mount();
+        assert_eq!(fs::read(mount_b.path("vm1/vm1.nvram")).unwrap(), secret);
+    }
+
+    // Failure path: rotate, skip the re-key, force-destroy the VM's KEK.
+    host_a.run_ok(&["provider", "rotate", "kms"]);
+    let out = host_a.run(&["provider", "destroy", "--provider", "kms", "2", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mount_b = host_b.mount();
+    let err = fs::read(mount_b.path("vm1/vm1.nvram")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOKEY));
+    let locked = read_control(&mount_b.path("vm1/.control"));
+    assert_eq!(locked["state"], "locked");
+    assert!(
+        locked["locked-reason"].contains("vmcryptfs-kms-v2"),
+        "{locked:?}"
+    );
+
+    // A still holds the DEK: it serves the VM and rescues it onto v3.
+    assert_eq!(fs::read(mount_a.path("vm1/vm1.nvram")).unwrap(), secret);
+    write_control(&mount_a.path("vm1/.control"), "rekey\n").unwrap();
+    assert_eq!(
+        read_control(&mount_a.path("vm1/.control"))["kek-version"],
+        "3"
+    );
+    // B unlocks without a remount.
+    assert_eq!(fs::read(mount_b.path("vm1/vm1.nvram")).unwrap(), secret);
+    drop(mount_b);
+    drop(mount_a);
+}
+
+#[test]
+fn a_kms_outage_keeps_unlocked_vms_and_locks_the_others_until_it_returns() {
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    let out = env.run_strings(&kms.add_args(
+        "kms",
+        &["--default", "--retries", "1", "--connect-timeout", "1"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.create_vm("busy", false);
+    env.create_vm("idle", false);
+    {
+        let mount = env.mount();
+        fs::write(mount.path("busy/busy.vmx"), "a").unwrap();
+        fs::write(mount.path("idle/idle.vmx"), "b").unwrap();
+    }
+    let mount = env.mount();
+    assert_eq!(fs::read(mount.path("busy/busy.vmx")).unwrap(), b"a");
+
+    kms.stop();
+    // The unlocked VM works from the key cache: reads, writes, new files.
+    fs::write(mount.path("busy/busy.log"), "still running").unwrap();
+    assert_eq!(
+        fs::read(mount.path("busy/busy.log")).unwrap(),
+        b"still running"
+    );
+    // The VM that needs an unwrap is locked, and says why.
+    let err = fs::read(mount.path("idle/idle.vmx")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOKEY));
+    let status = read_control(&mount.path("idle/.control"));
+    assert_eq!(status["state"], "locked");
+    assert!(
+        status["locked-reason"].contains("KMS unreachable"),
+        "{status:?}"
+    );
+    assert!(status["locked-reason"].contains(&kms.server), "{status:?}");
+    let out = env.run(&["provider", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("UNREACHABLE"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    kms.restart();
+    assert_eq!(fs::read(mount.path("idle/idle.vmx")).unwrap(), b"b");
+    assert_eq!(
+        read_control(&mount.path("idle/.control"))["state"],
+        "unlocked"
+    );
+    drop(mount);
+}
+
+#[test]
+fn misconfigured_hosts_get_one_clear_message_each() {
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    let add = |name: &str, ca: &str, cert: &str, key: &str, server: &str| {
+        let args: Vec<String> = [
+            "provider",
+            "add-kmip",
+            name,
+            "--server",
+            server,
+            "--ca",
+            ca,
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--retries",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = env.run_strings(&args);
+        assert!(!out.status.success(), "{name} was accepted");
+        stderr(&out)
+    };
+    let (ca, cert, key) = (
+        kms.file("ca.pem"),
+        kms.file("client.pem"),
+        kms.file("client.key"),
+    );
+
+    let err = add(
+        "rogue",
+        &ca,
+        &kms.file("rogue.pem"),
+        &kms.file("rogue.key"),
+        &kms.server,
+    );
+    assert!(err.contains("refused our client certificate"), "{err}");
+    let err = add(
+        "wrongca",
+        &kms.file("rogue-ca.pem"),
+        &cert,
+        &key,
+        &kms.server,
+    );
+    assert!(err.contains("server's certificate is not trusted"), "{err}");
+    let err = add("down", &ca, &cert, &key, "127.0.0.1:1");
+    assert!(
+        err.contains("KMS unreachable") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    let err = add("nofile", "/nonexistent/ca.pem", &cert, &key, &kms.server);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    let err = add("mixed", &ca, &cert, &kms.file("other.key"), &kms.server);
+    assert!(err.contains("does not match the certificate"), "{err}");
+    let err = add("Bad Name", &ca, &cert, &key, &kms.server);
+    assert!(err.contains("invalid provider name"), "{err}");
+
+    // Another client identity: the KMS hides the cluster's keys from it.
+    let out = env.run_strings(&kms.add_args("kms", &["--default"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.create_vm("vm1", false);
+    let stranger = env.second_host();
+    let args: Vec<String> = [
+        "provider",
+        "add-kmip",
+        "kms",
+        "--server",
+        &kms.server,
+        "--ca",
+        &ca,
+        "--cert",
+        &kms.file("other.pem"),
+        "--key",
+        &kms.file("other.key"),
+        "--key-series",
+        "elsewhere",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = stranger.run_strings(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Point it at the cluster's series by hand, as a misconfiguration would.
+    let registry = stranger.keystore.join("providers.json");
+    let text = fs::read_to_string(&registry)
+        .unwrap()
+        .replace("elsewhere", "vmcryptfs-kms");
+    fs::write(&registry, text).unwrap();
+    let out = stranger.run(&["vm", "status", env.vm_dir("vm1").to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        text.contains("holds no key named vmcryptfs-kms-v1"),
+        "{text}"
+    );
+    assert!(text.contains("client identity"), "{text}");
+    assert!(!kms.log().is_empty());
+}
