@@ -171,6 +171,9 @@ fn two_hosts_share_kmip_keks_through_rotation_destroy_and_rescue() {
         read_control(&mount_a.path("vm1/.control"))["kek-version"],
         "2"
     );
+    host_a.run_ok(&["provider", "retire", "--provider", "kms", "1"]);
+    let list = host_b.run_ok(&["provider", "list"]);
+    assert!(list.contains("\n1        retired"), "{list}");
     host_a.run_ok(&["provider", "destroy", "--provider", "kms", "1"]);
     let list = host_b.run_ok(&["provider", "list"]);
     assert!(list.contains("\n1        destroyed"), "{list}");
