@@ -197,7 +197,11 @@ fn directories_links_and_hidden_internal_files() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, vec![".control"], "the bundle is hidden");
+    assert_eq!(
+        names,
+        vec![".control", ".control.json"],
+        "the bundle is hidden; the virtual files are listed"
+    );
     assert_eq!(
         errno(fs::metadata(mount.path("vm1/.vmcryptfs-bundle")).unwrap_err()),
         libc::ENOENT

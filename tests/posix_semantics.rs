@@ -703,12 +703,19 @@ fn directories_unlink_and_internal_names() {
 
     assert_eq!(
         names(&mount.path("vm1")),
-        [".control", "dir", "sub", "vm1-flat.vmdk", "vm1.vmx"]
+        [
+            ".control",
+            ".control.json",
+            "dir",
+            "sub",
+            "vm1-flat.vmdk",
+            "vm1.vmx"
+        ]
     );
     assert_eq!(names(&mount.path("vm1/dir")), ["inner.nvram"]);
     assert_eq!(names(&mount.path("plain")), Vec::<String>::new());
     let root = names(&mount.mnt);
-    for name in [".control", "vm1", "plain", "made-at-root"] {
+    for name in [".control", ".stats", "vm1", "plain", "made-at-root"] {
         assert!(root.contains(&name.to_string()), "root lists {root:?}");
     }
     assert!(env.datastore.join("made-at-root").is_dir());
@@ -788,7 +795,10 @@ fn directories_unlink_and_internal_names() {
     assert!(!env.vm_dir("vm1").join("dir").exists());
     assert!(!env.vm_dir("vm1").join("vm1-flat.vmdk").exists());
     assert!(!env.datastore.join("made-at-root").exists());
-    assert_eq!(names(&mount.path("vm1")), [".control", "sub", "vm1.vmx"]);
+    assert_eq!(
+        names(&mount.path("vm1")),
+        [".control", ".control.json", "sub", "vm1.vmx"]
+    );
 
     // An unlinked file stays usable through its open descriptor.
     let content = XorShift::new(5).bytes(10000);

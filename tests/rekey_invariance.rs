@@ -52,8 +52,9 @@ fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
     common::snapshot_tree(dir)
         .into_iter()
         .filter(|(p, _)| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             !p.to_string_lossy().contains(".vmcryptfs")
-                && p.file_name() != Some(std::ffi::OsStr::new(".control"))
+                && !matches!(name, ".control" | ".control.json" | ".stats")
         })
         .map(|(p, content)| (p, hex::encode(Sha256::digest(&content))))
         .collect()

@@ -53,6 +53,15 @@ pub enum ContentError {
 }
 
 impl ContentError {
+    /// Whether ciphertext or a header failed authentication (tampering,
+    /// corruption or a wrong key), as opposed to an I/O error.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(
+            self,
+            ContentError::BlockAuthentication { .. } | ContentError::Header(_)
+        )
+    }
+
     /// The errno a FUSE reply should carry.
     pub fn errno(&self) -> i32 {
         match self {

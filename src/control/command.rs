@@ -5,7 +5,7 @@
 //! malformed write changes nothing.
 
 /// Where the control file lives, which decides the commands it accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ControlScope {
     /// `VM/.control`.
     VmHome,

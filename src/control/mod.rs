@@ -1,9 +1,14 @@
-//! The `.control` files: the command language and the status text.
+//! The virtual files: `.control` (command language, status text),
+//! `.control.json` and `.stats`.
 //!
 //! * [`command`]: parsing what is written to a `.control` file.
 //! * [`status`]: rendering what reading one shows.
 //! * [`timefmt`]: UTC timestamps for humans.
+//! * [`virtual_file`]: which virtual files exist where.
+//! * [`metrics`]: the `.stats` counters in Prometheus text format.
 
 pub mod command;
+pub mod metrics;
 pub mod status;
 pub mod timefmt;
+pub mod virtual_file;

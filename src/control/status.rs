@@ -123,6 +123,23 @@ pub struct DatastoreSummary<'a> {
     pub last_command: Option<crate::datastore::vm_home::CommandRecord>,
 }
 
+/// The root `.control` as JSON (`.control.json`): the summary fields,
+/// and every VM home as in [`vm_json`].
+pub fn datastore_json(summary: &DatastoreSummary<'_>) -> serde_json::Value {
+    let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
+    serde_json::json!({
+        "datastore": summary.root,
+        "provider": summary.provider,
+        "provider_current_version": summary.provider_current_version,
+        "unlocked": count(&|s| s.state == "unlocked"),
+        "locked": count(&|s| s.state == "locked"),
+        "needs_rekey": count(&|s| s.needs_rekey() == Some(true)),
+        "last_command": summary.last_command.as_ref().map(|c| c.command.clone()),
+        "last_result": summary.last_command.as_ref().map(|c| c.result.clone()),
+        "vms": summary.vms.iter().map(vm_json).collect::<Vec<_>>(),
+    })
+}
+
 /// The status text of the root `.control`.
 pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
     let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();

@@ -15,6 +15,7 @@
 
 pub mod bundle_file;
 pub mod convert;
+pub mod counters;
 pub mod inventory;
 pub mod known;
 pub mod layout;

@@ -66,6 +66,19 @@ impl Datastore {
         Some(vm.clone())
     }
 
+    /// The VM homes this mount has seen, by name.
+    pub fn loaded_vms(&self) -> Vec<Arc<VmHome>> {
+        let mut vms: Vec<Arc<VmHome>> = self
+            .vms
+            .read()
+            .expect("vms lock")
+            .values()
+            .cloned()
+            .collect();
+        vms.sort_by_key(|vm| vm.name());
+        vms
+    }
+
     /// Records that VM home `from` was renamed to `to` through the mount.
     pub fn rename_vm_home(&self, from: &OsStr, to: &OsStr) {
         let mut vms = self.vms.write().expect("vms lock");

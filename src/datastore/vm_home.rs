@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::counters::VmCounters;
 use super::vm_keys::{self, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
@@ -97,6 +98,8 @@ pub struct VmHome {
     /// while holding `keys` (read or write), so `flush_keys`, which holds
     /// `keys` for writing, sees a stable count.
     open_files: AtomicUsize,
+    /// Live counters for `.stats`; relaxed atomics, no lock.
+    counters: VmCounters,
 }
 
 impl VmHome {
@@ -107,7 +110,21 @@ impl VmHome {
             keys: RwLock::new(KeyState::NotLoaded),
             last_command: Mutex::new(None),
             open_files: AtomicUsize::new(0),
+            counters: VmCounters::default(),
         }
+    }
+
+    /// The VM's live counters.
+    pub fn counters(&self) -> &VmCounters {
+        &self.counters
+    }
+
+    /// Whether the VM's DEKs could not be unwrapped at the last attempt.
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            *self.keys.read().expect("keys lock"),
+            KeyState::Locked { .. }
+        )
     }
 
     /// Directory name.
@@ -178,13 +195,22 @@ impl VmHome {
             }
             keyring.clone()
         };
+        // Hits are counted for file opens only (status reads also look the
+        // keys up); every unwrap through the provider is a miss.
         if let KeyState::Unlocked { keyring, .. } = &*self.keys.read().expect("keys lock") {
+            if count {
+                self.counters.key_lookup(true);
+            }
             return Ok(take(keyring));
         }
         let mut state = self.keys.write().expect("keys lock");
         if let KeyState::Unlocked { keyring, .. } = &*state {
+            if count {
+                self.counters.key_lookup(true);
+            }
             return Ok(take(keyring));
         }
+        self.counters.key_lookup(false);
         let dir = self.dir();
         let bundle = match bundle_file::read(&dir) {
             Ok(bundle) => bundle,
@@ -204,6 +230,9 @@ impl VmHome {
                 Ok(taken)
             }
             Err(err) => {
+                if matches!(err, crate::keys::ProviderError::UnwrapFailed { .. }) {
+                    self.counters.auth_failure();
+                }
                 let reason = format!("cannot unwrap DEK under KEK {}: {err}", bundle.kek);
                 Err(self.lock_with(&mut state, reason, Some(bundle)))
             }
@@ -266,6 +295,7 @@ impl VmHome {
             keyring,
             bundle: outcome.bundle.clone(),
         };
+        self.counters.rekeyed();
         Ok(outcome)
     }
 

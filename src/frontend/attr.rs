@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::content::EncryptedFile;
+use crate::control::virtual_file::VirtualFile;
 
 /// How long the kernel may cache attributes and entries. Short, because a
 /// shared datastore can change underneath (another host, the CLI).
@@ -72,14 +73,15 @@ pub fn from_metadata(ino: u64, meta: &Metadata, encrypted: bool) -> FileAttr {
     }
 }
 
-/// Attributes of a virtual `.control` file. Size 0: it is opened with
+/// Attributes of a virtual file (`.control`, `.control.json`, `.stats`).
+/// Size 0: it is opened with
 /// direct I/O, so readers read until EOF regardless.
-pub fn control_attr(ino: u64, dir: &Metadata) -> FileAttr {
+pub fn virtual_attr(ino: u64, dir: &Metadata, file: VirtualFile) -> FileAttr {
     let mut attr = from_metadata(ino, dir, false);
     attr.kind = FileType::RegularFile;
     attr.size = 0;
     attr.blocks = 0;
     attr.nlink = 1;
-    attr.perm = 0o600;
+    attr.perm = file.mode();
     attr
 }

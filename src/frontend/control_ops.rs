@@ -14,7 +14,9 @@ use super::handles::Handle;
 use super::inodes::NodeInfo;
 use super::{FsResult, VmCryptFs};
 use crate::control::command::{self, ControlCommand, ControlScope};
+use crate::control::metrics::{self, VmStats};
 use crate::control::status::{self, DatastoreSummary};
+use crate::control::virtual_file::VirtualFile;
 use crate::datastore::vm_home::{CommandRecord, VmHome};
 use crate::datastore::vm_keys::RekeyOutcome;
 use crate::datastore::DatastoreError;
@@ -70,12 +72,60 @@ impl VmCryptFs {
         }
     }
 
-    /// Opens a `.control` file and snapshots its status.
-    pub(super) fn open_control(&self, node: &NodeInfo, scope: ControlScope) -> u64 {
+    /// The root `.control` summary, with every VM's status.
+    fn datastore_summary_json(&self) -> serde_json::Value {
+        let provider = self.datastore.provider();
+        let statuses = self.datastore.statuses().unwrap_or_default();
+        let last_command = self
+            .root_last_command
+            .lock()
+            .expect("root command lock")
+            .clone();
+        status::datastore_json(&DatastoreSummary {
+            root: self.datastore.root().display().to_string(),
+            provider: provider.name(),
+            provider_current_version: provider.current_kek().ok().map(|k| k.version),
+            vms: &statuses,
+            last_command,
+        })
+    }
+
+    /// The `.stats` text: counters of every VM home this mount has seen.
+    fn stats_text(&self) -> Vec<u8> {
+        let vms: Vec<VmStats> = self
+            .datastore
+            .loaded_vms()
+            .iter()
+            .map(|vm| VmStats {
+                name: vm.name().to_string_lossy().into_owned(),
+                counters: vm.counters().values(),
+                locked: vm.is_locked(),
+            })
+            .collect();
+        metrics::render(self.started.elapsed().as_secs_f64(), &vms).into_bytes()
+    }
+
+    /// What reading a virtual file shows now.
+    fn virtual_text(&self, file: VirtualFile, vm: Option<&Arc<VmHome>>) -> Vec<u8> {
+        match (file, vm) {
+            (VirtualFile::Control(scope), _) => self.control_text(scope, vm),
+            (VirtualFile::ControlJson(ControlScope::VmHome), Some(vm)) => {
+                let json = status::vm_json(&vm.status(self.datastore.provider()));
+                format!("{json:#}\n").into_bytes()
+            }
+            (VirtualFile::ControlJson(_), _) => {
+                format!("{:#}\n", self.datastore_summary_json()).into_bytes()
+            }
+            (VirtualFile::Stats, _) => self.stats_text(),
+        }
+    }
+
+    /// Opens a virtual file and snapshots what it shows.
+    pub(super) fn open_virtual(&self, node: &NodeInfo, file: VirtualFile) -> u64 {
         let vm = node.area.vm().cloned();
-        let snapshot = self.control_text(scope, vm.as_ref());
+        let snapshot = self.virtual_text(file, vm.as_ref());
         self.handles.insert(Handle::Control {
-            scope,
+            file,
             vm,
             snapshot: Mutex::new(snapshot),
             pending: Mutex::new(Vec::new()),

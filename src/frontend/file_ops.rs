@@ -17,7 +17,9 @@ use super::handles::Handle;
 use super::inodes::NodeInfo;
 use super::{io_errno, FsResult, VmCryptFs};
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
+use crate::control::virtual_file::VirtualFile;
 use crate::datastore::layout::ContentClass;
+use crate::datastore::vm_home::VmHome;
 
 /// Flags of the caller's open that must not reach the backing file:
 /// O_APPEND (the kernel already computed the offset, and pwrite with
@@ -107,8 +109,11 @@ impl VmCryptFs {
     /// needs direct I/O.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
         let node = self.node(ino)?;
-        if let Some(scope) = Self::is_control(&node) {
-            return Ok((self.open_control(&node, scope), true));
+        if let Some(file) = Self::virtual_file(&node) {
+            if !file.writable() && wants_write(flags) {
+                return Err(Errno::EACCES);
+            }
+            return Ok((self.open_virtual(&node, file), true));
         }
         let rel = self.node_path(&node)?;
         let class = Self::class_of(&node, &rel);
@@ -174,6 +179,15 @@ impl VmCryptFs {
         Errno::from_i32(err.errno())
     }
 
+    /// [`Self::log_content_error`] for a file of `vm`, counting
+    /// authentication failures for `.stats`.
+    fn content_error(&self, vm: &VmHome, ino: u64, what: &str, err: &ContentError) -> Errno {
+        if err.is_authentication_failure() {
+            vm.counters().auth_failure();
+        }
+        Self::log_content_error(&self.handle_path(ino), what, err)
+    }
+
     fn handle_path(&self, ino: u64) -> std::path::PathBuf {
         self.inodes
             .get(ino)
@@ -197,9 +211,15 @@ impl VmCryptFs {
             Handle::Plain { file, .. } => {
                 read_plain(file, offset, size as usize, out).map_err(io_errno)
             }
-            Handle::Encrypted { file, content, .. } => content
-                .read_into(file, offset, size as u64, out)
-                .map_err(|e| Self::log_content_error(&self.handle_path(ino), "read", &e)),
+            Handle::Encrypted {
+                file, content, vm, ..
+            } => {
+                let result = content
+                    .read_into(file, offset, size as u64, out)
+                    .map_err(|e| self.content_error(vm, ino, "read", &e));
+                vm.counters().read(out.len());
+                result
+            }
             Handle::Control { snapshot, .. } => {
                 let snapshot = snapshot.lock().expect("snapshot lock");
                 let start = (offset as usize).min(snapshot.len());
@@ -216,17 +236,25 @@ impl VmCryptFs {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         match &*handle {
             Handle::Plain { file, .. } => file.write_all_at(data, offset).map_err(io_errno)?,
-            Handle::Encrypted { file, content, .. } => content
-                .write(file, offset, data)
-                .map_err(|e| Self::log_content_error(&self.handle_path(ino), "write", &e))?,
+            Handle::Encrypted {
+                file, content, vm, ..
+            } => {
+                content
+                    .write(file, offset, data)
+                    .map_err(|e| self.content_error(vm, ino, "write", &e))?;
+                vm.counters().write(data.len());
+            }
             Handle::Control {
-                scope,
+                file,
                 vm,
                 snapshot,
                 pending,
             } => {
-                self.control_write(*scope, vm.as_ref(), pending, data)?;
-                *snapshot.lock().expect("snapshot lock") = self.control_text(*scope, vm.as_ref());
+                let VirtualFile::Control(scope) = *file else {
+                    return Err(Errno::EBADF);
+                };
+                self.control_write(scope, vm.as_ref(), pending, data)?;
+                *snapshot.lock().expect("snapshot lock") = self.control_text(scope, vm.as_ref());
             }
             Handle::Dir { .. } => return Err(Errno::EISDIR),
         }
@@ -313,7 +341,10 @@ impl VmCryptFs {
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         match self.handles.get(fh).as_deref() {
             Some(Handle::Control {
-                scope, vm, pending, ..
+                file: VirtualFile::Control(scope),
+                vm,
+                pending,
+                ..
             }) => self.control_flush(*scope, vm.as_ref(), pending),
             _ => Ok(()),
         }

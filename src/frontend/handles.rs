@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use fuser::FileType;
 
 use crate::content::EncryptedFile;
-use crate::control::command::ControlScope;
+use crate::control::virtual_file::VirtualFile;
 use crate::datastore::vm_home::VmHome;
 
 /// One directory entry of a directory handle's snapshot.
@@ -46,10 +46,10 @@ pub enum Handle {
         /// The VM home, whose open-file count this handle holds.
         vm: Arc<VmHome>,
     },
-    /// A `.control` file.
+    /// A virtual file: `.control`, `.control.json` or `.stats`.
     Control {
-        /// Root or VM home.
-        scope: ControlScope,
+        /// Which one (and so root or VM home).
+        file: VirtualFile,
         /// The VM home, for a VM `.control`.
         vm: Option<Arc<VmHome>>,
         /// Status text taken at open; reads are served from it.

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use fuser::BackingId;
 
 use crate::content::EncryptedFile;
-use crate::control::command::ControlScope;
+use crate::control::virtual_file::VirtualFile;
 use crate::datastore::vm_home::VmHome;
 
 /// The root's node id (FUSE_ROOT_ID).
@@ -55,7 +55,7 @@ pub enum NodeKind {
     /// A real file, directory or symlink in the datastore.
     Backing,
     /// A virtual `.control` file.
-    Control(ControlScope),
+    Virtual(VirtualFile),
 }
 
 /// A snapshot of what the table knows about one node.
@@ -102,7 +102,8 @@ impl Node {
 struct Inner {
     nodes: HashMap<u64, Node>,
     by_backing: HashMap<(u64, u64), u64>,
-    controls: HashMap<u64, u64>,
+    /// Virtual files by (directory node, which file).
+    controls: HashMap<(u64, VirtualFile), u64>,
     next_ino: u64,
 }
 
@@ -204,10 +205,10 @@ impl InodeTable {
         ino
     }
 
-    /// The node id of the `.control` file in directory `dir_ino`.
-    pub fn remember_control(&self, dir_ino: u64, area: Area, scope: ControlScope) -> u64 {
+    /// The node id of virtual file `file` in directory `dir_ino`.
+    pub fn remember_virtual(&self, dir_ino: u64, area: Area, file: VirtualFile) -> u64 {
         let mut inner = self.inner.write().expect("inode lock");
-        if let Some(&ino) = inner.controls.get(&dir_ino) {
+        if let Some(&ino) = inner.controls.get(&(dir_ino, file)) {
             inner
                 .nodes
                 .get_mut(&ino)
@@ -223,13 +224,13 @@ impl InodeTable {
                 backing: None,
                 paths: Vec::new(),
                 area,
-                kind: NodeKind::Control(scope),
+                kind: NodeKind::Virtual(file),
                 lookups: 1,
                 content: None,
                 passthrough: None,
             },
         );
-        inner.controls.insert(dir_ino, ino);
+        inner.controls.insert((dir_ino, file), ino);
         ino
     }
 

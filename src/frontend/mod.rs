@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use fuser::Errno;
 
 use crate::control::command::ControlScope;
-use crate::datastore::layout::{self, ContentClass, CONTROL_FILE_NAME};
+use crate::control::virtual_file::VirtualFile;
+use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
 use crate::datastore::vm_home::CommandRecord;
 use handles::HandleTable;
@@ -58,6 +59,8 @@ pub struct VmCryptFs {
     /// Whether the daemon runs as root, so that new files are given to the
     /// calling user (as a kernel file system would) instead of to root.
     chown_new_files: bool,
+    /// When the mount started, for `.stats` uptime. Immutable.
+    started: std::time::Instant,
 }
 
 impl VmCryptFs {
@@ -72,6 +75,7 @@ impl VmCryptFs {
             root_last_command: Mutex::new(None),
             chown_new_files: nix::unistd::geteuid().is_root(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -146,7 +150,7 @@ impl VmCryptFs {
             log::warn!("refusing to touch internal name {:?}", name);
             return Err(Errno::EPERM);
         }
-        if name == CONTROL_FILE_NAME && self.control_scope_of_dir(parent).is_some() {
+        if self.virtual_file_named(parent, name).is_some() {
             return Err(Errno::EPERM);
         }
         Ok(())
@@ -165,11 +169,17 @@ impl VmCryptFs {
         ino == ROOT_INO
     }
 
-    /// Whether the node is a `.control` file.
-    fn is_control(node: &NodeInfo) -> Option<ControlScope> {
+    /// Which virtual file the node is, if it is one.
+    fn virtual_file(node: &NodeInfo) -> Option<VirtualFile> {
         match node.kind {
-            NodeKind::Control(scope) => Some(scope),
+            NodeKind::Virtual(file) => Some(file),
             NodeKind::Backing => None,
         }
+    }
+
+    /// The virtual file called `name` in directory `dir`, if any.
+    fn virtual_file_named(&self, dir: &NodeInfo, name: &OsStr) -> Option<VirtualFile> {
+        self.control_scope_of_dir(dir)
+            .and_then(|scope| VirtualFile::named(scope, name))
     }
 }

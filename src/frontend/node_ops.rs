@@ -14,7 +14,7 @@ use super::attr;
 use super::handles::{DirEntry, Handle};
 use super::inodes::{Area, NodeInfo, ROOT_INO};
 use super::{io_errno, FsResult, VmCryptFs};
-use crate::control::command::ControlScope;
+use crate::control::virtual_file::VirtualFile;
 use crate::datastore::{bundle_file, layout};
 
 /// What `statfs` reports.
@@ -53,14 +53,10 @@ impl VmCryptFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         let dir_path = self.node_path(&dir)?;
-        if name == layout::CONTROL_FILE_NAME {
-            if let Some(scope) = self.control_scope_of_dir(&dir) {
-                let ino = self
-                    .inodes
-                    .remember_control(parent, dir.area.clone(), scope);
-                let meta = fs::metadata(self.backing_path(&dir_path)).map_err(io_errno)?;
-                return Ok(attr::control_attr(ino, &meta));
-            }
+        if let Some(file) = self.virtual_file_named(&dir, name) {
+            let ino = self.inodes.remember_virtual(parent, dir.area.clone(), file);
+            let meta = fs::metadata(self.backing_path(&dir_path)).map_err(io_errno)?;
+            return Ok(attr::virtual_attr(ino, &meta, file));
         }
         if layout::is_internal_name(name) {
             return Err(Errno::ENOENT);
@@ -90,9 +86,9 @@ impl VmCryptFs {
     /// unlinked-but-open files still answer).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
-        if Self::is_control(&node).is_some() {
+        if let Some(file) = Self::virtual_file(&node) {
             let dir_meta = fs::metadata(self.datastore.root()).map_err(io_errno)?;
-            return Ok(attr::control_attr(ino, &dir_meta));
+            return Ok(attr::virtual_attr(ino, &dir_meta, file));
         }
         // Through an open handle: the one given, or for a file unlinked
         // while open, any open handle of the node.
@@ -145,8 +141,12 @@ impl VmCryptFs {
         fh: Option<u64>,
     ) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
-        if Self::is_control(&node).is_some() {
+        if let Some(file) = Self::virtual_file(&node) {
             // `echo cmd > .control` truncates first; there is nothing to do.
+            // The read-only files change only by themselves.
+            if !file.writable() {
+                return Err(Errno::EACCES);
+            }
             return self.getattr(ino, None);
         }
         let (full, via_proc) = self.metadata_target(&node)?;
@@ -402,7 +402,7 @@ impl VmCryptFs {
         let node = self.node(ino)?;
         let to_dir = self.node(new_parent)?;
         self.check_user_name(&to_dir, new_name)?;
-        if Self::is_control(&node).is_some() {
+        if Self::virtual_file(&node).is_some() {
             return Err(Errno::EPERM);
         }
         let from = self.node_path(&node)?;
@@ -454,12 +454,16 @@ impl VmCryptFs {
                 name: "..".into(),
             },
         ];
-        if self.control_scope_of_dir(&node).is_some() {
-            entries.push(DirEntry {
-                ino: u64::MAX - ino,
-                kind: FileType::RegularFile,
-                name: layout::CONTROL_FILE_NAME.into(),
-            });
+        if let Some(scope) = self.control_scope_of_dir(&node) {
+            // Listing inode numbers only need to be distinct; a lookup
+            // gives the real node.
+            for (i, file) in VirtualFile::all_in(scope).iter().enumerate() {
+                entries.push(DirEntry {
+                    ino: u64::MAX - (ino * 4 + i as u64),
+                    kind: FileType::RegularFile,
+                    name: file.name().into(),
+                });
+            }
         }
         // The directory's own device: entries of one directory share it
         // (the datastore is one file system), and d_type and d_ino come with
@@ -520,8 +524,8 @@ impl VmCryptFs {
             .map_err(io_errno)
     }
 
-    /// The `.control` scope of directory `ino`, for the adapter's checks.
-    pub fn control_scope(&self, ino: u64) -> Option<ControlScope> {
-        self.inodes.get(ino).and_then(|n| Self::is_control(&n))
+    /// Which virtual file node `ino` is, for the adapter's checks.
+    pub fn virtual_file_of(&self, ino: u64) -> Option<VirtualFile> {
+        self.inodes.get(ino).and_then(|n| Self::virtual_file(&n))
     }
 }

@@ -1,0 +1,140 @@
+//! `.control.json` (the status as JSON) and `.stats` (live counters in the
+//! Prometheus text format), read through a real mount.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use common::{read_control, write_control, TestEnv};
+
+/// The samples of a Prometheus text file: `name{labels}` → value.
+fn scrape(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("`series value`");
+            (series.to_owned(), value.parse().expect("numeric value"))
+        })
+        .collect()
+}
+
+#[test]
+fn stats_count_io_keys_rekeys_auth_failures_and_locked_vms() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    env.create_vm("vm2", false);
+    {
+        let mount = env.mount();
+        fs::write(mount.path("vm2/vm2.vmx"), vec![5u8; 10_000]).unwrap();
+    }
+    // Tamper with one block of vm2's file, and lock nothing yet.
+    let backing = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(env.vm_dir("vm2").join("vm2.vmx"))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    backing.read_exact_at(&mut byte, 44 + 4128 + 50).unwrap();
+    backing
+        .write_all_at(&[byte[0] ^ 1], 44 + 4128 + 50)
+        .unwrap();
+
+    let mount = env.mount();
+    fs::write(mount.path("vm1/vm1.nvram"), vec![1u8; 8192]).unwrap();
+    let mut buf = Vec::new();
+    fs::File::open(mount.path("vm1/vm1.nvram"))
+        .unwrap()
+        .read_to_end(&mut buf)
+        .unwrap();
+    assert_eq!(buf.len(), 8192);
+    write_control(&mount.path("vm1/.control"), "rekey\n").unwrap();
+    let err = fs::read(mount.path("vm2/vm2.vmx")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+
+    let stats = scrape(&fs::read_to_string(mount.path(".stats")).unwrap());
+    let get = |series: &str| {
+        *stats
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in {stats:?}"))
+    };
+    assert!(get("vmcryptfs_write_bytes_total{vm=\"vm1\"}") >= 8192.0);
+    assert!(get("vmcryptfs_write_operations_total{vm=\"vm1\"}") >= 1.0);
+    assert_eq!(get("vmcryptfs_read_bytes_total{vm=\"vm1\"}"), 8192.0);
+    assert_eq!(get("vmcryptfs_rekeys_total{vm=\"vm1\"}"), 1.0);
+    assert_eq!(get("vmcryptfs_key_cache_misses_total{vm=\"vm1\"}"), 1.0);
+    assert!(get("vmcryptfs_key_cache_hits_total{vm=\"vm1\"}") >= 1.0);
+    assert!(get("vmcryptfs_authentication_failures_total{vm=\"vm2\"}") >= 1.0);
+    assert_eq!(
+        get("vmcryptfs_authentication_failures_total{vm=\"vm1\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("vmcryptfs_read_bytes_total"),
+        get("vmcryptfs_read_bytes_total{vm=\"vm1\"}")
+            + get("vmcryptfs_read_bytes_total{vm=\"vm2\"}"),
+        "the unlabelled series is the total"
+    );
+    assert_eq!(get("vmcryptfs_locked_vms"), 0.0);
+    assert!(get("vmcryptfs_uptime_seconds") > 0.0);
+
+    // A VM whose bundle no longer unwraps shows as locked.
+    let bundle = env.vm_dir("vm2").join(".vmcryptfs-bundle");
+    let mut bytes = fs::read(&bundle).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&bundle, bytes).unwrap();
+    write_control(&mount.path(".control"), "flush-keys\n").unwrap();
+    assert!(fs::read(mount.path("vm2/vm2.vmx")).is_err());
+    let stats = scrape(&fs::read_to_string(mount.path(".stats")).unwrap());
+    assert_eq!(stats["vmcryptfs_vm_locked{vm=\"vm2\"}"], 1.0);
+    assert_eq!(stats["vmcryptfs_locked_vms"], 1.0);
+
+    // Read-only, root only, listed.
+    let err = fs::write(mount.path(".stats"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    assert!(!mount.path("vm1/.stats").exists());
+    let names: Vec<String> = fs::read_dir(mount.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in [".control", ".control.json", ".stats"] {
+        assert!(names.contains(&name.to_string()), "{names:?}");
+    }
+    let err = fs::remove_file(mount.path(".stats")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+}
+
+#[test]
+fn control_json_matches_the_text_status() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    env.run_ok(&["provider", "rotate"]);
+    let mount = env.mount();
+    let text = read_control(&mount.path("vm1/.control"));
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path("vm1/.control.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["vm"], "vm1");
+    assert_eq!(json["state"], text["state"]);
+    assert_eq!(json["kek_version"].to_string(), text["kek-version"]);
+    assert_eq!(json["needs_rekey"], true);
+    assert_eq!(json["encrypt_disks"], true);
+    assert_eq!(json["dek_fingerprint"], text["dek-fingerprint"]);
+
+    let root: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path(".control.json")).unwrap()).unwrap();
+    assert_eq!(root["provider"], "local");
+    assert_eq!(root["needs_rekey"], 1);
+    assert_eq!(root["vms"][0]["vm"], "vm1");
+    let err = fs::write(mount.path("vm1/.control.json"), "rekey\n").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    write_control(&mount.path("vm1/.control"), "rekey\n").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path("vm1/.control.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["needs_rekey"], false);
+    assert_eq!(json["last_command"], "rekey");
+}
