@@ -33,6 +33,8 @@ use crate::keys::KeyProvider;
 
 /// The journal: present exactly while a conversion is unfinished.
 pub const JOURNAL_FILE_NAME: &str = ".vmcryptfs-convert-journal";
+/// The journal while it is written; renamed over [`JOURNAL_FILE_NAME`].
+const JOURNAL_TEMP_FILE_NAME: &str = ".vmcryptfs-convert-journal.tmp";
 const TEMP_FILE_NAME: &str = ".vmcryptfs-convert.tmp";
 
 /// A conversion of one VM home.
@@ -196,19 +198,27 @@ pub fn run(
     }
     fs::remove_file(vm_dir.join(JOURNAL_FILE_NAME))
         .map_err(io(format!("removing the journal in {}", vm_dir.display())))?;
+    // Left by a run killed while writing its journal; harmless, but tidy.
+    let _ = fs::remove_file(vm_dir.join(JOURNAL_TEMP_FILE_NAME));
     sync_dir(vm_dir)?;
     progress.finish();
     Ok(report)
 }
 
+/// Writes the journal atomically (temp file, fsync, rename, directory
+/// fsync): a kill while writing it must leave either no journal or a
+/// complete one, never an empty file that names no operation (found by
+/// `tests/crash_conversions.rs`).
 fn write_journal(vm_dir: &Path, operation: Operation) -> Result<(), DatastoreError> {
     let path = vm_dir.join(JOURNAL_FILE_NAME);
+    let temp = vm_dir.join(JOURNAL_TEMP_FILE_NAME);
     let mut text = operation.name().to_string();
     text.push('\n');
-    fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
-    File::open(&path)
+    fs::write(&temp, text).map_err(io(format!("writing {}", temp.display())))?;
+    File::open(&temp)
         .and_then(|f| f.sync_all())
-        .map_err(io(format!("fsyncing {}", path.display())))?;
+        .and_then(|()| fs::rename(&temp, &path))
+        .map_err(io(format!("writing {}", path.display())))?;
     sync_dir(vm_dir)
 }
 

@@ -120,15 +120,8 @@ impl Datastore {
     /// Drops the cached keys of every VM home without open files. Returns
     /// the names flushed and the names kept (files open).
     pub fn flush_keys(&self) -> (Vec<String>, Vec<String>) {
-        let vms: Vec<Arc<VmHome>> = self
-            .vms
-            .read()
-            .expect("vms lock")
-            .values()
-            .cloned()
-            .collect();
         let (mut flushed, mut kept) = (Vec::new(), Vec::new());
-        for vm in vms {
+        for vm in self.loaded_vms() {
             let name = vm.name().to_string_lossy().into_owned();
             if vm.flush_keys() {
                 flushed.push(name);

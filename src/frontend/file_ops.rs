@@ -42,6 +42,11 @@ impl VmCryptFs {
         class: ContentClass,
         create_mode: Option<u32>,
     ) -> std::io::Result<File> {
+        // The kernel resolves symlinks itself and never asks us to open
+        // one; a final component that is a symlink now was swapped in
+        // behind the mount, and following it could reach outside the
+        // datastore. O_NOFOLLOW makes that ELOOP instead.
+        let flags = flags | libc::O_NOFOLLOW;
         let mut options = OpenOptions::new();
         let write = wants_write(flags);
         let read = flags & libc::O_ACCMODE != libc::O_WRONLY || class == ContentClass::Encrypted;

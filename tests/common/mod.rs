@@ -85,9 +85,20 @@ impl TestEnv {
         self.run(&args)
     }
 
-    /// Runs a command and returns its output.
+    /// Runs a command and returns its output, after checking that neither
+    /// its output nor its trace-level log holds key material.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("running vmcryptfs")
+        let out = self
+            .cmd(args)
+            .env("RUST_LOG", "vmcryptfs=trace")
+            .output()
+            .expect("running vmcryptfs");
+        for stream in [&out.stdout, &out.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            assert_no_key_material_in(&text);
+            assert_no_master_key_in(&self.keystore, &text);
+        }
+        out
     }
 
     /// Runs a command that must succeed; returns stdout.
@@ -154,6 +165,7 @@ impl TestEnv {
             child: Some(child),
             mnt: mnt.to_path_buf(),
             log,
+            keystore: self.keystore.clone(),
         };
         mount.wait_until_mounted();
         mount
@@ -183,6 +195,8 @@ pub struct Mount {
     child: Option<Child>,
     pub mnt: PathBuf,
     pub log: PathBuf,
+    /// The key store, whose master key must not appear in the log.
+    keystore: PathBuf,
 }
 
 impl Mount {
@@ -242,13 +256,29 @@ impl Mount {
     }
 
     /// Unmounts with fusermount3 and waits for the process to exit.
+    ///
+    /// A busy mount is retried for up to 3 s: a parallel test that starts a
+    /// process forks a child that briefly holds copies of this test's open
+    /// descriptors (until its exec closes them), which makes the mount busy.
     pub fn unmount(mut self) -> ExitStatus {
-        let status = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mnt)
-            .status()
-            .unwrap();
-        assert!(status.success(), "fusermount3 -u failed");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            assert!(
+                busy && Instant::now() < deadline,
+                "fusermount3 -u failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mut child = self.child.take().unwrap();
         child.wait().unwrap()
     }
@@ -265,6 +295,22 @@ fn nix_kill(pid: u32, signal: i32) {
 /// run of 64 or more hex digits (a 256-bit key in hex, like master.key).
 /// Every integration test runs its mounts at trace level, so this checks
 /// the whole suite's logs.
+/// The master key of `keystore` (hex, as stored in master.key) must never
+/// be printed or logged, by the CLI or a mount.
+pub fn assert_no_master_key_in(keystore: &Path, text: &str) {
+    let Ok(file) = fs::read_to_string(keystore.join("master.key")) else {
+        return;
+    };
+    if let Some(key_hex) = file.lines().nth(1).filter(|l| l.len() == 64) {
+        assert!(
+            !text
+                .to_ascii_lowercase()
+                .contains(&key_hex.to_ascii_lowercase()),
+            "the master key appears in output or a log:\n{text}"
+        );
+    }
+}
+
 pub fn assert_no_key_material_in(log: &str) {
     let longest = log
         .split(|c: char| !c.is_ascii_hexdigit())
@@ -280,7 +326,9 @@ pub fn assert_no_key_material_in(log: &str) {
 impl Drop for Mount {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            assert_no_key_material_in(&self.log_text());
+            let log = self.log_text();
+            assert_no_key_material_in(&log);
+            assert_no_master_key_in(&self.keystore, &log);
         }
         if is_mounted(&self.mnt) {
             let _ = Command::new("fusermount3")

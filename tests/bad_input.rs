@@ -1,0 +1,336 @@
+//! Bad input beyond the control files: awkward names, symlinks that point
+//! out of the datastore, a full datastore, a read-only datastore, and a
+//! corrupt or full key store. Each gets a clear error and loses nothing.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{write_control, TestEnv};
+
+fn errno(err: std::io::Error) -> i32 {
+    err.raw_os_error().unwrap_or(0)
+}
+
+/// A size-limited tmpfs at `path`, unmounted when dropped (needs root).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: &Path, size: &str) -> Self {
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount(8)");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallFs(path.to_path_buf())
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn long_newline_and_non_utf8_names_work_and_overlong_names_are_refused() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let mount = env.mount();
+    let vm = mount.path("vm1");
+    let long = "n".repeat(251) + ".log"; // 255 bytes, the ext4/tmpfs limit
+    let newline = "line\nbreak.vmx";
+    let invalid = OsStr::from_bytes(b"bad-\xff\xfe-utf8.nvram");
+    for (i, name) in [OsStr::new(&long), OsStr::new(newline), invalid]
+        .into_iter()
+        .enumerate()
+    {
+        let data = vec![i as u8 + 1; 5000];
+        fs::write(vm.join(name), &data).unwrap();
+        assert_eq!(fs::read(vm.join(name)).unwrap(), data, "{name:?}");
+        assert!(env.vm_dir("vm1").join(name).exists(), "names stay in clear");
+        let stored = fs::read(env.vm_dir("vm1").join(name)).unwrap();
+        assert_ne!(stored, data, "{name:?} is encrypted on disk");
+    }
+    let listed: Vec<_> = fs::read_dir(&vm)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == invalid), "{listed:?}");
+    let too_long = "n".repeat(256);
+    assert_eq!(
+        errno(fs::write(vm.join(&too_long), b"x").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    let renamed = OsStr::from_bytes(b"renamed-\x80.vmx");
+    fs::rename(vm.join(newline), vm.join(renamed)).unwrap();
+    assert_eq!(fs::read(vm.join(renamed)).unwrap(), vec![2u8; 5000]);
+}
+
+#[test]
+fn symlinks_and_dotdot_never_lead_vmcryptfs_outside_the_datastore() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let outside = env.dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let secret = outside.join("host-secret.vmx");
+    fs::write(&secret, b"host file, not part of any VM").unwrap();
+    let original = fs::read(&secret).unwrap();
+
+    // A plain VM home with symlinks out of the datastore, then encrypted in
+    // place: the conversion must not follow them.
+    let plain = env.datastore.join("plain-vm");
+    fs::create_dir(&plain).unwrap();
+    fs::write(plain.join("plain-vm.vmx"), b"displayName = \"p\"").unwrap();
+    std::os::unix::fs::symlink(&secret, plain.join("link.vmx")).unwrap();
+    std::os::unix::fs::symlink(&outside, plain.join("linkdir")).unwrap();
+    std::os::unix::fs::symlink("../../outside/host-secret.vmx", plain.join("rel.vmx")).unwrap();
+    env.run_ok(&["vm", "encrypt", plain.to_str().unwrap()]);
+    env.run_ok(&["vm", "encrypt-disks", plain.to_str().unwrap()]);
+    env.run_ok(&[
+        "rekey",
+        "--deep",
+        env.datastore.to_str().unwrap(),
+        "plain-vm",
+    ]);
+    assert_eq!(
+        fs::read(&secret).unwrap(),
+        original,
+        "conversions left the host file alone"
+    );
+
+    let mount = env.mount();
+    // Symlinks are stored verbatim, never rewritten or resolved by us.
+    std::os::unix::fs::symlink("../../../../etc/hostname", mount.path("vm1/up.log")).unwrap();
+    assert_eq!(
+        fs::read_link(env.vm_dir("vm1").join("up.log")).unwrap(),
+        Path::new("../../../../etc/hostname")
+    );
+    // `..` is resolved by the kernel against the mount: it stays inside.
+    assert_eq!(
+        fs::canonicalize(mount.path("vm1/../vm1/..")).unwrap(),
+        fs::canonicalize(mount.path("")).unwrap()
+    );
+    // A file replaced by a symlink behind the mount, while the kernel still
+    // has it cached: vmcryptfs refuses to follow it (O_NOFOLLOW).
+    fs::write(mount.path("vm1/swap.vmx"), b"in the VM").unwrap();
+    let backing = env.vm_dir("vm1").join("swap.vmx");
+    fs::remove_file(&backing).unwrap();
+    std::os::unix::fs::symlink(&secret, &backing).unwrap();
+    let result = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/swap.vmx"))
+        .and_then(|mut f| f.write_all(b"overwrite"));
+    if let Err(err) = &result {
+        assert!(
+            [libc::ELOOP, libc::ENOENT, libc::ESTALE, libc::EIO].contains(&errno_of(err)),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        fs::read(&secret).unwrap(),
+        original,
+        "nothing was written outside the datastore"
+    );
+    drop(mount);
+}
+
+fn errno_of(err: &std::io::Error) -> i32 {
+    err.raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn a_full_datastore_gives_enospc_and_damages_nothing() {
+    let env = TestEnv::new();
+    let small = env.dir.path().join("small");
+    let _fs = SmallFs::mount(&small, "4m");
+    let vm = small.join("vm1");
+    env.run_ok(&["vm", "create", vm.to_str().unwrap()]);
+    let mnt = env.extra_mountpoint("small-mnt");
+    let mount = {
+        let env_small = TestEnv {
+            dir: tempfile::tempdir().unwrap(),
+            keystore: env.keystore.clone(),
+            datastore: small.clone(),
+            mnt: mnt.clone(),
+        };
+        let m = env_small.mount();
+        (env_small, m)
+    };
+    let kept = vec![7u8; 1 << 20];
+    fs::write(mnt.join("vm1/kept.nvram"), &kept).unwrap();
+    fs::File::open(mnt.join("vm1/kept.nvram"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+
+    let mut filler = fs::File::create(mnt.join("vm1/filler.log")).unwrap();
+    let chunk = vec![1u8; 256 << 10];
+    let err = loop {
+        if let Err(err) = filler.write_all(&chunk).and_then(|()| filler.sync_all()) {
+            break err;
+        }
+    };
+    assert_eq!(errno(err), libc::ENOSPC);
+    drop(filler);
+    assert_eq!(
+        fs::read(mnt.join("vm1/kept.nvram")).unwrap(),
+        kept,
+        "existing data intact"
+    );
+    // A re-key needs room for the new bundle: it fails cleanly or succeeds,
+    // and the VM stays usable either way.
+    let _ = write_control(&mnt.join("vm1/.control"), "rekey\n");
+    fs::remove_file(mnt.join("vm1/filler.log")).unwrap();
+    write_control(&mnt.join("vm1/.control"), "rekey\n").unwrap();
+    assert_eq!(fs::read(mnt.join("vm1/kept.nvram")).unwrap(), kept);
+    drop(mount);
+    assert!(
+        !fs::read_dir(&vm).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")),
+        "no temp file left"
+    );
+}
+
+#[test]
+fn a_read_only_datastore_mounts_read_only() {
+    let env = TestEnv::new();
+    let small = env.dir.path().join("ro");
+    let fs_guard = SmallFs::mount(&small, "8m");
+    let env_ro = TestEnv {
+        dir: tempfile::tempdir().unwrap(),
+        keystore: env.keystore.clone(),
+        datastore: small.clone(),
+        mnt: env.extra_mountpoint("ro-mnt"),
+    };
+    env_ro.create_vm("vm1", false);
+    {
+        let mount = env_ro.mount();
+        fs::write(mount.path("vm1/vm1.vmx"), b"written before ro").unwrap();
+    }
+    fs_guard.remount("ro");
+    let mount = env_ro.mount();
+    assert_eq!(
+        fs::read(mount.path("vm1/vm1.vmx")).unwrap(),
+        b"written before ro"
+    );
+    let err = fs::write(mount.path("vm1/new.log"), b"x").unwrap_err();
+    assert_eq!(errno(err), libc::EROFS);
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/vm1.vmx"))
+        .unwrap_err();
+    assert_eq!(errno(err), libc::EROFS);
+    let err = write_control(&mount.path("vm1/.control"), "rekey\n").unwrap_err();
+    assert!(
+        read_last_result(&mount.path("vm1/.control")).contains("Read-only file system"),
+        "{err}"
+    );
+    drop(mount);
+}
+
+fn read_last_result(control: &Path) -> String {
+    common::read_control(control)["last-result"].clone()
+}
+
+#[test]
+fn a_corrupt_or_full_key_store_gets_a_clear_error_and_loses_nothing() {
+    // Full: a key store on a tiny tmpfs that is then filled up.
+    let env = TestEnv::empty();
+    let small = env.dir.path().join("ks-fs");
+    let _fs = SmallFs::mount(&small, "2m");
+    let ks = small.join("keystore");
+    let run = |args: &[&str]| {
+        Command::new(common::binary())
+            .arg("--keystore")
+            .arg(&ks)
+            .args(args)
+            .env_remove("VMCRYPTFS_KEYSTORE")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["provider", "init"]).status.success());
+    let mut filler = fs::File::create(small.join("filler")).unwrap();
+    while filler.write_all(&[0u8; 65536]).is_ok() {}
+    let _ = filler.sync_all();
+    // Rotations either fail with a clear error, or succeed for real (sled
+    // may still have room in its own segments): afterwards the store holds
+    // exactly version 1 plus the rotations that reported success.
+    let mut rotated = 0;
+    let mut failure = None;
+    for _ in 0..40 {
+        let out = run(&["provider", "rotate"]);
+        if out.status.success() {
+            rotated += 1;
+        } else {
+            failure = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    if let Some(err) = &failure {
+        assert!(
+            err.contains(ks.to_str().unwrap()) && err.contains("No space left"),
+            "the error names the key store and the cause: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    drop(filler);
+    fs::remove_file(small.join("filler")).unwrap();
+    let out = run(&["provider", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions = json["providers"][0]["versions"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 1 + rotated, "failure: {failure:?}");
+    assert_eq!(versions.last().unwrap()["current"], true);
+    eprintln!("full key store: {rotated} rotation(s) succeeded, then: {failure:?}");
+
+    // Corrupt: the KEK database overwritten with garbage.
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let db_dir = env.keystore.join("kek.sled");
+    for entry in fs::read_dir(&db_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let len = fs::metadata(&path).unwrap().len().max(64) as usize;
+            fs::write(&path, vec![0x5a; len]).unwrap();
+        }
+    }
+    let out = env.run(&["provider", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(env.keystore.to_str().unwrap()),
+        "names the key store: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let vm = env.vm_dir("vm1");
+    let out = env.run(&["vm", "status", vm.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        vm.join(".vmcryptfs-bundle").exists(),
+        "the VM's bundle is untouched"
+    );
+}
