@@ -148,6 +148,64 @@ fn symlinks_and_dotdot_never_lead_vmcryptfs_outside_the_datastore() {
         original,
         "nothing was written outside the datastore"
     );
+
+    // A directory replaced by a symlink behind the mount, with a file below
+    // it still cached by the kernel: opened beneath the datastore root
+    // without following symlinks (openat2), so it fails instead of
+    // reaching the host directory.
+    fs::create_dir(mount.path("vm1/sub")).unwrap();
+    fs::write(mount.path("vm1/sub/secret.vmx"), b"in the VM").unwrap();
+    fs::write(outside.join("secret.vmx"), b"host copy").unwrap();
+    let sub = env.vm_dir("vm1").join("sub");
+    fs::rename(&sub, env.vm_dir("vm1").join("sub.moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &sub).unwrap();
+    // One access, while the kernel still has `sub` and the file cached (a
+    // later lookup would see the symlink, and the kernel would follow it
+    // itself, as on any file system). ELOOP from openat2; EIO when the
+    // kernel sees a cached node change type; ENOENT/ESTALE when the stale
+    // node is noticed first.
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("vm1/sub/secret.vmx"))
+        .and_then(|mut f| f.write_all(b"overwrite"))
+        .expect_err("a path through a swapped-in symlink");
+    assert!(
+        [
+            libc::ELOOP,
+            libc::EXDEV,
+            libc::EIO,
+            libc::ENOENT,
+            libc::ESTALE
+        ]
+        .contains(&errno_of(&err)),
+        "{err}"
+    );
+    assert_eq!(fs::read(outside.join("secret.vmx")).unwrap(), b"host copy");
+
+    // The same outside any VM home, where files pass through unencrypted:
+    // following the link would have written the host file.
+    fs::create_dir_all(mount.path("isos/sub")).unwrap();
+    fs::write(mount.path("isos/sub/secret.vmx"), b"plain").unwrap();
+    let sub = env.datastore.join("isos/sub");
+    fs::rename(&sub, env.datastore.join("isos/sub.moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &sub).unwrap();
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("isos/sub/secret.vmx"))
+        .and_then(|mut f| f.write_all(b"overwrite"))
+        .expect_err("a path through a swapped-in symlink");
+    assert!(
+        [
+            libc::ELOOP,
+            libc::EXDEV,
+            libc::EIO,
+            libc::ENOENT,
+            libc::ESTALE
+        ]
+        .contains(&errno_of(&err)),
+        "{err}"
+    );
+    assert_eq!(fs::read(outside.join("secret.vmx")).unwrap(), b"host copy");
     drop(mount);
 }
 

@@ -12,7 +12,10 @@
 //!   decrypting disks, deep re-key), file by file and resumable.
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
+//! * [`counters`]: live per-VM counters for `.stats`.
+//! * [`backing_root`]: opening backing files strictly beneath the root.
 
+pub mod backing_root;
 pub mod bundle_file;
 pub mod convert;
 pub mod counters;

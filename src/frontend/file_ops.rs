@@ -1,9 +1,9 @@
 //! Opening, reading, writing and syncing files.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,37 +34,30 @@ fn wants_write(flags: i32) -> bool {
 }
 
 impl VmCryptFs {
-    /// Opens the backing file. Encrypted files are opened read-write for
-    /// any write access, because a partial-block write must read the block.
+    /// Opens the backing file `rel` beneath the datastore root (never
+    /// through a symlink; see `datastore::backing_root`). Encrypted files
+    /// are opened read-write for any write access, because a partial-block
+    /// write must read the block. With `create_mode`, O_CREAT is added
+    /// (also with O_RDONLY, which POSIX and pjdfstest allow).
     fn open_backing(
-        path: &Path,
+        &self,
+        rel: &Path,
         flags: i32,
         class: ContentClass,
         create_mode: Option<u32>,
     ) -> std::io::Result<File> {
-        // The kernel resolves symlinks itself and never asks us to open
-        // one; a final component that is a symlink now was swapped in
-        // behind the mount, and following it could reach outside the
-        // datastore. O_NOFOLLOW makes that ELOOP instead.
-        let flags = flags | libc::O_NOFOLLOW;
-        let mut options = OpenOptions::new();
         let write = wants_write(flags);
         let read = flags & libc::O_ACCMODE != libc::O_WRONLY || class == ContentClass::Encrypted;
-        options
-            .read(read)
-            .write(write)
-            .custom_flags(flags & !STRIPPED_FLAGS & !libc::O_ACCMODE);
-        if let Some(mode) = create_mode {
-            // Passed as raw flags rather than `create(true)`: std refuses to
-            // create a file opened read-only, which POSIX (and pjdfstest)
-            // allow with O_RDONLY|O_CREAT.
-            options.mode(mode & 0o7777).custom_flags(
-                (flags & !STRIPPED_FLAGS & !libc::O_ACCMODE)
-                    | libc::O_CREAT
-                    | (flags & libc::O_EXCL),
-            );
+        let access = match (read, write) {
+            (true, true) => libc::O_RDWR,
+            (false, true) => libc::O_WRONLY,
+            _ => libc::O_RDONLY,
+        };
+        let mut raw = (flags & !STRIPPED_FLAGS & !libc::O_ACCMODE) | access;
+        if create_mode.is_some() {
+            raw |= libc::O_CREAT | (flags & libc::O_EXCL);
         }
-        options.open(path)
+        self.beneath.open_file(rel, raw, create_mode.unwrap_or(0))
     }
 
     /// Builds the handle for an opened backing file of node `node`.
@@ -122,8 +115,9 @@ impl VmCryptFs {
         }
         let rel = self.node_path(&node)?;
         let class = Self::class_of(&node, &rel);
-        let file =
-            Self::open_backing(&self.backing_path(&rel), flags, class, None).map_err(io_errno)?;
+        let file = self
+            .open_backing(&rel, flags, class, None)
+            .map_err(io_errno)?;
         let handle = self.make_handle(&node, file, class, &rel)?;
         if flags & libc::O_TRUNC != 0 && wants_write(flags) {
             self.truncate_handle(&handle, &rel, 0)?;
@@ -148,7 +142,9 @@ impl VmCryptFs {
         let full = self.backing_path(&rel);
         let area = self.child_area(&dir, name, None);
         let class = Self::content_class(&area, name);
-        let file = Self::open_backing(&full, flags, class, Some(mode)).map_err(io_errno)?;
+        let file = self
+            .open_backing(&rel, flags, class, Some(mode))
+            .map_err(io_errno)?;
         self.chown_to_caller(&full, uid, gid)?;
         let meta = file.metadata().map_err(io_errno)?;
         let backing = (meta.dev(), meta.ino());
@@ -428,13 +424,7 @@ impl VmCryptFs {
 
     /// Truncates through an open handle if given, else opens the file for
     /// the duration (sharing the inode's content state and locks).
-    pub(super) fn truncate(
-        &self,
-        node: &NodeInfo,
-        full: &Path,
-        size: u64,
-        fh: Option<u64>,
-    ) -> FsResult<()> {
+    pub(super) fn truncate(&self, node: &NodeInfo, size: u64, fh: Option<u64>) -> FsResult<()> {
         // Through the given handle, or for a file unlinked while open, any
         // open handle of it; otherwise open the file for the duration.
         let open = fh
@@ -451,7 +441,9 @@ impl VmCryptFs {
         }
         let rel = self.node_path(node)?;
         let class = Self::class_of(node, &rel);
-        let file = Self::open_backing(full, libc::O_WRONLY, class, None).map_err(io_errno)?;
+        let file = self
+            .open_backing(&rel, libc::O_WRONLY, class, None)
+            .map_err(io_errno)?;
         let handle = self.make_handle(node, file, class, &rel)?;
         let result = self.truncate_handle(&handle, &rel, size);
         self.close_handle(&handle);

@@ -26,6 +26,7 @@ use fuser::Errno;
 
 use crate::control::command::ControlScope;
 use crate::control::virtual_file::VirtualFile;
+use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
 use crate::datastore::vm_home::CommandRecord;
@@ -59,6 +60,8 @@ pub struct VmCryptFs {
     /// Whether the daemon runs as root, so that new files are given to the
     /// calling user (as a kernel file system would) instead of to root.
     chown_new_files: bool,
+    /// The datastore root, for opens that cannot escape it. Immutable.
+    beneath: BackingRoot,
     /// When the mount started, for `.stats` uptime. Immutable.
     started: std::time::Instant,
 }
@@ -68,6 +71,7 @@ impl VmCryptFs {
     pub fn new(datastore: Arc<Datastore>) -> std::io::Result<Self> {
         let meta = std::fs::metadata(datastore.root())?;
         Ok(Self {
+            beneath: BackingRoot::open(datastore.root())?,
             inodes: InodeTable::new((meta.dev(), meta.ino())),
             datastore,
             handles: HandleTable::default(),

@@ -163,7 +163,7 @@ impl VmCryptFs {
             result.map_err(io_errno)?;
         }
         if let Some(size) = size {
-            self.truncate(&node, &full, size, fh)?;
+            self.truncate(&node, size, fh)?;
         }
         if atime.is_some() || mtime.is_some() {
             let flags = if via_proc {
