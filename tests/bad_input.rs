@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::{write_control, TestEnv};
 
-fn errno(err: std::io::Error) -> i32 {
+fn errno(err: &std::io::Error) -> i32 {
     err.raw_os_error().unwrap_or(0)
 }
 
@@ -75,7 +75,7 @@ fn long_newline_and_non_utf8_names_work_and_overlong_names_are_refused() {
     assert!(listed.iter().any(|n| n == invalid), "{listed:?}");
     let too_long = "n".repeat(256);
     assert_eq!(
-        errno(fs::write(vm.join(&too_long), b"x").unwrap_err()),
+        errno(&fs::write(vm.join(&too_long), b"x").unwrap_err()),
         libc::ENAMETOOLONG
     );
     let renamed = OsStr::from_bytes(b"renamed-\x80.vmx");
@@ -139,7 +139,7 @@ fn symlinks_and_dotdot_never_lead_vmcryptfs_outside_the_datastore() {
         .and_then(|mut f| f.write_all(b"overwrite"));
     if let Err(err) = &result {
         assert!(
-            [libc::ELOOP, libc::ENOENT, libc::ESTALE, libc::EIO].contains(&errno_of(err)),
+            [libc::ELOOP, libc::ENOENT, libc::ESTALE, libc::EIO].contains(&errno(err)),
             "{err}"
         );
     }
@@ -149,68 +149,54 @@ fn symlinks_and_dotdot_never_lead_vmcryptfs_outside_the_datastore() {
         "nothing was written outside the datastore"
     );
 
-    // A directory replaced by a symlink behind the mount, with a file below
-    // it still cached by the kernel: opened beneath the datastore root
-    // without following symlinks (openat2), so it fails instead of
-    // reaching the host directory.
-    fs::create_dir(mount.path("vm1/sub")).unwrap();
-    fs::write(mount.path("vm1/sub/secret.vmx"), b"in the VM").unwrap();
+    // A directory replaced by a symlink behind the mount, in a VM home and
+    // outside any (where files pass through unencrypted, so following the
+    // link would have written the host file).
     fs::write(outside.join("secret.vmx"), b"host copy").unwrap();
-    let sub = env.vm_dir("vm1").join("sub");
-    fs::rename(&sub, env.vm_dir("vm1").join("sub.moved")).unwrap();
-    std::os::unix::fs::symlink(&outside, &sub).unwrap();
-    // One access, while the kernel still has `sub` and the file cached (a
-    // later lookup would see the symlink, and the kernel would follow it
-    // itself, as on any file system). ELOOP from openat2; EIO when the
-    // kernel sees a cached node change type; ENOENT/ESTALE when the stale
-    // node is noticed first.
-    let err = fs::OpenOptions::new()
-        .write(true)
-        .open(mount.path("vm1/sub/secret.vmx"))
-        .and_then(|mut f| f.write_all(b"overwrite"))
-        .expect_err("a path through a swapped-in symlink");
-    assert!(
-        [
-            libc::ELOOP,
-            libc::EXDEV,
-            libc::EIO,
-            libc::ENOENT,
-            libc::ESTALE
-        ]
-        .contains(&errno_of(&err)),
-        "{err}"
-    );
-    assert_eq!(fs::read(outside.join("secret.vmx")).unwrap(), b"host copy");
-
-    // The same outside any VM home, where files pass through unencrypted:
-    // following the link would have written the host file.
-    fs::create_dir_all(mount.path("isos/sub")).unwrap();
-    fs::write(mount.path("isos/sub/secret.vmx"), b"plain").unwrap();
-    let sub = env.datastore.join("isos/sub");
-    fs::rename(&sub, env.datastore.join("isos/sub.moved")).unwrap();
-    std::os::unix::fs::symlink(&outside, &sub).unwrap();
-    let err = fs::OpenOptions::new()
-        .write(true)
-        .open(mount.path("isos/sub/secret.vmx"))
-        .and_then(|mut f| f.write_all(b"overwrite"))
-        .expect_err("a path through a swapped-in symlink");
-    assert!(
-        [
-            libc::ELOOP,
-            libc::EXDEV,
-            libc::EIO,
-            libc::ENOENT,
-            libc::ESTALE
-        ]
-        .contains(&errno_of(&err)),
-        "{err}"
-    );
-    assert_eq!(fs::read(outside.join("secret.vmx")).unwrap(), b"host copy");
+    for dir in ["vm1/sub", "isos/sub"] {
+        fs::create_dir_all(mount.path(dir)).unwrap();
+        let file = mount.path(&format!("{dir}/secret.vmx"));
+        fs::write(&file, b"in the datastore").unwrap();
+        swap_dir_for_symlink_then_write(&env.datastore.join(dir), &outside, &file);
+    }
     drop(mount);
 }
 
-fn errno_of(err: &std::io::Error) -> i32 {
-    err.raw_os_error().unwrap_or(0)
+/// Replaces backing directory `dir` by a symlink to `outside` while the
+/// kernel still has `file` (a file below it, through the mount) cached,
+/// then writes `file` once through the mount: refused, and the host file
+/// of the same name unchanged. Only one access: a later lookup would see
+/// the symlink and the kernel would follow it itself, as on any file
+/// system. ELOOP comes from openat2 beneath the root; EIO when the kernel
+/// sees a cached node change type; ENOENT/ESTALE when the stale node is
+/// noticed first.
+fn swap_dir_for_symlink_then_write(dir: &Path, outside: &Path, file: &Path) {
+    let host_file = outside.join(file.file_name().unwrap());
+    let before = fs::read(&host_file).unwrap();
+    fs::rename(dir, dir.with_extension("moved")).unwrap();
+    std::os::unix::fs::symlink(outside, dir).unwrap();
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(b"overwrite"))
+        .expect_err("a path through a swapped-in symlink");
+    assert!(
+        [
+            libc::ELOOP,
+            libc::EXDEV,
+            libc::EIO,
+            libc::ENOENT,
+            libc::ESTALE
+        ]
+        .contains(&errno(&err)),
+        "{}: {err}",
+        file.display()
+    );
+    assert_eq!(
+        fs::read(&host_file).unwrap(),
+        before,
+        "the host file is unchanged"
+    );
 }
 
 #[test]
@@ -245,7 +231,7 @@ fn a_full_datastore_gives_enospc_and_damages_nothing() {
             break err;
         }
     };
-    assert_eq!(errno(err), libc::ENOSPC);
+    assert_eq!(errno(&err), libc::ENOSPC);
     drop(filler);
     assert_eq!(
         fs::read(mnt.join("vm1/kept.nvram")).unwrap(),
@@ -292,12 +278,12 @@ fn a_read_only_datastore_mounts_read_only() {
         b"written before ro"
     );
     let err = fs::write(mount.path("vm1/new.log"), b"x").unwrap_err();
-    assert_eq!(errno(err), libc::EROFS);
+    assert_eq!(errno(&err), libc::EROFS);
     let err = fs::OpenOptions::new()
         .write(true)
         .open(mount.path("vm1/vm1.vmx"))
         .unwrap_err();
-    assert_eq!(errno(err), libc::EROFS);
+    assert_eq!(errno(&err), libc::EROFS);
     let err = write_control(&mount.path("vm1/.control"), "rekey\n").unwrap_err();
     assert!(
         read_last_result(&mount.path("vm1/.control")).contains("Read-only file system"),

@@ -212,10 +212,11 @@ struct ProviderReport {
     versions: Result<(String, Vec<KekVersionInfo>), String>,
 }
 
-fn report(name: &str, providers: &ProviderSet, keystore: &Path) -> ProviderReport {
-    let kmip = Registry::load(keystore)
-        .ok()
-        .and_then(|r| r.providers.get(name).cloned())
+fn report(name: &str, providers: &ProviderSet, registry: &Registry) -> ProviderReport {
+    let kmip = registry
+        .providers
+        .get(name)
+        .cloned()
         .map(|ProviderEntry::Kmip(config)| config);
     let versions = providers.get(name).and_then(|p| {
         let versions = p.list_versions()?;
@@ -236,10 +237,11 @@ fn report(name: &str, providers: &ProviderSet, keystore: &Path) -> ProviderRepor
 
 fn list(keystore: &Path, as_json: bool) -> Result<String, CliError> {
     let providers = open_provider(keystore)?;
+    let registry = Registry::load(keystore)?;
     let reports: Vec<ProviderReport> = providers
         .names()
         .iter()
-        .map(|name| report(name, &providers, keystore))
+        .map(|name| report(name, &providers, &registry))
         .collect();
     let (records, scan_errors) = known_vms(keystore)?;
     let known = KnownDatastores::new(keystore).list()?;

@@ -48,46 +48,39 @@ impl VmCryptFs {
             (ControlScope::VmHome, Some(vm)) => {
                 status::render_vm(&vm.status(provider)).into_bytes()
             }
-            _ => {
-                let (statuses, scan_error) = match self.datastore.statuses() {
-                    Ok(s) => (s, None),
-                    Err(e) => (Vec::new(), Some(e.to_string())),
-                };
-                let mut text = status::render_datastore(&DatastoreSummary {
-                    root: self.datastore.root().display().to_string(),
-                    provider: provider.name(),
-                    provider_current_version: provider.current_kek().ok().map(|k| k.version),
-                    vms: &statuses,
-                    last_command: self
-                        .root_last_command
-                        .lock()
-                        .expect("root command lock")
-                        .clone(),
-                });
+            _ => self.with_datastore_summary(|summary, scan_error| {
+                let mut text = status::render_datastore(summary);
                 if let Some(err) = scan_error {
                     text.push_str(&format!("scan-error: {err}\n"));
                 }
                 text.into_bytes()
-            }
+            }),
         }
     }
 
-    /// The root `.control` summary, with every VM's status.
-    fn datastore_summary_json(&self) -> serde_json::Value {
+    /// Builds the root `.control` summary (every VM's status) and hands it
+    /// to `render`, with the error if the datastore could not be scanned.
+    fn with_datastore_summary<R>(
+        &self,
+        render: impl FnOnce(&DatastoreSummary<'_>, Option<String>) -> R,
+    ) -> R {
         let provider = self.datastore.provider();
-        let statuses = self.datastore.statuses().unwrap_or_default();
-        let last_command = self
-            .root_last_command
-            .lock()
-            .expect("root command lock")
-            .clone();
-        status::datastore_json(&DatastoreSummary {
+        let (statuses, scan_error) = match self.datastore.statuses() {
+            Ok(s) => (s, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let summary = DatastoreSummary {
             root: self.datastore.root().display().to_string(),
             provider: provider.name(),
             provider_current_version: provider.current_kek().ok().map(|k| k.version),
             vms: &statuses,
-            last_command,
-        })
+            last_command: self
+                .root_last_command
+                .lock()
+                .expect("root command lock")
+                .clone(),
+        };
+        render(&summary, scan_error)
     }
 
     /// The `.stats` text: counters of every VM home this mount has seen.
@@ -113,9 +106,9 @@ impl VmCryptFs {
                 let json = status::vm_json(&vm.status(self.datastore.provider()));
                 format!("{json:#}\n").into_bytes()
             }
-            (VirtualFile::ControlJson(_), _) => {
-                format!("{:#}\n", self.datastore_summary_json()).into_bytes()
-            }
+            (VirtualFile::ControlJson(_), _) => self.with_datastore_summary(|summary, _| {
+                format!("{:#}\n", status::datastore_json(summary)).into_bytes()
+            }),
             (VirtualFile::Stats, _) => self.stats_text(),
         }
     }

@@ -291,26 +291,23 @@ impl KmipProvider {
         }
     }
 
-    fn version_of(&self, version: u32) -> Result<ServerVersion, ProviderError> {
-        self.server_versions()?
-            .into_iter()
-            .find(|v| v.version == version)
-            .ok_or_else(|| ProviderError::UnknownKekVersion {
-                kek_id: self.config.key_series.clone(),
-                version,
-            })
-    }
-
-    fn refuse_current(&self, version: u32, action: &'static str) -> Result<(), ProviderError> {
-        let current = self.current_kek()?;
-        if current.version == version {
+    /// The version `action` (retire, destroy) is about to change, from one
+    /// listing of the server: refused if it is the current version, `None`
+    /// if the server does not hold it.
+    fn version_to_change(
+        &self,
+        version: u32,
+        action: &'static str,
+    ) -> Result<Option<ServerVersion>, ProviderError> {
+        let versions = self.server_versions()?;
+        if self.current_of(&versions)? == version {
             return Err(ProviderError::CurrentKekVersion {
-                kek_id: current.kek_id,
+                kek_id: self.config.key_series.clone(),
                 version,
                 action,
             });
         }
-        Ok(())
+        Ok(versions.into_iter().find(|v| v.version == version))
     }
 }
 
@@ -474,8 +471,12 @@ impl KeyProvider for KmipProvider {
     }
 
     fn retire(&self, version: u32) -> Result<(), ProviderError> {
-        self.refuse_current(version, "retired")?;
-        let found = self.version_of(version)?;
+        let found = self.version_to_change(version, "retired")?.ok_or_else(|| {
+            ProviderError::UnknownKekVersion {
+                kek_id: self.config.key_series.clone(),
+                version,
+            }
+        })?;
         match found.attributes.state {
             Some(state::ACTIVE) => self.client()?.revoke(&found.uid).map_err(|e| self.error(e)),
             Some(state::DEACTIVATED | state::COMPROMISED) => Ok(()),
@@ -487,12 +488,9 @@ impl KeyProvider for KmipProvider {
     }
 
     fn destroy(&self, version: u32) -> Result<(), ProviderError> {
-        self.refuse_current(version, "destroyed")?;
-        let found = match self.version_of(version) {
-            Ok(found) => found,
-            // Already gone from the server: nothing left to destroy.
-            Err(ProviderError::UnknownKekVersion { .. }) => return Ok(()),
-            Err(err) => return Err(err),
+        // Already gone from the server: nothing left to destroy.
+        let Some(found) = self.version_to_change(version, "destroyed")? else {
+            return Ok(());
         };
         let client = self.client()?;
         if found.attributes.state == Some(state::ACTIVE) {
