@@ -7,12 +7,14 @@
 //!
 //! * [`range_lock`]: shared/exclusive locks on block ranges.
 //! * [`allocation`]: SEEK_DATA/SEEK_HOLE, fallocate, hole punching.
+//! * [`parallel`]: the block crypto of large requests on every core.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
 
 pub mod allocation;
 pub mod encrypted_file;
+pub mod parallel;
 pub mod range_lock;
 pub mod transcode;
 

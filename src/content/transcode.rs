@@ -111,7 +111,8 @@ pub fn transcode(
                     file.read_exact_at(&mut buf, pos)?;
                 }
                 (Source::Encrypted(file, _), Some(reader)) => {
-                    reader.read_into(file, pos, len, &mut buf)?
+                    let n = reader.read_into(file, pos, len, &mut buf)?;
+                    buf.truncate(n);
                 }
                 _ => unreachable!(),
             }

@@ -44,8 +44,58 @@ impl BlockAead {
         }
     }
 
-    /// Appends `nonce || ciphertext || tag` for `plaintext` to `out`,
-    /// encrypting straight from `plaintext` into `out` (no staging copy).
+    /// Writes `nonce || ciphertext || tag` for `plaintext` into `sealed`,
+    /// which must be exactly `plaintext.len() + OVERHEAD` bytes. Encrypts
+    /// straight from `plaintext` into `sealed`: no staging copy, and the
+    /// caller can reuse `sealed` without zeroing it first.
+    pub fn seal_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        sealed: &mut [u8],
+    ) {
+        assert_eq!(sealed.len(), plaintext.len() + OVERHEAD, "sealed length");
+        let (nonce_out, rest) = sealed.split_at_mut(NONCE_LEN);
+        let (ciphertext, tag_out) = rest.split_at_mut(plaintext.len());
+        nonce_out.copy_from_slice(nonce);
+        let buffer = InOutBuf::new(plaintext, ciphertext).expect("equal lengths");
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&Array::from(*nonce), aad, buffer)
+            .expect("a 4 KiB block is far below GCM's plaintext limit");
+        tag_out.copy_from_slice(&tag);
+    }
+
+    /// Opens `nonce || ciphertext || tag` into `plaintext`, which must be
+    /// exactly `sealed.len() - OVERHEAD` bytes. On failure `plaintext` is
+    /// zeroed: unauthenticated plaintext is never handed out, not even
+    /// partially.
+    pub fn open_into(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        plaintext: &mut [u8],
+    ) -> Result<(), AuthenticationFailed> {
+        if sealed.len() < OVERHEAD || plaintext.len() != sealed.len() - OVERHEAD {
+            return Err(AuthenticationFailed);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+        let buffer = InOutBuf::new(ciphertext, plaintext).expect("equal lengths");
+        let result =
+            self.cipher
+                .decrypt_inout_detached(&Array::from(nonce), aad, buffer, &Array::from(tag));
+        if result.is_err() {
+            plaintext.fill(0);
+            return Err(AuthenticationFailed);
+        }
+        Ok(())
+    }
+
+    /// [`BlockAead::seal_into`], appending to `out`.
     pub fn seal_append(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -53,19 +103,13 @@ impl BlockAead {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) {
-        out.extend_from_slice(nonce);
         let start = out.len();
-        out.resize(start + plaintext.len(), 0);
-        let buffer = InOutBuf::new(plaintext, &mut out[start..]).expect("equal lengths");
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Array::from(*nonce), aad, buffer)
-            .expect("a 4 KiB block is far below GCM's plaintext limit");
-        out.extend_from_slice(&tag);
+        out.resize(start + plaintext.len() + OVERHEAD, 0);
+        self.seal_into(nonce, aad, plaintext, &mut out[start..]);
     }
 
-    /// Opens `nonce || ciphertext || tag` and appends the plaintext to `out`.
-    /// On failure `out` is left as it was.
+    /// [`BlockAead::open_into`], appending to `out`. On failure `out` is
+    /// left as it was.
     pub fn open_append(
         &self,
         aad: &[u8],
@@ -75,22 +119,13 @@ impl BlockAead {
         if sealed.len() < OVERHEAD {
             return Err(AuthenticationFailed);
         }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
-        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
         let start = out.len();
-        out.resize(start + ciphertext.len(), 0);
-        let buffer = InOutBuf::new(ciphertext, &mut out[start..]).expect("equal lengths");
-        let result =
-            self.cipher
-                .decrypt_inout_detached(&Array::from(nonce), aad, buffer, &Array::from(tag));
+        out.resize(start + sealed.len() - OVERHEAD, 0);
+        let result = self.open_into(aad, sealed, &mut out[start..]);
         if result.is_err() {
-            // Never hand out unauthenticated plaintext, not even partially.
             out.truncate(start);
-            return Err(AuthenticationFailed);
         }
-        Ok(())
+        result
     }
 }
 
@@ -132,6 +167,10 @@ mod tests {
             assert!(out.is_empty());
         }
         assert!(a.open_append(b"aaD", &sealed, &mut Vec::new()).is_err());
+        let mut plain = [0xEE; 11];
+        assert!(a.open_into(b"aaD", &sealed, &mut plain).is_err());
+        assert_eq!(plain, [0; 11], "a failed open leaves no plaintext behind");
+        assert!(a.open_into(b"aad", &sealed, &mut [0; 10]).is_err());
         assert!(a
             .open_append(b"aad", &sealed[..OVERHEAD - 1], &mut Vec::new())
             .is_err());

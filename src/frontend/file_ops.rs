@@ -13,12 +13,13 @@ use fuser::BackingId;
 use fuser::{Errno, FileAttr};
 
 use super::attr;
+use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::handles::Handle;
 use super::inodes::NodeInfo;
 use super::{io_errno, FsResult, VmCryptFs};
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
-use crate::datastore::layout::ContentClass;
+use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::vm_home::VmHome;
 
 /// Flags of the caller's open that must not reach the backing file:
@@ -103,15 +104,28 @@ impl VmCryptFs {
             .unwrap_or(ContentClass::Plain)
     }
 
-    /// Opens a file (or a `.control`). Returns the handle id and whether it
-    /// needs direct I/O.
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+    /// How the kernel should cache an open of `rel` (class `class`) with
+    /// `flags`; see [`super::cache_mode`].
+    fn cache_mode_for(&self, rel: &Path, class: ContentClass, flags: i32) -> CacheMode {
+        let disk = rel.file_name().is_some_and(layout::is_disk_name);
+        let file = if class == ContentClass::Encrypted && disk {
+            OpenedFile::EncryptedDisk
+        } else {
+            OpenedFile::Other
+        };
+        cache_mode(file, flags, self.direct_io_mmap.load(Ordering::Relaxed))
+    }
+
+    /// Opens a file (or a `.control`). Returns the handle id and how the
+    /// kernel should cache it.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, CacheMode)> {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
             if !file.writable() && wants_write(flags) {
                 return Err(Errno::EACCES);
             }
-            return Ok((self.open_virtual(&node, file), true));
+            let mode = cache_mode(OpenedFile::Virtual, flags, false);
+            return Ok((self.open_virtual(&node, file), mode));
         }
         let rel = self.node_path(&node)?;
         let class = Self::class_of(&node, &rel);
@@ -122,7 +136,8 @@ impl VmCryptFs {
         if flags & libc::O_TRUNC != 0 && wants_write(flags) {
             self.truncate_handle(&handle, &rel, 0)?;
         }
-        Ok((self.handles.insert(handle), false))
+        let mode = self.cache_mode_for(&rel, class, flags);
+        Ok((self.handles.insert(handle), mode))
     }
 
     /// Creates and opens a regular file.
@@ -135,7 +150,7 @@ impl VmCryptFs {
         flags: i32,
         uid: u32,
         gid: u32,
-    ) -> FsResult<(FileAttr, u64)> {
+    ) -> FsResult<(FileAttr, u64, CacheMode)> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
@@ -161,7 +176,8 @@ impl VmCryptFs {
             &meta,
             class == ContentClass::Encrypted && meta.len() == 0,
         );
-        Ok((attr, self.handles.insert(handle)))
+        let mode = self.cache_mode_for(&rel, class, flags);
+        Ok((attr, self.handles.insert(handle), mode))
     }
 
     /// The errno for a content error; ENXIO from a seek is an answer, not a
@@ -196,8 +212,9 @@ impl VmCryptFs {
             .unwrap_or_else(|| "<unlinked file>".into())
     }
 
-    /// Reads from an open file into `out` (cleared first; a per-thread
-    /// buffer the adapter reuses across requests).
+    /// Reads from an open file into the scratch buffer `out` (a per-thread
+    /// buffer the adapter reuses across requests, never shrunk or zeroed);
+    /// the data is `out[..n]` for the returned `n`.
     pub fn read(
         &self,
         ino: u64,
@@ -205,8 +222,7 @@ impl VmCryptFs {
         offset: u64,
         size: u32,
         out: &mut Vec<u8>,
-    ) -> FsResult<()> {
-        out.clear();
+    ) -> FsResult<usize> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
         match &*handle {
             Handle::Plain { file, .. } => {
@@ -215,18 +231,19 @@ impl VmCryptFs {
             Handle::Encrypted {
                 file, content, vm, ..
             } => {
-                let result = content
+                let n = content
                     .read_into(file, offset, size as u64, out)
-                    .map_err(|e| self.content_error(vm, ino, "read", &e));
-                vm.counters().read(out.len());
-                result
+                    .map_err(|e| self.content_error(vm, ino, "read", &e))?;
+                vm.counters().read(n);
+                Ok(n)
             }
             Handle::Control { snapshot, .. } => {
                 let snapshot = snapshot.lock().expect("snapshot lock");
                 let start = (offset as usize).min(snapshot.len());
                 let end = (start + size as usize).min(snapshot.len());
+                out.clear();
                 out.extend_from_slice(&snapshot[start..end]);
-                Ok(())
+                Ok(end - start)
             }
             Handle::Dir { .. } => Err(Errno::EISDIR),
         }
@@ -452,15 +469,18 @@ impl VmCryptFs {
 }
 
 /// Reads up to `size` bytes at `offset` into `out`, short only at end of file.
-fn read_plain(file: &File, offset: u64, size: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-    out.resize(size, 0);
+/// Reads up to `size` bytes into the scratch buffer `out`; returns how
+/// many (short only at end of file).
+fn read_plain(file: &File, offset: u64, size: usize, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    if out.len() < size {
+        out.resize(size, 0);
+    }
     let mut filled = 0;
     while filled < size {
-        match file.read_at(&mut out[filled..], offset + filled as u64)? {
+        match file.read_at(&mut out[filled..size], offset + filled as u64)? {
             0 => break,
             n => filled += n,
         }
     }
-    out.truncate(filled);
-    Ok(())
+    Ok(filled)
 }

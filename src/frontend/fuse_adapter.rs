@@ -13,6 +13,7 @@ use fuser::{
 };
 
 use super::attr::ATTR_TTL;
+use super::cache_mode::CacheMode;
 use super::lock_ops::apply_lock;
 use super::VmCryptFs;
 
@@ -25,11 +26,13 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn open_flags(direct_io: bool) -> FopenFlags {
-    if direct_io {
-        FopenFlags::FOPEN_DIRECT_IO
-    } else {
-        FopenFlags::empty()
+fn open_flags(mode: CacheMode) -> FopenFlags {
+    match mode {
+        CacheMode::PageCache => FopenFlags::empty(),
+        CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+        CacheMode::DirectParallelWrites => {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        }
     }
 }
 
@@ -39,6 +42,16 @@ impl Filesystem for VmCryptFs {
         let _ = config.set_max_readahead(MAX_REQUEST_BYTES);
         // Byte-range locks come to us so they can be forwarded to the
         // backing files (lock_ops); without this the kernel keeps them local.
+        // Writable opens of encrypted disks are direct (cache_mode), which
+        // needs the kernel to allow mmap of direct files and keep them
+        // coherent with cached opens of the same file.
+        let direct_io_mmap = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
+        self.set_direct_io_mmap(direct_io_mmap);
+        if !direct_io_mmap {
+            log::info!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux < 6.6): every file goes through the page cache");
+        }
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
             log::warn!("kernel lacks {missing:?}: byte-range locks stay local to this mount");
         }
@@ -194,10 +207,10 @@ impl Filesystem for VmCryptFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open(ino.0, flags.0) {
-            Ok((fh, direct_io)) => {
+            Ok((fh, mode)) => {
                 match self.passthrough_backing(ino.0, fh, |file| reply.open_backing(file)) {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-                    None => reply.opened(FileHandle(fh), open_flags(direct_io)),
+                    None => reply.opened(FileHandle(fh), open_flags(mode)),
                 }
             }
             Err(e) => reply.error(e),
@@ -216,7 +229,7 @@ impl Filesystem for VmCryptFs {
         reply: ReplyData,
     ) {
         READ_BUFFER.with_borrow_mut(|buf| match self.read(ino.0, fh.0, offset, size, buf) {
-            Ok(()) => reply.data(buf),
+            Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(e),
         });
     }
@@ -419,20 +432,23 @@ impl Filesystem for VmCryptFs {
         reply: ReplyCreate,
     ) {
         match self.create(parent.0, name, mode, flags, req.uid(), req.gid()) {
-            Ok((attr, fh)) => {
-                let no_flags = FopenFlags::empty();
+            Ok((attr, fh, mode)) => {
                 match self.passthrough_backing(attr.ino.0, fh, |file| reply.open_backing(file)) {
                     Some(id) => reply.created_passthrough(
                         &ATTR_TTL,
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        no_flags,
+                        FopenFlags::empty(),
                         &id,
                     ),
-                    None => {
-                        reply.created(&ATTR_TTL, &attr, Generation(0), FileHandle(fh), no_flags)
-                    }
+                    None => reply.created(
+                        &ATTR_TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        open_flags(mode),
+                    ),
                 }
             }
             Err(e) => reply.error(e),

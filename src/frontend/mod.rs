@@ -8,6 +8,7 @@
 //! calling them and sending the reply, and nothing else.
 
 pub mod attr;
+pub mod cache_mode;
 pub mod control_ops;
 pub mod file_ops;
 pub mod fuse_adapter;
@@ -57,6 +58,10 @@ pub struct VmCryptFs {
     /// FUSE init when the kernel offers it; cleared if registering a
     /// backing file ever fails).
     passthrough: std::sync::atomic::AtomicBool,
+    /// Whether the kernel allows mmap of direct-I/O files and keeps them
+    /// coherent with cached opens (`FUSE_DIRECT_IO_ALLOW_MMAP`, set at FUSE
+    /// init); without it no file is opened direct (see [`cache_mode`]).
+    direct_io_mmap: std::sync::atomic::AtomicBool,
     /// Whether the daemon runs as root, so that new files are given to the
     /// calling user (as a kernel file system would) instead of to root.
     chown_new_files: bool,
@@ -79,6 +84,7 @@ impl VmCryptFs {
             root_last_command: Mutex::new(None),
             chown_new_files: nix::unistd::geteuid().is_root(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
         })
     }
@@ -87,6 +93,13 @@ impl VmCryptFs {
     pub fn set_passthrough(&self, enabled: bool) {
         self.passthrough
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records whether the kernel granted `FUSE_DIRECT_IO_ALLOW_MMAP` (FUSE
+    /// init).
+    pub fn set_direct_io_mmap(&self, granted: bool) {
+        self.direct_io_mmap
+            .store(granted, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Absolute backing path of a datastore-relative path.

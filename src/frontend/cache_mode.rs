@@ -1,0 +1,101 @@
+//! Whether the kernel serves an open file through its page cache or sends
+//! every read and write to us ("direct I/O").
+//!
+//! The choice is per open, and it is a trade-off the kernel forces:
+//!
+//! * Through the page cache, the kernel reads ahead and keeps what it read,
+//!   so a re-read or a sequential reader never reaches us. But in FUSE's
+//!   write-through mode the kernel holds the inode lock for the whole of
+//!   every write, so writers to one file are serialized, and each write is
+//!   copied into the FUSE file's page cache before it reaches us.
+//! * Direct, nothing is cached and writes carry the caller's buffer. With
+//!   `FOPEN_PARALLEL_DIRECT_WRITES` the kernel takes the inode lock shared
+//!   for writes inside the file, so writers to different blocks run in
+//!   parallel (our block-range locks keep them apart; see
+//!   `content::encrypted_file`).
+//!
+//! The policy: a **writable open of an encrypted VM disk** is direct. That
+//! is how a hypervisor runs a VM: the guest has its own page cache, and
+//! VMware's own datastores do not cache VM disk I/O on the host either.
+//! Caching plaintext once more on the host only costs memory, and losing
+//! it makes parallel guest writes scale. Everything else uses the page
+//! cache: read-only opens of disks (backups, `qemu-img convert` sources,
+//! copies) keep readahead, and small VM files (.vmx, .nvram, logs) are
+//! cheap either way.
+//!
+//! Both modes see the same bytes: the kernel writes back and drops its
+//! cached pages of a range before it sends a direct write of that range
+//! when the mount negotiated `FUSE_DIRECT_IO_ALLOW_MMAP` (Linux 6.6+), which
+//! is also what lets a direct file be mmapped. Without that capability
+//! every open uses the page cache.
+//!
+//! `.control` files are always direct: their content is computed on read.
+//! An open with O_DIRECT needs no flag from us: the kernel already bypasses
+//! its cache for it.
+
+/// How the kernel caches one open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Through the kernel's page cache (with readahead).
+    PageCache,
+    /// Every read and write comes to us; nothing is cached.
+    Direct,
+    /// Direct, and writes inside the file may run in parallel.
+    DirectParallelWrites,
+}
+
+/// What is being opened, as far as the cache policy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedFile {
+    /// A virtual file (`.control`, `.stats`, …).
+    Virtual,
+    /// An encrypted VM disk (`*.vmdk` in a VM whose policy encrypts disks).
+    EncryptedDisk,
+    /// Any other file.
+    Other,
+}
+
+/// The cache mode for opening `file` with open(2) `flags`.
+/// `direct_io_mmap` says whether the kernel keeps direct and cached I/O
+/// coherent and allows mmap of direct files (`FUSE_DIRECT_IO_ALLOW_MMAP`).
+pub fn cache_mode(file: OpenedFile, flags: i32, direct_io_mmap: bool) -> CacheMode {
+    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    match file {
+        OpenedFile::Virtual => CacheMode::Direct,
+        OpenedFile::EncryptedDisk if writable && direct_io_mmap => CacheMode::DirectParallelWrites,
+        OpenedFile::EncryptedDisk | OpenedFile::Other => CacheMode::PageCache,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writable_disk_opens_go_direct_and_only_with_coherent_mmap() {
+        use CacheMode::*;
+        use OpenedFile::*;
+        for (file, flags, mmap, expected) in [
+            (EncryptedDisk, libc::O_RDWR, true, DirectParallelWrites),
+            (EncryptedDisk, libc::O_WRONLY, true, DirectParallelWrites),
+            (
+                EncryptedDisk,
+                libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+                true,
+                DirectParallelWrites,
+            ),
+            (EncryptedDisk, libc::O_RDONLY, true, PageCache),
+            (EncryptedDisk, libc::O_RDWR, false, PageCache),
+            (Other, libc::O_RDWR, true, PageCache),
+            (Other, libc::O_RDONLY, true, PageCache),
+            (Virtual, libc::O_RDONLY, false, Direct),
+            (Virtual, libc::O_WRONLY, true, Direct),
+        ] {
+            assert_eq!(
+                cache_mode(file, flags, mmap),
+                expected,
+                "{file:?} {flags:#o} {mmap}"
+            );
+        }
+    }
+}

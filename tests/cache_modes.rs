@@ -1,0 +1,122 @@
+//! The kernel cache policy (frontend::cache_mode): writable opens of
+//! encrypted disks are direct, everything else goes through the page
+//! cache, and the two modes always see the same bytes.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::TestEnv;
+
+/// Plaintext bytes the mount has served for `vm`, from the root `.stats`.
+fn bytes_read_by_mount(mnt: &Path, vm: &str) -> u64 {
+    let stats = fs::read_to_string(mnt.join(".stats")).unwrap();
+    let prefix = format!("vmcryptfs_read_bytes_total{{vm=\"{vm}\"}} ");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in .stats:\n{stats}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Reads the first 4 KiB of `file` `times` times and returns how many bytes
+/// reached the mount meanwhile.
+fn bytes_served_for_rereads(mnt: &Path, file: &fs::File, times: usize) -> u64 {
+    let before = bytes_read_by_mount(mnt, "vm1");
+    let mut buf = [0u8; 4096];
+    for _ in 0..times {
+        file.read_exact_at(&mut buf, 0).unwrap();
+    }
+    bytes_read_by_mount(mnt, "vm1") - before
+}
+
+#[test]
+fn writable_disk_opens_are_direct_and_other_opens_are_cached() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    let mount = env.mount();
+    let disk = mount.path("vm1/disk-flat.vmdk");
+    let config = mount.path("vm1/vm1.vmx");
+    fs::write(&disk, vec![0x5a; 4096]).unwrap();
+    fs::write(&config, vec![0x5a; 4096]).unwrap();
+
+    // A writable open of a disk: every read reaches the mount.
+    let rw_disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    assert_eq!(
+        bytes_served_for_rereads(&mount.path(""), &rw_disk, 10),
+        10 * 4096,
+        "reads of a writable disk open must not be cached"
+    );
+    drop(rw_disk);
+
+    // A read-only open of the same disk, and a writable open of a small VM
+    // file: the page cache serves the re-reads.
+    let ro_disk = fs::File::open(&disk).unwrap();
+    let served = bytes_served_for_rereads(&mount.path(""), &ro_disk, 10);
+    assert!(served <= 4096, "read-only disk open re-read {served} bytes");
+    let rw_config = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&config)
+        .unwrap();
+    let served = bytes_served_for_rereads(&mount.path(""), &rw_config, 10);
+    assert!(served <= 4096, ".vmx open re-read {served} bytes");
+}
+
+#[test]
+fn cached_readers_direct_writers_and_mappings_see_the_same_bytes() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    let mount = env.mount();
+    let disk = mount.path("vm1/disk-flat.vmdk");
+    fs::write(&disk, vec![b'A'; 64 * 1024]).unwrap();
+
+    let cached = fs::File::open(&disk).unwrap();
+    let mut buf = [0u8; 8];
+    cached.read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(&buf, b"AAAAAAAA");
+
+    let direct = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    direct.write_all_at(b"BBBBBBBB", 4096).unwrap();
+    cached.read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(
+        &buf, b"BBBBBBBB",
+        "a cached reader saw stale data after a direct write"
+    );
+
+    // A shared mapping of the direct open writes through to both opens,
+    // and sees a later direct write.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&direct) }.unwrap();
+    map[..4].copy_from_slice(b"MMAP");
+    map.flush().unwrap();
+    let mut head = [0u8; 4];
+    direct.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head, b"MMAP");
+    cached.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head, b"MMAP");
+    direct.write_all_at(b"CCCC", 0).unwrap();
+    assert_eq!(&map[..4], b"CCCC", "the mapping missed a direct write");
+    drop(map);
+    drop(direct);
+    drop(cached);
+
+    // And what reached the backing file is what a fresh mount reads.
+    mount.unmount();
+    let mount = env.mount();
+    let content = fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap();
+    assert_eq!(&content[..4], b"CCCC");
+    assert_eq!(&content[4096..4104], b"BBBBBBBB");
+    assert!(content[4104..].iter().all(|&b| b == b'A'));
+}
