@@ -10,30 +10,35 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 /// Requests of fewer blocks than this run on the calling thread. 16 blocks
 /// is 64 KiB: about 30 µs of AES-GCM, well above the few microseconds of
 /// handing work to the pool.
 const PARALLEL_MIN_BLOCKS: usize = 16;
 
-/// The crypto pool: one thread per core, created on first use.
+/// The crypto helpers: one thread per core besides the calling one,
+/// created on first use.
 fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
             .thread_name(|i| format!("vmcryptfs-crypto-{i}"))
             .build()
             .expect("cannot start the block crypto threads")
     })
 }
 
-/// Calls `work` on every item, on the pool when there are enough items,
-/// stopping at (and returning) an error. Which error is returned when
-/// several items fail is unspecified.
+/// Calls `work` on every item, stopping at (and returning) an error; which
+/// error is returned when several items fail is unspecified.
+///
+/// With enough items, the items are cut into one share per core: the
+/// helpers take all shares but one, and the calling thread works through
+/// the first share itself instead of sleeping until the helpers are done
+/// (which `rayon::ThreadPool::install` would do).
 pub fn try_for_each_block<T, E>(
-    items: Vec<T>,
-    work: impl Fn(T) -> Result<(), E> + Sync + Send,
+    mut items: Vec<T>,
+    work: impl Fn(T) -> Result<(), E> + Sync,
 ) -> Result<(), E>
 where
     T: Send,
@@ -42,7 +47,23 @@ where
     if items.len() < PARALLEL_MIN_BLOCKS {
         return items.into_iter().try_for_each(work);
     }
-    pool().install(|| items.into_par_iter().try_for_each(work))
+    let pool = pool();
+    let share = items.len().div_ceil(pool.current_num_threads() + 1);
+    let mut shares = Vec::new();
+    while items.len() > share {
+        shares.push(items.split_off(items.len() - share));
+    }
+    let mut results: Vec<Result<(), E>> = shares.iter().map(|_| Ok(())).collect();
+    let mut own = Ok(());
+    pool.in_place_scope(|scope| {
+        for (share, result) in shares.into_iter().zip(results.iter_mut()) {
+            let work = &work;
+            scope.spawn(move |_| *result = share.into_iter().try_for_each(work));
+        }
+        own = items.into_iter().try_for_each(&work);
+    });
+    own?;
+    results.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -23,9 +23,9 @@
 //! copies) keep readahead, and small VM files (.vmx, .nvram, logs) are
 //! cheap either way.
 //!
-//! Both modes see the same bytes: the kernel writes back and drops its
-//! cached pages of a range before it sends a direct write of that range
-//! when the mount negotiated `FUSE_DIRECT_IO_ALLOW_MMAP` (Linux 6.6+), which
+//! Both modes see the same bytes: the kernel writes back and invalidates
+//! its cached pages of a range around a direct write of that range when
+//! the mount negotiated `FUSE_DIRECT_IO_ALLOW_MMAP` (Linux 6.6+), which
 //! is also what lets a direct file be mmapped. Without that capability
 //! every open uses the page cache.
 //!
