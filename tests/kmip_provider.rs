@@ -51,7 +51,11 @@ fn a_kmip_provider_wraps_vms_beside_the_embedded_one() {
     assert_eq!(bundle_json(&env, "default-local")["provider"], "local");
     let out = env.run(&["provider", "set-default", "nowhere"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("`nowhere` is not configured"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`nowhere` is not configured"),
+        "{}",
+        stderr(&out)
+    );
     env.run_ok(&["provider", "set-default", "kms"]);
 
     let secret = b"vTPM NVRAM: endorsement seed 5eed5eed".repeat(100);
