@@ -7,6 +7,7 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,6 +198,254 @@ fn swap_dir_for_symlink_then_write(dir: &Path, outside: &Path, file: &Path) {
         before,
         "the host file is unchanged"
     );
+}
+
+/// An operation through the mount, given the swapped directory and the VM
+/// home (descriptors opened through the mount before the swap).
+type DirOp = fn(BorrowedFd<'_>, BorrowedFd<'_>) -> rustix::io::Result<()>;
+
+/// A VM subdirectory replaced by a symlink to a host directory behind the
+/// mount, while the kernel holds it cached: every metadata operation through
+/// it is refused (by vmcryptfs, which does them as `*at` calls on parents
+/// opened beneath the root), and the host directory is unchanged.
+#[test]
+fn metadata_operations_through_a_swapped_directory_never_reach_outside() {
+    use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let outside = env.dir.path().join("outside");
+    make_swap_targets(&outside);
+    fs::write(outside.join("host-only.vmx"), b"never looked up").unwrap();
+    let before = describe_tree(&outside);
+    let mount = env.mount();
+    // Names the kernel has cached (created through the mount just before
+    // the swap) reach vmcryptfs's operation itself; fresh names reach its
+    // lookup. Each must fail, whichever refuses it.
+    let ops: &[(&str, DirOp)] = &[
+        ("stat (fresh name)", |dir, _| {
+            rustix::fs::statat(dir, "host-only.vmx", AtFlags::SYMLINK_NOFOLLOW).map(drop)
+        }),
+        ("stat (cached name, forced to ask)", |dir, _| {
+            rustix::fs::statx(
+                dir,
+                "f.vmx",
+                AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_FORCE_SYNC,
+                rustix::fs::StatxFlags::BASIC_STATS,
+            )
+            .map(drop)
+        }),
+        ("chmod", |dir, _| {
+            rustix::fs::chmodat(dir, "f.vmx", Mode::from_raw_mode(0o777), AtFlags::empty())
+        }),
+        ("chmod of a directory", |dir, _| {
+            rustix::fs::chmodat(dir, "d", Mode::from_raw_mode(0o777), AtFlags::empty())
+        }),
+        ("chown to our own ids", |dir, _| {
+            let uid = rustix::fs::Uid::from_raw(nix::unistd::getuid().as_raw());
+            let gid = rustix::fs::Gid::from_raw(nix::unistd::getgid().as_raw());
+            rustix::fs::chownat(
+                dir,
+                "f.vmx",
+                Some(uid),
+                Some(gid),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+        }),
+        ("utimes", |dir, _| {
+            let long_ago = Timespec {
+                tv_sec: 1000,
+                tv_nsec: 0,
+            };
+            let times = Timestamps {
+                last_access: long_ago,
+                last_modification: long_ago,
+            };
+            rustix::fs::utimensat(dir, "f.vmx", &times, AtFlags::SYMLINK_NOFOLLOW)
+        }),
+        ("touch (now)", |dir, _| {
+            let now = Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            };
+            let times = Timestamps {
+                last_access: now,
+                last_modification: now,
+            };
+            rustix::fs::utimensat(dir, "f.vmx", &times, AtFlags::empty())
+        }),
+        ("unlink", |dir, _| {
+            rustix::fs::unlinkat(dir, "f.vmx", AtFlags::empty())
+        }),
+        ("unlink of a symlink", |dir, _| {
+            rustix::fs::unlinkat(dir, "l", AtFlags::empty())
+        }),
+        ("rmdir", |dir, _| {
+            rustix::fs::unlinkat(dir, "d", AtFlags::REMOVEDIR)
+        }),
+        ("mkdir", |dir, _| {
+            rustix::fs::mkdirat(dir, "newdir", Mode::from_raw_mode(0o755))
+        }),
+        ("rename within", |dir, _| {
+            rustix::fs::renameat(dir, "f.vmx", dir, "other.vmx")
+        }),
+        ("rename out into the VM home", |dir, vm| {
+            rustix::fs::renameat(dir, "f.vmx", vm, "moved-out.vmx")
+        }),
+        ("rename in from the VM home", |dir, vm| {
+            rustix::fs::renameat(vm, "inside.vmx", dir, "other.vmx")
+        }),
+        ("rename exchange", |dir, vm| {
+            rustix::fs::renameat_with(vm, "inside.vmx", dir, "f.vmx", RenameFlags::EXCHANGE)
+        }),
+        ("link out into the VM home", |dir, vm| {
+            rustix::fs::linkat(dir, "f.vmx", vm, "linked-out.vmx", AtFlags::empty())
+        }),
+        ("link in from the VM home", |dir, vm| {
+            rustix::fs::linkat(vm, "inside.vmx", dir, "linked-in.vmx", AtFlags::empty())
+        }),
+        ("symlink", |dir, _| {
+            rustix::fs::symlinkat("f.vmx", dir, "newlink")
+        }),
+        ("readlink", |dir, _| {
+            rustix::fs::readlinkat(dir, "l", Vec::new()).map(drop)
+        }),
+        ("readdir of the swapped directory", |dir, _| {
+            let fd =
+                rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+            rustix::fs::Dir::new(fd)?.next().transpose().map(drop)
+        }),
+        ("readdir below it", |dir, _| {
+            let fd =
+                rustix::fs::openat(dir, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+            rustix::fs::Dir::new(fd)?.next().transpose().map(drop)
+        }),
+    ];
+    for (i, (what, op)) in ops.iter().enumerate() {
+        // ELOOP comes from vmcryptfs (openat2 beneath the root). EIO means
+        // the kernel asked for the directory's attributes after the swap
+        // after all (only if more than the 1 s attribute TTL passed since
+        // the refresh below, on a very busy machine) and refused by itself,
+        // so vmcryptfs's operation was not tested: try again.
+        let mut errnos = Vec::new();
+        for attempt in 0..3 {
+            let sub = format!("vm1/sub{i}-{attempt}");
+            let errno = swap_dir_then(&env, &mount, &sub, &outside, *op, what);
+            assert_eq!(
+                describe_tree(&outside),
+                before,
+                "{what} changed the host directory"
+            );
+            assert_eq!(
+                fs::read(mount.path("vm1/inside.vmx")).unwrap(),
+                b"VM file",
+                "{what}"
+            );
+            for name in ["moved-out.vmx", "linked-out.vmx"] {
+                assert!(!env.vm_dir("vm1").join(name).exists(), "{what}");
+            }
+            errnos.push(errno);
+            if errno != libc::EIO {
+                break;
+            }
+        }
+        assert!(
+            [libc::ELOOP, libc::EXDEV].contains(errnos.last().unwrap()),
+            "{what}: errnos {errnos:?}"
+        );
+    }
+    drop(mount);
+}
+
+/// Makes `sub` (a VM subdirectory) through the mount, swaps its backing
+/// directory for a symlink to `outside` while the kernel holds it cached,
+/// and runs `op` through it once; returns the errno it failed with.
+fn swap_dir_then(
+    env: &TestEnv,
+    mount: &common::Mount,
+    sub: &str,
+    outside: &Path,
+    op: DirOp,
+    what: &str,
+) -> i32 {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    // Through the mount: the names the outside directory has, so that the
+    // kernel holds them (and the directory) cached when the swap happens,
+    // and a file of the VM home to move or link.
+    make_swap_targets(&mount.path(sub));
+    fs::write(mount.path("vm1/inside.vmx"), b"VM file").unwrap();
+    // The operations go through descriptors of the directories opened
+    // before the swap: a path through the mount would make the kernel look
+    // the directory up again once its 1 s entry TTL is over, see the
+    // symlink and follow it itself, straight to the host directory without
+    // asking vmcryptfs (as on any file system).
+    let open_dir = |path: PathBuf| {
+        rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap()
+    };
+    let dir = open_dir(mount.path(sub));
+    let vm = open_dir(mount.path("vm1"));
+    // And fresh attributes of both: creating entries made the kernel drop
+    // them, and asking again after the swap would show it a symlink where
+    // it has a directory, so it would fail everything with EIO before
+    // vmcryptfs's operation is even reached.
+    for fd in [&dir, &vm] {
+        rustix::fs::statx(
+            fd,
+            "",
+            AtFlags::EMPTY_PATH | AtFlags::STATX_FORCE_SYNC,
+            rustix::fs::StatxFlags::BASIC_STATS,
+        )
+        .unwrap();
+    }
+    let backing = env.datastore.join(sub);
+    fs::rename(&backing, backing.with_extension("moved")).unwrap();
+    std::os::unix::fs::symlink(outside, &backing).unwrap();
+    match op(dir.as_fd(), vm.as_fd()) {
+        Ok(()) => panic!("{what} through the swapped directory succeeded"),
+        Err(errno) => errno.raw_os_error(),
+    }
+}
+
+/// The entries the swapped directory and the host directory both hold: a
+/// file, another file, an empty directory, a symlink.
+fn make_swap_targets(dir: &Path) {
+    fs::create_dir_all(dir.join("d")).unwrap();
+    fs::write(dir.join("f.vmx"), b"file").unwrap();
+    fs::write(dir.join("other.vmx"), b"other file").unwrap();
+    std::os::unix::fs::symlink("f.vmx", dir.join("l")).unwrap();
+}
+
+/// Everything an escaped operation could change in `dir`, recursively:
+/// names, types, modes, owners, link counts, times (but access), contents
+/// and link targets.
+fn describe_tree(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut lines = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let content = if meta.is_dir() {
+            lines.extend(describe_tree(&path));
+            String::new()
+        } else if meta.is_symlink() {
+            format!("-> {:?}", fs::read_link(&path).unwrap())
+        } else {
+            format!("{:?}", String::from_utf8_lossy(&fs::read(&path).unwrap()))
+        };
+        lines.push(format!(
+            "{} mode {:o} owner {}:{} links {} mtime {}.{} ctime {}.{} {content}",
+            path.display(),
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.nlink(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        ));
+    }
+    lines.sort();
+    lines
 }
 
 #[test]

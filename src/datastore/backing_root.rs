@@ -1,22 +1,33 @@
-//! Opening backing files strictly beneath the datastore root.
+//! Resolving backing paths strictly beneath the datastore root.
 //!
 //! The mount resolves paths it was given by the kernel, which has already
 //! resolved every symlink itself; a symlink met on the way now was put into
 //! the datastore behind the mount's back (a directory or file swapped for a
-//! link), and following it could make the mount read or write a host file
-//! outside the datastore. So files are opened with `openat2(2)` relative to
-//! a descriptor of the datastore root, with `RESOLVE_BENEATH` and
-//! `RESOLVE_NO_SYMLINKS`: any symlink or `..` escape on the way is `ELOOP`
-//! or `EXDEV` instead. On kernels without `openat2` (before 5.6) the open
-//! falls back to `open(2)` with `O_NOFOLLOW`, which guards the last
-//! component only.
+//! link), and following it could make the mount read, write or change a
+//! host file outside the datastore. So every backing path is resolved with
+//! `openat2(2)` relative to a descriptor of the datastore root, with
+//! `RESOLVE_BENEATH` and `RESOLVE_NO_SYMLINKS`: any symlink or `..` escape
+//! on the way is `ELOOP` or `EXDEV` instead. Files are opened that way
+//! ([`BackingRoot::open_file`]), directories for listing too
+//! ([`BackingRoot::open_dir`]), and for the metadata operations of
+//! `backing_meta` the *parent* directory of an entry
+//! ([`BackingRoot::parent_of`]), so that the operation is one `*at` call on
+//! the final name that never follows it.
+//!
+//! On kernels without `openat2` (before 5.6) the path is walked one
+//! component at a time instead, each opened with `O_NOFOLLOW` relative to
+//! the previous one and `..` refused, which keeps the same guarantee at the
+//! cost of a system call per component (symlinks then give `ENOTDIR` or
+//! `ELOOP`).
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 /// The open(2) flags a backing open may carry besides the access mode and
 /// O_CREAT/O_EXCL. `openat2` rejects unknown bits (the kernel's f_flags
@@ -29,14 +40,30 @@ const PASSED_FLAGS: i32 = libc::O_NONBLOCK
     | libc::O_LARGEFILE
     | libc::O_NOFOLLOW;
 
-/// The datastore root, for opens beneath it.
+/// The datastore root, for resolving paths beneath it.
 pub struct BackingRoot {
-    /// The root directory's path (for the fallback and for messages).
-    path: PathBuf,
     /// An `O_PATH` descriptor of the root. Immutable.
     fd: OwnedFd,
     /// Set once `openat2` turned out to be missing (ENOSYS).
     no_openat2: AtomicBool,
+}
+
+/// A directory beneath the root: the root's own descriptor, or one opened
+/// beneath it.
+pub enum DirFd<'root> {
+    /// The datastore root.
+    Root(BorrowedFd<'root>),
+    /// A directory below it.
+    Opened(OwnedFd),
+}
+
+impl AsFd for DirFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Root(fd) => *fd,
+            DirFd::Opened(fd) => fd.as_fd(),
+        }
+    }
 }
 
 impl BackingRoot {
@@ -48,51 +75,138 @@ impl BackingRoot {
             Mode::empty(),
         )?;
         Ok(Self {
-            path: root.to_path_buf(),
             fd,
             no_openat2: AtomicBool::new(false),
         })
     }
 
+    /// The root's descriptor (`O_PATH`).
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Opens `rel` (relative to the root, no leading `/`) with raw open(2)
     /// `flags`: the access mode, O_CREAT and O_EXCL, and the flags listed
     /// in [`PASSED_FLAGS`]; others are dropped. `mode` applies with
-    /// O_CREAT.
+    /// O_CREAT. A symlink as the last component is refused too (ELOOP).
     pub fn open_file(&self, rel: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
         let creating = flags & libc::O_CREAT != 0;
         let flags = (flags & (libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | PASSED_FLAGS))
-            | libc::O_CLOEXEC
             | libc::O_NOFOLLOW;
         let mode = if creating { mode & 0o7777 } else { 0 };
+        let fd = self.resolve(
+            rel,
+            OFlags::from_bits_retain(flags as u32),
+            Mode::from_raw_mode(mode),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens directory `rel` for reading its entries (or syncing it). The
+    /// directory itself must not be a symlink either (ELOOP).
+    pub fn open_dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        Ok(self.resolve(rel, flags, Mode::empty())?)
+    }
+
+    /// The parent directory of entry `rel`, opened beneath the root, and
+    /// the entry's name in it, for a `*at` call that acts on that name
+    /// without following it. For the root itself (`rel` empty) that is the
+    /// root and `.`.
+    pub fn parent_of<'p>(&self, rel: &'p Path) -> std::io::Result<(DirFd<'_>, &'p OsStr)> {
+        match (rel.parent(), rel.file_name()) {
+            (None, _) => Ok((DirFd::Root(self.fd.as_fd()), OsStr::new("."))),
+            (Some(parent), Some(name)) => Ok((self.dir_path(parent)?, name)),
+            // A path ending in `..`: never made by the mount.
+            (Some(_), None) => Err(Errno::XDEV.into()),
+        }
+    }
+
+    /// An `O_PATH` descriptor of directory `rel`, the root's own for the
+    /// root (no system call).
+    fn dir_path(&self, rel: &Path) -> rustix::io::Result<DirFd<'_>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(DirFd::Root(self.fd.as_fd()));
+        }
+        let fd = self.resolve(rel, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+        Ok(DirFd::Opened(fd))
+    }
+
+    /// Opens `rel` with `flags` (O_CLOEXEC is added) beneath the root,
+    /// following no symlink on the way. A symlink as the last component is
+    /// ELOOP, or with O_PATH | O_NOFOLLOW the link itself; callers pass
+    /// O_NOFOLLOW or O_DIRECTORY, so the fallback never follows it either.
+    fn resolve(&self, rel: &Path, flags: OFlags, mode: Mode) -> rustix::io::Result<OwnedFd> {
+        let flags = flags | OFlags::CLOEXEC;
+        // The root itself; openat2 refuses an empty path.
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         if !self.no_openat2.load(Ordering::Relaxed) {
-            let result = rustix::fs::openat2(
+            match rustix::fs::openat2(
                 &self.fd,
                 rel,
-                OFlags::from_bits_retain(flags as u32),
-                Mode::from_raw_mode(mode),
+                flags,
+                mode,
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-            );
-            match result {
-                Err(rustix::io::Errno::NOSYS) => {
-                    log::warn!("openat2 is not available (Linux < 5.6): backing files are opened with O_NOFOLLOW only");
+            ) {
+                Err(Errno::NOSYS) => {
+                    log::warn!("openat2 is not available (Linux < 5.6): backing paths are walked one component at a time with O_NOFOLLOW");
                     self.no_openat2.store(true, Ordering::Relaxed);
                 }
-                Err(err) => return Err(err.into()),
-                Ok(fd) => return Ok(File::from(fd)),
+                result => return result,
             }
         }
-        use std::os::unix::fs::OpenOptionsExt;
-        let fallback_flags = flags & !libc::O_ACCMODE & !libc::O_CREAT & !libc::O_EXCL;
-        let mut options = std::fs::OpenOptions::new();
-        match flags & libc::O_ACCMODE {
-            libc::O_WRONLY => options.write(true),
-            libc::O_RDWR => options.read(true).write(true),
-            _ => options.read(true),
+        self.resolve_by_walking(rel, flags, mode)
+    }
+
+    /// [`Self::resolve`] without `openat2`: each directory on the way is
+    /// opened `O_PATH | O_NOFOLLOW` relative to the one before and the last
+    /// component `O_NOFOLLOW`, so no symlink is followed, and `..` or an
+    /// absolute path is EXDEV as with `RESOLVE_BENEATH`.
+    fn resolve_by_walking(
+        &self,
+        rel: &Path,
+        flags: OFlags,
+        mode: Mode,
+    ) -> rustix::io::Result<OwnedFd> {
+        let mut names = Vec::new();
+        for component in rel.components() {
+            match component {
+                Component::Normal(name) => names.push(name),
+                Component::CurDir => {}
+                Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                    return Err(Errno::XDEV)
+                }
+            }
+        }
+        let Some((last, dirs)) = names.split_last() else {
+            return rustix::fs::openat(&self.fd, ".", flags, mode);
         };
-        options
-            .custom_flags(fallback_flags | (flags & (libc::O_CREAT | libc::O_EXCL)))
-            .mode(mode);
-        options.open(self.path.join(rel))
+        let mut dir = DirFd::Root(self.fd.as_fd());
+        for name in dirs {
+            let next = rustix::fs::openat(
+                &dir,
+                *name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            dir = DirFd::Opened(next);
+        }
+        // The last component is never followed either (openat2 refuses a
+        // symlink there with RESOLVE_NO_SYMLINKS, or with O_PATH |
+        // O_NOFOLLOW returns the link itself, as this does).
+        rustix::fs::openat(&dir, *last, flags | OFlags::NOFOLLOW, mode)
+    }
+
+    /// Makes this root resolve paths as on a kernel without `openat2`, so
+    /// that tests cover the fallback.
+    #[cfg(test)]
+    pub(crate) fn without_openat2(self) -> Self {
+        self.no_openat2.store(true, Ordering::Relaxed);
+        self
     }
 }
 
@@ -102,16 +216,40 @@ mod tests {
 
     #[test]
     fn opens_beneath_and_refuses_every_way_out() {
+        for fallback in [false, true] {
+            opens_beneath_and_refuses_every_way_out_with(fallback);
+        }
+    }
+
+    /// With `fallback`, as on a kernel without openat2.
+    fn opens_beneath_and_refuses_every_way_out_with(fallback: bool) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
-        std::fs::create_dir_all(root.join("vm")).unwrap();
+        std::fs::create_dir_all(root.join("vm/sub")).unwrap();
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("host.txt"), b"host").unwrap();
         std::fs::write(root.join("vm/f"), b"inside").unwrap();
         std::os::unix::fs::symlink(&outside, root.join("vm/dirlink")).unwrap();
         std::os::unix::fs::symlink(outside.join("host.txt"), root.join("vm/filelink")).unwrap();
-        let beneath = BackingRoot::open(&root).unwrap();
+        let mut beneath = BackingRoot::open(&root).unwrap();
+        if fallback {
+            beneath = beneath.without_openat2();
+        }
+        // The fallback meets a linked directory with O_NOFOLLOW |
+        // O_DIRECTORY, which is ENOTDIR.
+        let refused: &[i32] = if fallback {
+            &[libc::ELOOP, libc::EXDEV, libc::ENOTDIR]
+        } else {
+            &[libc::ELOOP, libc::EXDEV]
+        };
+        let refused_errno = |err: std::io::Error, what: &str| {
+            let errno = err.raw_os_error().unwrap_or(0);
+            assert!(
+                refused.contains(&errno),
+                "{what} (fallback {fallback}): {err}"
+            );
+        };
 
         let file = beneath
             .open_file(Path::new("vm/f"), libc::O_RDONLY, 0)
@@ -135,10 +273,7 @@ mod tests {
             let err = beneath
                 .open_file(Path::new(escape), libc::O_RDWR, 0)
                 .expect_err(escape);
-            assert!(
-                [libc::ELOOP, libc::EXDEV].contains(&err.raw_os_error().unwrap_or(0)),
-                "{escape}: {err}"
-            );
+            refused_errno(err, escape);
         }
         let err = beneath
             .open_file(
@@ -155,5 +290,38 @@ mod tests {
         assert!(beneath
             .open_file(Path::new("vm/f"), libc::O_RDONLY | exec_flag, 0)
             .is_ok());
+
+        // Directories, for listing, and parents of entries.
+        assert!(beneath.open_dir(Path::new("")).is_ok());
+        assert!(beneath.open_dir(Path::new("vm/sub")).is_ok());
+        for escape in ["vm/dirlink", "..", "vm/../.."] {
+            refused_errno(beneath.open_dir(Path::new(escape)).unwrap_err(), escape);
+        }
+        let (_, name) = beneath.parent_of(Path::new("")).unwrap();
+        assert_eq!(name, ".");
+        let (parent, name) = beneath.parent_of(Path::new("vm")).unwrap();
+        assert!(matches!(parent, DirFd::Root(_)), "no open for the root");
+        assert_eq!(name, "vm");
+        let (parent, name) = beneath.parent_of(Path::new("vm/sub/x")).unwrap();
+        assert_eq!(name, "x");
+        let parent_stat = rustix::fs::fstat(&parent).unwrap();
+        let sub = std::fs::metadata(root.join("vm/sub")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(parent_stat.st_ino, sub.ino());
+        for escape in [
+            "vm/dirlink/x",
+            "../outside/x",
+            "vm/../../outside/x",
+            "vm/..",
+        ] {
+            let Err(err) = beneath.parent_of(Path::new(escape)) else {
+                panic!("{escape}: resolved");
+            };
+            refused_errno(err, escape);
+        }
+        let Err(err) = beneath.parent_of(Path::new("vm/f/x")) else {
+            panic!("a file as a directory");
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
     }
 }

@@ -13,8 +13,12 @@
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 //! * [`counters`]: live per-VM counters for `.stats`.
-//! * [`backing_root`]: opening backing files strictly beneath the root.
+//! * [`backing_root`]: resolving backing paths strictly beneath the root
+//!   (opening files, directories, and the parents of entries).
+//! * [`backing_meta`]: metadata operations on backing entries (stat,
+//!   chmod, unlink, rename, ...) as `*at` calls beneath the root.
 
+pub mod backing_meta;
 pub mod backing_root;
 pub mod bundle_file;
 pub mod convert;

@@ -1,39 +1,35 @@
 //! Backing `stat` → FUSE attributes.
 
-use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
+use rustix::fs::Stat;
 
 use crate::content::EncryptedFile;
 use crate::control::virtual_file::VirtualFile;
+use crate::datastore::backing_meta;
 
 /// How long the kernel may cache attributes and entries. Short, because a
 /// shared datastore can change underneath (another host, the CLI).
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// The FUSE file type of a backing file.
-pub fn file_type(meta: &Metadata) -> FileType {
-    kind_of(meta.file_type())
+pub fn file_type(stat: &Stat) -> FileType {
+    kind_of(backing_meta::file_type(stat))
 }
 
-/// The FUSE file type for a std file type (from a stat or a directory entry).
-pub fn kind_of(ft: std::fs::FileType) -> FileType {
-    if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_fifo() {
-        FileType::NamedPipe
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else {
-        FileType::RegularFile
+/// The FUSE file type for a backing file type (from a stat or a directory
+/// entry).
+pub fn kind_of(kind: rustix::fs::FileType) -> FileType {
+    use rustix::fs::FileType as Backing;
+    match kind {
+        Backing::Directory => FileType::Directory,
+        Backing::Symlink => FileType::Symlink,
+        Backing::BlockDevice => FileType::BlockDevice,
+        Backing::CharacterDevice => FileType::CharDevice,
+        Backing::Fifo => FileType::NamedPipe,
+        Backing::Socket => FileType::Socket,
+        _ => FileType::RegularFile,
     }
 }
 
@@ -47,27 +43,31 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 /// Attributes of a backing file as node `ino`. For encrypted regular files
 /// the size is the plaintext size.
-pub fn from_metadata(ino: u64, meta: &Metadata, encrypted: bool) -> FileAttr {
-    let kind = file_type(meta);
+// The field types of `struct stat` differ between architectures, hence
+// casts that are no-ops on some.
+#[allow(clippy::unnecessary_cast)]
+pub fn from_stat(ino: u64, stat: &Stat, encrypted: bool) -> FileAttr {
+    let kind = file_type(stat);
+    let stored_size = stat.st_size as u64;
     let size = if encrypted && kind == FileType::RegularFile {
-        EncryptedFile::plain_size_for_stat(meta.len())
+        EncryptedFile::plain_size_for_stat(stored_size)
     } else {
-        meta.len()
+        stored_size
     };
     FileAttr {
         ino: INodeNo(ino),
         size,
-        blocks: meta.blocks(),
-        atime: time(meta.atime(), meta.atime_nsec()),
-        mtime: time(meta.mtime(), meta.mtime_nsec()),
-        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        blocks: stat.st_blocks as u64,
+        atime: time(stat.st_atime as i64, stat.st_atime_nsec as i64),
+        mtime: time(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+        ctime: time(stat.st_ctime as i64, stat.st_ctime_nsec as i64),
         crtime: UNIX_EPOCH,
         kind,
-        perm: (meta.mode() & 0o7777) as u16,
-        nlink: meta.nlink() as u32,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        rdev: meta.rdev() as u32,
+        perm: (stat.st_mode & 0o7777) as u16,
+        nlink: stat.st_nlink as u32,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        rdev: stat.st_rdev as u32,
         blksize: 4096,
         flags: 0,
     }
@@ -76,8 +76,8 @@ pub fn from_metadata(ino: u64, meta: &Metadata, encrypted: bool) -> FileAttr {
 /// Attributes of a virtual file (`.control`, `.control.json`, `.stats`).
 /// Size 0: it is opened with
 /// direct I/O, so readers read until EOF regardless.
-pub fn virtual_attr(ino: u64, dir: &Metadata, file: VirtualFile) -> FileAttr {
-    let mut attr = from_metadata(ino, dir, false);
+pub fn virtual_attr(ino: u64, dir: &Stat, file: VirtualFile) -> FileAttr {
+    let mut attr = from_stat(ino, dir, false);
     attr.kind = FileType::RegularFile;
     attr.size = 0;
     attr.blocks = 0;

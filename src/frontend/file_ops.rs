@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use super::attr;
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::handles::Handle;
 use super::inodes::NodeInfo;
-use super::{io_errno, FsResult, VmCryptFs};
+use super::{io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::layout::{self, ContentClass};
@@ -154,27 +154,26 @@ impl VmCryptFs {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
-        let full = self.backing_path(&rel);
         let area = self.child_area(&dir, name, None);
         let class = Self::content_class(&area, name);
         let file = self
             .open_backing(&rel, flags, class, Some(mode))
             .map_err(io_errno)?;
-        self.chown_to_caller(&full, uid, gid)?;
-        let meta = file.metadata().map_err(io_errno)?;
-        let backing = (meta.dev(), meta.ino());
+        self.chown_to_caller(&rel, uid, gid)?;
+        let stat = rustix::fs::fstat(&file).map_err(sys_errno)?;
+        let backing = super::backing_id(&stat);
         let ino = self.inodes.remember(backing, &rel, area, |known| {
             self.names_backing(known, backing)
         });
         let node = self.node(ino)?;
         let handle = self.make_handle(&node, file, class, &rel)?;
-        if flags & libc::O_TRUNC != 0 && meta.len() > 0 {
+        if flags & libc::O_TRUNC != 0 && stat.st_size > 0 {
             self.truncate_handle(&handle, &rel, 0)?;
         }
-        let attr = attr::from_metadata(
+        let attr = attr::from_stat(
             ino,
-            &meta,
-            class == ContentClass::Encrypted && meta.len() == 0,
+            &stat,
+            class == ContentClass::Encrypted && stat.st_size == 0,
         );
         let mode = self.cache_mode_for(&rel, class, flags);
         Ok((attr, self.handles.insert(handle), mode))

@@ -18,15 +18,15 @@ pub mod lock_ops;
 pub mod node_ops;
 
 use std::ffi::OsStr;
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use fuser::Errno;
+use rustix::fs::{FileType, Stat};
 
 use crate::control::command::ControlScope;
 use crate::control::virtual_file::VirtualFile;
+use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
@@ -40,6 +40,19 @@ pub type FsResult<T> = Result<T, Errno>;
 /// Converts an I/O error into the errno for the reply.
 pub fn io_errno(err: std::io::Error) -> Errno {
     Errno::from(err)
+}
+
+/// Converts a system call's error (from rustix) into the errno for the
+/// reply.
+pub fn sys_errno(err: rustix::io::Errno) -> Errno {
+    Errno::from_i32(err.raw_os_error())
+}
+
+/// The (device, inode) pair that identifies a backing file.
+// The field types of `struct stat` differ between architectures.
+#[allow(clippy::unnecessary_cast)]
+fn backing_id(stat: &Stat) -> (u64, u64) {
+    (stat.st_dev as u64, stat.st_ino as u64)
 }
 
 /// The state of one mount.
@@ -65,7 +78,9 @@ pub struct VmCryptFs {
     /// Whether the daemon runs as root, so that new files are given to the
     /// calling user (as a kernel file system would) instead of to root.
     chown_new_files: bool,
-    /// The datastore root, for opens that cannot escape it. Immutable.
+    /// The datastore root, through which every backing file is opened and
+    /// every metadata operation done, so that none can leave it (see
+    /// `datastore::backing_root`). Immutable.
     beneath: BackingRoot,
     /// When the mount started, for `.stats` uptime. Immutable.
     started: std::time::Instant,
@@ -74,10 +89,11 @@ pub struct VmCryptFs {
 impl VmCryptFs {
     /// A frontend over `datastore`.
     pub fn new(datastore: Arc<Datastore>) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(datastore.root())?;
+        let beneath = BackingRoot::open(datastore.root())?;
+        let root = beneath.stat(Path::new(""))?;
         Ok(Self {
-            beneath: BackingRoot::open(datastore.root())?,
-            inodes: InodeTable::new((meta.dev(), meta.ino())),
+            beneath,
+            inodes: InodeTable::new(backing_id(&root)),
             datastore,
             handles: HandleTable::default(),
             locks: lock_ops::LockTable::default(),
@@ -102,11 +118,6 @@ impl VmCryptFs {
             .store(granted, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Absolute backing path of a datastore-relative path.
-    fn backing_path(&self, rel: &Path) -> PathBuf {
-        self.datastore.root().join(rel)
-    }
-
     /// The node, or ENOENT (ESTALE would confuse tools more).
     fn node(&self, ino: u64) -> FsResult<NodeInfo> {
         self.inodes.get(ino).ok_or(Errno::ENOENT)
@@ -129,11 +140,12 @@ impl VmCryptFs {
         }
     }
 
-    /// The area of entry `name` in directory `parent`, given its metadata.
-    fn child_area(&self, parent: &NodeInfo, name: &OsStr, meta: Option<&Metadata>) -> Area {
+    /// The area of entry `name` in directory `parent`, given its `stat`.
+    fn child_area(&self, parent: &NodeInfo, name: &OsStr, stat: Option<&Stat>) -> Area {
         match &parent.area {
             Area::Root => {
-                let is_dir = meta.is_some_and(|m| m.is_dir());
+                let is_dir =
+                    stat.is_some_and(|s| backing_meta::file_type(s) == FileType::Directory);
                 match is_dir.then(|| self.datastore.vm_home(name)).flatten() {
                     Some(vm) => Area::Vm(vm),
                     None => Area::Plain,
@@ -153,8 +165,8 @@ impl VmCryptFs {
     }
 
     /// Whether the regular file at `path` in `area` is encrypted.
-    fn is_encrypted_file(area: &Area, path: &Path, meta: &Metadata) -> bool {
-        meta.is_file()
+    fn is_encrypted_file(area: &Area, path: &Path, stat: &Stat) -> bool {
+        backing_meta::file_type(stat) == FileType::RegularFile
             && path
                 .file_name()
                 .is_some_and(|name| Self::content_class(area, name) == ContentClass::Encrypted)
@@ -173,10 +185,13 @@ impl VmCryptFs {
         Ok(())
     }
 
-    /// Gives a newly created file to the calling user when we run as root.
-    fn chown_to_caller(&self, path: &Path, uid: u32, gid: u32) -> FsResult<()> {
+    /// Gives newly created entry `rel` to the calling user when we run as
+    /// root.
+    fn chown_to_caller(&self, rel: &Path, uid: u32, gid: u32) -> FsResult<()> {
         if self.chown_new_files && (uid != 0 || gid != 0) {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_errno)?;
+            self.beneath
+                .chown(rel, Some(uid), Some(gid))
+                .map_err(io_errno)?;
         }
         Ok(())
     }

@@ -1,21 +1,20 @@
 //! Names, attributes and directories.
 
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, RenameFlags, TimeOrNow};
-use nix::sys::stat::{utimensat, UtimensatFlags};
-use nix::sys::time::TimeSpec;
+use rustix::fs::{Mode, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 
 use super::attr;
 use super::handles::{DirEntry, Handle};
 use super::inodes::{Area, NodeInfo, ROOT_INO};
-use super::{io_errno, FsResult, VmCryptFs};
+use super::{backing_id, io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::control::virtual_file::VirtualFile;
-use crate::datastore::{bundle_file, layout};
+use crate::datastore::{backing_meta, layout};
 
 /// What `statfs` reports.
 pub struct FsStats {
@@ -37,14 +36,35 @@ pub struct FsStats {
     pub frsize: u32,
 }
 
-fn to_timespec(time: Option<TimeOrNow>) -> TimeSpec {
+fn to_timespec(time: Option<TimeOrNow>) -> Timespec {
+    let special = |tv_nsec| Timespec { tv_sec: 0, tv_nsec };
     match time {
-        None => TimeSpec::UTIME_OMIT,
-        Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
+        None => special(UTIME_OMIT),
+        Some(TimeOrNow::Now) => special(UTIME_NOW),
         Some(TimeOrNow::SpecificTime(t)) => {
             let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
+            Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos().into(),
+            }
         }
+    }
+}
+
+/// Where metadata changes of a node go: its backing entry, or for a file
+/// unlinked while open, one of its open handles.
+enum MetadataTarget {
+    /// The entry at this datastore path.
+    Entry(PathBuf),
+    /// An open handle of the file (a plain or encrypted one).
+    Open(Arc<Handle>),
+}
+
+/// The backing file of an open file handle.
+fn open_file(handle: &Handle) -> FsResult<&File> {
+    match handle {
+        Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => Ok(file),
+        _ => Err(Errno::ENOENT),
     }
 }
 
@@ -55,26 +75,28 @@ impl VmCryptFs {
         let dir_path = self.node_path(&dir)?;
         if let Some(file) = self.virtual_file_named(&dir, name) {
             let ino = self.inodes.remember_virtual(parent, dir.area.clone(), file);
-            let meta = fs::metadata(self.backing_path(&dir_path)).map_err(io_errno)?;
-            return Ok(attr::virtual_attr(ino, &meta, file));
+            let dir_stat = self.beneath.stat(&dir_path).map_err(io_errno)?;
+            return Ok(attr::virtual_attr(ino, &dir_stat, file));
         }
         if layout::is_internal_name(name) {
             return Err(Errno::ENOENT);
         }
         let rel = dir_path.join(name);
-        let meta = fs::symlink_metadata(self.backing_path(&rel)).map_err(io_errno)?;
-        let area = self.child_area(&dir, name, Some(&meta));
-        let encrypted = Self::is_encrypted_file(&area, &rel, &meta);
-        let backing = (meta.dev(), meta.ino());
+        let stat = self.beneath.stat(&rel).map_err(io_errno)?;
+        let area = self.child_area(&dir, name, Some(&stat));
+        let encrypted = Self::is_encrypted_file(&area, &rel, &stat);
+        let backing = backing_id(&stat);
         let ino = self.inodes.remember(backing, &rel, area, |known| {
             self.names_backing(known, backing)
         });
-        Ok(attr::from_metadata(ino, &meta, encrypted))
+        Ok(attr::from_stat(ino, &stat, encrypted))
     }
 
     /// Whether datastore path `rel` currently names the backing file `backing`.
     pub(super) fn names_backing(&self, rel: &Path, backing: (u64, u64)) -> bool {
-        fs::symlink_metadata(self.backing_path(rel)).is_ok_and(|m| (m.dev(), m.ino()) == backing)
+        self.beneath
+            .stat(rel)
+            .is_ok_and(|stat| backing_id(&stat) == backing)
     }
 
     /// The kernel forgets `count` lookups.
@@ -87,8 +109,8 @@ impl VmCryptFs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
-            let dir_meta = fs::metadata(self.datastore.root()).map_err(io_errno)?;
-            return Ok(attr::virtual_attr(ino, &dir_meta, file));
+            let root = self.beneath.stat(Path::new("")).map_err(io_errno)?;
+            return Ok(attr::virtual_attr(ino, &root, file));
         }
         // Through an open handle: the one given, or for a file unlinked
         // while open, any open handle of the node.
@@ -99,22 +121,14 @@ impl VmCryptFs {
                 Some(_) => None,
             });
         if let Some(handle) = handle {
-            match &*handle {
-                Handle::Plain { file, .. } => {
-                    return Ok(attr::from_metadata(
-                        ino,
-                        &file.metadata().map_err(io_errno)?,
-                        false,
-                    ))
-                }
-                Handle::Encrypted { file, .. } => {
-                    return Ok(attr::from_metadata(
-                        ino,
-                        &file.metadata().map_err(io_errno)?,
-                        true,
-                    ))
-                }
-                _ => {}
+            let (file, encrypted) = match &*handle {
+                Handle::Plain { file, .. } => (Some(file), false),
+                Handle::Encrypted { file, .. } => (Some(file), true),
+                _ => (None, false),
+            };
+            if let Some(file) = file {
+                let stat = rustix::fs::fstat(file).map_err(sys_errno)?;
+                return Ok(attr::from_stat(ino, &stat, encrypted));
             }
         }
         self.attr_of(&node)
@@ -122,9 +136,9 @@ impl VmCryptFs {
 
     fn attr_of(&self, node: &NodeInfo) -> FsResult<FileAttr> {
         let path = self.node_path(node)?;
-        let meta = fs::symlink_metadata(self.backing_path(&path)).map_err(io_errno)?;
-        let encrypted = Self::is_encrypted_file(&node.area, &path, &meta);
-        Ok(attr::from_metadata(node.ino, &meta, encrypted))
+        let stat = self.beneath.stat(&path).map_err(io_errno)?;
+        let encrypted = Self::is_encrypted_file(&node.area, &path, &stat);
+        Ok(attr::from_stat(node.ino, &stat, encrypted))
     }
 
     /// chmod, chown, truncate and utimens.
@@ -149,52 +163,63 @@ impl VmCryptFs {
             }
             return self.getattr(ino, None);
         }
-        let (full, via_proc) = self.metadata_target(&node)?;
+        let target = self.metadata_target(&node)?;
         if let Some(mode) = mode {
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(io_errno)?;
+            match &target {
+                MetadataTarget::Entry(rel) => self.beneath.chmod(rel, mode).map_err(io_errno)?,
+                MetadataTarget::Open(handle) => {
+                    let mode = Mode::from_raw_mode(mode & 0o7777);
+                    rustix::fs::fchmod(open_file(handle)?, mode).map_err(sys_errno)?;
+                }
+            }
         }
         if uid.is_some() || gid.is_some() {
-            let result = if via_proc {
-                std::os::unix::fs::chown(&full, uid, gid)
-            } else {
-                std::os::unix::fs::lchown(&full, uid, gid)
-            };
-            result.map_err(io_errno)?;
+            match &target {
+                MetadataTarget::Entry(rel) => {
+                    self.beneath.chown(rel, uid, gid).map_err(io_errno)?;
+                }
+                MetadataTarget::Open(handle) => {
+                    // -1 means "unchanged" to chown(2) as well.
+                    let uid = uid
+                        .filter(|&id| id != u32::MAX)
+                        .map(rustix::fs::Uid::from_raw);
+                    let gid = gid
+                        .filter(|&id| id != u32::MAX)
+                        .map(rustix::fs::Gid::from_raw);
+                    rustix::fs::fchown(open_file(handle)?, uid, gid).map_err(sys_errno)?;
+                }
+            }
         }
         if let Some(size) = size {
             self.truncate(&node, size, fh)?;
         }
         if atime.is_some() || mtime.is_some() {
-            let flags = if via_proc {
-                UtimensatFlags::FollowSymlink
-            } else {
-                UtimensatFlags::NoFollowSymlink
+            let times = Timestamps {
+                last_access: to_timespec(atime),
+                last_modification: to_timespec(mtime),
             };
-            utimensat(None, &full, &to_timespec(atime), &to_timespec(mtime), flags)
-                .map_err(|e| Errno::from_i32(e as i32))?;
+            match &target {
+                MetadataTarget::Entry(rel) => {
+                    self.beneath.set_times(rel, &times).map_err(io_errno)?;
+                }
+                MetadataTarget::Open(handle) => {
+                    rustix::fs::futimens(open_file(handle)?, &times).map_err(sys_errno)?;
+                }
+            }
         }
         self.getattr(ino, fh)
     }
 
-    /// Where metadata changes of `node` go, and whether that path is a
-    /// /proc link to follow: the backing path, or for a file unlinked while
-    /// open, `/proc/self/fd/N` of one of its open handles.
-    fn metadata_target(&self, node: &NodeInfo) -> FsResult<(PathBuf, bool)> {
+    /// Where metadata changes of `node` go: its backing entry (changed
+    /// beneath the root, see `datastore::backing_meta`), or for a file
+    /// unlinked while open, one of its open handles (changed through the
+    /// descriptor).
+    fn metadata_target(&self, node: &NodeInfo) -> FsResult<MetadataTarget> {
         if let Some(path) = &node.path {
-            return Ok((self.backing_path(path), false));
+            return Ok(MetadataTarget::Entry(path.clone()));
         }
         let handle = self.handles.find_open_file(node.ino).ok_or(Errno::ENOENT)?;
-        match &*handle {
-            Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => {
-                use std::os::fd::AsRawFd;
-                Ok((
-                    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-                    true,
-                ))
-            }
-            _ => Err(Errno::ENOENT),
-        }
+        Ok(MetadataTarget::Open(handle))
     }
 
     /// Creates a directory.
@@ -206,11 +231,8 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
-        self.create_entry(parent, name, uid, gid, |full| {
-            DirBuilder::new()
-                .mode(mode & 0o7777)
-                .create(full)
-                .map_err(io_errno)
+        self.create_entry(parent, name, uid, gid, |rel| {
+            self.beneath.create_dir(rel, mode)
         })
     }
 
@@ -223,8 +245,8 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
-        self.create_entry(parent, name, uid, gid, |full| {
-            std::os::unix::fs::symlink(target, full).map_err(io_errno)
+        self.create_entry(parent, name, uid, gid, |rel| {
+            self.beneath.symlink(target, rel)
         })
     }
 
@@ -238,29 +260,27 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
-        let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
-        let perm = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
-        self.create_entry(parent, name, uid, gid, |full| {
-            nix::sys::stat::mknod(full, kind, perm, rdev as libc::dev_t)
-                .map_err(|e| Errno::from_i32(e as i32))
+        self.create_entry(parent, name, uid, gid, |rel| {
+            self.beneath.mknod(rel, mode, rdev.into())
         })
     }
 
     /// The common part of mkdir, symlink and mknod: check the name, create
-    /// the backing entry with `make`, give it to the caller, look it up.
+    /// the backing entry with `make` (given its datastore path), give it to
+    /// the caller, look it up.
     fn create_entry(
         &self,
         parent: u64,
         name: &OsStr,
         uid: u32,
         gid: u32,
-        make: impl FnOnce(&Path) -> FsResult<()>,
+        make: impl FnOnce(&Path) -> std::io::Result<()>,
     ) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
-        let full = self.backing_path(&self.node_path(&dir)?.join(name));
-        make(&full)?;
-        self.chown_to_caller(&full, uid, gid)?;
+        let rel = self.node_path(&dir)?.join(name);
+        make(&rel).map_err(io_errno)?;
+        self.chown_to_caller(&rel, uid, gid)?;
         self.lookup(parent, name)
     }
 
@@ -268,10 +288,7 @@ impl VmCryptFs {
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         use std::os::unix::ffi::OsStringExt;
         let path = self.node_path(&self.node(ino)?)?;
-        Ok(fs::read_link(self.backing_path(&path))
-            .map_err(io_errno)?
-            .into_os_string()
-            .into_vec())
+        Ok(self.beneath.read_link(&path).map_err(io_errno)?.into_vec())
     }
 
     /// Removes a file.
@@ -279,7 +296,7 @@ impl VmCryptFs {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
-        fs::remove_file(self.backing_path(&rel)).map_err(io_errno)?;
+        self.beneath.remove_file(&rel).map_err(io_errno)?;
         self.inodes.unlink_path(&rel);
         Ok(())
     }
@@ -291,27 +308,38 @@ impl VmCryptFs {
         let dir = self.node(parent)?;
         self.check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
-        let full = self.backing_path(&rel);
-        if Self::is_root(parent) && bundle_file::has_bundle(&full) {
-            self.remove_empty_vm_home(&full)?;
+        if Self::is_root(parent) && self.has_bundle(&rel) {
+            self.remove_empty_vm_home(&rel)?;
             self.datastore.forget_vm_home(name);
         }
-        fs::remove_dir(&full).map_err(io_errno)?;
+        self.beneath.remove_dir(&rel).map_err(io_errno)?;
         self.inodes.unlink_path(&rel);
         Ok(())
     }
 
-    fn remove_empty_vm_home(&self, full: &Path) -> FsResult<()> {
-        let names: Vec<OsString> = fs::read_dir(full)
-            .map_err(io_errno)?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        if names.iter().any(|n| !layout::is_internal_name(n)) {
+    /// Whether directory `rel` holds a key bundle (is an encrypted VM home).
+    fn has_bundle(&self, rel: &Path) -> bool {
+        self.beneath
+            .stat(&rel.join(layout::BUNDLE_FILE_NAME))
+            .is_ok_and(|stat| backing_meta::file_type(&stat) == rustix::fs::FileType::RegularFile)
+    }
+
+    /// Removes the internal files of VM home `rel`, or ENOTEMPTY if it holds
+    /// anything else.
+    fn remove_empty_vm_home(&self, rel: &Path) -> FsResult<()> {
+        let listing = self.beneath.list_dir(rel).map_err(io_errno)?;
+        if listing
+            .entries
+            .iter()
+            .any(|entry| !layout::is_internal_name(&entry.name))
+        {
             return Err(Errno::ENOTEMPTY);
         }
-        log::info!("removing VM home {} and its key bundle", full.display());
-        for name in names {
-            fs::remove_file(full.join(name)).map_err(io_errno)?;
+        log::info!("removing VM home {} and its key bundle", rel.display());
+        for entry in listing.entries {
+            self.beneath
+                .remove_file(&rel.join(entry.name))
+                .map_err(io_errno)?;
         }
         Ok(())
     }
@@ -334,9 +362,9 @@ impl VmCryptFs {
         self.check_user_name(&to_dir, new_name)?;
         let from = self.node_path(&from_dir)?.join(name);
         let to = self.node_path(&to_dir)?.join(new_name);
-        let from_meta = fs::symlink_metadata(self.backing_path(&from)).map_err(io_errno)?;
+        let from_stat = self.beneath.stat(&from).map_err(io_errno)?;
         let is_vm_home = matches!(
-            self.child_area(&from_dir, name, Some(&from_meta)),
+            self.child_area(&from_dir, name, Some(&from_stat)),
             Area::Vm(_)
         ) && Self::is_root(parent);
         if is_vm_home {
@@ -346,20 +374,19 @@ impl VmCryptFs {
                 return Err(Errno::EXDEV);
             }
         } else {
-            self.check_same_storage(&from_dir, name, &from_meta, &to_dir, new_name)?;
+            self.check_same_storage(&from_dir, name, &from_stat, &to_dir, new_name)?;
             if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                let to_meta = fs::symlink_metadata(self.backing_path(&to)).map_err(io_errno)?;
-                self.check_same_storage(&to_dir, new_name, &to_meta, &from_dir, name)?;
+                let to_stat = self.beneath.stat(&to).map_err(io_errno)?;
+                self.check_same_storage(&to_dir, new_name, &to_stat, &from_dir, name)?;
             }
         }
-        nix::fcntl::renameat2(
-            None,
-            &self.backing_path(&from),
-            None,
-            &self.backing_path(&to),
-            nix::fcntl::RenameFlags::from_bits_truncate(flags.bits()),
-        )
-        .map_err(|e| Errno::from_i32(e as i32))?;
+        self.beneath
+            .rename(
+                &from,
+                &to,
+                rustix::fs::RenameFlags::from_bits_retain(flags.bits()),
+            )
+            .map_err(io_errno)?;
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             let marker = PathBuf::from("\0exchange");
             self.inodes.rename_path(&from, &marker);
@@ -380,16 +407,16 @@ impl VmCryptFs {
         &self,
         from_dir: &NodeInfo,
         name: &OsStr,
-        meta: &fs::Metadata,
+        stat: &Stat,
         to_dir: &NodeInfo,
         new_name: &OsStr,
     ) -> FsResult<()> {
-        let from_area = self.child_area(from_dir, name, Some(meta));
+        let from_area = self.child_area(from_dir, name, Some(stat));
         let to_area = self.child_area(to_dir, new_name, None);
         if !from_area.same_domain(&to_area) {
             return Err(Errno::EXDEV);
         }
-        if meta.is_file()
+        if backing_meta::file_type(stat) == rustix::fs::FileType::RegularFile
             && Self::content_class(&from_area, name) != Self::content_class(&to_area, new_name)
         {
             return Err(Errno::EXDEV);
@@ -406,7 +433,6 @@ impl VmCryptFs {
             return Err(Errno::EPERM);
         }
         let from = self.node_path(&node)?;
-        let from_meta = fs::symlink_metadata(self.backing_path(&from)).map_err(io_errno)?;
         let to_area = self.child_area(&to_dir, new_name, None);
         let name = from.file_name().ok_or(Errno::EPERM)?;
         if !node.area.same_domain(&to_area)
@@ -415,24 +441,22 @@ impl VmCryptFs {
             return Err(Errno::EXDEV);
         }
         let to = self.node_path(&to_dir)?.join(new_name);
-        fs::hard_link(self.backing_path(&from), self.backing_path(&to)).map_err(io_errno)?;
-        let _ = from_meta;
+        self.beneath.hard_link(&from, &to).map_err(io_errno)?;
         self.lookup(new_parent, new_name)
     }
 
     /// File system statistics of the datastore's file system.
     pub fn statfs(&self) -> FsResult<FsStats> {
-        let st = nix::sys::statvfs::statvfs(self.datastore.root())
-            .map_err(|e| Errno::from_i32(e as i32))?;
+        let st = self.beneath.statvfs().map_err(io_errno)?;
         Ok(FsStats {
-            blocks: st.blocks(),
-            bfree: st.blocks_free(),
-            bavail: st.blocks_available(),
-            files: st.files(),
-            ffree: st.files_free(),
-            bsize: st.block_size() as u32,
-            namelen: st.name_max() as u32,
-            frsize: st.fragment_size() as u32,
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: st.f_namemax as u32,
+            frsize: st.f_frsize as u32,
         })
     }
 
@@ -441,7 +465,6 @@ impl VmCryptFs {
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.node(ino)?;
         let path = self.node_path(&node)?;
-        let full = self.backing_path(&path);
         let mut entries = vec![
             DirEntry {
                 ino,
@@ -468,24 +491,18 @@ impl VmCryptFs {
         // The directory's own device: entries of one directory share it
         // (the datastore is one file system), and d_type and d_ino come with
         // the entry, so listing costs no stat per entry.
-        let dev = fs::metadata(&full).map_err(io_errno)?.dev();
-        for entry in fs::read_dir(&full).map_err(io_errno)? {
-            let entry = entry.map_err(io_errno)?;
-            let name = entry.file_name();
-            if layout::is_internal_name(&name) {
+        let listing = self.beneath.list_dir(&path).map_err(io_errno)?;
+        for entry in listing.entries {
+            if layout::is_internal_name(&entry.name) {
                 continue;
             }
-            let Ok(file_type) = entry.file_type() else {
-                continue;
-            };
-            let backing_ino = std::os::unix::fs::DirEntryExt::ino(&entry);
             entries.push(DirEntry {
                 ino: self
                     .inodes
-                    .known_ino((dev, backing_ino))
-                    .unwrap_or(backing_ino),
-                kind: attr::kind_of(file_type),
-                name,
+                    .known_ino((listing.dev, entry.ino))
+                    .unwrap_or(entry.ino),
+                kind: attr::kind_of(entry.kind),
+                name: entry.name,
             });
         }
         Ok(self.handles.insert(Handle::Dir { entries }))
@@ -519,9 +536,7 @@ impl VmCryptFs {
     /// fsync on a directory.
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
         let path = self.node_path(&self.node(ino)?)?;
-        File::open(self.backing_path(&path))
-            .and_then(|d| d.sync_all())
-            .map_err(io_errno)
+        self.beneath.sync_dir(&path).map_err(io_errno)
     }
 
     /// Which virtual file node `ino` is, for the adapter's checks.
