@@ -3,11 +3,17 @@
 //! A 1 MiB request is 256 independent blocks. One writer (a VM's guest
 //! flushing sequentially, `qemu-img convert`) sends one request at a time,
 //! so sealing them on the calling thread alone leaves the other cores idle
-//! while the writer waits. Blocks of a large request are therefore sealed
-//! and opened on a small pool with one thread per core; small requests
-//! (most random guest I/O) stay on the calling thread, where handing work
-//! to another thread would cost more than it saves.
+//! while the writer waits. Blocks of a large request are therefore shared
+//! between the calling thread and a small pool with one thread per further
+//! core. The cores are shared out between the large requests in flight:
+//! when the kernel sends several at once (readahead, several writers),
+//! each FUSE thread already keeps a core busy, and splitting further would
+//! only make the calling threads wait for pool threads that are busy with
+//! other requests. Small requests (most random guest I/O) always stay on
+//! the calling thread, where handing work to another thread would cost
+//! more than it saves.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Requests of fewer blocks than this run on the calling thread. 16 blocks
@@ -29,13 +35,42 @@ fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// Large batches being worked on right now, by any thread.
+static LARGE_BATCHES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one large batch as in flight until dropped.
+struct InFlight;
+
+impl InFlight {
+    /// Registers a batch; returns the guard and how many batches are in
+    /// flight including this one.
+    fn enter() -> (Self, usize) {
+        (
+            Self,
+            LARGE_BATCHES_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1,
+        )
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        LARGE_BATCHES_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many shares a batch is cut into: the cores divided between the
+/// large batches in flight, at least one.
+fn share_count(cores: usize, batches_in_flight: usize) -> usize {
+    (cores / batches_in_flight.max(1)).max(1)
+}
+
 /// Calls `work` on every item, stopping at (and returning) an error; which
 /// error is returned when several items fail is unspecified.
 ///
-/// With enough items, the items are cut into one share per core: the
-/// helpers take all shares but one, and the calling thread works through
-/// the first share itself instead of sleeping until the helpers are done
-/// (which `rayon::ThreadPool::install` would do).
+/// With enough items, the items are cut into shares (see
+/// [`share_count`]): the pool takes all shares but one, and the calling
+/// thread works through the first share itself instead of sleeping until
+/// the pool is done (which `rayon::ThreadPool::install` would do).
 pub fn try_for_each_block<T, E>(
     mut items: Vec<T>,
     work: impl Fn(T) -> Result<(), E> + Sync,
@@ -48,7 +83,12 @@ where
         return items.into_iter().try_for_each(work);
     }
     let pool = pool();
-    let share = items.len().div_ceil(pool.current_num_threads() + 1);
+    let (_in_flight, batches) = InFlight::enter();
+    let share_total = share_count(pool.current_num_threads() + 1, batches);
+    if share_total == 1 {
+        return items.into_iter().try_for_each(work);
+    }
+    let share = items.len().div_ceil(share_total);
     let mut shares = Vec::new();
     while items.len() > share {
         shares.push(items.split_off(items.len() - share));
@@ -83,6 +123,16 @@ mod tests {
             .unwrap();
             assert!(slots.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
         }
+    }
+
+    #[test]
+    fn cores_are_shared_between_batches_in_flight() {
+        assert_eq!(share_count(2, 1), 2);
+        assert_eq!(share_count(2, 2), 1);
+        assert_eq!(share_count(2, 5), 1);
+        assert_eq!(share_count(8, 3), 2);
+        assert_eq!(share_count(1, 1), 1);
+        assert_eq!(share_count(4, 0), 4);
     }
 
     #[test]

@@ -6,15 +6,22 @@
 //! the CLI and from any number of mounts on this host, and means any temp
 //! file seen while holding it was left by a crash, so it never blocks the
 //! next update.
+//!
+//! The VM home is opened once, with `O_NOFOLLOW`, and every step is a `*at`
+//! call on that descriptor. A VM home swapped for a symlink (behind a
+//! mount, by someone with write access to the datastore) is refused, so a
+//! re-key can never write a bundle or remove files in a directory outside
+//! the datastore, and every step of one update acts on the same directory.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 
 use super::layout::BUNDLE_FILE_NAME;
 use super::DatastoreError;
@@ -32,39 +39,67 @@ pub fn has_bundle(vm_dir: &Path) -> bool {
     bundle_path(vm_dir).is_file()
 }
 
+/// Opens the VM home directory itself, never through a symlink.
+fn open_vm_dir(vm_dir: &Path) -> Result<OwnedFd, DatastoreError> {
+    rustix::fs::open(
+        vm_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| match errno {
+        rustix::io::Errno::NOENT => DatastoreError::NotAVmHome {
+            path: vm_dir.to_path_buf(),
+        },
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => DatastoreError::io(
+            format!(
+                "opening VM home {}: it is a symlink or not a directory, and a VM home is never followed through a symlink",
+                vm_dir.display()
+            ),
+            errno.into(),
+        ),
+        _ => DatastoreError::io(format!("opening VM home {}", vm_dir.display()), errno.into()),
+    })
+}
+
 /// Reads and parses the bundle of `vm_dir`.
 pub fn read(vm_dir: &Path) -> Result<KeyBundle, DatastoreError> {
     let path = bundle_path(vm_dir);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let dir = open_vm_dir(vm_dir)?;
+    let opened = rustix::fs::openat(
+        &dir,
+        BUNDLE_FILE_NAME,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    let mut bytes = Vec::new();
+    let result = match opened {
+        Ok(fd) => File::from(fd).read_to_end(&mut bytes).map(|_| ()),
+        Err(rustix::io::Errno::NOENT) => {
             return Err(DatastoreError::NotAVmHome {
                 path: vm_dir.to_path_buf(),
             })
         }
-        Err(e) => {
-            return Err(DatastoreError::io(
-                format!("reading key bundle {}", path.display()),
-                e,
-            ))
-        }
+        Err(errno) => Err(errno.into()),
     };
+    result.map_err(|e| DatastoreError::io(format!("reading key bundle {}", path.display()), e))?;
     KeyBundle::parse(&bytes).map_err(|source| DatastoreError::BadBundle { path, source })
 }
 
 /// Exclusive right to rewrite one VM home's bundle, held until dropped.
 pub struct BundleLock {
+    /// The VM home's path, for messages.
     vm_dir: PathBuf,
-    _dir_lock: Flock<File>,
+    /// The VM home, opened without following symlinks and flocked; every
+    /// step of an update is relative to it.
+    dir: Flock<File>,
 }
 
 impl BundleLock {
     /// Locks `vm_dir` (blocking while another writer holds it) and removes
     /// temp files left by crashed writers.
     pub fn acquire(vm_dir: &Path) -> Result<Self, DatastoreError> {
-        let dir = File::open(vm_dir)
-            .map_err(|e| DatastoreError::io(format!("opening VM home {}", vm_dir.display()), e))?;
-        let dir_lock = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| {
+        let dir = File::from(open_vm_dir(vm_dir)?);
+        let dir = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| {
             DatastoreError::io(
                 format!("locking VM home {} for a bundle update", vm_dir.display()),
                 errno.into(),
@@ -72,25 +107,33 @@ impl BundleLock {
         })?;
         let lock = Self {
             vm_dir: vm_dir.to_path_buf(),
-            _dir_lock: dir_lock,
+            dir,
         };
         lock.remove_stale_temp_files()?;
         Ok(lock)
     }
 
     fn remove_stale_temp_files(&self) -> Result<(), DatastoreError> {
-        let entries = fs::read_dir(&self.vm_dir)
-            .map_err(|e| DatastoreError::io(format!("listing {}", self.vm_dir.display()), e))?;
-        for entry in entries.flatten() {
-            if is_temp_name(&entry.file_name()) {
-                log::info!("removing stale bundle temp file {}", entry.path().display());
-                fs::remove_file(entry.path()).map_err(|e| {
-                    DatastoreError::io(
-                        format!("removing stale temp file {}", entry.path().display()),
-                        e,
-                    )
-                })?;
+        let listing_err = |e: rustix::io::Errno| {
+            DatastoreError::io(format!("listing {}", self.vm_dir.display()), e.into())
+        };
+        let mut stale = Vec::new();
+        for entry in Dir::read_from(&*self.dir).map_err(listing_err)? {
+            let entry = entry.map_err(listing_err)?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if is_temp_name(name) {
+                stale.push(name.to_owned());
             }
+        }
+        for name in stale {
+            let path = self.vm_dir.join(&name);
+            log::info!("removing stale bundle temp file {}", path.display());
+            rustix::fs::unlinkat(&*self.dir, name.as_os_str(), AtFlags::empty()).map_err(|e| {
+                DatastoreError::io(
+                    format!("removing stale temp file {}", path.display()),
+                    e.into(),
+                )
+            })?;
         }
         Ok(())
     }
@@ -104,29 +147,30 @@ impl BundleLock {
                 source,
             })?;
         let suffix: [u8; 8] = crate::crypto::random::array();
-        let temp = self.vm_dir.join(format!(
+        let temp_name = format!(
             "{TEMP_PREFIX}{}.{}",
             std::process::id(),
             hex::encode(suffix)
-        ));
+        );
+        let temp = self.vm_dir.join(&temp_name);
         let io_err = |what: &str, e| DatastoreError::io(format!("{what} {}", temp.display()), e);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| io_err("creating", e))?;
+        let mut file = rustix::fs::openat(
+            &*self.dir,
+            temp_name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map(File::from)
+        .map_err(|e| io_err("creating", e.into()))?;
         file.write_all(&bytes).map_err(|e| io_err("writing", e))?;
         file.sync_all().map_err(|e| io_err("fsyncing", e))?;
         drop(file);
-        let target = bundle_path(&self.vm_dir);
-        fs::rename(&temp, &target).map_err(|e| io_err("renaming into place", e))?;
+        rustix::fs::renameat(&*self.dir, temp_name.as_str(), &*self.dir, BUNDLE_FILE_NAME)
+            .map_err(|e| io_err("renaming into place", e.into()))?;
         crash_point("bundle-renamed");
-        File::open(&self.vm_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| {
-                DatastoreError::io(format!("fsyncing directory {}", self.vm_dir.display()), e)
-            })
+        self.dir.sync_all().map_err(|e| {
+            DatastoreError::io(format!("fsyncing directory {}", self.vm_dir.display()), e)
+        })
     }
 }
 
@@ -147,6 +191,7 @@ pub(crate) fn crash_point(name: &str) {
 mod tests {
     use super::*;
     use crate::format::bundle::tests::sample;
+    use std::fs;
 
     #[test]
     fn write_read_and_stale_temp_cleanup() {
@@ -167,6 +212,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![OsStr::new(BUNDLE_FILE_NAME).to_owned()]);
+    }
+
+    #[test]
+    fn a_vm_home_swapped_for_a_symlink_is_never_followed() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let stale = outside.join(format!("{TEMP_PREFIX}1.cafe"));
+        fs::write(&stale, b"a host file that looks like a temp file").unwrap();
+        fs::write(bundle_path(&outside), sample().encode().unwrap()).unwrap();
+        let vm = base.path().join("vm");
+        std::os::unix::fs::symlink(&outside, &vm).unwrap();
+
+        let err = BundleLock::acquire(&vm).err().expect("a symlinked VM home");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(read(&vm).is_err());
+        assert!(stale.exists(), "nothing outside may be removed");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 2);
     }
 
     #[test]
