@@ -102,9 +102,32 @@ impl Node {
 struct Inner {
     nodes: HashMap<u64, Node>,
     by_backing: HashMap<(u64, u64), u64>,
+    /// The nodes holding each path (almost always one; a stale node may
+    /// briefly share a path with its successor). Kept in step with every
+    /// node's `paths`, so an unlink finds its node without scanning the
+    /// table (a scan per unlink made `rm -rf` quadratic).
+    by_path: HashMap<PathBuf, Vec<u64>>,
     /// Virtual files by (directory node, which file).
     controls: HashMap<(u64, VirtualFile), u64>,
     next_ino: u64,
+}
+
+impl Inner {
+    fn index_path(&mut self, path: &Path, ino: u64) {
+        let holders = self.by_path.entry(path.to_path_buf()).or_default();
+        if !holders.contains(&ino) {
+            holders.push(ino);
+        }
+    }
+
+    fn unindex_path(&mut self, path: &Path, ino: u64) {
+        if let Some(holders) = self.by_path.get_mut(path) {
+            holders.retain(|&h| h != ino);
+            if holders.is_empty() {
+                self.by_path.remove(path);
+            }
+        }
+    }
 }
 
 /// The node table. One lock: lookups and I/O take it briefly for reading;
@@ -133,6 +156,7 @@ impl InodeTable {
             },
         );
         inner.by_backing.insert(root_backing, ROOT_INO);
+        inner.index_path(Path::new(""), ROOT_INO);
         Self {
             inner: RwLock::new(inner),
         }
@@ -171,10 +195,22 @@ impl InodeTable {
         let mut inner = self.inner.write().expect("inode lock");
         if let Some(&ino) = inner.by_backing.get(&backing) {
             let node = inner.nodes.get_mut(&ino).expect("indexed node exists");
+            let mut gone = Vec::new();
             if ino != ROOT_INO {
-                node.paths.retain(|p| p == path || still_this_file(p));
+                node.paths.retain(|p| {
+                    let keep = p == path || still_this_file(p);
+                    if !keep {
+                        gone.push(p.clone());
+                    }
+                    keep
+                });
             }
-            if ino == ROOT_INO || !node.paths.is_empty() {
+            let alive = ino == ROOT_INO || !node.paths.is_empty();
+            for p in gone {
+                inner.unindex_path(&p, ino);
+            }
+            if alive {
+                let node = inner.nodes.get_mut(&ino).expect("indexed node exists");
                 if !node.paths.iter().any(|p| p == path) {
                     node.paths.push(path.to_path_buf());
                 }
@@ -182,6 +218,7 @@ impl InodeTable {
                     node.area = area;
                     node.lookups += 1;
                 }
+                inner.index_path(path, ino);
                 return ino;
             }
             // Every path of the old node names another file now: detach it.
@@ -202,6 +239,7 @@ impl InodeTable {
             },
         );
         inner.by_backing.insert(backing, ino);
+        inner.index_path(path, ino);
         ino
     }
 
@@ -260,16 +298,18 @@ impl InodeTable {
     /// from its backing identity, so that if the file system reuses the
     /// inode number for a new file, that file gets a fresh node.
     fn drop_path(inner: &mut Inner, path: &Path) {
-        let mut detached = Vec::new();
-        for node in inner.nodes.values_mut() {
+        let holders = inner.by_path.remove(path).unwrap_or_default();
+        for ino in holders {
+            let Some(node) = inner.nodes.get_mut(&ino) else {
+                continue;
+            };
             let before = node.paths.len();
             node.paths.retain(|p| p != path);
             if before > 0 && node.paths.is_empty() {
-                detached.extend(node.backing);
+                if let Some(backing) = node.backing {
+                    inner.by_backing.remove(&backing);
+                }
             }
-        }
-        for backing in detached {
-            inner.by_backing.remove(&backing);
         }
     }
 
@@ -277,16 +317,25 @@ impl InodeTable {
     pub fn rename_path(&self, from: &Path, to: &Path) {
         let mut inner = self.inner.write().expect("inode lock");
         Self::drop_path(&mut inner, to);
-        for node in inner.nodes.values_mut() {
+        let mut moved = Vec::new();
+        for (&ino, node) in inner.nodes.iter_mut() {
             for path in node.paths.iter_mut() {
                 if let Ok(rest) = path.strip_prefix(from) {
-                    *path = if rest.as_os_str().is_empty() {
+                    let new = if rest.as_os_str().is_empty() {
                         to.to_path_buf()
                     } else {
                         to.join(rest)
                     };
+                    moved.push((ino, std::mem::replace(path, new.clone()), new));
                 }
             }
+            // A rewritten path may equal one the node already had.
+            let mut seen = std::collections::HashSet::new();
+            node.paths.retain(|p| seen.insert(p.clone()));
+        }
+        for (ino, old, new) in moved {
+            inner.unindex_path(&old, ino);
+            inner.index_path(&new, ino);
         }
     }
 
@@ -365,6 +414,9 @@ impl InodeTable {
 
     fn remove_node(inner: &mut Inner, ino: u64) {
         let node = inner.nodes.remove(&ino).expect("node exists");
+        for path in &node.paths {
+            inner.unindex_path(path, ino);
+        }
         if let Some(backing) = node.backing {
             if inner.by_backing.get(&backing) == Some(&ino) {
                 inner.by_backing.remove(&backing);
@@ -424,6 +476,70 @@ mod tests {
         assert!(
             table.get(old).unwrap().path.is_none(),
             "the old node is detached"
+        );
+    }
+
+    impl InodeTable {
+        /// Checks that `by_path` says exactly what the nodes' paths say.
+        fn assert_path_index_consistent(&self) {
+            let inner = self.inner.read().unwrap();
+            let mut expected: HashMap<PathBuf, Vec<u64>> = HashMap::new();
+            for (&ino, node) in &inner.nodes {
+                for path in &node.paths {
+                    expected.entry(path.clone()).or_default().push(ino);
+                }
+            }
+            let mut actual = inner.by_path.clone();
+            for holders in expected.values_mut().chain(actual.values_mut()) {
+                holders.sort_unstable();
+            }
+            assert_eq!(actual, expected);
+        }
+    }
+
+    /// Random lookups, links, renames, unlinks and forgets; after each one
+    /// the path index matches the nodes, and unlinking a path detaches the
+    /// node it left without paths.
+    #[test]
+    fn the_path_index_follows_every_change() {
+        let table = InodeTable::new((1, 2));
+        let names = ["a", "b", "d", "d/x", "d/y", "e", "e/x"];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..3000 {
+            let path = Path::new(names[next(names.len())]);
+            let other = Path::new(names[next(names.len())]);
+            match next(5) {
+                0 | 1 => {
+                    let file = (1, 10 + next(6) as u64);
+                    let reused = next(4) == 0;
+                    table.remember(file, path, Area::Plain, |_| !reused);
+                }
+                2 => table.unlink_path(path),
+                3 => {
+                    if !other.starts_with(path) {
+                        table.rename_path(path, other);
+                    }
+                }
+                _ => {
+                    let ino = ROOT_INO + 1 + next(40) as u64;
+                    table.forget(ino, 1);
+                }
+            }
+            table.assert_path_index_consistent();
+        }
+        let file = table.remember((1, 99), Path::new("solo"), Area::Plain, |_| true);
+        table.unlink_path(Path::new("solo"));
+        assert!(table.get(file).unwrap().path.is_none());
+        assert_eq!(
+            table.known_ino((1, 99)),
+            None,
+            "an unlinked file is detached"
         );
     }
 }
