@@ -49,7 +49,13 @@ fn client(dir: PathBuf, id: usize, round: u64, ledger: SharedLedger, stop: Arc<A
     let mut v = round * 1000;
     while !stop.load(Ordering::Relaxed) {
         v += 1;
-        let name = format!("c{id}-{}.dat", v % 3);
+        // Clients 2 and 3 write disk images, which are served direct with
+        // parallel writes (frontend::cache_mode); 0 and 1 ordinary files.
+        let name = if id >= 2 {
+            format!("c{id}-{}-flat.vmdk", v % 3)
+        } else {
+            format!("c{id}-{}.dat", v % 3)
+        };
         let path = dir.join(&name);
         ledger.lock().unwrap().in_flight.insert(name.clone(), v);
         let result = (|| -> std::io::Result<()> {
@@ -125,7 +131,7 @@ fn check_file(path: &Path, name: &str, durable: Option<u64>, in_flight: Option<u
 #[test]
 fn sigkill_during_writes_renames_and_rekeys_loses_nothing_durable() {
     let env = TestEnv::new();
-    env.create_vm("vm1", false);
+    env.create_vm("vm1", true);
     let (mut checked, mut torn_blocks) = (0, 0);
     for round in 0..KILLS {
         let mount = env.mount();
