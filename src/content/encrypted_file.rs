@@ -152,16 +152,19 @@ fn is_hole(stored: &[u8]) -> bool {
         && stored.iter().all(|&b| b == 0)
 }
 
-/// Splits `buf` into consecutive pieces of the given lengths (which must
-/// add up to at most `buf.len()`), so each can go to a different thread.
-fn split_into(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut [u8]> {
-    let mut pieces = Vec::with_capacity(lens.size_hint().0);
-    for len in lens {
-        let (piece, rest) = std::mem::take(&mut buf).split_at_mut(len);
-        pieces.push(piece);
-        buf = rest;
-    }
-    pieces
+/// Cuts `buf` into consecutive pieces of the given lengths (which must add
+/// up to at most `buf.len()`), lazily, so each piece can go to a different
+/// thread without collecting them first.
+fn pieces<'a>(
+    buf: &'a mut [u8],
+    lens: impl Iterator<Item = usize> + 'a,
+) -> impl Iterator<Item = &'a mut [u8]> + 'a {
+    let mut rest = buf;
+    lens.map(move |len| {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        piece
+    })
 }
 
 thread_local! {
@@ -304,15 +307,12 @@ impl EncryptedFile {
             .with_borrow_mut(|stored| {
                 let stored = sized_scratch(stored, (stored_end - stored_start) as usize);
                 backing.read_exact_at(stored, stored_start)?;
-                let spans: Vec<BlockSpan> = split_range_into_blocks(offset, end - offset).collect();
-                let dests = split_into(out, spans.iter().map(|span| span.len));
-                let work: Vec<_> = spans
-                    .iter()
+                let spans = || split_range_into_blocks(offset, end - offset);
+                let work = spans()
                     .zip(stored.chunks(CIPHER_BLOCK_LEN as usize))
-                    .zip(dests)
-                    .collect();
+                    .zip(pieces(out, spans().map(|span| span.len)));
                 try_for_each_block(work, |((span, chunk), dest)| {
-                    keys.open_span(span, chunk, dest)
+                    keys.open_span(&span, chunk, dest)
                 })
             })
             .inspect_err(|_| out.fill(0))?;
@@ -481,11 +481,10 @@ impl EncryptedFile {
         STORED_BUFFER.with_borrow_mut(|stored| {
             let sealed_lens = blocks.iter().map(|plain| plain.len() + OVERHEAD);
             let stored = sized_scratch(stored, sealed_lens.clone().sum());
-            let work: Vec<_> = (first_block..)
+            let work = (first_block..)
                 .zip(blocks)
                 .zip(nonces.chunks_exact(NONCE_LEN))
-                .zip(split_into(stored, sealed_lens))
-                .collect();
+                .zip(pieces(stored, sealed_lens));
             try_for_each_block(work, |(((block_no, plain), nonce), sealed)| {
                 let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("chunk of NONCE_LEN");
                 keys.seal_block(block_no, nonce, plain, sealed);

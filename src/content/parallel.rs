@@ -65,23 +65,29 @@ fn share_count(cores: usize, batches_in_flight: usize) -> usize {
 }
 
 /// Calls `work` on every item, stopping at (and returning) an error; which
-/// error is returned when several items fail is unspecified.
+/// error is returned when several items fail is unspecified. Items are
+/// taken lazily from an iterator.
 ///
 /// With enough items, the items are cut into shares (see
 /// [`share_count`]): the pool takes all shares but one, and the calling
 /// thread works through the first share itself instead of sleeping until
 /// the pool is done (which `rayon::ThreadPool::install` would do).
 pub fn try_for_each_block<T, E>(
-    mut items: Vec<T>,
+    items: impl IntoIterator<Item = T>,
     work: impl Fn(T) -> Result<(), E> + Sync,
 ) -> Result<(), E>
 where
     T: Send,
     E: Send,
 {
-    if items.len() < PARALLEL_MIN_BLOCKS {
-        return items.into_iter().try_for_each(work);
+    // Small batches (judged by the iterator's lower size bound, exact for
+    // the block iterators of the content layer) are never collected: no
+    // allocation on the path of a 4 KiB request.
+    let mut items = items.into_iter();
+    if items.size_hint().0 < PARALLEL_MIN_BLOCKS {
+        return items.try_for_each(work);
     }
+    let mut items: Vec<T> = items.collect();
     let pool = pool();
     let (_in_flight, batches) = InFlight::enter();
     let share_total = share_count(pool.current_num_threads() + 1, batches);
@@ -123,6 +129,15 @@ mod tests {
             .unwrap();
             assert!(slots.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
         }
+        // An iterator that cannot tell its length runs on this thread, and
+        // still visits everything.
+        let visited = AtomicUsize::new(0);
+        try_for_each_block((0..1000).filter(|i| i % 2 == 0), |_| {
+            visited.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(visited.load(Ordering::Relaxed), 500);
     }
 
     #[test]
@@ -138,7 +153,7 @@ mod tests {
     #[test]
     fn an_error_stops_the_batch_and_is_returned() {
         let visited = AtomicUsize::new(0);
-        let result = try_for_each_block((0..1000).collect(), |i| {
+        let result = try_for_each_block(0..1000, |i| {
             visited.fetch_add(1, Ordering::Relaxed);
             if i == 500 {
                 Err(i)
