@@ -90,6 +90,10 @@ fn the_deb_installs_and_mounts_through_fstab_syntax() {
     }
     let depends = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends"));
     assert!(depends.contains("fuse3"), "Depends: {depends}");
+    // The binary links libcrypto (content blocks); dpkg-shlibdeps must have
+    // turned that into a dependency, or the package installs and then fails
+    // to start on a host without it.
+    assert!(depends.contains("libssl"), "Depends: {depends}");
 
     run(Command::new("dpkg").arg("-i").arg(&deb));
     let _installed = Installed;
