@@ -9,7 +9,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::kms::Kms;
+use common::kms::{processes_in_group, Kms};
 use vmcryptfs::crypto::secret::Dek;
 use vmcryptfs::keys::kmip::client::{KmipClient, KmipError};
 use vmcryptfs::keys::kmip::tags::{reason, state};
@@ -46,6 +46,22 @@ fn config(kms: &Kms, wrap: WrapMode) -> KmipConfig {
         request_timeout_ms: 5000,
         retries: 1,
     }
+}
+
+/// PyKMIP runs its policy monitor as a second process; stopping the server
+/// must take it along, or every test leaves a server process behind.
+#[test]
+fn stopping_the_kms_leaves_no_process_behind() {
+    let kms = Kms::start();
+    let group = kms.process_group();
+    let running = processes_in_group(group);
+    assert!(
+        running.contains(&group),
+        "the server leads its group: {running:?}"
+    );
+    kms.stop();
+    let left = processes_in_group(group);
+    assert!(left.is_empty(), "processes left after stop: {left:?}");
 }
 
 #[test]

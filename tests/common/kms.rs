@@ -53,6 +53,16 @@ impl Kms {
         self.run("stop");
     }
 
+    /// The server's process group (it leads one: `setsid` in the script),
+    /// while it runs.
+    pub fn process_group(&self) -> i32 {
+        std::fs::read_to_string(self.dir.path().join("server.pid"))
+            .expect("server.pid while the server runs")
+            .trim()
+            .parse()
+            .expect("server.pid holds a pid")
+    }
+
     /// Starts it again with the same keys, certificates and port.
     pub fn restart(&self) {
         let server = self.run("start");
@@ -97,4 +107,26 @@ impl Drop for Kms {
             .arg(self.dir.path())
             .output();
     }
+}
+
+/// The live processes in process group `group`, from /proc (fields 3 and 5
+/// of /proc/PID/stat: state and pgrp). Zombies do not count: they have
+/// exited and only wait for init to reap them.
+pub fn processes_in_group(group: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // state, ppid, pgrp, ...
+        if fields.get(2) == Some(&group.to_string().as_str()) && fields.first() != Some(&"Z") {
+            members.push(pid);
+        }
+    }
+    members
 }
