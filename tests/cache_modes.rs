@@ -120,3 +120,30 @@ fn cached_readers_direct_writers_and_mappings_see_the_same_bytes() {
     assert_eq!(&content[4096..4104], b"BBBBBBBB");
     assert!(content[4104..].iter().all(|&b| b == b'A'));
 }
+
+/// Sequential reads through the page cache get a 1 MiB readahead window
+/// (cli::mount_cmd::widen_readahead), the largest request the mount takes,
+/// instead of the 128 KiB the kernel gives a new FUSE mount. The kernel
+/// lowers the window at FUSE init to the mount's max_readahead, so reading
+/// it back after the mount serves proves both agree.
+#[test]
+fn the_mount_reads_ahead_one_whole_request() {
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the readahead window is set through sysfs, which needs root (as the tests run in CI)"
+    );
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    let mount = env.mount();
+    fs::write(mount.path("vm1/disk-flat.vmdk"), vec![1; 8192]).unwrap();
+    let dev = fs::metadata(mount.path("vm1")).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let window = fs::read_to_string(&knob).unwrap();
+    assert_eq!(window.trim(), "1024", "{knob}");
+    assert_eq!(fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap(), vec![1; 8192]);
+}

@@ -242,6 +242,7 @@ fn serve(
         datastore.display(),
         mountpoint.display()
     );
+    widen_readahead(&datastore, &mountpoint);
     let unmounter = session.unmount_callable();
     install_signal_handlers(unmounter, mountpoint.clone());
     if background {
@@ -256,6 +257,42 @@ fn serve(
     })?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Readahead window of the mount, in KiB: the largest request the
+/// frontend accepts (`max_readahead` at FUSE init is 1 MiB).
+const READAHEAD_KB: u32 = 1024;
+
+/// Sequential reads through the page cache (read-only opens of disks,
+/// `qemu-img convert` from the mount, backups) reach us as readahead
+/// requests, and the kernel gives a new FUSE mount a 128 KiB window. At
+/// 1 MiB, each request carries 256 blocks for `content::parallel` to
+/// decrypt on every core, and fewer round trips: a warm 1 GiB sequential
+/// read measured 1398 -> 1590 MiB/s (medians of 6 alternating rounds,
+/// docs/PERFORMANCE.md). The window is a property of this mount's
+/// backing-device entry in sysfs, so this needs root; without it the
+/// kernel's default stays, which is only slower.
+fn widen_readahead(datastore: &Path, mountpoint: &Path) {
+    let source = super::mountinfo::fsname_for(datastore);
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let Some(device) = super::mountinfo::device_of(&canonical, &source) else {
+        log::debug!(
+            "mount of {} not found in mountinfo: readahead left at the kernel default",
+            mountpoint.display()
+        );
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    match std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        Ok(()) => log::debug!(
+            "readahead of {} set to {READAHEAD_KB} KiB ({knob})",
+            mountpoint.display()
+        ),
+        Err(e) => log::info!(
+            "readahead of {} left at the kernel default: cannot write {knob}: {e}",
+            mountpoint.display()
+        ),
+    }
 }
 
 fn install_signal_handlers(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {

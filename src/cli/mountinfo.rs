@@ -30,24 +30,52 @@ fn unescape(field: &str) -> String {
     out
 }
 
-/// (mount point, fs type, source) of every mount.
-fn mounts() -> Vec<(PathBuf, String, String)> {
+/// One line of /proc/self/mountinfo, the fields we use.
+struct Mount {
+    /// `major:minor` of the mounted filesystem.
+    device: String,
+    mount_point: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+/// Every mount, oldest first (mountinfo's order).
+fn mounts() -> Vec<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let mount_point = unescape(left.split(' ').nth(4)?);
+            let mut left = left.split(' ');
+            let device = left.nth(2)?.to_string();
+            let mount_point = unescape(left.nth(1)?);
             let mut right = right.split(' ');
             let fstype = right.next()?.to_string();
             let source = unescape(right.next()?);
-            Some((PathBuf::from(mount_point), fstype, source))
+            Some(Mount {
+                device,
+                mount_point: PathBuf::from(mount_point),
+                fstype,
+                source,
+            })
         })
         .collect()
 }
 
 /// Whether `path` is currently a mount point.
 pub fn is_mount_point(path: &Path) -> bool {
-    mounts().iter().any(|(mp, _, _)| mp == path)
+    mounts().iter().any(|m| m.mount_point == path)
+}
+
+/// The device (`major:minor`, as in /sys/class/bdi) of the filesystem
+/// mounted at `mount_point` (canonical) with mount source `source`; the
+/// newest, if several are stacked there. Read from mountinfo, so it needs
+/// no request to the filesystem (which may not be serving yet).
+pub fn device_of(mount_point: &Path, source: &str) -> Option<String> {
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == mount_point && m.source == source)
+        .map(|m| m.device)
 }
 
 /// Where `datastore` (absolute) is mounted by vmcryptfs, if it is. The
@@ -57,8 +85,8 @@ pub fn vmcryptfs_mount_of(datastore: &Path) -> Option<PathBuf> {
     let source = fsname_for(datastore);
     mounts()
         .into_iter()
-        .find(|(_, fstype, src)| fstype.starts_with("fuse") && *src == source)
-        .map(|(mp, _, _)| mp)
+        .find(|m| m.fstype.starts_with("fuse") && m.source == source)
+        .map(|m| m.mount_point)
 }
 
 #[cfg(test)]
@@ -75,5 +103,19 @@ mod tests {
     #[test]
     fn root_is_a_mount_point() {
         assert!(is_mount_point(Path::new("/")));
+    }
+
+    #[test]
+    fn the_device_of_proc_is_the_one_stat_reports() {
+        use std::os::unix::fs::MetadataExt;
+        let proc = mounts()
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == Path::new("/proc"))
+            .expect("/proc is mounted");
+        let dev = std::fs::metadata("/proc").unwrap().dev();
+        let expected = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        assert_eq!(device_of(Path::new("/proc"), &proc.source), Some(expected));
+        assert_eq!(device_of(Path::new("/proc"), "no such source"), None);
     }
 }
