@@ -145,5 +145,8 @@ fn the_mount_reads_ahead_one_whole_request() {
     );
     let window = fs::read_to_string(&knob).unwrap();
     assert_eq!(window.trim(), "1024", "{knob}");
-    assert_eq!(fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap(), vec![1; 8192]);
+    assert_eq!(
+        fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap(),
+        vec![1; 8192]
+    );
 }

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use super::parallel::try_for_each_block;
+use super::prefetch;
 use super::range_lock::BlockRangeLock;
 use crate::crypto::block_aead::{BlockAead, NONCE_LEN, OVERHEAD};
 use crate::crypto::kdf;
@@ -480,7 +481,11 @@ impl EncryptedFile {
         crate::crypto::random::fill(&mut nonces);
         STORED_BUFFER.with_borrow_mut(|stored| {
             let sealed_lens = blocks.iter().map(|plain| plain.len() + OVERHEAD);
-            let stored = sized_scratch(stored, sealed_lens.clone().sum());
+            let stored_len: usize = sealed_lens.clone().sum();
+            let stored_off = block_no_to_cipher_off(first_block);
+            // Before sealing, so the reads overlap the encryption.
+            prefetch::start_reading_partial_pages(backing, stored_off, stored_len as u64);
+            let stored = sized_scratch(stored, stored_len);
             let work = (first_block..)
                 .zip(blocks)
                 .zip(nonces.chunks_exact(NONCE_LEN))
@@ -491,7 +496,7 @@ impl EncryptedFile {
                 Ok::<(), std::convert::Infallible>(())
             })
             .unwrap_or_else(|never| match never {});
-            backing.write_all_at(stored, block_no_to_cipher_off(first_block))
+            backing.write_all_at(stored, stored_off)
         })?;
         Ok(())
     }

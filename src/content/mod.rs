@@ -8,6 +8,8 @@
 //! * [`range_lock`]: shared/exclusive locks on block ranges.
 //! * [`allocation`]: SEEK_DATA/SEEK_HOLE, fallocate, hole punching.
 //! * [`parallel`]: the block crypto of large requests on every core.
+//! * [`prefetch`]: starting the reads of backing pages a store covers in
+//!   part, so writers do not wait on them one by one.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
@@ -15,6 +17,7 @@
 pub mod allocation;
 pub mod encrypted_file;
 pub mod parallel;
+pub mod prefetch;
 pub mod range_lock;
 pub mod transcode;
 

@@ -1,0 +1,105 @@
+//! Starting the reads of the backing pages a store covers only in part.
+//!
+//! Why: a sealed block is 4,128 bytes, so storing one 4 KiB block writes
+//! into two pages of the backing file without covering either. When those
+//! pages are not cached, the backing filesystem must read them before it
+//! can merge the write, and ext4 does that inside `pwrite`, one page after
+//! the other, **holding the backing inode's lock**: every writer of the
+//! file waits behind each read. Asking for the pages with
+//! `POSIX_FADV_WILLNEED` before sealing starts both reads at once, without
+//! the lock, overlapping the encryption; `pwrite` then finds them in the
+//! cache or in flight. Cold 4 KiB random writes on a 1 GiB disk measured
+//! 7.5 k -> 11.7 k IOPS with one fio job and 7.9 k -> 24.5 k with four
+//! (medians of 4 alternating rounds, docs/PERFORMANCE.md). Pages a store
+//! covers whole are not read by the kernel, so they are not asked for; on
+//! cached pages the advice costs a page-cache lookup.
+
+use std::fs::File;
+use std::num::NonZeroU64;
+
+use rustix::fs::{fadvise, Advice};
+
+/// Asks the kernel to start reading the pages of `backing` that a store
+/// of `len` bytes at `off` covers only in part. Best effort: the advice
+/// changes no data, so an error is ignored (the write then reads the
+/// pages itself, as without it).
+pub fn start_reading_partial_pages(backing: &File, off: u64, len: u64) {
+    let page = rustix::param::page_size() as u64;
+    for (start, len) in partial_page_ranges(off, len, page) {
+        let _ = fadvise(backing, start, NonZeroU64::new(len), Advice::WillNeed);
+    }
+}
+
+/// The byte ranges `(start, len)`, page-aligned, to read ahead of a store
+/// of `len` bytes at `off` with pages of `page` bytes: the first and last
+/// pages when the store covers them only in part, as one range when they
+/// are the same page or neighbours (one request for both). Empty when the
+/// store starts and ends on page boundaries.
+pub fn partial_page_ranges(off: u64, len: u64, page: u64) -> Vec<(u64, u64)> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let end = off + len;
+    let head = (off % page != 0).then(|| off - off % page);
+    let tail = (end % page != 0).then(|| end - end % page);
+    match (head, tail) {
+        (Some(head), Some(tail)) if tail - head <= page => vec![(head, tail - head + page)],
+        (head, tail) => head.into_iter().chain(tail).map(|p| (p, page)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pages a store of `[off, off + len)` touches without covering
+    /// them whole, by brute force.
+    fn partial_pages_brute_force(off: u64, len: u64, page: u64) -> Vec<u64> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let end = off + len;
+        (off / page..end.div_ceil(page))
+            .map(|p| p * page)
+            .filter(|&start| off > start || end < start + page)
+            .collect()
+    }
+
+    #[test]
+    fn covers_exactly_the_partly_written_pages() {
+        let page = 64;
+        for off in 0..4 * page {
+            for len in 0..5 * page {
+                let ranges = partial_page_ranges(off, len, page);
+                let pages: Vec<u64> = ranges
+                    .iter()
+                    .flat_map(|&(start, len)| (start..start + len).step_by(page as usize))
+                    .collect();
+                assert_eq!(
+                    pages,
+                    partial_pages_brute_force(off, len, page),
+                    "off {off} len {len}: {ranges:?}"
+                );
+                assert!(ranges.iter().all(|&(s, l)| s % page == 0 && l % page == 0));
+                assert!(ranges.len() <= 2);
+            }
+        }
+    }
+
+    #[test]
+    fn a_sealed_block_after_the_header_reads_both_of_its_pages_at_once() {
+        // Block 0 of an encrypted file: 4,128 bytes at offset 44.
+        assert_eq!(partial_page_ranges(44, 4128, 4096), vec![(0, 8192)]);
+        // Block 1 likewise; a store of blocks 5 to 7 spans four pages, of
+        // which the middle two are covered whole.
+        assert_eq!(
+            partial_page_ranges(44 + 4128, 4128, 4096),
+            vec![(4096, 8192)]
+        );
+        assert_eq!(
+            partial_page_ranges(44 + 5 * 4128, 4128 * 3, 4096),
+            vec![(20480, 4096), (32768, 4096)]
+        );
+        assert_eq!(partial_page_ranges(8192, 4096, 4096), vec![]);
+    }
+}
