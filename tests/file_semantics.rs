@@ -351,3 +351,29 @@ fn shared_writable_mmap_reaches_the_datastore() {
     let mount = env.mount();
     check(fs::read(mount.path("vm1/vm1.vmem")).unwrap());
 }
+
+/// ioctls get ENOTTY, quietly: Python's `open()` asks every file whether
+/// it is a terminal (TCGETS), and fuser's default answer logged a warning
+/// for each one.
+#[test]
+fn ioctls_are_refused_as_not_a_terminal_without_log_noise() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let mount = env.mount();
+    let file = mount.path("vm1/vm1.vmx");
+    fs::write(&file, b"config").unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, os\n\
+             f = open(sys.argv[1]); assert f.read() == 'config'\n\
+             print(os.isatty(f.fileno()))",
+        )
+        .arg(&file)
+        .output()
+        .expect("python3 (the KMIP tests need it too)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "False");
+    let log = mount.log_text();
+    assert!(!log.contains("ioctl"), "ioctl noise in the mount log:\n{log}");
+}

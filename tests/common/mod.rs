@@ -157,7 +157,8 @@ impl TestEnv {
         cmd.arg(&self.datastore)
             .arg(mnt)
             .args(extra)
-            .env("RUST_LOG", "vmcryptfs=trace")
+            // fuser's own warnings too (requests it answered by default).
+            .env("RUST_LOG", "vmcryptfs=trace,fuser=warn")
             .stdout(Stdio::null())
             .stderr(log_file);
         let child = cmd.spawn().expect("spawning mount");
