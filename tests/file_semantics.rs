@@ -372,8 +372,15 @@ fn ioctls_are_refused_as_not_a_terminal_without_log_noise() {
         .arg(&file)
         .output()
         .expect("python3 (the KMIP tests need it too)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "False");
     let log = mount.log_text();
-    assert!(!log.contains("ioctl"), "ioctl noise in the mount log:\n{log}");
+    assert!(
+        !log.contains("ioctl"),
+        "ioctl noise in the mount log:\n{log}"
+    );
 }
