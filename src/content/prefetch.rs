@@ -33,19 +33,18 @@ pub fn start_reading_partial_pages(backing: &File, off: u64, len: u64) {
 /// The byte ranges `(start, len)`, page-aligned, to read ahead of a store
 /// of `len` bytes at `off` with pages of `page` bytes: the first and last
 /// pages when the store covers them only in part, as one range when they
-/// are the same page or neighbours (one request for both). Empty when the
-/// store starts and ends on page boundaries.
-pub fn partial_page_ranges(off: u64, len: u64, page: u64) -> Vec<(u64, u64)> {
-    if len == 0 {
-        return Vec::new();
-    }
+/// are the same page or neighbours (one request for both). None when the
+/// store starts and ends on page boundaries. At most two ranges, and no
+/// allocation: this runs on every store.
+pub fn partial_page_ranges(off: u64, len: u64, page: u64) -> impl Iterator<Item = (u64, u64)> {
     let end = off + len;
-    let head = (off % page != 0).then(|| off - off % page);
-    let tail = (end % page != 0).then(|| end - end % page);
-    match (head, tail) {
-        (Some(head), Some(tail)) if tail - head <= page => vec![(head, tail - head + page)],
-        (head, tail) => head.into_iter().chain(tail).map(|p| (p, page)).collect(),
-    }
+    let head = (len > 0 && off % page != 0).then(|| off - off % page);
+    let tail = (len > 0 && end % page != 0).then(|| end - end % page);
+    let (first, second) = match (head, tail) {
+        (Some(head), Some(tail)) if tail - head <= page => (Some((head, tail - head + page)), None),
+        (head, tail) => (head.map(|p| (p, page)), tail.map(|p| (p, page))),
+    };
+    first.into_iter().chain(second)
 }
 
 #[cfg(test)]
@@ -70,7 +69,7 @@ mod tests {
         let page = 64;
         for off in 0..4 * page {
             for len in 0..5 * page {
-                let ranges = partial_page_ranges(off, len, page);
+                let ranges: Vec<_> = partial_page_ranges(off, len, page).collect();
                 let pages: Vec<u64> = ranges
                     .iter()
                     .flat_map(|&(start, len)| (start..start + len).step_by(page as usize))
@@ -89,17 +88,20 @@ mod tests {
     #[test]
     fn a_sealed_block_after_the_header_reads_both_of_its_pages_at_once() {
         // Block 0 of an encrypted file: 4,128 bytes at offset 44.
-        assert_eq!(partial_page_ranges(44, 4128, 4096), vec![(0, 8192)]);
+        assert_eq!(
+            partial_page_ranges(44, 4128, 4096).collect::<Vec<_>>(),
+            vec![(0, 8192)]
+        );
         // Block 1 likewise; a store of blocks 5 to 7 spans four pages, of
         // which the middle two are covered whole.
         assert_eq!(
-            partial_page_ranges(44 + 4128, 4128, 4096),
+            partial_page_ranges(44 + 4128, 4128, 4096).collect::<Vec<_>>(),
             vec![(4096, 8192)]
         );
         assert_eq!(
-            partial_page_ranges(44 + 5 * 4128, 4128 * 3, 4096),
+            partial_page_ranges(44 + 5 * 4128, 4128 * 3, 4096).collect::<Vec<_>>(),
             vec![(20480, 4096), (32768, 4096)]
         );
-        assert_eq!(partial_page_ranges(8192, 4096, 4096), vec![]);
+        assert_eq!(partial_page_ranges(8192, 4096, 4096).count(), 0);
     }
 }
