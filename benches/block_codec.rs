@@ -12,6 +12,7 @@ use vmcryptfs::content::EncryptedFile;
 use vmcryptfs::crypto::block_aead::{BlockAead, NONCE_LEN};
 use vmcryptfs::crypto::keyring::VmKeyring;
 use vmcryptfs::crypto::secret::{Dek, DerivedKey};
+use vmcryptfs::format::content_layout::ContentLayout;
 
 fn main() {
     divan::main();
@@ -69,12 +70,21 @@ fn keyring() -> Arc<VmKeyring> {
     Arc::new(VmKeyring::new([4; 16], 1, deks))
 }
 
+/// The content layer in content format `format` (1 or 2).
+fn content(format: u16) -> EncryptedFile {
+    EncryptedFile::new(
+        keyring(),
+        ContentLayout::from_format_version(format).expect("a known format"),
+    )
+}
+
 /// A 1 MiB aligned write and read through the content layer, on a temp
-/// file (page cache), as a FUSE request would do them.
-#[divan::bench]
-fn write_1m(bencher: Bencher) {
+/// file (page cache), as a FUSE request would do them, in both content
+/// formats.
+#[divan::bench(args = [1, 2])]
+fn write_1m(bencher: Bencher, format: u16) {
     let file = tempfile::tempfile().unwrap();
-    let enc = EncryptedFile::new(keyring());
+    let enc = content(format);
     let data = vec![0x33; 1 << 20];
     enc.write(&file, 0, &data).unwrap();
     bencher
@@ -84,10 +94,10 @@ fn write_1m(bencher: Bencher) {
         });
 }
 
-#[divan::bench]
-fn read_1m(bencher: Bencher) {
+#[divan::bench(args = [1, 2])]
+fn read_1m(bencher: Bencher, format: u16) {
     let file = tempfile::tempfile().unwrap();
-    let enc = EncryptedFile::new(keyring());
+    let enc = content(format);
     enc.write(&file, 0, &vec![0x33; 1 << 20]).unwrap();
     bencher
         .counter(BytesCount::new(1usize << 20))

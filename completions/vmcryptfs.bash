@@ -994,12 +994,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__create)
-            opts="-h -V --encrypt-disks --provider --keystore --help --version"
+            opts="-h -V --encrypt-disks --content-format --provider --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --content-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --provider)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1034,12 +1038,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__encrypt)
-            opts="-h -V --encrypt-disks --keystore --help --version"
+            opts="-h -V --encrypt-disks --content-format --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --content-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

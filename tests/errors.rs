@@ -172,7 +172,7 @@ fn a_tampered_block_fails_that_read_with_eio_and_is_logged() {
         .write(true)
         .open(vm.join("disk.nvram"))
         .unwrap();
-    let offset = 44 + 4128 + 500; // inside block 1
+    let offset = common::ciphertext_byte_offset(1, 500);
     let mut byte = [0u8];
     backing.read_exact_at(&mut byte, offset).unwrap();
     backing.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::TestEnv;
 use nix::fcntl::PosixFadviseAdvice;
-use vmcryptfs::format::offsets::plain_size_to_cipher_size;
+use vmcryptfs::format::content_layout::ContentLayout;
 
 const KIB: u64 = 1024;
 const BLOCK: u64 = 4096;
@@ -280,6 +280,14 @@ fn check_open_flags(mnt: &Path, rel: &str) -> Vec<u8> {
     drop((a, b));
     assert_content(&path, &want);
     want
+}
+
+/// Stored size of an encrypted file of `plain` bytes in a VM home created
+/// with the default content format.
+fn plain_size_to_cipher_size(plain: u64) -> u64 {
+    ContentLayout::from_format_version(common::DEFAULT_CONTENT_FORMAT)
+        .unwrap()
+        .plain_size_to_cipher_size(plain)
 }
 
 #[test]

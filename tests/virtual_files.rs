@@ -37,10 +37,9 @@ fn stats_count_io_keys_rekeys_auth_failures_and_locked_vms() {
         .open(env.vm_dir("vm2").join("vm2.vmx"))
         .unwrap();
     let mut byte = [0u8; 1];
-    backing.read_exact_at(&mut byte, 44 + 4128 + 50).unwrap();
-    backing
-        .write_all_at(&[byte[0] ^ 1], 44 + 4128 + 50)
-        .unwrap();
+    let offset = common::ciphertext_byte_offset(1, 50);
+    backing.read_exact_at(&mut byte, offset).unwrap();
+    backing.write_all_at(&[byte[0] ^ 1], offset).unwrap();
 
     let mount = env.mount();
     fs::write(mount.path("vm1/vm1.nvram"), vec![1u8; 8192]).unwrap();

@@ -197,6 +197,26 @@ pub struct AddKmipArgs {
     pub retries: u32,
 }
 
+/// How a new VM home stores its encrypted files.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ContentFormatArg {
+    /// Content format of the VM's encrypted files: 2 (page-aligned data,
+    /// the default: a 4 KiB write replaces whole backing pages) or 1
+    /// (interleaved, readable by vmcryptfs releases before format 2).
+    /// docs/FORMAT.md §3 and §3.9.
+    #[arg(long = "content-format", value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=2))]
+    pub content_format: u16,
+}
+
+impl ContentFormatArg {
+    /// The layout the user chose.
+    pub fn layout(self) -> crate::format::content_layout::ContentLayout {
+        crate::format::content_layout::ContentLayout::from_format_version(self.content_format)
+            .expect("clap restricts the value to known formats")
+    }
+}
+
 /// `vmcryptfs vm ...`
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -208,6 +228,9 @@ pub enum VmCommand {
         /// Also encrypt the VM's disks (*.vmdk). Without it, disks pass through.
         #[arg(long)]
         encrypt_disks: bool,
+        /// The content format of the VM's encrypted files.
+        #[command(flatten)]
+        format: ContentFormatArg,
         /// The provider that wraps the DEK (default: the default provider).
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
@@ -220,6 +243,9 @@ pub enum VmCommand {
         /// Also encrypt the VM's disks (*.vmdk).
         #[arg(long)]
         encrypt_disks: bool,
+        /// The content format of the VM's encrypted files.
+        #[command(flatten)]
+        format: ContentFormatArg,
     },
     /// Encrypt the VM's disks (*.vmdk) in place and record the policy.
     EncryptDisks {

@@ -31,10 +31,12 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         VmCommand::Create {
             path,
             encrypt_disks,
+            format,
             provider: name,
         } => {
             let provider = open_provider_targeting(keystore, name.as_deref())?;
-            let bundle = vm_keys::create_vm_home(&path, &*provider, encrypt_disks)?;
+            let bundle =
+                vm_keys::create_vm_home(&path, &*provider, encrypt_disks, format.layout())?;
             let (datastore, _) = split_vm_path(&path)?;
             KnownDatastores::new(keystore).record(&datastore)?;
             println!(
@@ -72,7 +74,15 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         VmCommand::Encrypt {
             path,
             encrypt_disks,
-        } => convert(&path, Operation::EncryptHome { encrypt_disks }, keystore),
+            format,
+        } => convert(
+            &path,
+            Operation::EncryptHome {
+                encrypt_disks,
+                content_layout: format.layout(),
+            },
+            keystore,
+        ),
         VmCommand::EncryptDisks { path } => convert(&path, Operation::EncryptDisks, keystore),
         VmCommand::DecryptDisks { path } => convert(&path, Operation::DecryptDisks, keystore),
         VmCommand::Rekey { path, provider } => {

@@ -2,10 +2,11 @@
 //! hole punching and zeroing (gocryptfs keeps the same concerns apart in
 //! `file_holes.go` and `file_allocate_truncate.go`).
 //!
-//! A plaintext block is a hole exactly when its stored 4128 bytes are all
-//! zero (docs/FORMAT.md §3.5). The backing file's own SEEK_DATA/SEEK_HOLE
-//! skip large unallocated regions quickly, but ciphertext blocks (4128
-//! bytes) do not line up with the backing file system's 4 KiB blocks, so the
+//! A plaintext block is a hole exactly when its stored bytes (nonce,
+//! ciphertext, tag) are all zero (docs/FORMAT.md §3.5, §3.9). The backing
+//! file's own SEEK_DATA/SEEK_HOLE skip large unallocated regions quickly,
+//! but a block's stored bytes are not one backing page (format 1 blocks
+//! straddle pages; format 2 keeps nonce and tag in a tag page), so the
 //! block at each boundary is checked by reading it. Answers are therefore
 //! exact at block granularity.
 
@@ -19,9 +20,11 @@ use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
 
 use super::encrypted_file::{ContentError, EncryptedFile};
+use super::sealed_region::SealedRegion;
+use crate::format::content_layout::{ContentLayout, SLOT_LEN};
 use crate::format::offsets::{
-    block_no_to_cipher_off, block_no_to_plain_off, plain_off_in_block, plain_off_to_block_no,
-    plain_size_to_block_count, CIPHER_BLOCK_LEN, HEADER_LEN, PLAIN_BLOCK_LEN,
+    block_no_to_plain_off, plain_off_in_block, plain_off_to_block_no, plain_size_to_block_count,
+    PLAIN_BLOCK_LEN,
 };
 
 /// Which boundary `seek` looks for.
@@ -37,16 +40,15 @@ fn errno_err(errno: Errno) -> ContentError {
     ContentError::Io(io::Error::from_raw_os_error(errno as i32))
 }
 
-/// The block whose stored bytes contain backing offset `cipher_off`.
-fn cipher_off_to_block_no(cipher_off: u64) -> u64 {
-    cipher_off.saturating_sub(HEADER_LEN) / CIPHER_BLOCK_LEN
-}
-
-/// Whether block `block_no` is stored as a hole (4128 zero bytes).
-fn is_hole_block(backing: &File, block_no: u64) -> io::Result<bool> {
-    let mut stored = vec![0u8; CIPHER_BLOCK_LEN as usize];
-    let read = backing.read_at(&mut stored, block_no_to_cipher_off(block_no))?;
-    Ok(read == stored.len() && stored.iter().all(|&b| b == 0))
+/// Whether full block `block_no` is stored as a hole (all zero bytes).
+fn is_hole_block(backing: &File, layout: ContentLayout, block_no: u64) -> io::Result<bool> {
+    let region = SealedRegion::new(layout, block_no, 1, PLAIN_BLOCK_LEN);
+    let mut stored = vec![0u8; region.buffer_len()];
+    match region.read(backing, &mut stored) {
+        Ok(()) => Ok(region.blocks(&stored).all(|block| block.is_hole())),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The backing file's own SEEK_DATA/SEEK_HOLE answer; `None` for ENXIO
@@ -70,7 +72,7 @@ impl EncryptedFile {
         target: SeekTarget,
     ) -> Result<u64, ContentError> {
         let _size = self.size_lock.read().expect("size lock poisoned");
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         if offset >= size {
             return Err(errno_err(Errno::ENXIO));
         }
@@ -81,9 +83,9 @@ impl EncryptedFile {
             SeekTarget::Hole => Whence::SeekHole,
         };
         loop {
-            let found = backing_seek(backing, block_no_to_cipher_off(block_no), whence)?;
+            let found = backing_seek(backing, self.layout().block_data_off(block_no), whence)?;
             let candidate = match found {
-                Some(off) => cipher_off_to_block_no(off).max(block_no),
+                Some(off) => self.layout().cipher_off_to_block_no(off).max(block_no),
                 None => blocks,
             };
             if candidate >= blocks {
@@ -94,7 +96,7 @@ impl EncryptedFile {
             }
             // The last block is never a hole: a hole block is a full block.
             let hole = candidate + 1 < blocks || plain_off_in_block(size) == 0;
-            let is_hole = hole && is_hole_block(backing, candidate)?;
+            let is_hole = hole && is_hole_block(backing, self.layout(), candidate)?;
             if is_hole == (target == SeekTarget::Hole) {
                 return Ok(block_no_to_plain_off(candidate).max(offset));
             }
@@ -116,8 +118,9 @@ impl EncryptedFile {
         let end = offset + len;
         let first = plain_off_to_block_no(offset);
         let last = plain_off_to_block_no(end.saturating_sub(1).max(offset));
-        let cipher_start = block_no_to_cipher_off(first);
-        let cipher_len = block_no_to_cipher_off(last + 1) - cipher_start;
+        // Format 2 tag pages in the range are reserved too: harmless.
+        let cipher_start = self.layout().block_data_off(first);
+        let cipher_len = self.layout().block_data_off(last + 1) - cipher_start;
         fallocate(
             backing.as_raw_fd(),
             FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -125,7 +128,7 @@ impl EncryptedFile {
             cipher_len as i64,
         )
         .map_err(errno_err)?;
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         if !keep_size && end > size {
             self.truncate_locked(backing, end)?;
         }
@@ -152,7 +155,7 @@ impl EncryptedFile {
     ) -> Result<(), ContentError> {
         let _size = self.size_lock.write().expect("size lock poisoned");
         self.zero_within_size(backing, offset, len)?;
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         if !keep_size && offset + len > size {
             self.truncate_locked(backing, offset + len)?;
         }
@@ -163,7 +166,7 @@ impl EncryptedFile {
     /// blocks become holes, edge blocks are rewritten. Caller holds
     /// `size_lock` exclusively.
     fn zero_within_size(&self, backing: &File, offset: u64, len: u64) -> Result<(), ContentError> {
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         let end = (offset + len).min(size);
         if offset >= end {
             return Ok(());
@@ -189,15 +192,28 @@ impl EncryptedFile {
         }
         write_zeros(offset, block_no_to_plain_off(first_whole))?;
         write_zeros(block_no_to_plain_off(whole_end), end)?;
-        let cipher_start = block_no_to_cipher_off(first_whole);
-        let cipher_len = block_no_to_cipher_off(whole_end) - cipher_start;
-        fallocate(
-            backing.as_raw_fd(),
-            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            cipher_start as i64,
-            cipher_len as i64,
-        )
-        .map_err(errno_err)
+        self.make_holes(backing, first_whole, whole_end)
+    }
+
+    /// Turns whole blocks `first..end` into holes: their stored bytes are
+    /// punched out of the backing file (format 2: their data pages, which
+    /// frees them whole, and zeros over their slots).
+    fn make_holes(&self, backing: &File, first: u64, end: u64) -> Result<(), ContentError> {
+        let full = self.layout().inline_len(PLAIN_BLOCK_LEN);
+        for run in self.layout().stored_runs(first, end) {
+            fallocate(
+                backing.as_raw_fd(),
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                run.data_off as i64,
+                (run.block_count * full) as i64,
+            )
+            .map_err(errno_err)?;
+            if let Some(slot_off) = run.slot_off {
+                let zeros = [0u8; PLAIN_BLOCK_LEN as usize];
+                backing.write_all_at(&zeros[..(run.block_count * SLOT_LEN) as usize], slot_off)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -212,7 +228,9 @@ mod tests {
 
     const B: u64 = PLAIN_BLOCK_LEN;
 
-    fn setup() -> (tempfile::TempDir, File, EncryptedFile) {
+    const LAYOUTS: [ContentLayout; 2] = [ContentLayout::Interleaved, ContentLayout::PageAligned];
+
+    fn setup(layout: ContentLayout) -> (tempfile::TempDir, File, EncryptedFile) {
         // A real file on disk (not tmpfs-backed memfd) so holes are real.
         let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
         let file = std::fs::OpenOptions::new()
@@ -224,7 +242,7 @@ mod tests {
             .unwrap();
         let mut deks = BTreeMap::new();
         deks.insert(1, Dek::from_bytes([3; 32]));
-        let enc = EncryptedFile::new(Arc::new(VmKeyring::new([1; 16], 1, deks)));
+        let enc = EncryptedFile::new(Arc::new(VmKeyring::new([1; 16], 1, deks)), layout);
         (dir, file, enc)
     }
 
@@ -232,63 +250,69 @@ mod tests {
     /// elsewhere. SEEK_DATA/SEEK_HOLE find exactly those boundaries.
     #[test]
     fn seek_data_and_hole_at_block_granularity() {
-        let (_d, file, enc) = setup();
-        enc.truncate(&file, 400 * B).unwrap();
-        enc.write(&file, 10, b"head").unwrap();
-        enc.write(&file, 100 * B + 5, &vec![1u8; (2 * B) as usize])
-            .unwrap();
-        enc.write(&file, 300 * B, &[2u8; 10]).unwrap();
-        let data = |o| enc.seek(&file, o, SeekTarget::Data);
-        let hole = |o| enc.seek(&file, o, SeekTarget::Hole);
-        assert_eq!(data(0).unwrap(), 0);
-        assert_eq!(hole(0).unwrap(), B);
-        assert_eq!(data(B).unwrap(), 100 * B);
-        assert_eq!(data(50 * B + 7).unwrap(), 100 * B);
-        assert_eq!(hole(100 * B).unwrap(), 103 * B);
-        assert_eq!(data(103 * B).unwrap(), 300 * B);
-        assert_eq!(hole(300 * B + 1).unwrap(), 301 * B);
-        assert!(data(301 * B).is_err(), "only holes after block 300");
-        assert_eq!(hole(301 * B).unwrap(), 301 * B);
-        assert!(
-            data(400 * B).is_err() && hole(400 * B).is_err(),
-            "at EOF: ENXIO"
-        );
+        for layout in LAYOUTS {
+            let (_d, file, enc) = setup(layout);
+            enc.truncate(&file, 400 * B).unwrap();
+            enc.write(&file, 10, b"head").unwrap();
+            enc.write(&file, 100 * B + 5, &vec![1u8; (2 * B) as usize])
+                .unwrap();
+            enc.write(&file, 300 * B, &[2u8; 10]).unwrap();
+            let data = |o| enc.seek(&file, o, SeekTarget::Data);
+            let hole = |o| enc.seek(&file, o, SeekTarget::Hole);
+            assert_eq!(data(0).unwrap(), 0);
+            assert_eq!(hole(0).unwrap(), B);
+            assert_eq!(data(B).unwrap(), 100 * B);
+            assert_eq!(data(50 * B + 7).unwrap(), 100 * B);
+            assert_eq!(hole(100 * B).unwrap(), 103 * B);
+            assert_eq!(data(103 * B).unwrap(), 300 * B);
+            assert_eq!(hole(300 * B + 1).unwrap(), 301 * B);
+            assert!(data(301 * B).is_err(), "only holes after block 300");
+            assert_eq!(hole(301 * B).unwrap(), 301 * B);
+            assert!(
+                data(400 * B).is_err() && hole(400 * B).is_err(),
+                "at EOF: ENXIO"
+            );
+        }
     }
 
     #[test]
     fn punch_hole_frees_space_and_reads_zeros() {
-        let (_d, file, enc) = setup();
-        let data = vec![7u8; (64 * B) as usize];
-        enc.write(&file, 0, &data).unwrap();
-        let before = file.metadata().unwrap().blocks();
-        enc.punch_hole(&file, 100, 60 * B).unwrap();
-        assert!(
-            file.metadata().unwrap().blocks() < before / 2,
-            "space must be freed"
-        );
-        let all = enc.read(&file, 0, 64 * B).unwrap();
-        assert!(all[..100].iter().all(|&b| b == 7));
-        assert!(all[100..(100 + 60 * B) as usize].iter().all(|&b| b == 0));
-        assert!(all[(100 + 60 * B) as usize..].iter().all(|&b| b == 7));
-        assert_eq!(EncryptedFile::plain_size(&file).unwrap(), 64 * B);
-        assert_eq!(enc.seek(&file, 0, SeekTarget::Hole).unwrap(), B);
+        for layout in LAYOUTS {
+            let (_d, file, enc) = setup(layout);
+            let data = vec![7u8; (64 * B) as usize];
+            enc.write(&file, 0, &data).unwrap();
+            let before = file.metadata().unwrap().blocks();
+            enc.punch_hole(&file, 100, 60 * B).unwrap();
+            assert!(
+                file.metadata().unwrap().blocks() < before / 2,
+                "space must be freed"
+            );
+            let all = enc.read(&file, 0, 64 * B).unwrap();
+            assert!(all[..100].iter().all(|&b| b == 7));
+            assert!(all[100..(100 + 60 * B) as usize].iter().all(|&b| b == 0));
+            assert!(all[(100 + 60 * B) as usize..].iter().all(|&b| b == 7));
+            assert_eq!(enc.plain_size(&file).unwrap(), 64 * B);
+            assert_eq!(enc.seek(&file, 0, SeekTarget::Hole).unwrap(), B);
+        }
     }
 
     #[test]
     fn zero_range_and_allocate_change_size_only_without_keep_size() {
-        let (_d, file, enc) = setup();
-        enc.write(&file, 0, &[5u8; 5000]).unwrap();
-        enc.zero_range(&file, 4000, 100, true).unwrap();
-        let all = enc.read(&file, 0, 5000).unwrap();
-        assert!(all[4000..4100].iter().all(|&b| b == 0) && all[4100..].iter().all(|&b| b == 5));
-        enc.zero_range(&file, 4900, 1000, false).unwrap();
-        assert_eq!(EncryptedFile::plain_size(&file).unwrap(), 5900);
-        enc.allocate(&file, 0, 20 * B, true).unwrap();
-        assert_eq!(EncryptedFile::plain_size(&file).unwrap(), 5900);
-        enc.allocate(&file, 0, 20 * B, false).unwrap();
-        assert_eq!(EncryptedFile::plain_size(&file).unwrap(), 20 * B);
-        let all = enc.read(&file, 0, 20 * B).unwrap();
-        assert!(all[..4000].iter().all(|&b| b == 5));
-        assert!(all[5900..].iter().all(|&b| b == 0));
+        for layout in LAYOUTS {
+            let (_d, file, enc) = setup(layout);
+            enc.write(&file, 0, &[5u8; 5000]).unwrap();
+            enc.zero_range(&file, 4000, 100, true).unwrap();
+            let all = enc.read(&file, 0, 5000).unwrap();
+            assert!(all[4000..4100].iter().all(|&b| b == 0) && all[4100..].iter().all(|&b| b == 5));
+            enc.zero_range(&file, 4900, 1000, false).unwrap();
+            assert_eq!(enc.plain_size(&file).unwrap(), 5900);
+            enc.allocate(&file, 0, 20 * B, true).unwrap();
+            assert_eq!(enc.plain_size(&file).unwrap(), 5900);
+            enc.allocate(&file, 0, 20 * B, false).unwrap();
+            assert_eq!(enc.plain_size(&file).unwrap(), 20 * B);
+            let all = enc.read(&file, 0, 20 * B).unwrap();
+            assert!(all[..4000].iter().all(|&b| b == 5));
+            assert!(all[5900..].iter().all(|&b| b == 0));
+        }
     }
 }

@@ -19,15 +19,16 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use super::parallel::try_for_each_block;
-use super::prefetch;
 use super::range_lock::BlockRangeLock;
-use crate::crypto::block_aead::{BlockAead, NONCE_LEN, OVERHEAD};
+use super::sealed_region::{SealedBlock, SealedBlockMut, SealedRegion};
+use crate::crypto::block_aead::{BlockAead, NONCE_LEN, TAG_LEN};
 use crate::crypto::kdf;
 use crate::crypto::keyring::VmKeyring;
+use crate::format::content_layout::{ContentLayout, SLOT_LEN};
 use crate::format::file_header::{self, FileHeader, HeaderError, UnverifiedHeader};
 use crate::format::offsets::{
-    self, block_no_to_cipher_off, plain_len_of_block, plain_off_in_block, plain_off_to_block_no,
-    split_range_into_blocks, BlockSpan, CIPHER_BLOCK_LEN, HEADER_LEN, PLAIN_BLOCK_LEN,
+    plain_len_of_block, plain_off_in_block, plain_off_to_block_no, plain_size_to_block_count,
+    split_range_into_blocks, BlockSpan, PLAIN_BLOCK_LEN,
 };
 
 /// What went wrong with an encrypted file. The frontend maps every variant
@@ -52,6 +53,14 @@ pub enum ContentError {
     /// The stored size ends in a fragment too short to be a block.
     #[error("ciphertext ends in a {0}-byte fragment: the file was truncated inside a block")]
     TrailingFragment(u64),
+    /// The header's content format is not the one the VM's bundle names.
+    #[error("file is stored in content format {file}, but its VM home's key bundle says every file uses format {vm}")]
+    FormatMismatch {
+        /// The format the file header names.
+        file: u16,
+        /// The format the key bundle names.
+        vm: u16,
+    },
 }
 
 impl ContentError {
@@ -60,7 +69,9 @@ impl ContentError {
     pub fn is_authentication_failure(&self) -> bool {
         matches!(
             self,
-            ContentError::BlockAuthentication { .. } | ContentError::Header(_)
+            ContentError::BlockAuthentication { .. }
+                | ContentError::Header(_)
+                | ContentError::FormatMismatch { .. }
         )
     }
 
@@ -99,26 +110,45 @@ impl FileKeys {
         aad
     }
 
-    /// Seals one block into `sealed` (`plain.len() + OVERHEAD` bytes).
-    fn seal_block(&self, block_no: u64, nonce: &[u8; NONCE_LEN], plain: &[u8], sealed: &mut [u8]) {
-        self.aead
-            .seal_into(nonce, &self.block_aad(block_no), plain, sealed);
+    /// Seals one block into its stored form under a fresh `nonce`.
+    fn seal_block(
+        &self,
+        block_no: u64,
+        nonce: &[u8; NONCE_LEN],
+        plain: &[u8],
+        sealed: SealedBlockMut<'_>,
+    ) {
+        sealed.nonce.copy_from_slice(nonce);
+        let tag: &mut [u8; TAG_LEN] = sealed.tag.try_into().expect("TAG_LEN bytes");
+        self.aead.seal_detached(
+            nonce,
+            &self.block_aad(block_no),
+            plain,
+            sealed.ciphertext,
+            tag,
+        );
     }
 
-    /// Opens one stored block into `plain` (`stored.len() - OVERHEAD`
-    /// bytes). A full block of zero bytes is a hole and reads as zeros.
+    /// Opens one stored block into `plain` (as long as its ciphertext). A
+    /// hole reads as zeros.
     fn open_block(
         &self,
         block_no: u64,
-        stored: &[u8],
+        sealed: &SealedBlock<'_>,
         plain: &mut [u8],
     ) -> Result<(), ContentError> {
-        if is_hole(stored) {
+        if sealed.is_hole() {
             plain.fill(0);
             return Ok(());
         }
         self.aead
-            .open_into(&self.block_aad(block_no), stored, plain)
+            .open_detached(
+                &self.block_aad(block_no),
+                sealed.nonce,
+                sealed.ciphertext,
+                sealed.tag,
+                plain,
+            )
             .map_err(|_| ContentError::BlockAuthentication { block_no })
     }
 
@@ -126,31 +156,24 @@ impl FileKeys {
     fn open_span(
         &self,
         span: &BlockSpan,
-        stored: &[u8],
+        sealed: &SealedBlock<'_>,
         dest: &mut [u8],
     ) -> Result<(), ContentError> {
-        let whole = stored.len().saturating_sub(OVERHEAD);
+        let whole = sealed.ciphertext.len();
         if span.start_in_block == 0 && span.len == whole {
-            return self.open_block(span.block_no, stored, dest);
+            return self.open_block(span.block_no, sealed, dest);
         }
         let mut plain = [0u8; PLAIN_BLOCK_LEN as usize];
-        let plain = plain
-            .get_mut(..whole)
+        let plain = &mut plain[..whole];
+        self.open_block(span.block_no, sealed, plain)?;
+        let piece = plain
+            .get(span.start_in_block..span.start_in_block + span.len)
             .ok_or(ContentError::BlockAuthentication {
                 block_no: span.block_no,
             })?;
-        self.open_block(span.block_no, stored, plain)?;
-        dest.copy_from_slice(&plain[span.start_in_block..span.start_in_block + span.len]);
+        dest.copy_from_slice(piece);
         Ok(())
     }
-}
-
-/// Whether a stored block is a hole: a full cipher block of zero bytes.
-/// The nonce is checked first, so a real block is rejected after 16 bytes.
-fn is_hole(stored: &[u8]) -> bool {
-    stored.len() as u64 == CIPHER_BLOCK_LEN
-        && stored[..NONCE_LEN].iter().all(|&b| b == 0)
-        && stored.iter().all(|&b| b == 0)
 }
 
 /// Cuts `buf` into consecutive pieces of the given lengths (which must add
@@ -191,6 +214,9 @@ fn sized_scratch(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 pub struct EncryptedFile {
     /// The VM's DEKs; immutable, shared with the VM's key cache.
     keyring: Arc<VmKeyring>,
+    /// The VM's content format (from its key bundle); immutable. Every
+    /// header of the file must name it.
+    layout: ContentLayout,
     /// See the module docs: shared for in-size I/O, exclusive for size and
     /// header changes.
     pub(super) size_lock: RwLock<()>,
@@ -202,32 +228,45 @@ pub struct EncryptedFile {
 }
 
 impl EncryptedFile {
-    /// State for one inode, using the VM's keyring.
-    pub fn new(keyring: Arc<VmKeyring>) -> Self {
+    /// State for one inode of a VM home whose files use `layout`, with the
+    /// VM's keyring.
+    pub fn new(keyring: Arc<VmKeyring>, layout: ContentLayout) -> Self {
         Self {
             keyring,
+            layout,
             size_lock: RwLock::new(()),
             blocks: BlockRangeLock::default(),
             keys: RwLock::new(None),
         }
     }
 
-    /// Plaintext size of the backing file.
-    pub fn plain_size(backing: &File) -> Result<u64, ContentError> {
-        let cipher_size = backing.metadata()?.len();
-        offsets::cipher_size_to_plain_size(cipher_size).map_err(|f| {
-            ContentError::TrailingFragment(
-                cipher_size
-                    - offsets::plain_size_to_cipher_size(f.plain_size_without_fragment)
-                        .max(HEADER_LEN),
-            )
-        })
+    /// The content format of the file.
+    pub fn layout(&self) -> ContentLayout {
+        self.layout
     }
 
-    /// Plaintext size for `stat`: a trailing fragment is ignored (reads of it
-    /// fail), as a size must always be reported.
-    pub fn plain_size_for_stat(cipher_size: u64) -> u64 {
-        offsets::cipher_size_to_plain_size(cipher_size)
+    /// Plaintext size of the backing file.
+    pub fn plain_size(&self, backing: &File) -> Result<u64, ContentError> {
+        let cipher_size = backing.metadata()?.len();
+        self.layout
+            .cipher_size_to_plain_size(cipher_size)
+            .map_err(|f| {
+                ContentError::TrailingFragment(
+                    cipher_size
+                        - self
+                            .layout
+                            .plain_size_to_cipher_size(f.plain_size_without_fragment)
+                            .max(crate::format::offsets::HEADER_LEN),
+                )
+            })
+    }
+
+    /// Plaintext size for `stat` of a file of a VM home using `layout`: a
+    /// trailing fragment is ignored (reads of it fail), as a size must
+    /// always be reported.
+    pub fn plain_size_for_stat(layout: ContentLayout, cipher_size: u64) -> u64 {
+        layout
+            .cipher_size_to_plain_size(cipher_size)
             .unwrap_or_else(|f| f.plain_size_without_fragment)
     }
 
@@ -246,6 +285,12 @@ impl EncryptedFile {
             .ok_or(ContentError::UnknownGeneration(generation))?;
         let mac_key = kdf::file_header_mac_key(dek, self.keyring.vm_id(), &unverified.file_id());
         let header = unverified.verify(&mac_key)?;
+        if header.layout != self.layout {
+            return Err(ContentError::FormatMismatch {
+                file: header.layout.format_version(),
+                vm: self.layout.format_version(),
+            });
+        }
         let keys = Arc::new(FileKeys::derive(&self.keyring, header)?);
         *self.keys.write().expect("keys lock poisoned") = Some(keys.clone());
         Ok(keys)
@@ -255,7 +300,7 @@ impl EncryptedFile {
     /// `size_lock` exclusively and the file holds no data.
     fn create_header(&self, backing: &File) -> Result<Arc<FileKeys>, ContentError> {
         let generation = self.keyring.current_generation();
-        let header = FileHeader::new_random(generation);
+        let header = FileHeader::new_random(generation, self.layout);
         let dek = self
             .keyring
             .dek(generation)
@@ -289,7 +334,7 @@ impl EncryptedFile {
         out: &mut Vec<u8>,
     ) -> Result<usize, ContentError> {
         let _size = self.size_lock.read().expect("size lock poisoned");
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         if offset >= size || len == 0 {
             return Ok(0);
         }
@@ -299,21 +344,24 @@ impl EncryptedFile {
         let _blocks = self.blocks.lock(first, last, false);
         let keys = self.keys(backing)?;
 
-        let stored_start = block_no_to_cipher_off(first);
-        let stored_end =
-            offsets::plain_size_to_cipher_size(size).min(block_no_to_cipher_off(last + 1));
+        let region = SealedRegion::new(
+            self.layout,
+            first,
+            last - first + 1,
+            plain_len_of_block(last, size),
+        );
         let plain_len = (end - offset) as usize;
         let out = sized_scratch(out, plain_len);
         STORED_BUFFER
             .with_borrow_mut(|stored| {
-                let stored = sized_scratch(stored, (stored_end - stored_start) as usize);
-                backing.read_exact_at(stored, stored_start)?;
+                let stored = sized_scratch(stored, region.buffer_len());
+                region.read(backing, stored)?;
                 let spans = || split_range_into_blocks(offset, end - offset);
                 let work = spans()
-                    .zip(stored.chunks(CIPHER_BLOCK_LEN as usize))
+                    .zip(region.blocks(stored))
                     .zip(pieces(out, spans().map(|span| span.len)));
-                try_for_each_block(work, |((span, chunk), dest)| {
-                    keys.open_span(&span, chunk, dest)
+                try_for_each_block(work, |((span, sealed), dest)| {
+                    keys.open_span(&span, &sealed, dest)
                 })
             })
             .inspect_err(|_| out.fill(0))?;
@@ -328,7 +376,7 @@ impl EncryptedFile {
         let end = offset + data.len() as u64;
         {
             let _size = self.size_lock.read().expect("size lock poisoned");
-            let size = Self::plain_size(backing)?;
+            let size = self.plain_size(backing)?;
             if end <= size {
                 let first = plain_off_to_block_no(offset);
                 let last = plain_off_to_block_no(end - 1);
@@ -338,7 +386,7 @@ impl EncryptedFile {
             }
         }
         let _size = self.size_lock.write().expect("size lock poisoned");
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         let keys = if size == 0 {
             self.create_header(backing)?
         } else {
@@ -361,7 +409,7 @@ impl EncryptedFile {
         backing: &File,
         new_size: u64,
     ) -> Result<(), ContentError> {
-        let size = Self::plain_size(backing)?;
+        let size = self.plain_size(backing)?;
         if new_size == size {
             return Ok(());
         }
@@ -396,7 +444,7 @@ impl EncryptedFile {
             plain.truncate(tail as usize);
             self.seal_and_store(backing, keys, block_no, &[&plain])?;
         }
-        backing.set_len(offsets::plain_size_to_cipher_size(new_size))?;
+        backing.set_len(self.layout.plain_size_to_cipher_size(new_size))?;
         Ok(())
     }
 
@@ -418,7 +466,8 @@ impl EncryptedFile {
         let tail = plain_off_in_block(new_size);
         if tail == 0 {
             // Every new block is a full hole: just extend the backing file.
-            backing.set_len(offsets::plain_size_to_cipher_size(new_size))?;
+            self.clear_stale_slots(backing, new_last, new_last + 1)?;
+            backing.set_len(self.layout.plain_size_to_cipher_size(new_size))?;
             Ok(())
         } else {
             let zeros = vec![0u8; tail as usize];
@@ -426,9 +475,11 @@ impl EncryptedFile {
         }
     }
 
-    /// If the file's last block is partial and lies before `block_no`, pads
-    /// it to a full block, so that the gap up to `block_no` is whole blocks
-    /// (holes). Caller holds `size_lock` exclusively.
+    /// Prepares a file of `size` bytes to be extended at `block_no`: pads a
+    /// partial last block that lies before it to a full block, and clears
+    /// stale slots of the blocks in between, so that the gap up to
+    /// `block_no` is whole blocks that read as holes. Caller holds
+    /// `size_lock` exclusively.
     fn pad_last_block_before(
         &self,
         backing: &File,
@@ -436,6 +487,7 @@ impl EncryptedFile {
         size: u64,
         block_no: u64,
     ) -> Result<(), ContentError> {
+        self.clear_stale_slots(backing, plain_size_to_block_count(size), block_no)?;
         if size == 0 || plain_off_in_block(size) == 0 {
             return Ok(());
         }
@@ -446,6 +498,30 @@ impl EncryptedFile {
         let mut plain = self.read_block(backing, keys, last, size)?;
         plain.resize(PLAIN_BLOCK_LEN as usize, 0);
         self.seal_and_store(backing, keys, last, &[&plain])
+    }
+
+    /// Format 2: zeroes the slots of blocks `from..to`, which lie past the
+    /// end of the file and are about to become holes inside it.
+    ///
+    /// Why: a block is a hole only if its slot is zero too. A slot past the
+    /// end can still hold an old value, left by a shrink (which keeps the
+    /// tag page of the new last group) or by a crash between the data and
+    /// slot writes of an extending write. Only slots inside the backing
+    /// file can be non-zero, so tag pages past its end are not written
+    /// (growing a file by 100 GiB allocates nothing).
+    fn clear_stale_slots(&self, backing: &File, from: u64, to: u64) -> Result<(), ContentError> {
+        if self.layout != ContentLayout::PageAligned || from >= to {
+            return Ok(());
+        }
+        let stored_len = backing.metadata()?.len();
+        for run in self.layout.stored_runs(from, to) {
+            let Some(slot_off) = run.slot_off.filter(|&off| off < stored_len) else {
+                continue;
+            };
+            let len = (run.block_count * SLOT_LEN).min(stored_len - slot_off);
+            backing.write_all_at(&[0u8; PLAIN_BLOCK_LEN as usize][..len as usize], slot_off)?;
+        }
+        Ok(())
     }
 
     /// The plaintext of one existing block (empty if it lies past `size`).
@@ -461,10 +537,15 @@ impl EncryptedFile {
         if plain_len == 0 {
             return Ok(plain);
         }
-        let mut stored = vec![0u8; (plain_len + offsets::BLOCK_OVERHEAD) as usize];
-        backing.read_exact_at(&mut stored, block_no_to_cipher_off(block_no))?;
+        let region = SealedRegion::new(self.layout, block_no, 1, plain_len);
+        let mut stored = vec![0u8; region.buffer_len()];
+        region.read(backing, &mut stored)?;
         plain.resize(plain_len as usize, 0);
-        keys.open_block(block_no, &stored, &mut plain)?;
+        let sealed = region
+            .blocks(&stored)
+            .next()
+            .expect("a region of one block");
+        keys.open_block(block_no, &sealed, &mut plain)?;
         Ok(plain)
     }
 
@@ -477,26 +558,31 @@ impl EncryptedFile {
         first_block: u64,
         blocks: &[&[u8]],
     ) -> Result<(), ContentError> {
+        let last_len = blocks.last().map_or(0, |plain| plain.len()) as u64;
+        debug_assert!(
+            blocks[..blocks.len() - 1]
+                .iter()
+                .all(|plain| plain.len() as u64 == PLAIN_BLOCK_LEN),
+            "only the last block of a store can be short"
+        );
+        let region = SealedRegion::new(self.layout, first_block, blocks.len() as u64, last_len);
+        // Before sealing, so the reads overlap the encryption.
+        region.start_reading_partial_pages(backing);
         let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
         crate::crypto::random::fill(&mut nonces);
         STORED_BUFFER.with_borrow_mut(|stored| {
-            let sealed_lens = blocks.iter().map(|plain| plain.len() + OVERHEAD);
-            let stored_len: usize = sealed_lens.clone().sum();
-            let stored_off = block_no_to_cipher_off(first_block);
-            // Before sealing, so the reads overlap the encryption.
-            prefetch::start_reading_partial_pages(backing, stored_off, stored_len as u64);
-            let stored = sized_scratch(stored, stored_len);
+            let stored = sized_scratch(stored, region.buffer_len());
             let work = (first_block..)
                 .zip(blocks)
                 .zip(nonces.chunks_exact(NONCE_LEN))
-                .zip(pieces(stored, sealed_lens));
+                .zip(region.blocks_mut(stored));
             try_for_each_block(work, |(((block_no, plain), nonce), sealed)| {
                 let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("chunk of NONCE_LEN");
                 keys.seal_block(block_no, nonce, plain, sealed);
                 Ok::<(), std::convert::Infallible>(())
             })
             .unwrap_or_else(|never| match never {});
-            backing.write_all_at(stored, stored_off)
+            region.write(backing, stored)
         })?;
         Ok(())
     }
@@ -553,7 +639,10 @@ impl EncryptedFile {
 mod tests {
     use super::*;
     use crate::crypto::secret::Dek;
+    use crate::format::content_layout::GROUP_BLOCKS;
     use std::collections::BTreeMap;
+
+    const LAYOUTS: [ContentLayout; 2] = [ContentLayout::Interleaved, ContentLayout::PageAligned];
 
     fn keyring() -> Arc<VmKeyring> {
         let mut deks = BTreeMap::new();
@@ -566,11 +655,11 @@ mod tests {
     }
 
     /// Applies random operations to both an encrypted file and a plain
-    /// `Vec<u8>` model, comparing the whole content after each one.
-    #[test]
-    fn random_operations_match_a_plain_model() {
+    /// `Vec<u8>` model, comparing the whole content after each one. Offsets
+    /// and sizes spread over `span_blocks` blocks.
+    fn random_operations_match_a_plain_model(layout: ContentLayout, span_blocks: u64, steps: u32) {
         let file = backing();
-        let enc = EncryptedFile::new(keyring());
+        let enc = EncryptedFile::new(keyring(), layout);
         let mut model: Vec<u8> = Vec::new();
         let mut seed = 0x1234_5678_u64;
         let mut next = move |bound: u64| {
@@ -579,10 +668,11 @@ mod tests {
             seed ^= seed << 17;
             seed % bound
         };
-        for step in 0..400 {
+        let span = span_blocks * 4096;
+        for step in 0..steps {
             match next(10) {
                 0..=5 => {
-                    let offset = next(5 * 4096 + 100);
+                    let offset = next(span + 100);
                     let len = next(3 * 4096 + 10) + 1;
                     let byte = (step % 250 + 1) as u8;
                     let data = vec![byte; len as usize];
@@ -594,124 +684,235 @@ mod tests {
                     model[offset as usize..end].copy_from_slice(&data);
                 }
                 6..=7 => {
-                    let new_size = next(6 * 4096 + 50);
+                    let new_size = next(span + 4096 + 50);
                     enc.truncate(&file, new_size).unwrap();
                     model.resize(new_size as usize, 0);
                 }
                 _ => {
-                    let offset = next(6 * 4096);
+                    let offset = next(span + 4096);
                     let len = next(9000);
                     let got = enc.read(&file, offset, len).unwrap();
                     let start = (offset as usize).min(model.len());
                     let stop = ((offset + len) as usize).min(model.len());
-                    assert_eq!(got, model[start..stop], "step {step}");
+                    assert_eq!(got, model[start..stop], "{layout:?} step {step}");
                 }
             }
             assert_eq!(
-                EncryptedFile::plain_size(&file).unwrap(),
+                enc.plain_size(&file).unwrap(),
                 model.len() as u64,
-                "step {step}"
+                "{layout:?} step {step}"
             );
             let all = enc.read(&file, 0, model.len() as u64 + 10).unwrap();
-            assert!(all == model, "content differs after step {step}");
+            assert!(
+                all == model,
+                "{layout:?}: content differs after step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_operations_within_a_few_blocks_match_a_plain_model() {
+        for layout in LAYOUTS {
+            random_operations_match_a_plain_model(layout, 5, 400);
+        }
+    }
+
+    /// Across format 2 group boundaries, where shrinking keeps a tag page
+    /// with old slots that a later growth must not read as data.
+    #[test]
+    fn random_operations_across_groups_match_a_plain_model() {
+        for layout in LAYOUTS {
+            random_operations_match_a_plain_model(layout, 2 * GROUP_BLOCKS + 10, 300);
+        }
+    }
+
+    #[test]
+    fn shrinking_then_growing_reads_zeros_past_the_old_end() {
+        for layout in LAYOUTS {
+            let file = backing();
+            let enc = EncryptedFile::new(keyring(), layout);
+            enc.write(&file, 0, &vec![3u8; 10 * 4096]).unwrap();
+            enc.truncate(&file, 2 * 4096).unwrap();
+            enc.truncate(&file, 10 * 4096).unwrap();
+            let all = enc.read(&file, 0, 10 * 4096).unwrap();
+            assert!(all[..2 * 4096].iter().all(|&b| b == 3), "{layout:?}");
+            assert!(all[2 * 4096..].iter().all(|&b| b == 0), "{layout:?}");
+            enc.truncate(&file, 4096).unwrap();
+            enc.write(&file, 8 * 4096, b"x").unwrap();
+            let all = enc.read(&file, 0, 8 * 4096 + 1).unwrap();
+            assert!(all[4096..8 * 4096].iter().all(|&b| b == 0), "{layout:?}");
         }
     }
 
     #[test]
     fn growing_truncate_stays_sparse_and_reads_zeros() {
-        let file = backing();
-        let enc = EncryptedFile::new(keyring());
-        enc.truncate(&file, 1 << 30).unwrap();
-        assert_eq!(EncryptedFile::plain_size(&file).unwrap(), 1 << 30);
-        use std::os::unix::fs::MetadataExt;
-        assert!(file.metadata().unwrap().blocks() * 512 < 1 << 20);
-        assert_eq!(enc.read(&file, 12345, 10000).unwrap(), vec![0u8; 10000]);
+        for layout in LAYOUTS {
+            let file = backing();
+            let enc = EncryptedFile::new(keyring(), layout);
+            enc.truncate(&file, 1 << 30).unwrap();
+            assert_eq!(enc.plain_size(&file).unwrap(), 1 << 30);
+            use std::os::unix::fs::MetadataExt;
+            assert!(file.metadata().unwrap().blocks() * 512 < 1 << 20);
+            assert_eq!(enc.read(&file, 12345, 10000).unwrap(), vec![0u8; 10000]);
+        }
+    }
+
+    /// The backing offsets of every stored byte of block `block_no` (a
+    /// full block): nonce, ciphertext and tag.
+    fn stored_offsets(layout: ContentLayout, block_no: u64) -> Vec<u64> {
+        let data = layout.block_data_off(block_no);
+        match layout.block_slot_off(block_no) {
+            Some(slot) => (data..data + 4096).chain(slot..slot + 32).collect(),
+            None => (data..data + 4128).collect(),
+        }
     }
 
     #[test]
-    fn tampered_block_fails_with_its_number() {
-        let file = backing();
-        let enc = EncryptedFile::new(keyring());
-        enc.write(&file, 0, &vec![7u8; 3 * 4096]).unwrap();
-        let off = block_no_to_cipher_off(1) + 100;
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, off).unwrap();
-        file.write_all_at(&[byte[0] ^ 1], off).unwrap();
-        let fresh = EncryptedFile::new(keyring());
-        assert_eq!(fresh.read(&file, 0, 4096).unwrap(), vec![7u8; 4096]);
-        match fresh.read(&file, 4096, 10) {
-            Err(ContentError::BlockAuthentication { block_no: 1 }) => {}
-            other => panic!("expected block 1 failure, got {other:?}"),
+    fn a_flipped_nonce_ciphertext_or_tag_byte_fails_with_the_block_number() {
+        for layout in LAYOUTS {
+            let file = backing();
+            let enc = EncryptedFile::new(keyring(), layout);
+            enc.write(&file, 0, &vec![7u8; 3 * 4096]).unwrap();
+            let offsets = stored_offsets(layout, 1);
+            // Nonce, first and last ciphertext bytes, tag.
+            let data = layout.block_data_off(1);
+            let probes = [
+                offsets[0],
+                offsets[20],
+                offsets[4095],
+                *offsets.last().unwrap(),
+                data + 100,
+            ];
+            for off in probes {
+                let mut byte = [0u8];
+                file.read_exact_at(&mut byte, off).unwrap();
+                file.write_all_at(&[byte[0] ^ 1], off).unwrap();
+                let fresh = EncryptedFile::new(keyring(), layout);
+                assert_eq!(fresh.read(&file, 0, 4096).unwrap(), vec![7u8; 4096]);
+                match fresh.read(&file, 4096, 10) {
+                    Err(ContentError::BlockAuthentication { block_no: 1 }) => {}
+                    other => {
+                        panic!("{layout:?} offset {off}: expected block 1 failure, got {other:?}")
+                    }
+                }
+                file.write_all_at(&byte, off).unwrap();
+            }
         }
     }
 
     #[test]
     fn swapped_blocks_fail() {
-        let file = backing();
-        let enc = EncryptedFile::new(keyring());
-        enc.write(&file, 0, &[1u8; 4096]).unwrap();
-        enc.write(&file, 4096, &[2u8; 4096]).unwrap();
-        let mut b0 = vec![0u8; CIPHER_BLOCK_LEN as usize];
-        let mut b1 = vec![0u8; CIPHER_BLOCK_LEN as usize];
-        file.read_exact_at(&mut b0, block_no_to_cipher_off(0))
-            .unwrap();
-        file.read_exact_at(&mut b1, block_no_to_cipher_off(1))
-            .unwrap();
-        file.write_all_at(&b1, block_no_to_cipher_off(0)).unwrap();
-        file.write_all_at(&b0, block_no_to_cipher_off(1)).unwrap();
-        assert!(EncryptedFile::new(keyring()).read(&file, 0, 10).is_err());
+        for layout in LAYOUTS {
+            let file = backing();
+            let enc = EncryptedFile::new(keyring(), layout);
+            enc.write(&file, 0, &[1u8; 4096]).unwrap();
+            enc.write(&file, 4096, &[2u8; 4096]).unwrap();
+            enc.write(&file, 8192, &[3u8; 4096]).unwrap();
+            let read_all = |offsets: &[u64]| -> Vec<u8> {
+                offsets
+                    .iter()
+                    .map(|&o| {
+                        let mut b = [0u8];
+                        file.read_exact_at(&mut b, o).unwrap();
+                        b[0]
+                    })
+                    .collect()
+            };
+            let (o0, o1) = (stored_offsets(layout, 0), stored_offsets(layout, 1));
+            let (b0, b1) = (read_all(&o0), read_all(&o1));
+            for (o, b) in o0.iter().zip(&b1).chain(o1.iter().zip(&b0)) {
+                file.write_all_at(&[*b], *o).unwrap();
+            }
+            let fresh = EncryptedFile::new(keyring(), layout);
+            assert!(fresh.read(&file, 0, 10).is_err(), "{layout:?}");
+            assert!(fresh.read(&file, 4096, 10).is_err(), "{layout:?}");
+            assert_eq!(fresh.read(&file, 8192, 1).unwrap(), [3], "{layout:?}");
+        }
     }
 
     #[test]
     fn header_tamper_and_wrong_keyring_fail() {
+        for layout in LAYOUTS {
+            let file = backing();
+            EncryptedFile::new(keyring(), layout)
+                .write(&file, 0, b"secret")
+                .unwrap();
+            let mut other = BTreeMap::new();
+            other.insert(1, Dek::from_bytes([8; 32]));
+            let wrong = Arc::new(VmKeyring::new([4; 16], 1, other));
+            assert!(matches!(
+                EncryptedFile::new(wrong, layout).read(&file, 0, 6),
+                Err(ContentError::Header(HeaderError::MacMismatch))
+            ));
+            file.write_all_at(&[0, 0, 0, 2], 8).unwrap();
+            assert!(matches!(
+                EncryptedFile::new(keyring(), layout).read(&file, 0, 6),
+                Err(ContentError::UnknownGeneration(2))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_file_in_the_other_content_format_is_refused() {
         let file = backing();
-        EncryptedFile::new(keyring())
+        EncryptedFile::new(keyring(), ContentLayout::PageAligned)
             .write(&file, 0, b"secret")
             .unwrap();
-        let mut other = BTreeMap::new();
-        other.insert(1, Dek::from_bytes([8; 32]));
-        let wrong = Arc::new(VmKeyring::new([4; 16], 1, other));
-        assert!(matches!(
-            EncryptedFile::new(wrong).read(&file, 0, 6),
-            Err(ContentError::Header(HeaderError::MacMismatch))
-        ));
-        file.write_all_at(&[0, 0, 0, 2], 8).unwrap();
-        assert!(matches!(
-            EncryptedFile::new(keyring()).read(&file, 0, 6),
-            Err(ContentError::UnknownGeneration(2))
-        ));
+        let err = EncryptedFile::new(keyring(), ContentLayout::Interleaved)
+            .read(&file, 0, 6)
+            .unwrap_err();
+        assert!(
+            matches!(err, ContentError::FormatMismatch { file: 2, vm: 1 }),
+            "{err:?}"
+        );
+        assert!(err.is_authentication_failure());
+    }
+
+    /// Format 2's reason to exist: a block rewrite stores whole,
+    /// page-aligned backing pages plus one slot.
+    #[test]
+    fn page_aligned_blocks_fill_whole_backing_pages() {
+        let file = backing();
+        let enc = EncryptedFile::new(keyring(), ContentLayout::PageAligned);
+        enc.write(&file, 0, &vec![1u8; 3 * 4096]).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 4 * 4096);
+        enc.write(&file, 3 * 4096, b"abc").unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 4 * 4096 + 3);
+        assert_eq!(enc.plain_size(&file).unwrap(), 3 * 4096 + 3);
     }
 
     #[test]
     fn concurrent_writers_of_different_and_same_blocks() {
-        let file = Arc::new(backing());
-        let enc = Arc::new(EncryptedFile::new(keyring()));
-        enc.truncate(&file, 64 * 4096).unwrap();
-        let threads: Vec<_> = (0..4u8)
-            .map(|t| {
-                let (file, enc) = (file.clone(), enc.clone());
-                std::thread::spawn(move || {
-                    for round in 0..50u64 {
-                        // Each thread owns bytes t*1000.. of every block: partial-block RMW
-                        // on shared blocks must not lose other threads' bytes.
-                        let block = round % 64;
-                        let offset = block * 4096 + t as u64 * 1000;
-                        enc.write(&file, offset, &[t + 1; 1000]).unwrap();
-                    }
+        for layout in LAYOUTS {
+            let file = Arc::new(backing());
+            let enc = Arc::new(EncryptedFile::new(keyring(), layout));
+            enc.truncate(&file, 64 * 4096).unwrap();
+            let threads: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let (file, enc) = (file.clone(), enc.clone());
+                    std::thread::spawn(move || {
+                        for round in 0..50u64 {
+                            // Each thread owns bytes t*1000.. of every block: partial-block RMW
+                            // on shared blocks must not lose other threads' bytes.
+                            let block = round % 64;
+                            let offset = block * 4096 + t as u64 * 1000;
+                            enc.write(&file, offset, &[t + 1; 1000]).unwrap();
+                        }
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let all = enc.read(&file, 0, 64 * 4096).unwrap();
-        for block in 0..50u64 {
-            for t in 0..4u8 {
-                let start = (block * 4096 + t as u64 * 1000) as usize;
-                assert!(
-                    all[start..start + 1000].iter().all(|&b| b == t + 1),
-                    "block {block} thread {t}"
-                );
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let all = enc.read(&file, 0, 64 * 4096).unwrap();
+            for block in 0..50u64 {
+                for t in 0..4u8 {
+                    let start = (block * 4096 + t as u64 * 1000) as usize;
+                    assert!(
+                        all[start..start + 1000].iter().all(|&b| b == t + 1),
+                        "{layout:?} block {block} thread {t}"
+                    );
+                }
             }
         }
     }

@@ -10,6 +10,8 @@
 //! * [`parallel`]: the block crypto of large requests on every core.
 //! * [`prefetch`]: starting the reads of backing pages a store covers in
 //!   part, so writers do not wait on them one by one.
+//! * [`sealed_region`]: the stored form of a run of blocks in either
+//!   content format, and its backing I/O.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
@@ -19,6 +21,7 @@ pub mod encrypted_file;
 pub mod parallel;
 pub mod prefetch;
 pub mod range_lock;
+mod sealed_region;
 pub mod transcode;
 
 pub use allocation::SeekTarget;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::allocation::SeekTarget;
 use super::encrypted_file::{ContentError, EncryptedFile};
 use crate::crypto::keyring::VmKeyring;
+use crate::format::content_layout::ContentLayout;
 use crate::format::offsets::PLAIN_BLOCK_LEN;
 
 /// Bytes copied per step.
@@ -23,16 +24,18 @@ const CHUNK: u64 = 1 << 20;
 pub enum Source<'a> {
     /// A plain file.
     Plain(&'a File),
-    /// An encrypted file, opened with the VM's keyring.
-    Encrypted(&'a File, Arc<VmKeyring>),
+    /// An encrypted file, opened with the VM's keyring, in the VM's content
+    /// format.
+    Encrypted(&'a File, Arc<VmKeyring>, ContentLayout),
 }
 
 /// Where a transcoding writes plaintext to.
 pub enum Destination<'a> {
     /// A plain file.
     Plain(&'a File),
-    /// An encrypted file, written under the keyring's current generation.
-    Encrypted(&'a File, Arc<VmKeyring>),
+    /// An encrypted file, written under the keyring's current generation in
+    /// the given content format.
+    Encrypted(&'a File, Arc<VmKeyring>, ContentLayout),
 }
 
 /// The next data region at or after `offset`: (start, end), or `None`.
@@ -75,23 +78,26 @@ pub fn transcode(
     mut on_progress: impl FnMut(u64),
 ) -> Result<u64, ContentError> {
     let reader = match &source {
-        Source::Encrypted(_, keyring) => Some(EncryptedFile::new(keyring.clone())),
+        Source::Encrypted(_, keyring, layout) => Some(EncryptedFile::new(keyring.clone(), *layout)),
         Source::Plain(_) => None,
     };
     let writer = match &destination {
-        Destination::Encrypted(_, keyring) => Some(EncryptedFile::new(keyring.clone())),
+        Destination::Encrypted(_, keyring, layout) => {
+            Some(EncryptedFile::new(keyring.clone(), *layout))
+        }
         Destination::Plain(_) => None,
     };
-    let size = match &source {
-        Source::Plain(file) => file.metadata()?.len(),
-        Source::Encrypted(file, _) => EncryptedFile::plain_size(file)?,
+    let size = match (&source, &reader) {
+        (Source::Plain(file), _) => file.metadata()?.len(),
+        (Source::Encrypted(file, ..), Some(reader)) => reader.plain_size(file)?,
+        _ => unreachable!("an encrypted source always has a reader"),
     };
     let mut offset = 0;
     let mut buf = Vec::with_capacity(CHUNK as usize);
     while offset < size {
         let region = match (&source, &reader) {
             (Source::Plain(file), _) => plain_data_region(file, offset, size)?,
-            (Source::Encrypted(file, _), Some(reader)) => {
+            (Source::Encrypted(file, ..), Some(reader)) => {
                 match reader.seek(file, offset, SeekTarget::Data) {
                     Ok(start) => Some((start, reader.seek(file, start, SeekTarget::Hole)?)),
                     Err(ContentError::Io(e)) if e.raw_os_error() == Some(libc::ENXIO) => None,
@@ -110,7 +116,7 @@ pub fn transcode(
                     buf.resize(len as usize, 0);
                     file.read_exact_at(&mut buf, pos)?;
                 }
-                (Source::Encrypted(file, _), Some(reader)) => {
+                (Source::Encrypted(file, ..), Some(reader)) => {
                     let n = reader.read_into(file, pos, len, &mut buf)?;
                     buf.truncate(n);
                 }
@@ -124,7 +130,7 @@ pub fn transcode(
     }
     match (&destination, &writer) {
         (Destination::Plain(file), _) => file.set_len(size)?,
-        (Destination::Encrypted(file, _), Some(writer)) => writer.truncate(file, size)?,
+        (Destination::Encrypted(file, ..), Some(writer)) => writer.truncate(file, size)?,
         _ => unreachable!("an encrypted destination always has a writer"),
     }
     on_progress(size);
@@ -147,7 +153,7 @@ fn write_skipping_zero_blocks(
             (Destination::Plain(file), _) => file
                 .write_all_at(&data[from..to], at)
                 .map_err(ContentError::from),
-            (Destination::Encrypted(file, _), Some(w)) => w.write(file, at, &data[from..to]),
+            (Destination::Encrypted(file, ..), Some(w)) => w.write(file, at, &data[from..to]),
             _ => unreachable!("an encrypted destination always has a writer"),
         }
     };
@@ -198,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_to_encrypted_to_new_generation_to_plain_round_trips_sparse() {
+    fn plain_to_encrypted_to_new_generation_and_format_to_plain_round_trips_sparse() {
         let dir = tempfile::tempdir().unwrap();
         let plain = file(&dir, "plain");
         plain.set_len(64 << 20).unwrap();
@@ -210,7 +216,7 @@ mod tests {
         let enc1 = file(&dir, "enc1");
         transcode(
             Source::Plain(&plain),
-            Destination::Encrypted(&enc1, keyring(&[1], 1)),
+            Destination::Encrypted(&enc1, keyring(&[1], 1), ContentLayout::Interleaved),
             |_| {},
         )
         .unwrap();
@@ -222,8 +228,9 @@ mod tests {
         let enc2 = file(&dir, "enc2");
         let both = keyring(&[1, 2], 2);
         transcode(
-            Source::Encrypted(&enc1, both.clone()),
-            Destination::Encrypted(&enc2, both),
+            // Also from content format 1 to format 2.
+            Source::Encrypted(&enc1, both.clone(), ContentLayout::Interleaved),
+            Destination::Encrypted(&enc2, both, ContentLayout::PageAligned),
             |_| {},
         )
         .unwrap();
@@ -234,11 +241,16 @@ mod tests {
             2,
             "re-encrypted under generation 2"
         );
+        assert_eq!(header[5], 2, "in content format 2");
+        assert!(
+            enc2.metadata().unwrap().blocks() * 512 < 2 << 20,
+            "holes stay holes"
+        );
 
         let back = file(&dir, "back");
         let mut last = 0;
         transcode(
-            Source::Encrypted(&enc2, keyring(&[2], 2)),
+            Source::Encrypted(&enc2, keyring(&[2], 2), ContentLayout::PageAligned),
             Destination::Plain(&back),
             |done| last = done,
         )

@@ -42,6 +42,10 @@ pub fn render_vm(status: &VmStatus) -> String {
         "encrypt-disks",
         or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
     );
+    line(
+        "content-format",
+        or_dash(bundle.map(|b| b.content_layout.format_version())),
+    );
     line("dek-fingerprint", or_dash(status.dek_fingerprint.clone()));
     line(
         "dek-generations",
@@ -94,6 +98,7 @@ pub fn vm_json(status: &VmStatus) -> serde_json::Value {
         "provider_current_version": status.provider_current_version,
         "needs_rekey": status.needs_rekey(),
         "encrypt_disks": bundle.map(|b| b.encrypt_disks),
+        "content_format": bundle.map(|b| b.content_layout.format_version()),
         "dek_fingerprint": status.dek_fingerprint,
         "dek_generations": bundle.map(|b| b.deks.iter().map(|d| d.generation).collect::<Vec<_>>()),
         "current_dek_generation": bundle.map(|b| b.current_generation),

@@ -135,9 +135,10 @@ impl BlockAead {
     }
 
     /// Writes `nonce || ciphertext || tag` for `plaintext` into `sealed`,
-    /// which must be exactly `plaintext.len() + OVERHEAD` bytes. Encrypts
-    /// straight from `plaintext` into `sealed`: no staging copy, and the
-    /// caller can reuse `sealed` without zeroing it first.
+    /// which must be exactly `plaintext.len() + OVERHEAD` bytes (content
+    /// format 1 stores blocks this way). Encrypts straight from `plaintext`
+    /// into `sealed`: no staging copy, and the caller can reuse `sealed`
+    /// without zeroing it first.
     pub fn seal_into(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -149,6 +150,22 @@ impl BlockAead {
         let (nonce_out, rest) = sealed.split_at_mut(NONCE_LEN);
         let (ciphertext, tag_out) = rest.split_at_mut(plaintext.len());
         nonce_out.copy_from_slice(nonce);
+        let tag_out: &mut [u8; TAG_LEN] = tag_out.try_into().expect("TAG_LEN bytes");
+        self.seal_detached(nonce, aad, plaintext, ciphertext, tag_out);
+    }
+
+    /// Encrypts `plaintext` into `ciphertext` (same length) and writes the
+    /// tag to `tag_out`; the caller stores the nonce and tag wherever its
+    /// format keeps them (content format 2 keeps them apart from the data).
+    pub fn seal_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        ciphertext: &mut [u8],
+        tag_out: &mut [u8; TAG_LEN],
+    ) {
+        assert_eq!(ciphertext.len(), plaintext.len(), "ciphertext length");
         self.sealers.with_context(|context| {
             context
                 .encrypt_init(None, None, Some(nonce))
@@ -178,6 +195,24 @@ impl BlockAead {
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        self.open_detached(aad, nonce, ciphertext, tag, plaintext)
+    }
+
+    /// Opens a block whose nonce and tag are stored apart from its
+    /// ciphertext into `plaintext` (same length as `ciphertext`), with the
+    /// same guarantee as [`BlockAead::open_into`]: on failure `plaintext` is
+    /// zeroed.
+    pub fn open_detached(
+        &self,
+        aad: &[u8],
+        nonce: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8],
+        plaintext: &mut [u8],
+    ) -> Result<(), AuthenticationFailed> {
+        if nonce.len() != NONCE_LEN || tag.len() != TAG_LEN || plaintext.len() != ciphertext.len() {
+            return Err(AuthenticationFailed);
+        }
         let verified = self.openers.with_context(|context| {
             context
                 .decrypt_init(None, None, Some(nonce))

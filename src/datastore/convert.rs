@@ -28,6 +28,7 @@ use crate::content::transcode::{transcode, Destination, Source};
 use crate::crypto::kdf;
 use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
+use crate::format::content_layout::ContentLayout;
 use crate::format::file_header::{self, UnverifiedHeader};
 use crate::keys::KeyProvider;
 
@@ -44,6 +45,8 @@ pub enum Operation {
     EncryptHome {
         /// Encrypt the disks too.
         encrypt_disks: bool,
+        /// The content format of the encrypted files.
+        content_layout: ContentLayout,
     },
     /// Encrypt the VM's `*.vmdk` files and set the disk policy.
     EncryptDisks,
@@ -114,7 +117,11 @@ pub fn run(
         });
     }
     let resuming = pending(vm_dir).is_some();
-    if let Operation::EncryptHome { encrypt_disks } = operation {
+    if let Operation::EncryptHome {
+        encrypt_disks,
+        content_layout,
+    } = operation
+    {
         if bundle_file::has_bundle(vm_dir) && !resuming {
             return Err(DatastoreError::AlreadyVmHome {
                 path: vm_dir.into(),
@@ -122,7 +129,7 @@ pub fn run(
         }
         write_journal(vm_dir, operation)?;
         if !bundle_file::has_bundle(vm_dir) {
-            vm_keys::create_bundle(vm_dir, provider, encrypt_disks)?;
+            vm_keys::create_bundle(vm_dir, provider, encrypt_disks, content_layout)?;
         }
     } else {
         if !bundle_file::has_bundle(vm_dir) {
@@ -145,7 +152,7 @@ pub fn run(
     }
     let keyring = Arc::new(keyring);
     let encrypt_disks = match operation {
-        Operation::EncryptHome { encrypt_disks } => encrypt_disks,
+        Operation::EncryptHome { encrypt_disks, .. } => encrypt_disks,
         Operation::EncryptDisks => true,
         Operation::DecryptDisks => false,
         Operation::DeepRekey => bundle.encrypt_disks,
@@ -179,7 +186,7 @@ pub fn run(
         .sum();
     progress.start(plan.len(), total);
     for (index, (path, step)) in plan.iter().enumerate() {
-        report.bytes += convert_file(path, *step, &keyring, progress)?;
+        report.bytes += convert_file(path, *step, &keyring, bundle.content_layout, progress)?;
         report.files += 1;
         progress.file_done(path);
         if index == 0 {
@@ -332,6 +339,7 @@ fn convert_file(
     path: &Path,
     step: Step,
     keyring: &Arc<VmKeyring>,
+    layout: ContentLayout,
     progress: &mut dyn Progress,
 ) -> Result<u64, DatastoreError> {
     let dir = path.parent().expect("a file has a directory");
@@ -356,15 +364,15 @@ fn convert_file(
     let (src, dst) = match step {
         Step::Encrypt => (
             Source::Plain(&source),
-            Destination::Encrypted(&dest, keyring.clone()),
+            Destination::Encrypted(&dest, keyring.clone(), layout),
         ),
         Step::Decrypt => (
-            Source::Encrypted(&source, keyring.clone()),
+            Source::Encrypted(&source, keyring.clone(), layout),
             Destination::Plain(&dest),
         ),
         Step::Reencrypt => (
-            Source::Encrypted(&source, keyring.clone()),
-            Destination::Encrypted(&dest, keyring.clone()),
+            Source::Encrypted(&source, keyring.clone(), layout),
+            Destination::Encrypted(&dest, keyring.clone(), layout),
         ),
     };
     let size = transcode(src, dst, &mut on_progress).map_err(|e| {

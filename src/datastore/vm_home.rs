@@ -10,6 +10,7 @@ use super::vm_keys::{self, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
 use crate::format::bundle::KeyBundle;
+use crate::format::content_layout::ContentLayout;
 use crate::keys::KeyProvider;
 
 /// The key cache state of one VM home.
@@ -147,21 +148,33 @@ impl VmHome {
     }
 
     /// The VM's disk policy, from the bundle (authenticated once unlocked).
+    /// An unreadable bundle means we cannot know, and treating disks as
+    /// encrypted fails safe (no plaintext is ever written where ciphertext
+    /// belongs).
     pub fn encrypt_disks(&self) -> bool {
+        self.bundle_field(|b| b.encrypt_disks).unwrap_or(true)
+    }
+
+    /// The content format of the VM's encrypted files, from the bundle. An
+    /// unreadable bundle also leaves the keys locked, so no content is read
+    /// or written; only `stat` sizes use the fallback.
+    pub fn content_layout(&self) -> ContentLayout {
+        self.bundle_field(|b| b.content_layout)
+            .unwrap_or(ContentLayout::PageAligned)
+    }
+
+    /// A field of the VM's bundle: the cached one, else parsed from disk
+    /// (cheap); `None` if it cannot be read.
+    fn bundle_field<T>(&self, field: impl Fn(&KeyBundle) -> T) -> Option<T> {
         match &*self.keys.read().expect("keys lock") {
-            KeyState::Unlocked { bundle, .. } => return bundle.encrypt_disks,
+            KeyState::Unlocked { bundle, .. } => return Some(field(bundle)),
             KeyState::Locked {
                 bundle: Some(bundle),
                 ..
-            } => return bundle.encrypt_disks,
+            } => return Some(field(bundle)),
             _ => {}
         }
-        // Not loaded yet: parse the bundle (cheap); unreadable means we
-        // cannot know, and treating disks as encrypted fails safe (no
-        // plaintext is ever written where ciphertext belongs).
-        bundle_file::read(&self.dir())
-            .map(|b| b.encrypt_disks)
-            .unwrap_or(true)
+        bundle_file::read(&self.dir()).ok().map(|b| field(&b))
     }
 
     /// The VM's keyring, unwrapping through the provider on first use.

@@ -14,6 +14,7 @@ use super::DatastoreError;
 use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
 use crate::format::bundle::{KeyBundle, WrappedDek};
+use crate::format::content_layout::ContentLayout;
 use crate::keys::{KekRef, KeyProvider, ProviderError};
 
 /// Seconds since the Unix epoch.
@@ -67,6 +68,7 @@ pub fn create_vm_home(
     path: &Path,
     provider: &dyn KeyProvider,
     encrypt_disks: bool,
+    content_layout: ContentLayout,
 ) -> Result<KeyBundle, DatastoreError> {
     std::fs::create_dir_all(path)
         .map_err(|e| DatastoreError::io(format!("creating VM home {}", path.display()), e))?;
@@ -77,7 +79,7 @@ pub fn create_vm_home(
     if non_empty && !bundle_file::has_bundle(path) {
         return Err(DatastoreError::NotEmpty { path: path.into() });
     }
-    create_bundle(path, provider, encrypt_disks)
+    create_bundle(path, provider, encrypt_disks, content_layout)
 }
 
 /// Writes a first bundle (new VM id, DEK generation 1) into `path`, which
@@ -86,6 +88,7 @@ pub fn create_bundle(
     path: &Path,
     provider: &dyn KeyProvider,
     encrypt_disks: bool,
+    content_layout: ContentLayout,
 ) -> Result<KeyBundle, DatastoreError> {
     let lock = BundleLock::acquire(path)?;
     if bundle_file::has_bundle(path) {
@@ -103,6 +106,7 @@ pub fn create_bundle(
     let mut bundle = KeyBundle {
         vm_id,
         encrypt_disks,
+        content_layout,
         sequence: 1,
         created_unix: now,
         updated_unix: now,
@@ -239,7 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let provider = provider(dir.path());
         let vm = dir.path().join("vm1");
-        let bundle = create_vm_home(&vm, &provider, true).unwrap();
+        let bundle = create_vm_home(&vm, &provider, true, ContentLayout::PageAligned).unwrap();
         let fingerprint = unlock(&bundle, &provider).unwrap().current_fingerprint();
         provider.rotate().unwrap();
         let outcome = shallow_rekey(&vm, &provider).unwrap();
@@ -252,7 +256,7 @@ mod tests {
             fingerprint
         );
         assert!(matches!(
-            create_vm_home(&vm, &provider, false),
+            create_vm_home(&vm, &provider, false, ContentLayout::PageAligned),
             Err(DatastoreError::AlreadyVmHome { .. })
         ));
     }
@@ -264,7 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let provider = provider(dir.path());
         let vm = dir.path().join("vm1");
-        create_vm_home(&vm, &provider, false).unwrap();
+        create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
         let bytes = std::fs::read(bundle_file::bundle_path(&vm)).unwrap();
         for byte in 0..bytes.len() {
             for bit in [0u8, 3, 7] {
@@ -284,8 +288,20 @@ mod tests {
     fn another_vms_bundle_does_not_open_this_vms_files() {
         let dir = tempfile::tempdir().unwrap();
         let provider = provider(dir.path());
-        let a = create_vm_home(&dir.path().join("a"), &provider, false).unwrap();
-        let b = create_vm_home(&dir.path().join("b"), &provider, false).unwrap();
+        let a = create_vm_home(
+            &dir.path().join("a"),
+            &provider,
+            false,
+            ContentLayout::PageAligned,
+        )
+        .unwrap();
+        let b = create_vm_home(
+            &dir.path().join("b"),
+            &provider,
+            false,
+            ContentLayout::PageAligned,
+        )
+        .unwrap();
         let ka = unlock(&a, &provider).unwrap();
         let kb = unlock(&b, &provider).unwrap();
         assert_ne!(ka.current_fingerprint(), kb.current_fingerprint());

@@ -14,6 +14,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::content_layout::ContentLayout;
 use crate::keys::KekRef;
 
 /// Bundle magic.
@@ -22,6 +23,10 @@ pub const MAGIC: [u8; 8] = *b"VMCRYPTB";
 pub const VERSION: u16 = 1;
 /// Flag bit: the VM's disk files are encrypted too.
 pub const FLAG_ENCRYPT_DISKS: u16 = 0x0001;
+/// Flag bit: the VM's encrypted files use content format 2 (page-aligned);
+/// clear means content format 1 (interleaved).
+pub const FLAG_PAGE_ALIGNED: u16 = 0x0002;
+const KNOWN_FLAGS: u16 = FLAG_ENCRYPT_DISKS | FLAG_PAGE_ALIGNED;
 /// Maximum number of DEK generations in one bundle.
 pub const MAX_DEKS: usize = 16;
 /// Maximum length of one wrapped DEK.
@@ -88,6 +93,8 @@ pub struct KeyBundle {
     pub vm_id: [u8; 16],
     /// Whether `*.vmdk` files are encrypted (otherwise they pass through).
     pub encrypt_disks: bool,
+    /// The content format of every encrypted file in the VM home.
+    pub content_layout: ContentLayout,
     /// 1 at creation, incremented by every rewrite.
     pub sequence: u64,
     /// Creation time, seconds since the Unix epoch.
@@ -126,11 +133,13 @@ impl KeyBundle {
         let mut out = Vec::with_capacity(128 + self.deks.len() * 70);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
-        let flags = if self.encrypt_disks {
-            FLAG_ENCRYPT_DISKS
-        } else {
-            0
-        };
+        let mut flags = 0;
+        if self.encrypt_disks {
+            flags |= FLAG_ENCRYPT_DISKS;
+        }
+        if self.content_layout == ContentLayout::PageAligned {
+            flags |= FLAG_PAGE_ALIGNED;
+        }
         out.extend_from_slice(&flags.to_be_bytes());
         out.extend_from_slice(&self.vm_id);
         out.extend_from_slice(&self.sequence.to_be_bytes());
@@ -204,7 +213,7 @@ impl KeyBundle {
             return Err(BundleError::UnsupportedVersion(version));
         }
         let flags = r.u16("flags")?;
-        if flags & !FLAG_ENCRYPT_DISKS != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(BundleError::UnknownFlags(flags));
         }
         let vm_id = r.take::<16>("vm_id")?;
@@ -232,6 +241,11 @@ impl KeyBundle {
         let bundle = KeyBundle {
             vm_id,
             encrypt_disks: flags & FLAG_ENCRYPT_DISKS != 0,
+            content_layout: if flags & FLAG_PAGE_ALIGNED != 0 {
+                ContentLayout::PageAligned
+            } else {
+                ContentLayout::Interleaved
+            },
             sequence,
             created_unix,
             updated_unix,
@@ -310,6 +324,7 @@ pub(crate) mod tests {
         KeyBundle {
             vm_id: [0x11; 16],
             encrypt_disks: true,
+            content_layout: ContentLayout::PageAligned,
             sequence: 3,
             created_unix: 1_700_000_000,
             updated_unix: 1_700_000_500,
@@ -337,7 +352,18 @@ pub(crate) mod tests {
         });
         two.current_generation = 4;
         two.encrypt_disks = false;
+        two.content_layout = ContentLayout::Interleaved;
         assert_eq!(KeyBundle::parse(&two.encode().unwrap()).unwrap(), two);
+    }
+
+    #[test]
+    fn the_content_format_flag_is_bound_into_the_wrap_aad() {
+        let b = sample();
+        let mut bytes = b.encode().unwrap();
+        bytes[11] ^= FLAG_PAGE_ALIGNED as u8;
+        let flipped = KeyBundle::parse(&bytes).unwrap();
+        assert_eq!(flipped.content_layout, ContentLayout::Interleaved);
+        assert_ne!(flipped.wrap_aad(1), b.wrap_aad(1));
     }
 
     /// Every byte of the encoding is either rejected by the parser, changes
@@ -389,8 +415,8 @@ pub(crate) mod tests {
             Err(BundleError::UnsupportedVersion(9))
         );
         let mut bad = bytes.clone();
-        bad[11] |= 0x02;
-        assert_eq!(KeyBundle::parse(&bad), Err(BundleError::UnknownFlags(3)));
+        bad[11] |= 0x04;
+        assert_eq!(KeyBundle::parse(&bad), Err(BundleError::UnknownFlags(7)));
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(KeyBundle::parse(&long), Err(BundleError::TrailingBytes(1)));

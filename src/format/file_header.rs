@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0..4    magic "VMCF"
-//! 4..6    version u16 BE (= 1)
+//! 4..6    version u16 BE: the content format (1 interleaved, 2 page-aligned)
 //! 6..8    flags u16 BE (reserved, must be 0)
 //! 8..12   DEK generation u32 BE
 //! 12..28  file id (16 random bytes)
@@ -18,12 +18,11 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::content_layout::ContentLayout;
 use crate::crypto::secret::DerivedKey;
 
 /// Header magic.
 pub const MAGIC: [u8; 4] = *b"VMCF";
-/// The only version this build reads and writes.
-pub const VERSION: u16 = 1;
 /// Header length in bytes (equals `offsets::HEADER_LEN`).
 pub const LEN: usize = 44;
 const AUTHENTICATED_LEN: usize = 28;
@@ -47,7 +46,7 @@ pub enum HeaderError {
         found: [u8; 4],
     },
     /// A version this build does not know.
-    #[error("file header version {0} is not supported (this build reads version {VERSION})")]
+    #[error("file header version {0} is not supported (this build reads content formats 1 and 2)")]
     UnsupportedVersion(u16),
     /// Reserved flag bits are set.
     #[error("file header has unknown flags {0:#06x}")]
@@ -64,21 +63,25 @@ pub struct FileHeader {
     pub dek_generation: u32,
     /// Random id that binds every block (AAD and key) to this file.
     pub file_id: [u8; 16],
+    /// The content format (the header's version field): how the blocks
+    /// after the header are laid out.
+    pub layout: ContentLayout,
 }
 
 impl FileHeader {
     /// A header for a new file, with a fresh random file id.
-    pub fn new_random(dek_generation: u32) -> Self {
+    pub fn new_random(dek_generation: u32, layout: ContentLayout) -> Self {
         Self {
             dek_generation,
             file_id: crate::crypto::random::array(),
+            layout,
         }
     }
 
     fn authenticated_bytes(&self) -> [u8; AUTHENTICATED_LEN] {
         let mut out = [0u8; AUTHENTICATED_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&VERSION.to_be_bytes());
+        out[4..6].copy_from_slice(&self.layout.format_version().to_be_bytes());
         out[6..8].copy_from_slice(&0u16.to_be_bytes());
         out[8..12].copy_from_slice(&self.dek_generation.to_be_bytes());
         out[12..28].copy_from_slice(&self.file_id);
@@ -125,9 +128,8 @@ impl UnverifiedHeader {
             return Err(HeaderError::BadMagic { found: magic });
         }
         let version = u16::from_be_bytes([raw[4], raw[5]]);
-        if version != VERSION {
-            return Err(HeaderError::UnsupportedVersion(version));
-        }
+        let layout = ContentLayout::from_format_version(version)
+            .ok_or(HeaderError::UnsupportedVersion(version))?;
         let flags = u16::from_be_bytes([raw[6], raw[7]]);
         if flags != 0 {
             return Err(HeaderError::UnknownFlags(flags));
@@ -135,6 +137,7 @@ impl UnverifiedHeader {
         let fields = FileHeader {
             dek_generation: u32::from_be_bytes(raw[8..12].try_into().expect("4 bytes")),
             file_id: raw[12..28].try_into().expect("16 bytes"),
+            layout,
         };
         Ok(Self { fields, raw })
     }
@@ -142,6 +145,11 @@ impl UnverifiedHeader {
     /// The DEK generation the header claims (not yet authenticated).
     pub fn dek_generation(&self) -> u32 {
         self.fields.dek_generation
+    }
+
+    /// The content format the header claims (not yet authenticated).
+    pub fn layout(&self) -> ContentLayout {
+        self.fields.layout
     }
 
     /// The file id the header claims (not yet authenticated).
@@ -167,18 +175,35 @@ mod tests {
         DerivedKey::from_bytes([3; 32])
     }
 
+    const LAYOUTS: [ContentLayout; 2] = [ContentLayout::Interleaved, ContentLayout::PageAligned];
+
     #[test]
     fn round_trip() {
-        let header = FileHeader::new_random(7);
-        let bytes = header.encode(&key());
-        let parsed = UnverifiedHeader::parse(&bytes).unwrap();
-        assert_eq!(parsed.dek_generation(), 7);
-        assert_eq!(parsed.verify(&key()).unwrap(), header);
+        for layout in LAYOUTS {
+            let header = FileHeader::new_random(7, layout);
+            let bytes = header.encode(&key());
+            let parsed = UnverifiedHeader::parse(&bytes).unwrap();
+            assert_eq!(parsed.dek_generation(), 7);
+            assert_eq!(parsed.layout(), layout);
+            assert_eq!(bytes[5] as u16, layout.format_version());
+            assert_eq!(parsed.verify(&key()).unwrap(), header);
+        }
+    }
+
+    #[test]
+    fn a_header_moved_to_the_other_content_format_fails_authentication() {
+        for layout in LAYOUTS {
+            let mut bytes = FileHeader::new_random(1, layout).encode(&key());
+            bytes[5] = 3 - bytes[5];
+            let parsed = UnverifiedHeader::parse(&bytes).unwrap();
+            assert_ne!(parsed.layout(), layout);
+            assert_eq!(parsed.verify(&key()).unwrap_err(), HeaderError::MacMismatch);
+        }
     }
 
     #[test]
     fn every_flipped_bit_is_detected() {
-        let bytes = FileHeader::new_random(1).encode(&key());
+        let bytes = FileHeader::new_random(1, ContentLayout::PageAligned).encode(&key());
         for byte in 0..LEN {
             for bit in 0..8 {
                 let mut bad = bytes;
@@ -191,7 +216,7 @@ mod tests {
 
     #[test]
     fn each_field_fails_with_its_own_error() {
-        let bytes = FileHeader::new_random(1).encode(&key());
+        let bytes = FileHeader::new_random(1, ContentLayout::Interleaved).encode(&key());
         let mut bad = bytes;
         bad[0] = b'X';
         assert!(matches!(
@@ -199,10 +224,10 @@ mod tests {
             Err(HeaderError::BadMagic { .. })
         ));
         let mut bad = bytes;
-        bad[5] = 2;
+        bad[5] = 3;
         assert_eq!(
             UnverifiedHeader::parse(&bad).unwrap_err(),
-            HeaderError::UnsupportedVersion(2)
+            HeaderError::UnsupportedVersion(3)
         );
         let mut bad = bytes;
         bad[7] = 1;

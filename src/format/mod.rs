@@ -3,10 +3,12 @@
 //! Pure encode/parse and arithmetic only: no I/O, no key providers. Every
 //! parser rejects anything it does not fully understand and names the field.
 //!
-//! * [`offsets`]: plaintext ↔ ciphertext offsets and sizes.
+//! * [`offsets`]: plaintext offsets and blocks, and format 1's stored offsets.
+//! * [`content_layout`]: where blocks are stored in content formats 1 and 2.
 //! * [`file_header`]: the 44-byte header of an encrypted file.
 //! * [`bundle`]: the per-VM key bundle.
 
 pub mod bundle;
+pub mod content_layout;
 pub mod file_header;
 pub mod offsets;

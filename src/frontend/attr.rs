@@ -8,6 +8,7 @@ use rustix::fs::Stat;
 use crate::content::EncryptedFile;
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::backing_meta;
+use crate::format::content_layout::ContentLayout;
 
 /// How long the kernel may cache attributes and entries. Short, because a
 /// shared datastore can change underneath (another host, the CLI).
@@ -41,18 +42,20 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-/// Attributes of a backing file as node `ino`. For encrypted regular files
-/// the size is the plaintext size.
+/// Attributes of a backing file as node `ino`. For an encrypted regular
+/// file (`encrypted` names its content format) the size is the plaintext
+/// size.
 // The field types of `struct stat` differ between architectures, hence
 // casts that are no-ops on some.
 #[allow(clippy::unnecessary_cast)]
-pub fn from_stat(ino: u64, stat: &Stat, encrypted: bool) -> FileAttr {
+pub fn from_stat(ino: u64, stat: &Stat, encrypted: Option<ContentLayout>) -> FileAttr {
     let kind = file_type(stat);
     let stored_size = stat.st_size as u64;
-    let size = if encrypted && kind == FileType::RegularFile {
-        EncryptedFile::plain_size_for_stat(stored_size)
-    } else {
-        stored_size
+    let size = match encrypted {
+        Some(layout) if kind == FileType::RegularFile => {
+            EncryptedFile::plain_size_for_stat(layout, stored_size)
+        }
+        _ => stored_size,
     };
     FileAttr {
         ino: INodeNo(ino),
@@ -77,7 +80,7 @@ pub fn from_stat(ino: u64, stat: &Stat, encrypted: bool) -> FileAttr {
 /// Size 0: it is opened with
 /// direct I/O, so readers read until EOF regardless.
 pub fn virtual_attr(ino: u64, dir: &Stat, file: VirtualFile) -> FileAttr {
-    let mut attr = from_stat(ino, dir, false);
+    let mut attr = from_stat(ino, dir, None);
     attr.kind = FileType::RegularFile;
     attr.size = 0;
     attr.blocks = 0;

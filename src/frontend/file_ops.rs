@@ -83,10 +83,9 @@ impl VmCryptFs {
                 log::warn!("open {}: {locked}", rel.display());
                 Errno::from_i32(libc::ENOKEY)
             })?;
-        let Some(content) = self
-            .inodes
-            .acquire_content(node.ino, || EncryptedFile::new(keyring))
-        else {
+        let Some(content) = self.inodes.acquire_content(node.ino, || {
+            EncryptedFile::new(keyring, vm.content_layout())
+        }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);
         };
@@ -170,11 +169,11 @@ impl VmCryptFs {
         if flags & libc::O_TRUNC != 0 && stat.st_size > 0 {
             self.truncate_handle(&handle, &rel, 0)?;
         }
-        let attr = attr::from_stat(
-            ino,
-            &stat,
-            class == ContentClass::Encrypted && stat.st_size == 0,
-        );
+        let format = match &handle {
+            Handle::Encrypted { content, .. } if stat.st_size == 0 => Some(content.layout()),
+            _ => None,
+        };
+        let attr = attr::from_stat(ino, &stat, format);
         let mode = self.cache_mode_for(&rel, class, flags);
         Ok((attr, self.handles.insert(handle), mode))
     }

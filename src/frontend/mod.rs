@@ -31,6 +31,7 @@ use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
 use crate::datastore::vm_home::CommandRecord;
+use crate::format::content_layout::ContentLayout;
 use handles::HandleTable;
 use inodes::{Area, InodeTable, NodeInfo, NodeKind, ROOT_INO};
 
@@ -164,12 +165,17 @@ impl VmCryptFs {
         }
     }
 
-    /// Whether the regular file at `path` in `area` is encrypted.
-    fn is_encrypted_file(area: &Area, path: &Path, stat: &Stat) -> bool {
-        backing_meta::file_type(stat) == FileType::RegularFile
+    /// The content format of the file at `path` in `area` if it is an
+    /// encrypted regular file; `None` if it is stored as is.
+    fn encrypted_format(area: &Area, path: &Path, stat: &Stat) -> Option<ContentLayout> {
+        let encrypted = backing_meta::file_type(stat) == FileType::RegularFile
             && path
                 .file_name()
-                .is_some_and(|name| Self::content_class(area, name) == ContentClass::Encrypted)
+                .is_some_and(|name| Self::content_class(area, name) == ContentClass::Encrypted);
+        match area {
+            Area::Vm(vm) if encrypted => Some(vm.content_layout()),
+            _ => None,
+        }
     }
 
     /// Rejects names the user may not create, remove or rename: our

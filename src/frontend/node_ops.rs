@@ -84,7 +84,7 @@ impl VmCryptFs {
         let rel = dir_path.join(name);
         let stat = self.beneath.stat(&rel).map_err(io_errno)?;
         let area = self.child_area(&dir, name, Some(&stat));
-        let encrypted = Self::is_encrypted_file(&area, &rel, &stat);
+        let encrypted = Self::encrypted_format(&area, &rel, &stat);
         let backing = backing_id(&stat);
         let ino = self.inodes.remember(backing, &rel, area, |known| {
             self.names_backing(known, backing)
@@ -122,9 +122,9 @@ impl VmCryptFs {
             });
         if let Some(handle) = handle {
             let (file, encrypted) = match &*handle {
-                Handle::Plain { file, .. } => (Some(file), false),
-                Handle::Encrypted { file, .. } => (Some(file), true),
-                _ => (None, false),
+                Handle::Plain { file, .. } => (Some(file), None),
+                Handle::Encrypted { file, content, .. } => (Some(file), Some(content.layout())),
+                _ => (None, None),
             };
             if let Some(file) = file {
                 let stat = rustix::fs::fstat(file).map_err(sys_errno)?;
@@ -137,7 +137,7 @@ impl VmCryptFs {
     fn attr_of(&self, node: &NodeInfo) -> FsResult<FileAttr> {
         let path = self.node_path(node)?;
         let stat = self.beneath.stat(&path).map_err(io_errno)?;
-        let encrypted = Self::is_encrypted_file(&node.area, &path, &stat);
+        let encrypted = Self::encrypted_format(&node.area, &path, &stat);
         Ok(attr::from_stat(node.ino, &stat, encrypted))
     }
 

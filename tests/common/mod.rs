@@ -11,6 +11,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The content format `vm create` uses without `--content-format`.
+pub const DEFAULT_CONTENT_FORMAT: u16 = 2;
+
+/// Where block `n` (< 126) of an encrypted file stores its bytes, as
+/// `(offset, len)` pieces of the backing file (docs/FORMAT.md §3.4, §3.9):
+/// format 1 keeps `nonce || ciphertext || tag` together; format 2 has a
+/// data page and a slot `nonce || tag` in the first tag page.
+#[allow(dead_code)]
+pub fn stored_block_pieces(format: u16, n: u64) -> Vec<(u64, u64)> {
+    assert!(n < 126, "only the first group is modelled here");
+    match format {
+        1 => vec![(44 + n * 4128, 4128)],
+        2 => vec![(4096 + n * 4096, 4096), (64 + n * 32, 32)],
+        other => panic!("unknown content format {other}"),
+    }
+}
+
+/// Backing offset of byte `i` of block `n`'s ciphertext, in the default
+/// content format.
+#[allow(dead_code)]
+pub fn ciphertext_byte_offset(n: u64, i: u64) -> u64 {
+    match DEFAULT_CONTENT_FORMAT {
+        1 => 44 + n * 4128 + 16 + i,
+        _ => 4096 + n * 4096 + i,
+    }
+}
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_vmcryptfs")
@@ -120,9 +147,21 @@ impl TestEnv {
 
     /// `vm create` in the datastore.
     pub fn create_vm(&self, name: &str, encrypt_disks: bool) -> PathBuf {
+        self.create_vm_in_format(name, encrypt_disks, DEFAULT_CONTENT_FORMAT)
+    }
+
+    /// [`TestEnv::create_vm`] with `--content-format FORMAT`.
+    pub fn create_vm_in_format(&self, name: &str, encrypt_disks: bool, format: u16) -> PathBuf {
         let path = self.vm_dir(name);
         let path_str = path.to_str().unwrap().to_string();
-        let mut args = vec!["vm", "create", path_str.as_str()];
+        let format = format.to_string();
+        let mut args = vec![
+            "vm",
+            "create",
+            path_str.as_str(),
+            "--content-format",
+            &format,
+        ];
         if encrypt_disks {
             args.push("--encrypt-disks");
         }

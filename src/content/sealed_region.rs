@@ -1,0 +1,325 @@
+//! The stored form of a run of consecutive blocks: one buffer holding their
+//! sealed bytes, its reads and writes on the backing file, and per-block
+//! views of nonce, ciphertext and tag, for both content formats.
+//!
+//! The buffer always holds the blocks' *inline* bytes back to back (format
+//! 1: `nonce || ciphertext || tag`; format 2: the ciphertext), followed, in
+//! format 2, by their 32-byte slots back to back. So the crypto code sees
+//! the same [`SealedBlock`] views whatever the layout, and a request still
+//! costs one `pread`/`pwrite` per contiguous stored run: one in format 1,
+//! two per group of 126 blocks (data and slots) in format 2.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use super::prefetch;
+use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
+use crate::format::content_layout::{ContentLayout, StoredRun, SLOT_LEN};
+use crate::format::offsets::PLAIN_BLOCK_LEN;
+
+/// Consecutive blocks `first_block..first_block + count` of one file: all
+/// of them full except possibly the last, which holds `last_len` plaintext
+/// bytes (only a file's last block can be short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SealedRegion {
+    layout: ContentLayout,
+    first_block: u64,
+    count: u64,
+    last_len: u64,
+}
+
+/// One stored block, read-only.
+pub(super) struct SealedBlock<'a> {
+    pub nonce: &'a [u8],
+    pub ciphertext: &'a [u8],
+    pub tag: &'a [u8],
+}
+
+/// One stored block, to be filled by sealing.
+pub(super) struct SealedBlockMut<'a> {
+    pub nonce: &'a mut [u8],
+    pub ciphertext: &'a mut [u8],
+    pub tag: &'a mut [u8],
+}
+
+impl SealedBlock<'_> {
+    /// Whether the block is a hole: a full block whose nonce, tag and
+    /// ciphertext are all zero bytes (docs/FORMAT.md §3.5, §3.9). The nonce
+    /// is checked first, so a real block is rejected after 16 bytes.
+    pub fn is_hole(&self) -> bool {
+        self.ciphertext.len() as u64 == PLAIN_BLOCK_LEN
+            && self.nonce.iter().all(|&b| b == 0)
+            && self.tag.iter().all(|&b| b == 0)
+            && self.ciphertext.iter().all(|&b| b == 0)
+    }
+}
+
+impl SealedRegion {
+    /// Blocks `first_block..first_block + count` (count ≥ 1), the last of
+    /// which holds `last_len` (1..=4096) plaintext bytes.
+    pub fn new(layout: ContentLayout, first_block: u64, count: u64, last_len: u64) -> Self {
+        assert!(count > 0, "a region holds at least one block");
+        assert!(
+            (1..=PLAIN_BLOCK_LEN).contains(&last_len),
+            "last block length {last_len}"
+        );
+        Self {
+            layout,
+            first_block,
+            count,
+            last_len,
+        }
+    }
+
+    /// Plaintext bytes of the region's `index`-th block.
+    fn plain_len(&self, index: u64) -> u64 {
+        if index + 1 == self.count {
+            self.last_len
+        } else {
+            PLAIN_BLOCK_LEN
+        }
+    }
+
+    /// Inline bytes of blocks `from..to` (region indices).
+    fn inline_len_of(&self, from: u64, to: u64) -> u64 {
+        if from >= to {
+            return 0;
+        }
+        let full = self.layout.inline_len(PLAIN_BLOCK_LEN);
+        (to - from - 1) * full + self.layout.inline_len(self.plain_len(to - 1))
+    }
+
+    fn has_slots(&self) -> bool {
+        self.layout == ContentLayout::PageAligned
+    }
+
+    /// Bytes of the buffer that holds the region.
+    pub fn buffer_len(&self) -> usize {
+        let slots = if self.has_slots() {
+            self.count * SLOT_LEN
+        } else {
+            0
+        };
+        (self.inline_len_of(0, self.count) + slots) as usize
+    }
+
+    /// The contiguous stored runs of the region, each with where its inline
+    /// bytes and slots go in the buffer: `(run, inline_at, inline_len,
+    /// slots_at)`.
+    fn runs(&self) -> impl Iterator<Item = (StoredRun, usize, usize, usize)> + '_ {
+        let slots_start = self.inline_len_of(0, self.count);
+        self.layout
+            .stored_runs(self.first_block, self.first_block + self.count)
+            .map(move |run| {
+                let from = run.first_block - self.first_block;
+                let to = from + run.block_count;
+                (
+                    run,
+                    self.inline_len_of(0, from) as usize,
+                    self.inline_len_of(from, to) as usize,
+                    (slots_start + from * SLOT_LEN) as usize,
+                )
+            })
+    }
+
+    /// Reads the region's stored bytes into `buf` (`buffer_len()` bytes).
+    pub fn read(&self, backing: &File, buf: &mut [u8]) -> io::Result<()> {
+        assert_eq!(buf.len(), self.buffer_len(), "region buffer length");
+        for (run, inline_at, inline_len, slots_at) in self.runs() {
+            backing.read_exact_at(&mut buf[inline_at..inline_at + inline_len], run.data_off)?;
+            if let Some(slot_off) = run.slot_off {
+                let slots_len = (run.block_count * SLOT_LEN) as usize;
+                backing.read_exact_at(&mut buf[slots_at..slots_at + slots_len], slot_off)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` (`buffer_len()` bytes) as the region's stored bytes.
+    /// In format 2 each run's data pages go first, then its slots; a crash
+    /// in between leaves those blocks failing authentication, as a torn
+    /// write does in format 1.
+    pub fn write(&self, backing: &File, buf: &[u8]) -> io::Result<()> {
+        assert_eq!(buf.len(), self.buffer_len(), "region buffer length");
+        for (run, inline_at, inline_len, slots_at) in self.runs() {
+            backing.write_all_at(&buf[inline_at..inline_at + inline_len], run.data_off)?;
+            if let Some(slot_off) = run.slot_off {
+                let slots_len = (run.block_count * SLOT_LEN) as usize;
+                backing.write_all_at(&buf[slots_at..slots_at + slots_len], slot_off)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts reading the backing pages that a [`SealedRegion::write`] will
+    /// cover only in part (see [`prefetch`]). In format 1 that is nearly
+    /// every page a small write touches; in format 2 only the slots' tag
+    /// page and a short last data page.
+    pub fn start_reading_partial_pages(&self, backing: &File) {
+        for (run, _, inline_len, _) in self.runs() {
+            prefetch::start_reading_partial_pages(backing, run.data_off, inline_len as u64);
+            if let Some(slot_off) = run.slot_off {
+                prefetch::start_reading_partial_pages(
+                    backing,
+                    slot_off,
+                    run.block_count * SLOT_LEN,
+                );
+            }
+        }
+    }
+
+    /// Per-block views of a buffer read by [`SealedRegion::read`].
+    pub fn blocks<'a>(&self, buf: &'a [u8]) -> impl Iterator<Item = SealedBlock<'a>> + 'a {
+        let (mut inline, mut slots) = buf.split_at(self.inline_len_of(0, self.count) as usize);
+        let region = *self;
+        (0..self.count).map(move |index| {
+            let len = region.layout.inline_len(region.plain_len(index)) as usize;
+            let (block, rest) = std::mem::take(&mut inline).split_at(len);
+            inline = rest;
+            if region.has_slots() {
+                let (slot, rest) = std::mem::take(&mut slots).split_at(SLOT_LEN as usize);
+                slots = rest;
+                let (nonce, tag) = slot.split_at(NONCE_LEN);
+                SealedBlock {
+                    nonce,
+                    ciphertext: block,
+                    tag,
+                }
+            } else {
+                let (nonce, rest) = block.split_at(NONCE_LEN);
+                let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+                SealedBlock {
+                    nonce,
+                    ciphertext,
+                    tag,
+                }
+            }
+        })
+    }
+
+    /// Per-block views of a buffer to seal into before
+    /// [`SealedRegion::write`].
+    pub fn blocks_mut<'a>(
+        &self,
+        buf: &'a mut [u8],
+    ) -> impl Iterator<Item = SealedBlockMut<'a>> + 'a {
+        let (mut inline, mut slots) = buf.split_at_mut(self.inline_len_of(0, self.count) as usize);
+        let region = *self;
+        (0..self.count).map(move |index| {
+            let len = region.layout.inline_len(region.plain_len(index)) as usize;
+            let (block, rest) = std::mem::take(&mut inline).split_at_mut(len);
+            inline = rest;
+            if region.has_slots() {
+                let (slot, rest) = std::mem::take(&mut slots).split_at_mut(SLOT_LEN as usize);
+                slots = rest;
+                let (nonce, tag) = slot.split_at_mut(NONCE_LEN);
+                SealedBlockMut {
+                    nonce,
+                    ciphertext: block,
+                    tag,
+                }
+            } else {
+                let (nonce, rest) = block.split_at_mut(NONCE_LEN);
+                let tag_at = rest.len() - TAG_LEN;
+                let (ciphertext, tag) = rest.split_at_mut(tag_at);
+                SealedBlockMut {
+                    nonce,
+                    ciphertext,
+                    tag,
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::content_layout::GROUP_BLOCKS;
+    use ContentLayout::*;
+
+    /// Writing a region and reading it back through the views places every
+    /// byte where the layout functions say, for regions that cross groups.
+    #[test]
+    fn views_and_io_agree_with_the_layout_functions() {
+        for layout in [Interleaved, PageAligned] {
+            for (first, count, last_len) in [
+                (0, 1, 1),
+                (0, 1, 4096),
+                (3, 2, 100),
+                (GROUP_BLOCKS - 1, 3, 4096),
+                (GROUP_BLOCKS - 2, GROUP_BLOCKS + 5, 7),
+            ] {
+                let dir = tempfile::tempdir().unwrap();
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.path().join("f"))
+                    .unwrap();
+                let region = SealedRegion::new(layout, first, count, last_len);
+                let mut buf = vec![0u8; region.buffer_len()];
+                for (index, block) in region.blocks_mut(&mut buf).enumerate() {
+                    let mark = index as u8 + 1;
+                    block.nonce.fill(mark);
+                    block.ciphertext.fill(mark ^ 0x80);
+                    block.tag.fill(!mark);
+                }
+                region.write(&file, &buf).unwrap();
+                for (index, block_no) in (first..first + count).enumerate() {
+                    let mark = index as u8 + 1;
+                    let data_off = layout.block_data_off(block_no);
+                    let (ciphertext_off, nonce_off, tag_off) = match layout.block_slot_off(block_no)
+                    {
+                        Some(slot) => (data_off, slot, slot + NONCE_LEN as u64),
+                        None => {
+                            let len = if index as u64 + 1 == count {
+                                last_len
+                            } else {
+                                4096
+                            };
+                            (data_off + 16, data_off, data_off + 16 + len)
+                        }
+                    };
+                    let mut byte = [0u8];
+                    file.read_exact_at(&mut byte, nonce_off).unwrap();
+                    assert_eq!(byte[0], mark, "{layout:?} block {block_no} nonce");
+                    file.read_exact_at(&mut byte, ciphertext_off).unwrap();
+                    assert_eq!(byte[0], mark ^ 0x80, "{layout:?} block {block_no} data");
+                    file.read_exact_at(&mut byte, tag_off).unwrap();
+                    assert_eq!(byte[0], !mark, "{layout:?} block {block_no} tag");
+                }
+                let mut back = vec![0u8; region.buffer_len()];
+                region.read(&file, &mut back).unwrap();
+                assert_eq!(back, buf);
+                let lens: Vec<_> = region.blocks(&back).map(|b| b.ciphertext.len()).collect();
+                assert_eq!(lens.len() as u64, count);
+                assert_eq!(*lens.last().unwrap() as u64, last_len);
+                assert!(region
+                    .blocks(&back)
+                    .all(|b| b.nonce.len() == 16 && b.tag.len() == 16));
+            }
+        }
+    }
+
+    #[test]
+    fn only_full_zero_blocks_are_holes() {
+        let zeros = [0u8; 4096];
+        let hole = SealedBlock {
+            nonce: &zeros[..16],
+            ciphertext: &zeros,
+            tag: &zeros[..16],
+        };
+        assert!(hole.is_hole());
+        let short = SealedBlock {
+            ciphertext: &zeros[..100],
+            ..hole
+        };
+        assert!(!short.is_hole());
+        let mut tag = [0u8; 16];
+        tag[15] = 1;
+        assert!(!SealedBlock { tag: &tag, ..hole }.is_hole());
+    }
+}
