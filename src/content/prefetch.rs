@@ -30,6 +30,13 @@ pub fn start_reading_partial_pages(backing: &File, off: u64, len: u64) {
     }
 }
 
+/// Asks the kernel to start reading `len` bytes of `backing` at `off`, so
+/// that a read issued right after finds them cached or in flight. Best
+/// effort, like [`start_reading_partial_pages`].
+pub fn start_reading(backing: &File, off: u64, len: u64) {
+    let _ = fadvise(backing, off, NonZeroU64::new(len), Advice::WillNeed);
+}
+
 /// The byte ranges `(start, len)`, page-aligned, to read ahead of a store
 /// of `len` bytes at `off` with pages of `page` bytes: the first and last
 /// pages when the store covers them only in part, as one range when they

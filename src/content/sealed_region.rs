@@ -18,6 +18,21 @@ use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
 use crate::format::content_layout::{ContentLayout, StoredRun, SLOT_LEN};
 use crate::format::offsets::PLAIN_BLOCK_LEN;
 
+/// Reads `buf` at `off` only if all of it is in the page cache
+/// (`RWF_NOWAIT`); whether it was. Never waits for the disk.
+fn read_if_cached(backing: &File, buf: &mut [u8], off: u64) -> bool {
+    let len = buf.len();
+    matches!(
+        rustix::io::preadv2(
+            backing,
+            &mut [io::IoSliceMut::new(buf)],
+            off,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ),
+        Ok(read) if read == len
+    )
+}
+
 /// Consecutive blocks `first_block..first_block + count` of one file: all
 /// of them full except possibly the last, which holds `last_len` plaintext
 /// bytes (only a file's last block can be short).
@@ -124,11 +139,27 @@ impl SealedRegion {
     }
 
     /// Reads the region's stored bytes into `buf` (`buffer_len()` bytes).
+    ///
+    /// Format 2 reads the slots first, from the page cache only (one tag
+    /// page holds 126 blocks' slots, so it nearly always is cached). If
+    /// they are not there, their read is started before the data is read,
+    /// so that the two disk reads overlap instead of following each other,
+    /// and the slots are read again afterwards.
     pub fn read(&self, backing: &File, buf: &mut [u8]) -> io::Result<()> {
         assert_eq!(buf.len(), self.buffer_len(), "region buffer length");
+        let mut slots_missing = false;
+        for (run, _, _, slots_at) in self.runs() {
+            if let Some(slot_off) = run.slot_off {
+                let slots = &mut buf[slots_at..slots_at + (run.block_count * SLOT_LEN) as usize];
+                if !read_if_cached(backing, slots, slot_off) {
+                    prefetch::start_reading(backing, slot_off, slots.len() as u64);
+                    slots_missing = true;
+                }
+            }
+        }
         for (run, inline_at, inline_len, slots_at) in self.runs() {
             backing.read_exact_at(&mut buf[inline_at..inline_at + inline_len], run.data_off)?;
-            if let Some(slot_off) = run.slot_off {
+            if let (Some(slot_off), true) = (run.slot_off, slots_missing) {
                 let slots_len = (run.block_count * SLOT_LEN) as usize;
                 backing.read_exact_at(&mut buf[slots_at..slots_at + slots_len], slot_off)?;
             }
@@ -302,6 +333,37 @@ mod tests {
                     .all(|b| b.nonce.len() == 16 && b.tag.len() == 16));
             }
         }
+    }
+
+    /// Slots that are not in the page cache are read from the disk (the
+    /// `RWF_NOWAIT` attempt fails and the blocking read follows).
+    #[test]
+    fn slots_evicted_from_the_page_cache_are_read_back() {
+        // In the build directory: a disk-backed file system (a tmpfs
+        // /tmp cannot evict pages).
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let region = SealedRegion::new(PageAligned, GROUP_BLOCKS - 1, 2, 4096);
+        let buf: Vec<u8> = (0..region.buffer_len()).map(|i| (i % 251) as u8).collect();
+        region.write(&file, &buf).unwrap();
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let mut probe = [0u8; 32];
+        let slot = PageAligned.block_slot_off(GROUP_BLOCKS - 1).unwrap();
+        assert!(
+            !read_if_cached(&file, &mut probe, slot),
+            "the slots were evicted, so the test takes the slow path"
+        );
+        let mut back = vec![0u8; region.buffer_len()];
+        region.read(&file, &mut back).unwrap();
+        assert_eq!(back, buf);
+        assert!(read_if_cached(&file, &mut probe, slot), "now cached");
     }
 
     #[test]
