@@ -1,0 +1,210 @@
+//! Both content formats side by side in one datastore, through the mount:
+//! format 1 (interleaved, VM homes from before format 2 or made with
+//! `--content-format 1`) and format 2 (page-aligned, the default). The same
+//! operations must give the same plaintext, the stored sizes must follow
+//! each format's rule (docs/FORMAT.md §3.6, §3.9), and sparse files must
+//! stay sparse in both.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use common::{read_control, TestEnv};
+use nix::fcntl::{fallocate, FallocateFlags};
+use nix::unistd::{lseek, Whence};
+use vmcryptfs::format::content_layout::ContentLayout;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+/// Plaintext bytes of one format 2 group (126 blocks).
+const GROUP: u64 = 126 * 4096;
+
+fn layout(format: u16) -> ContentLayout {
+    ContentLayout::from_format_version(format).unwrap()
+}
+
+fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+/// (data start, hole start) pairs found by alternating SEEK_DATA/SEEK_HOLE.
+fn extents(file: &File) -> Vec<(i64, i64)> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Ok(data) = lseek(fd, pos, Whence::SeekData) {
+        let hole = lseek(fd, data, Whence::SeekHole).unwrap();
+        out.push((data, hole));
+        pos = hole;
+    }
+    out
+}
+
+/// Applies the same writes, truncates and hole punches to `file` and to
+/// the in-memory `model`, around format 2's group boundaries.
+fn exercise(file: &File, model: &mut Vec<u8>) {
+    let write = |file: &File, model: &mut Vec<u8>, offset: u64, len: u64, byte: u8| {
+        file.write_all_at(&vec![byte; len as usize], offset)
+            .unwrap();
+        let end = (offset + len) as usize;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[offset as usize..end].fill(byte);
+    };
+    let truncate = |file: &File, model: &mut Vec<u8>, size: u64| {
+        file.set_len(size).unwrap();
+        model.resize(size as usize, 0);
+    };
+    write(file, model, 0, 3 * GROUP + 5000, 0x11);
+    write(file, model, GROUP - 100, 200, 0x22); // across the first boundary
+    write(file, model, 2 * GROUP - 4096, 8192, 0x33); // whole blocks across one
+    truncate(file, model, GROUP + 700); // keeps a tag page with old slots
+    truncate(file, model, 4 * GROUP); // grows over them: must read zeros
+    write(file, model, 3 * GROUP + 9, 10, 0x44);
+    fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        (GROUP / 2) as i64,
+        GROUP as i64,
+    )
+    .unwrap();
+    model[(GROUP / 2) as usize..(GROUP / 2 + GROUP) as usize].fill(0);
+    write(file, model, 6 * MIB + 3, 4093, 0x55); // past the end: a sparse gap
+}
+
+#[test]
+fn both_formats_give_the_same_plaintext_sizes_and_holes() {
+    let env = TestEnv::new();
+    env.create_vm_in_format("f1", true, 1);
+    env.create_vm_in_format("f2", true, 2);
+    let mut models = Vec::new();
+    {
+        let mount = env.mount();
+        for vm in ["f1", "f2"] {
+            let file = open_rw(&mount.path(&format!("{vm}/disk-flat.vmdk")));
+            let mut model = Vec::new();
+            exercise(&file, &mut model);
+            assert_eq!(
+                fs::read(mount.path(&format!("{vm}/disk-flat.vmdk"))).unwrap(),
+                model,
+                "{vm}"
+            );
+            models.push((vm, model, extents(&file)));
+        }
+        assert_eq!(models[0].1, models[1].1, "same operations, same plaintext");
+        assert_eq!(models[0].2, models[1].2, "same holes at block granularity");
+        for (vm, format) in [("f1", "1"), ("f2", "2")] {
+            let status = read_control(&mount.path(&format!("{vm}/.control")));
+            assert_eq!(status["content-format"], format, "{vm}");
+        }
+        assert!(mount.unmount().success());
+    }
+
+    // The stored form follows each format's size rule, stays sparse, and
+    // reads back the same after a remount.
+    for (vm, format) in [("f1", 1), ("f2", 2)] {
+        let backing = fs::metadata(env.vm_dir(vm).join("disk-flat.vmdk")).unwrap();
+        let plain = models[0].1.len() as u64;
+        assert_eq!(
+            backing.len(),
+            layout(format).plain_size_to_cipher_size(plain),
+            "{vm}"
+        );
+        assert!(
+            backing.blocks() * 512 < plain,
+            "{vm}: the gap before 6 MiB is not stored"
+        );
+        let mut header = [0u8; 6];
+        File::open(env.vm_dir(vm).join("disk-flat.vmdk"))
+            .unwrap()
+            .read_exact_at(&mut header, 0)
+            .unwrap();
+        assert_eq!(&header[..4], b"VMCF");
+        assert_eq!(
+            u16::from_be_bytes([header[4], header[5]]),
+            format,
+            "{vm}: header version"
+        );
+    }
+    let mount = env.mount();
+    for (vm, model, _) in &models {
+        assert_eq!(
+            &fs::read(mount.path(&format!("{vm}/disk-flat.vmdk"))).unwrap(),
+            model,
+            "{vm}"
+        );
+    }
+}
+
+#[test]
+fn format_2_data_pages_are_page_aligned_in_the_backing_file() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    let mount = env.mount();
+    let file = open_rw(&mount.path("vm1/disk-flat.vmdk"));
+    file.set_len(8 * MIB).unwrap();
+    // One block, far in: its ciphertext must be one whole backing page at
+    // the documented offset, and nothing else but its tag page stored.
+    file.write_all_at(&[0x5a; 4096], 5 * MIB).unwrap();
+    file.sync_all().unwrap();
+    let backing = File::open(env.vm_dir("vm1").join("disk-flat.vmdk")).unwrap();
+    let block = 5 * MIB / 4096;
+    let data_off = ContentLayout::PageAligned.block_data_off(block);
+    assert_eq!(data_off % 4096, 0);
+    assert_eq!(
+        lseek(backing.as_raw_fd(), 4096, Whence::SeekData).unwrap() as u64 / 4096 * 4096,
+        ContentLayout::PageAligned.block_slot_off(block).unwrap() / 4096 * 4096,
+        "the first stored page after the header's is the block's tag page"
+    );
+    assert_eq!(
+        lseek(backing.as_raw_fd(), data_off as i64, Whence::SeekHole).unwrap() as u64,
+        data_off + 4096,
+        "exactly one data page is stored"
+    );
+    let mut page = vec![0u8; 4096];
+    backing.read_exact_at(&mut page, data_off).unwrap();
+    assert!(
+        page.iter().any(|&b| b != 0x5a) && page.iter().any(|&b| b != 0),
+        "ciphertext, not plaintext"
+    );
+}
+
+#[test]
+fn vm_status_names_the_format_and_unknown_formats_are_refused() {
+    let env = TestEnv::new();
+    env.create_vm_in_format("old", false, 1);
+    env.create_vm("new", false);
+    for (vm, format) in [("old", 1), ("new", 2)] {
+        let out = env.run_ok(&["vm", "status", "--json", env.vm_dir(vm).to_str().unwrap()]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["content_format"], format, "{vm}");
+    }
+    let bad = env.vm_dir("bad");
+    let out = env.run(&[
+        "vm",
+        "create",
+        bad.to_str().unwrap(),
+        "--content-format",
+        "3",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--content-format"),
+        "the error names the option: {stderr}"
+    );
+    assert!(
+        !bad.join(".vmcryptfs-bundle").exists(),
+        "nothing was created"
+    );
+}
