@@ -79,6 +79,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help__subcmd__provider,set-default)
                 cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__set__subcmd__default"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__vm,convert-format)
+                cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__convert__subcmd__format"
+                ;;
             vmcryptfs__subcmd__help__subcmd__vm,create)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__create"
                 ;;
@@ -157,6 +160,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__provider__subcmd__help,set-default)
                 cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__set__subcmd__default"
                 ;;
+            vmcryptfs__subcmd__vm,convert-format)
+                cmd="vmcryptfs__subcmd__vm__subcmd__convert__subcmd__format"
+                ;;
             vmcryptfs__subcmd__vm,create)
                 cmd="vmcryptfs__subcmd__vm__subcmd__create"
                 ;;
@@ -177,6 +183,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__vm__subcmd__status"
+                ;;
+            vmcryptfs__subcmd__vm__subcmd__help,convert-format)
+                cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__convert__subcmd__format"
                 ;;
             vmcryptfs__subcmd__vm__subcmd__help,create)
                 cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__create"
@@ -434,8 +443,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__vm)
-            opts="create encrypt encrypt-disks decrypt-disks status rekey"
+            opts="create encrypt encrypt-disks decrypt-disks convert-format status rekey"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__vm__subcmd__convert__subcmd__format)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -976,12 +999,34 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm)
-            opts="-h -V --keystore --help --version create encrypt encrypt-disks decrypt-disks status rekey help"
+            opts="-h -V --keystore --help --version create encrypt encrypt-disks decrypt-disks convert-format status rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__vm__subcmd__convert__subcmd__format)
+            opts="-h -V --content-format --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --content-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1078,8 +1123,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__help)
-            opts="create encrypt encrypt-disks decrypt-disks status rekey help"
+            opts="create encrypt encrypt-disks decrypt-disks convert-format status rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__vm__subcmd__help__subcmd__convert__subcmd__format)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

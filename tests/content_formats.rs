@@ -208,3 +208,96 @@ fn vm_status_names_the_format_and_unknown_formats_are_refused() {
         "nothing was created"
     );
 }
+
+/// The content format (version field) in the header of a backing file.
+fn header_format(path: &Path) -> u16 {
+    let mut header = [0u8; 6];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut header, 0)
+        .unwrap();
+    u16::from_be_bytes([header[4], header[5]])
+}
+
+#[test]
+fn vm_convert_format_moves_a_vm_home_between_formats_while_mounted_and_idle() {
+    let env = TestEnv::new();
+    let vm = env.create_vm_in_format("vm1", true, 1);
+    let vm_arg = vm.to_str().unwrap();
+    let mount = env.mount();
+    let mut expected = Vec::new();
+    for (name, len) in [("vm1.nvram", 70_000u64), ("vm1.vmx", 300), ("vm1.log", 0)] {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(mount.path(&format!("vm1/{name}")), &content).unwrap();
+        expected.push((name, content));
+    }
+    let disk = open_rw(&mount.path("vm1/disk-flat.vmdk"));
+    disk.set_len(64 * MIB).unwrap();
+    disk.write_all_at(&[0x77; 3 * 4096], 40 * MIB + 5).unwrap();
+    drop(disk);
+    let disk_before = fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap();
+
+    let out = env.run_ok(&["vm", "convert-format", vm_arg]);
+    assert!(out.contains("3 file(s) converted"), "{out}");
+    for name in ["vm1.nvram", "vm1.vmx", "disk-flat.vmdk"] {
+        assert_eq!(header_format(&vm.join(name)), 2, "{name}");
+    }
+    assert_eq!(
+        fs::metadata(vm.join("vm1.log")).unwrap().len(),
+        0,
+        "empty files stay empty"
+    );
+    let backing = fs::metadata(vm.join("disk-flat.vmdk")).unwrap();
+    assert_eq!(
+        backing.len(),
+        ContentLayout::PageAligned.plain_size_to_cipher_size(64 * MIB)
+    );
+    assert!(backing.blocks() * 512 < 2 * MIB, "the disk stays sparse");
+    // The mount picks up the new format: same plaintext, and new writes
+    // land in format 2.
+    for (name, content) in &expected {
+        assert_eq!(
+            &fs::read(mount.path(&format!("vm1/{name}"))).unwrap(),
+            content,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap(),
+        disk_before
+    );
+    assert_eq!(
+        read_control(&mount.path("vm1/.control"))["content-format"],
+        "2"
+    );
+    fs::write(mount.path("vm1/new.vmsd"), b"snapshot list").unwrap();
+    assert_eq!(header_format(&vm.join("new.vmsd")), 2);
+
+    let again = env.run_ok(&["vm", "convert-format", vm_arg]);
+    assert!(again.contains("0 file(s) converted"), "idempotent: {again}");
+    env.run_ok(&["vm", "convert-format", vm_arg, "--content-format", "1"]);
+    assert_eq!(header_format(&vm.join("vm1.nvram")), 1);
+    assert_eq!(
+        fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap(),
+        disk_before
+    );
+    assert_eq!(
+        fs::read(mount.path("vm1/new.vmsd")).unwrap(),
+        b"snapshot list"
+    );
+}
+
+#[test]
+fn vm_convert_format_refuses_a_vm_with_open_files() {
+    let env = TestEnv::new();
+    let vm = env.create_vm_in_format("vm1", false, 1);
+    let mount = env.mount();
+    fs::write(mount.path("vm1/vm1.nvram"), b"tpm state").unwrap();
+    let open = File::open(mount.path("vm1/vm1.nvram")).unwrap();
+    let out = env.run(&["vm", "convert-format", vm.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("open"), "names the reason: {stderr}");
+    assert_eq!(header_format(&vm.join("vm1.nvram")), 1, "nothing converted");
+    drop(open);
+}

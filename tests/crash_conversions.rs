@@ -131,7 +131,8 @@ fn sigkill_during_conversions_and_deep_rekeys_resumes_and_loses_nothing() {
     let ds = env.datastore.to_str().unwrap().to_string();
     let mut interrupted = 0;
 
-    // Disk encryption, disk decryption and deep re-key, in turn, on one VM.
+    // Disk encryption, disk decryption, deep re-key and content format
+    // conversions, in turn, on one VM.
     env.create_vm("vm1", false);
     {
         let mount = env.mount();
@@ -140,13 +141,15 @@ fn sigkill_during_conversions_and_deep_rekeys_resumes_and_loses_nothing() {
     let expected = contents(&env, "vm1");
     let vm1 = env.vm_dir("vm1");
     let vm1 = vm1.to_str().unwrap();
-    let operations: [&[&str]; 4] = [
+    let operations: [&[&str]; 6] = [
         &["vm", "encrypt-disks", vm1],
+        &["vm", "convert-format", vm1, "--content-format", "1"],
         &["rekey", "--deep", &ds, "vm1"],
         &["vm", "decrypt-disks", vm1],
+        &["vm", "convert-format", vm1],
         &["rekey", "--deep", &ds, "vm1"],
     ];
-    let mut typical = [Duration::from_millis(300); 4];
+    let mut typical = [Duration::from_millis(300); 6];
     for round in 0..ROUNDS {
         let which = round % operations.len();
         let args = operations[which];

@@ -257,6 +257,16 @@ pub enum VmCommand {
         /// The VM home directory in the datastore.
         path: PathBuf,
     },
+    /// Rewrite every encrypted file of the VM in another content format
+    /// (default 2, page-aligned), one by one, resumable after a crash; the
+    /// key bundle then names the new format. The VM must be idle.
+    ConvertFormat {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+        /// The content format to convert to.
+        #[command(flatten)]
+        format: ContentFormatArg,
+    },
     /// Show the key status of a VM home (works unmounted).
     Status {
         /// The VM home directory in the datastore.

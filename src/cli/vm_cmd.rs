@@ -85,6 +85,13 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         ),
         VmCommand::EncryptDisks { path } => convert(&path, Operation::EncryptDisks, keystore),
         VmCommand::DecryptDisks { path } => convert(&path, Operation::DecryptDisks, keystore),
+        VmCommand::ConvertFormat { path, format } => convert(
+            &path,
+            Operation::ConvertFormat {
+                to: format.layout(),
+            },
+            keystore,
+        ),
         VmCommand::Rekey { path, provider } => {
             let (datastore, name) = split_vm_path(&path)?;
             super::lifecycle_cmd::rekey(&datastore, &[name], false, provider.as_deref(), keystore)

@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 
 use super::prefetch;
 use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
-use crate::format::content_layout::{ContentLayout, StoredRun, SLOT_LEN};
+use crate::format::content_layout::{ContentLayout, StoredRun, PAGE_LEN, SLOT_LEN};
 use crate::format::offsets::PLAIN_BLOCK_LEN;
 
 /// Reads `buf` at `off` only if all of it is in the page cache
@@ -31,6 +31,33 @@ fn read_if_cached(backing: &File, buf: &mut [u8], off: u64) -> bool {
         ),
         Ok(read) if read == len
     )
+}
+
+/// Reads all of `buf` at `off`, and in the same request the backing page
+/// after it (discarded), in content format 2.
+///
+/// Why: format 1 reads parts of two backing pages for every block, and
+/// format 2 would read one. The backing file system's readahead starts
+/// when the pages before a miss are already cached (context readahead), so
+/// with one page per block it starts much later on a cold random-read
+/// workload: a 1 GiB disk read at random for 10 s measured about 25 %
+/// fewer IOPS than format 1. Reading the next page too keeps format 1's
+/// read pattern and its cache warm-up, at the cost format 1 always paid
+/// (two pages per read), and costs one 4 KiB copy when cached.
+fn read_exact_and_next_page(backing: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+    let mut next_page = [0u8; PAGE_LEN as usize];
+    let read = rustix::io::preadv(
+        backing,
+        &mut [
+            io::IoSliceMut::new(buf),
+            io::IoSliceMut::new(&mut next_page),
+        ],
+        off,
+    )?;
+    if read < buf.len() {
+        backing.read_exact_at(&mut buf[read..], off + read as u64)?;
+    }
+    Ok(())
 }
 
 /// Consecutive blocks `first_block..first_block + count` of one file: all
@@ -158,7 +185,12 @@ impl SealedRegion {
             }
         }
         for (run, inline_at, inline_len, slots_at) in self.runs() {
-            backing.read_exact_at(&mut buf[inline_at..inline_at + inline_len], run.data_off)?;
+            let data = &mut buf[inline_at..inline_at + inline_len];
+            if run.slot_off.is_some() {
+                read_exact_and_next_page(backing, data, run.data_off)?;
+            } else {
+                backing.read_exact_at(data, run.data_off)?;
+            }
             if let (Some(slot_off), true) = (run.slot_off, slots_missing) {
                 let slots_len = (run.block_count * SLOT_LEN) as usize;
                 backing.read_exact_at(&mut buf[slots_at..slots_at + slots_len], slot_off)?;

@@ -1,6 +1,6 @@
 //! Converting a VM home in place, file by file: encrypting a plain VM home,
-//! encrypting or decrypting its disks, and deep re-key (a new DEK, every
-//! file re-encrypted under it).
+//! encrypting or decrypting its disks, deep re-key (a new DEK, every file
+//! re-encrypted under it), and moving to another content format.
 //!
 //! Each file goes through a temp file in its own directory (an internal
 //! name, hidden by the mount) that is written sparse, fsynced, given the
@@ -54,6 +54,12 @@ pub enum Operation {
     DecryptDisks,
     /// New DEK generation; every encrypted file re-encrypted under it.
     DeepRekey,
+    /// Every encrypted file rewritten in content format `to`, which the
+    /// bundle then names.
+    ConvertFormat {
+        /// The content format to convert to.
+        to: ContentLayout,
+    },
 }
 
 impl Operation {
@@ -64,6 +70,7 @@ impl Operation {
             Operation::EncryptDisks => "encrypt-disks",
             Operation::DecryptDisks => "decrypt-disks",
             Operation::DeepRekey => "deep-rekey",
+            Operation::ConvertFormat { .. } => "convert-format",
         }
     }
 }
@@ -147,7 +154,13 @@ pub fn run(
     let mut keyring = unlock(&bundle, provider).map_err(provider_err)?;
     if operation == Operation::DeepRekey && bundle.deks.len() == 1 {
         keyring = add_generation(&keyring);
-        vm_keys::rewrite_bundle(vm_dir, provider, &keyring, bundle.encrypt_disks)?;
+        vm_keys::rewrite_bundle(
+            vm_dir,
+            provider,
+            &keyring,
+            bundle.encrypt_disks,
+            bundle.content_layout,
+        )?;
         crash_point("deep-rekey-generation-added");
     }
     let keyring = Arc::new(keyring);
@@ -155,7 +168,11 @@ pub fn run(
         Operation::EncryptHome { encrypt_disks, .. } => encrypt_disks,
         Operation::EncryptDisks => true,
         Operation::DecryptDisks => false,
-        Operation::DeepRekey => bundle.encrypt_disks,
+        Operation::DeepRekey | Operation::ConvertFormat { .. } => bundle.encrypt_disks,
+    };
+    let content_layout = match operation {
+        Operation::ConvertFormat { to } => to,
+        _ => bundle.content_layout,
     };
 
     let mut plan = Vec::new();
@@ -167,11 +184,13 @@ pub fn run(
         let step = match (wanted, form) {
             (_, StoredForm::Empty) => None,
             (ContentClass::Encrypted, StoredForm::Plain) => Some(Step::Encrypt),
-            (ContentClass::Plain, StoredForm::Encrypted(_)) => Some(Step::Decrypt),
-            (ContentClass::Encrypted, StoredForm::Encrypted(g))
-                if g != keyring.current_generation() =>
+            (ContentClass::Plain, StoredForm::Encrypted { layout, .. }) => {
+                Some(Step::Decrypt { from: layout })
+            }
+            (ContentClass::Encrypted, StoredForm::Encrypted { generation, layout })
+                if generation != keyring.current_generation() || layout != content_layout =>
             {
-                Some(Step::Reencrypt)
+                Some(Step::Reencrypt { from: layout })
             }
             _ => None,
         };
@@ -186,7 +205,7 @@ pub fn run(
         .sum();
     progress.start(plan.len(), total);
     for (index, (path, step)) in plan.iter().enumerate() {
-        report.bytes += convert_file(path, *step, &keyring, bundle.content_layout, progress)?;
+        report.bytes += convert_file(path, *step, &keyring, content_layout, progress)?;
         report.files += 1;
         progress.file_done(path);
         if index == 0 {
@@ -194,14 +213,20 @@ pub fn run(
         }
     }
     // A new VM home's bundle already has its final form; every other
-    // operation ends by rewriting it (final disk policy; for a deep re-key,
-    // only the new DEK generation).
+    // operation ends by rewriting it (final disk policy and content format;
+    // for a deep re-key, only the new DEK generation).
     if !matches!(operation, Operation::EncryptHome { .. }) {
         let final_keyring = match operation {
             Operation::DeepRekey => only_current_generation(&keyring),
             _ => copy_keyring(&keyring),
         };
-        vm_keys::rewrite_bundle(vm_dir, provider, &final_keyring, encrypt_disks)?;
+        vm_keys::rewrite_bundle(
+            vm_dir,
+            provider,
+            &final_keyring,
+            encrypt_disks,
+            content_layout,
+        )?;
     }
     fs::remove_file(vm_dir.join(JOURNAL_FILE_NAME))
         .map_err(io(format!("removing the journal in {}", vm_dir.display())))?;
@@ -293,8 +318,12 @@ fn regular_files(dir: &Path) -> Result<Vec<PathBuf>, DatastoreError> {
 enum StoredForm {
     Empty,
     Plain,
-    /// Encrypted under this DEK generation.
-    Encrypted(u32),
+    /// Encrypted under DEK generation `generation`, in content format
+    /// `layout`.
+    Encrypted {
+        generation: u32,
+        layout: ContentLayout,
+    },
 }
 
 /// A file is encrypted exactly when it starts with a header that
@@ -321,20 +350,25 @@ fn stored_form(path: &Path, keyring: &VmKeyring) -> Result<StoredForm, Datastore
     };
     let mac_key = kdf::file_header_mac_key(dek, keyring.vm_id(), &header.file_id());
     Ok(match header.verify(&mac_key) {
-        Ok(_) => StoredForm::Encrypted(generation),
+        Ok(header) => StoredForm::Encrypted {
+            generation,
+            layout: header.layout,
+        },
         Err(_) => StoredForm::Plain,
     })
 }
 
+/// What one file needs; the source's content format is the file's own
+/// (a format conversion reads files in one format and writes the other).
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Encrypt,
-    Decrypt,
-    Reencrypt,
+    Decrypt { from: ContentLayout },
+    Reencrypt { from: ContentLayout },
 }
 
-/// Converts one file through a temp file and a rename. Returns its
-/// plaintext size.
+/// Converts one file through a temp file and a rename, writing encrypted
+/// files in content format `layout`. Returns its plaintext size.
 fn convert_file(
     path: &Path,
     step: Step,
@@ -366,12 +400,12 @@ fn convert_file(
             Source::Plain(&source),
             Destination::Encrypted(&dest, keyring.clone(), layout),
         ),
-        Step::Decrypt => (
-            Source::Encrypted(&source, keyring.clone(), layout),
+        Step::Decrypt { from } => (
+            Source::Encrypted(&source, keyring.clone(), from),
             Destination::Plain(&dest),
         ),
-        Step::Reencrypt => (
-            Source::Encrypted(&source, keyring.clone(), layout),
+        Step::Reencrypt { from } => (
+            Source::Encrypted(&source, keyring.clone(), from),
             Destination::Encrypted(&dest, keyring.clone(), layout),
         ),
     };

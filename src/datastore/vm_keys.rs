@@ -120,14 +120,16 @@ pub fn create_bundle(
 }
 
 /// Rewrites the bundle of `vm_dir` to hold exactly the DEKs of `keyring`
-/// (its current generation becoming current) and the given disk policy,
-/// wrapped under the provider's current KEK. Used by deep re-key (adding a
-/// generation, then dropping the old ones) and by disk conversions.
+/// (its current generation becoming current), the given disk policy and
+/// content format, wrapped under the provider's current KEK. Used by deep
+/// re-key (adding a generation, then dropping the old ones), by disk
+/// conversions and by format conversions.
 pub fn rewrite_bundle(
     vm_dir: &Path,
     provider: &dyn KeyProvider,
     keyring: &VmKeyring,
     encrypt_disks: bool,
+    content_layout: ContentLayout,
 ) -> Result<KeyBundle, DatastoreError> {
     let lock = BundleLock::acquire(vm_dir)?;
     let old = bundle_file::read(vm_dir)?;
@@ -137,6 +139,7 @@ pub fn rewrite_bundle(
     };
     let mut bundle = old.clone();
     bundle.encrypt_disks = encrypt_disks;
+    bundle.content_layout = content_layout;
     bundle.current_generation = keyring.current_generation();
     bundle.kek = provider.current_kek_for(&old.kek).map_err(provider_err)?;
     bundle.sequence = old.sequence + 1;
