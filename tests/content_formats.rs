@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::{read_control, TestEnv};
+use common::{create_empty, data_extents, read_control, TestEnv};
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
 use vmcryptfs::format::content_layout::ContentLayout;
@@ -24,29 +24,6 @@ const GROUP: u64 = 126 * 4096;
 
 fn layout(format: u16) -> ContentLayout {
     ContentLayout::from_format_version(format).unwrap()
-}
-
-fn open_rw(path: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap()
-}
-
-/// (data start, hole start) pairs found by alternating SEEK_DATA/SEEK_HOLE.
-fn extents(file: &File) -> Vec<(i64, i64)> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while let Ok(data) = lseek(fd, pos, Whence::SeekData) {
-        let hole = lseek(fd, data, Whence::SeekHole).unwrap();
-        out.push((data, hole));
-        pos = hole;
-    }
-    out
 }
 
 /// Applies the same writes, truncates and hole punches to `file` and to
@@ -91,7 +68,7 @@ fn both_formats_give_the_same_plaintext_sizes_and_holes() {
     {
         let mount = env.mount();
         for vm in ["f1", "f2"] {
-            let file = open_rw(&mount.path(&format!("{vm}/disk-flat.vmdk")));
+            let file = create_empty(&mount.path(&format!("{vm}/disk-flat.vmdk")));
             let mut model = Vec::new();
             exercise(&file, &mut model);
             assert_eq!(
@@ -99,7 +76,7 @@ fn both_formats_give_the_same_plaintext_sizes_and_holes() {
                 model,
                 "{vm}"
             );
-            models.push((vm, model, extents(&file)));
+            models.push((vm, model, data_extents(&file)));
         }
         assert_eq!(models[0].1, models[1].1, "same operations, same plaintext");
         assert_eq!(models[0].2, models[1].2, "same holes at block granularity");
@@ -151,7 +128,7 @@ fn format_2_data_pages_are_page_aligned_in_the_backing_file() {
     let env = TestEnv::new();
     env.create_vm("vm1", true);
     let mount = env.mount();
-    let file = open_rw(&mount.path("vm1/disk-flat.vmdk"));
+    let file = create_empty(&mount.path("vm1/disk-flat.vmdk"));
     file.set_len(8 * MIB).unwrap();
     // One block, far in: its ciphertext must be one whole backing page at
     // the documented offset, and nothing else but its tag page stored.
@@ -231,7 +208,7 @@ fn vm_convert_format_moves_a_vm_home_between_formats_while_mounted_and_idle() {
         fs::write(mount.path(&format!("vm1/{name}")), &content).unwrap();
         expected.push((name, content));
     }
-    let disk = open_rw(&mount.path("vm1/disk-flat.vmdk"));
+    let disk = create_empty(&mount.path("vm1/disk-flat.vmdk"));
     disk.set_len(64 * MIB).unwrap();
     disk.write_all_at(&[0x77; 3 * 4096], 40 * MIB + 5).unwrap();
     drop(disk);

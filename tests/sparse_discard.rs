@@ -4,27 +4,16 @@
 
 mod common;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::TestEnv;
+use common::{create_empty, data_extents, TestEnv};
 use nix::fcntl::{fallocate, FallocateFlags};
-use nix::unistd::{lseek, Whence};
 
 const MIB: u64 = 1 << 20;
-
-fn open_rw(path: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap()
-}
 
 /// Writes the same sparse pattern into `file`: 64 MiB with data at a few
 /// places, including unaligned ones.
@@ -42,34 +31,21 @@ fn write_pattern(file: &File) {
     }
 }
 
-/// (data start, hole start) pairs found by alternating SEEK_DATA/SEEK_HOLE.
-fn extents(file: &File) -> Vec<(i64, i64)> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while let Ok(data) = lseek(fd, pos, Whence::SeekData) {
-        let hole = lseek(fd, data, Whence::SeekHole).unwrap();
-        out.push((data, hole));
-        pos = hole;
-    }
-    out
-}
-
 #[test]
 fn seek_data_and_hole_match_a_plain_file_system() {
     let env = TestEnv::new();
     env.create_vm("vm1", true);
     let mount = env.mount();
-    let plain = open_rw(&env.dir.path().join("plain.img"));
-    let encrypted = open_rw(&mount.path("vm1/disk-flat.vmdk"));
+    let plain = create_empty(&env.dir.path().join("plain.img"));
+    let encrypted = create_empty(&mount.path("vm1/disk-flat.vmdk"));
     write_pattern(&plain);
     write_pattern(&encrypted);
-    let expected = extents(&plain);
+    let expected = data_extents(&plain);
     assert!(
         expected.len() >= 4,
         "the plain file system must be sparse: {expected:?}"
     );
-    assert_eq!(extents(&encrypted), expected);
+    assert_eq!(data_extents(&encrypted), expected);
     assert!(
         fs::metadata(env.vm_dir("vm1").join("disk-flat.vmdk"))
             .unwrap()
@@ -85,7 +61,7 @@ fn qemu_img_map_matches_a_plain_file_system() {
     env.create_vm("vm1", true);
     let mount = env.mount();
     let map = |path: &Path| {
-        write_pattern(&open_rw(path));
+        write_pattern(&create_empty(path));
         let out = Command::new("qemu-img")
             .args(["map", "--output=json", "-f", "raw"])
             .arg(path)
@@ -120,7 +96,7 @@ fn fallocate_preallocates_punches_and_zeroes() {
     let env = TestEnv::new();
     env.create_vm("vm1", false);
     let mount = env.mount();
-    let file = open_rw(&mount.path("vm1/vm1.vmem"));
+    let file = create_empty(&mount.path("vm1/vm1.vmem"));
     let backing = env.vm_dir("vm1").join("vm1.vmem");
     let fd = file.as_raw_fd();
 

@@ -234,30 +234,10 @@ impl SealedRegion {
 
     /// Per-block views of a buffer read by [`SealedRegion::read`].
     pub fn blocks<'a>(&self, buf: &'a [u8]) -> impl Iterator<Item = SealedBlock<'a>> + 'a {
-        let (mut inline, mut slots) = buf.split_at(self.inline_len_of(0, self.count) as usize);
-        let region = *self;
-        (0..self.count).map(move |index| {
-            let len = region.layout.inline_len(region.plain_len(index)) as usize;
-            let (block, rest) = std::mem::take(&mut inline).split_at(len);
-            inline = rest;
-            if region.has_slots() {
-                let (slot, rest) = std::mem::take(&mut slots).split_at(SLOT_LEN as usize);
-                slots = rest;
-                let (nonce, tag) = slot.split_at(NONCE_LEN);
-                SealedBlock {
-                    nonce,
-                    ciphertext: block,
-                    tag,
-                }
-            } else {
-                let (nonce, rest) = block.split_at(NONCE_LEN);
-                let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-                SealedBlock {
-                    nonce,
-                    ciphertext,
-                    tag,
-                }
-            }
+        self.carve(buf).map(|(nonce, ciphertext, tag)| SealedBlock {
+            nonce,
+            ciphertext,
+            tag,
         })
     }
 
@@ -267,32 +247,60 @@ impl SealedRegion {
         &self,
         buf: &'a mut [u8],
     ) -> impl Iterator<Item = SealedBlockMut<'a>> + 'a {
-        let (mut inline, mut slots) = buf.split_at_mut(self.inline_len_of(0, self.count) as usize);
+        self.carve(buf)
+            .map(|(nonce, ciphertext, tag)| SealedBlockMut {
+                nonce,
+                ciphertext,
+                tag,
+            })
+    }
+
+    /// Cuts a region buffer into `(nonce, ciphertext, tag)` per block, for
+    /// shared and mutable buffers alike.
+    fn carve<'a, B: Carve<'a>>(&self, buf: B) -> impl Iterator<Item = (B, B, B)> + 'a {
+        let (mut inline, mut slots) = buf.cut(self.inline_len_of(0, self.count) as usize);
         let region = *self;
         (0..self.count).map(move |index| {
             let len = region.layout.inline_len(region.plain_len(index)) as usize;
-            let (block, rest) = std::mem::take(&mut inline).split_at_mut(len);
+            let (block, rest) = std::mem::take(&mut inline).cut(len);
             inline = rest;
             if region.has_slots() {
-                let (slot, rest) = std::mem::take(&mut slots).split_at_mut(SLOT_LEN as usize);
+                let (slot, rest) = std::mem::take(&mut slots).cut(SLOT_LEN as usize);
                 slots = rest;
-                let (nonce, tag) = slot.split_at_mut(NONCE_LEN);
-                SealedBlockMut {
-                    nonce,
-                    ciphertext: block,
-                    tag,
-                }
+                let (nonce, tag) = slot.cut(NONCE_LEN);
+                (nonce, block, tag)
             } else {
-                let (nonce, rest) = block.split_at_mut(NONCE_LEN);
+                let (nonce, rest) = block.cut(NONCE_LEN);
                 let tag_at = rest.len() - TAG_LEN;
-                let (ciphertext, tag) = rest.split_at_mut(tag_at);
-                SealedBlockMut {
-                    nonce,
-                    ciphertext,
-                    tag,
-                }
+                let (ciphertext, tag) = rest.cut(tag_at);
+                (nonce, ciphertext, tag)
             }
         })
+    }
+}
+
+/// A byte slice, shared or mutable, that can be cut in two: what
+/// [`SealedRegion::carve`] needs to serve reads and writes with one body.
+trait Carve<'a>: Default + Sized + 'a {
+    fn len(&self) -> usize;
+    fn cut(self, mid: usize) -> (Self, Self);
+}
+
+impl<'a> Carve<'a> for &'a [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn cut(self, mid: usize) -> (Self, Self) {
+        self.split_at(mid)
+    }
+}
+
+impl<'a> Carve<'a> for &'a mut [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn cut(self, mid: usize) -> (Self, Self) {
+        self.split_at_mut(mid)
     }
 }
 
@@ -301,6 +309,19 @@ mod tests {
     use super::*;
     use crate::format::content_layout::GROUP_BLOCKS;
     use ContentLayout::*;
+
+    /// An empty file in a temporary directory under the build directory: a
+    /// disk-backed file system (a tmpfs /tmp could not evict pages).
+    fn file_on_disk() -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        (dir, file)
+    }
 
     /// Writing a region and reading it back through the views places every
     /// byte where the layout functions say, for regions that cross groups.
@@ -314,14 +335,7 @@ mod tests {
                 (GROUP_BLOCKS - 1, 3, 4096),
                 (GROUP_BLOCKS - 2, GROUP_BLOCKS + 5, 7),
             ] {
-                let dir = tempfile::tempdir().unwrap();
-                let file = File::options()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(dir.path().join("f"))
-                    .unwrap();
+                let (_dir, file) = file_on_disk();
                 let region = SealedRegion::new(layout, first, count, last_len);
                 let mut buf = vec![0u8; region.buffer_len()];
                 for (index, block) in region.blocks_mut(&mut buf).enumerate() {
@@ -371,16 +385,7 @@ mod tests {
     /// `RWF_NOWAIT` attempt fails and the blocking read follows).
     #[test]
     fn slots_evicted_from_the_page_cache_are_read_back() {
-        // In the build directory: a disk-backed file system (a tmpfs
-        // /tmp cannot evict pages).
-        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, file) = file_on_disk();
         let region = SealedRegion::new(PageAligned, GROUP_BLOCKS - 1, 2, 4096);
         let buf: Vec<u8> = (0..region.buffer_len()).map(|i| (i % 251) as u8).collect();
         region.write(&file, &buf).unwrap();

@@ -482,3 +482,33 @@ pub fn wait_for_open_files(control: &Path, expected: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Opens `path` for reading and writing, created empty (truncated if it
+/// exists).
+#[allow(dead_code)]
+pub fn create_empty(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+/// (data start, hole start) pairs of `file`, found by alternating
+/// SEEK_DATA/SEEK_HOLE.
+#[allow(dead_code)]
+pub fn data_extents(file: &std::fs::File) -> Vec<(i64, i64)> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Ok(data) = lseek(fd, pos, Whence::SeekData) {
+        let hole = lseek(fd, data, Whence::SeekHole).unwrap();
+        out.push((data, hole));
+        pos = hole;
+    }
+    out
+}
