@@ -13,15 +13,14 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
 
 use super::encrypted_file::{ContentError, EncryptedFile};
-use super::sealed_region::SealedRegion;
-use crate::format::content_layout::{ContentLayout, SLOT_LEN};
+use super::sealed_region::{self, SealedRegion};
+use crate::format::content_layout::ContentLayout;
 use crate::format::offsets::{
     block_no_to_plain_off, plain_off_in_block, plain_off_to_block_no, plain_size_to_block_count,
     PLAIN_BLOCK_LEN,
@@ -208,11 +207,9 @@ impl EncryptedFile {
                 (run.block_count * full) as i64,
             )
             .map_err(errno_err)?;
-            if let Some(slot_off) = run.slot_off {
-                let zeros = [0u8; PLAIN_BLOCK_LEN as usize];
-                backing.write_all_at(&zeros[..(run.block_count * SLOT_LEN) as usize], slot_off)?;
-            }
         }
+        // Whole blocks inside the file: their slots are inside it too.
+        sealed_region::zero_slots(backing, self.layout(), first, end, u64::MAX)?;
         Ok(())
     }
 }

@@ -20,11 +20,11 @@ use std::sync::{Arc, RwLock};
 
 use super::parallel::try_for_each_block;
 use super::range_lock::BlockRangeLock;
-use super::sealed_region::{SealedBlock, SealedBlockMut, SealedRegion};
+use super::sealed_region::{self, SealedBlock, SealedBlockMut, SealedRegion};
 use crate::crypto::block_aead::{BlockAead, NONCE_LEN, TAG_LEN};
 use crate::crypto::kdf;
 use crate::crypto::keyring::VmKeyring;
-use crate::format::content_layout::{ContentLayout, SLOT_LEN};
+use crate::format::content_layout::ContentLayout;
 use crate::format::file_header::{self, FileHeader, HeaderError, UnverifiedHeader};
 use crate::format::offsets::{
     plain_len_of_block, plain_off_in_block, plain_off_to_block_no, plain_size_to_block_count,
@@ -198,6 +198,9 @@ thread_local! {
     /// borrowed twice: `read_into` and `seal_and_store` do not call each
     /// other.
     static STORED_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread buffer for the fresh nonces of one store, drawn with one
+    /// call to the OS CSPRNG; reused like `STORED_BUFFER`.
+    static NONCE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `buf` resized to exactly `len` bytes, growing (zero-filled) only when it
@@ -514,13 +517,7 @@ impl EncryptedFile {
             return Ok(());
         }
         let stored_len = backing.metadata()?.len();
-        for run in self.layout.stored_runs(from, to) {
-            let Some(slot_off) = run.slot_off.filter(|&off| off < stored_len) else {
-                continue;
-            };
-            let len = (run.block_count * SLOT_LEN).min(stored_len - slot_off);
-            backing.write_all_at(&[0u8; PLAIN_BLOCK_LEN as usize][..len as usize], slot_off)?;
-        }
+        sealed_region::zero_slots(backing, self.layout, from, to, stored_len)?;
         Ok(())
     }
 
@@ -568,21 +565,23 @@ impl EncryptedFile {
         let region = SealedRegion::new(self.layout, first_block, blocks.len() as u64, last_len);
         // Before sealing, so the reads overlap the encryption.
         region.start_reading_partial_pages(backing);
-        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
-        crate::crypto::random::fill(&mut nonces);
-        STORED_BUFFER.with_borrow_mut(|stored| {
-            let stored = sized_scratch(stored, region.buffer_len());
-            let work = (first_block..)
-                .zip(blocks)
-                .zip(nonces.chunks_exact(NONCE_LEN))
-                .zip(region.blocks_mut(stored));
-            try_for_each_block(work, |(((block_no, plain), nonce), sealed)| {
-                let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("chunk of NONCE_LEN");
-                keys.seal_block(block_no, nonce, plain, sealed);
-                Ok::<(), std::convert::Infallible>(())
+        NONCE_BUFFER.with_borrow_mut(|nonces| {
+            let nonces = sized_scratch(nonces, blocks.len() * NONCE_LEN);
+            crate::crypto::random::fill(nonces);
+            STORED_BUFFER.with_borrow_mut(|stored| {
+                let stored = sized_scratch(stored, region.buffer_len());
+                let work = (first_block..)
+                    .zip(blocks)
+                    .zip(nonces.chunks_exact(NONCE_LEN))
+                    .zip(region.blocks_mut(stored));
+                try_for_each_block(work, |(((block_no, plain), nonce), sealed)| {
+                    let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("chunk of NONCE_LEN");
+                    keys.seal_block(block_no, nonce, plain, sealed);
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|never| match never {});
+                region.write(backing, stored)
             })
-            .unwrap_or_else(|never| match never {});
-            region.write(backing, stored)
         })?;
         Ok(())
     }

@@ -60,6 +60,28 @@ fn read_exact_and_next_page(backing: &File, buf: &mut [u8], off: u64) -> io::Res
     Ok(())
 }
 
+/// Format 2: writes zeros over the slots of blocks `first..end` that lie
+/// before backing offset `stored_len` (slots past the end of the backing
+/// file already read as zeros, and writing them would allocate tag pages).
+/// Format 1 has no slots: its nonces and tags go with the data.
+pub(super) fn zero_slots(
+    backing: &File,
+    layout: ContentLayout,
+    first: u64,
+    end: u64,
+    stored_len: u64,
+) -> io::Result<()> {
+    let zeros = [0u8; PAGE_LEN as usize];
+    for run in layout.stored_runs(first, end) {
+        let Some(slot_off) = run.slot_off.filter(|&off| off < stored_len) else {
+            continue;
+        };
+        let len = (run.block_count * SLOT_LEN).min(stored_len - slot_off);
+        backing.write_all_at(&zeros[..len as usize], slot_off)?;
+    }
+    Ok(())
+}
+
 /// Consecutive blocks `first_block..first_block + count` of one file: all
 /// of them full except possibly the last, which holds `last_len` plaintext
 /// bytes (only a file's last block can be short).

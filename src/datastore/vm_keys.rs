@@ -241,6 +241,11 @@ mod tests {
         EmbeddedProvider::init(&dir.join("ks")).unwrap().0
     }
 
+    /// A new VM home at `path` without encrypted disks, in format 2.
+    fn new_vm_home(path: &Path, provider: &EmbeddedProvider) -> KeyBundle {
+        create_vm_home(path, provider, false, ContentLayout::PageAligned).unwrap()
+    }
+
     #[test]
     fn create_unlock_and_rekey_keep_the_dek() {
         let dir = tempfile::tempdir().unwrap();
@@ -271,7 +276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let provider = provider(dir.path());
         let vm = dir.path().join("vm1");
-        create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
+        new_vm_home(&vm, &provider);
         let bytes = std::fs::read(bundle_file::bundle_path(&vm)).unwrap();
         for byte in 0..bytes.len() {
             for bit in [0u8, 3, 7] {
@@ -291,20 +296,8 @@ mod tests {
     fn another_vms_bundle_does_not_open_this_vms_files() {
         let dir = tempfile::tempdir().unwrap();
         let provider = provider(dir.path());
-        let a = create_vm_home(
-            &dir.path().join("a"),
-            &provider,
-            false,
-            ContentLayout::PageAligned,
-        )
-        .unwrap();
-        let b = create_vm_home(
-            &dir.path().join("b"),
-            &provider,
-            false,
-            ContentLayout::PageAligned,
-        )
-        .unwrap();
+        let a = new_vm_home(&dir.path().join("a"), &provider);
+        let b = new_vm_home(&dir.path().join("b"), &provider);
         let ka = unlock(&a, &provider).unwrap();
         let kb = unlock(&b, &provider).unwrap();
         assert_ne!(ka.current_fingerprint(), kb.current_fingerprint());
