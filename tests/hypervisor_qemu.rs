@@ -10,24 +10,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::TestEnv;
+use common::{run_checked, TestEnv};
 
 fn run(program: &str, args: &[&str], paths: &[&Path]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .args(paths)
-        .output()
-        .unwrap();
-    let text = format!(
+    let out = run_checked(Command::new(program).args(args).args(paths));
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{program} {args:?} {paths:?} failed: {text}"
-    );
-    text
+    )
 }
 
 #[test]
@@ -67,16 +58,11 @@ fn build_images(dir: &Path, size: &str) -> Vec<PathBuf> {
         ("disk.qcow2", "qcow2", "cluster_size=65536"),
     ] {
         let image = dir.join(name);
-        let out = Command::new("qemu-img")
-            .args(["create", "-f", format, "-o", options])
-            .arg(&image)
-            .arg(size)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Command::new("qemu-img")
+                .args(["create", "-f", format, "-o", options])
+                .arg(&image)
+                .arg(size),
         );
         let mut seed: u64 = 0x9e37_79b9;
         let mut commands = Vec::new();

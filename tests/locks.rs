@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{run_checked, TestEnv};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 
@@ -197,16 +197,11 @@ fn qemu_image_locking_refuses_a_second_writer_on_one_and_two_mounts() {
     let mnt_b = env.extra_mountpoint("host-b");
     let _host_b = env.mount_at(&mnt_b, &[]);
     let image = host_a.path("vm1/disk.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-f", "qcow2"])
-        .arg(&image)
-        .arg("64M")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_checked(
+        Command::new("qemu-img")
+            .args(["create", "-f", "qcow2"])
+            .arg(&image)
+            .arg("64M"),
     );
 
     let mut holder = hold_image_open(&image);

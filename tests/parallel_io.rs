@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::TestEnv;
+use common::{run_checked, TestEnv};
 
 /// Threads write interleaved, partially overlapping-in-block regions of one
 /// encrypted file at once; read-modify-write of shared blocks must lose
@@ -110,16 +110,11 @@ fn qemu_img_creates_vmdk_disks_on_the_mount() {
     let mount = env.mount();
     for vm in ["vm1", "vm2"] {
         let disk = mount.path(&format!("{vm}/disk.vmdk"));
-        let out = Command::new("qemu-img")
-            .args(["create", "-f", "vmdk"])
-            .arg(&disk)
-            .arg("10G")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Command::new("qemu-img")
+                .args(["create", "-f", "vmdk"])
+                .arg(&disk)
+                .arg("10G"),
         );
         let out = Command::new("qemu-img")
             .args(["info", "--output=json"])

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{create_empty, data_extents, TestEnv};
+use common::{create_empty, data_extents, run_checked, TestEnv};
 use nix::fcntl::{fallocate, FallocateFlags};
 
 const MIB: u64 = 1 << 20;
@@ -62,15 +62,10 @@ fn qemu_img_map_matches_a_plain_file_system() {
     let mount = env.mount();
     let map = |path: &Path| {
         write_pattern(&create_empty(path));
-        let out = Command::new("qemu-img")
-            .args(["map", "--output=json", "-f", "raw"])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_checked(
+            Command::new("qemu-img")
+                .args(["map", "--output=json", "-f", "raw"])
+                .arg(path),
         );
         let extents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         extents

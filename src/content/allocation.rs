@@ -127,11 +127,7 @@ impl EncryptedFile {
             cipher_len as i64,
         )
         .map_err(errno_err)?;
-        let size = self.plain_size(backing)?;
-        if !keep_size && end > size {
-            self.truncate_locked(backing, end)?;
-        }
-        Ok(())
+        self.extend_unless(keep_size, backing, end)
     }
 
     /// FALLOC_FL_PUNCH_HOLE: `[offset, offset + len)` reads as zeros and the
@@ -154,9 +150,15 @@ impl EncryptedFile {
     ) -> Result<(), ContentError> {
         let _size = self.size_lock.write().expect("size lock poisoned");
         self.zero_within_size(backing, offset, len)?;
-        let size = self.plain_size(backing)?;
-        if !keep_size && offset + len > size {
-            self.truncate_locked(backing, offset + len)?;
+        self.extend_unless(keep_size, backing, offset + len)
+    }
+
+    /// Extends the file to `end` if it is shorter, unless `keep_size`
+    /// (fallocate's FALLOC_FL_KEEP_SIZE). Caller holds `size_lock`
+    /// exclusively.
+    fn extend_unless(&self, keep_size: bool, backing: &File, end: u64) -> Result<(), ContentError> {
+        if !keep_size && end > self.plain_size(backing)? {
+            self.truncate_locked(backing, end)?;
         }
         Ok(())
     }

@@ -11,6 +11,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs `command` (an external tool: qemu-img, qemu-io, ...) to the end
+/// and asserts that it succeeded, naming it and showing its output if not.
+pub fn run_checked(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The content format `vm create` uses without `--content-format`.
 pub const DEFAULT_CONTENT_FORMAT: u16 = 2;
 
