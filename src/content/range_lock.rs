@@ -27,6 +27,10 @@ impl HeldRange {
 struct State {
     held: Vec<HeldRange>,
     next_id: u64,
+    /// Threads inside `released.wait`. A release wakes them only when
+    /// there are any: `Condvar::notify_all` is a futex system call even
+    /// with nobody waiting, and ranges are released on every request.
+    waiting: usize,
 }
 
 /// A set of block-range locks for one file.
@@ -54,7 +58,9 @@ impl BlockRangeLock {
             .iter()
             .any(|h| h.conflicts_with(first, last, exclusive))
         {
+            state.waiting += 1;
             state = self.released.wait(state).expect("range lock poisoned");
+            state.waiting -= 1;
         }
         let id = state.next_id;
         state.next_id += 1;
@@ -72,8 +78,14 @@ impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
         let mut state = self.lock.state.lock().expect("range lock poisoned");
         state.held.retain(|h| h.id != self.id);
+        // A waiter counted here is already inside `wait` (it counted
+        // itself under the mutex, and `wait` releases the mutex
+        // atomically), so the notification below cannot be missed.
+        let anyone_waiting = state.waiting > 0;
         drop(state);
-        self.lock.released.notify_all();
+        if anyone_waiting {
+            self.lock.released.notify_all();
+        }
     }
 }
 
@@ -117,5 +129,45 @@ mod tests {
         drop(guard);
         waiter.join().unwrap();
         assert!(acquired.load(Ordering::SeqCst));
+    }
+
+    /// Threads fight over overlapping exclusive ranges: no two are ever
+    /// inside the same block at once, and no release is lost (a lost
+    /// wake-up would leave a thread waiting forever, caught by the
+    /// deadline).
+    #[test]
+    fn contended_ranges_exclude_each_other_and_never_lose_a_wakeup() {
+        const THREADS: u64 = 4;
+        const ROUNDS: u64 = 2000;
+        let lock = Arc::new(BlockRangeLock::default());
+        let inside: Arc<Vec<AtomicBool>> =
+            Arc::new((0..8).map(|_| AtomicBool::new(false)).collect());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..THREADS {
+            let (lock, inside, done_tx) = (lock.clone(), inside.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    let first = (t + round) % 6;
+                    let last = first + round % 3;
+                    let _guard = lock.lock(first, last, true);
+                    for block in first..=last {
+                        assert!(
+                            !inside[block as usize].swap(true, Ordering::SeqCst),
+                            "block {block} held twice"
+                        );
+                    }
+                    std::thread::yield_now();
+                    for block in first..=last {
+                        inside[block as usize].store(false, Ordering::SeqCst);
+                    }
+                }
+                done_tx.send(()).unwrap();
+            });
+        }
+        for _ in 0..THREADS {
+            done_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a thread never got its range: lost wake-up");
+        }
     }
 }
