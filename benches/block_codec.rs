@@ -44,7 +44,7 @@ fn open_4k(bencher: Bencher) {
 
 /// The same 4 KiB seal with RustCrypto's `aes-gcm` (the reference
 /// implementation the unit tests compare against), to keep the reason for
-/// OpenSSL on the hot path measurable in one harness.
+/// AWS-LC on the hot path measurable in one harness.
 #[divan::bench]
 fn seal_4k_rustcrypto_reference(bencher: Bencher) {
     use aes_gcm::aead::array::Array;

@@ -16,9 +16,10 @@
 //! * [`frontend`]: the thin FUSE layer that translates kernel requests.
 //! * [`cli`]: the command-line interface.
 
-// One audited exception: `crypto::block_aead` asserts that an OpenSSL
-// cipher context may move between threads (`unsafe impl Send`), which the
-// openssl crate does not declare. Nothing else may use `unsafe`.
+// One audited exception: `crypto::block_aead` calls AWS-LC's AEAD through
+// its C interface (`aws-lc-sys`), because the safe wrappers take only
+// 96-bit nonces; each `unsafe` there states why it holds. Nothing else may
+// use `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -5,7 +5,7 @@
 #
 #   ensure_tool      install a Debian package if its command is missing
 #   ensure_fuse3     install the fuse3 package (fusermount3) if missing
-#   ensure_openssl_dev  install what the build needs to link libcrypto
+#   ensure_c_compiler  install a C compiler if missing (the build compiles C)
 #   ensure_dev_fuse  check that /dev/fuse exists and is usable
 
 # Runs "$@" as root: directly if we are root, else through sudo.
@@ -49,18 +49,19 @@ ensure_tool() {
     fi
 }
 
-# ensure_openssl_dev: file content is sealed with the system's OpenSSL
-# libcrypto (crypto::block_aead), so building needs its headers and
-# pkg-config to find them.
-ensure_openssl_dev() {
-    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; then
+# ensure_c_compiler: the build compiles C: AWS-LC, which seals file
+# content (crypto::block_aead, through aws-lc-sys), and ring, under the KMIP
+# client's TLS. Both bring their sources, so a C compiler and the C
+# library's headers are all they need; rustc links through `cc` as well.
+ensure_c_compiler() {
+    if command -v cc >/dev/null 2>&1; then
         return 0
     fi
-    echo "==> OpenSSL development files not found (pkg-config openssl): installing pkg-config and libssl-dev" >&2
-    _vmcryptfs_apt_install "OpenSSL's development files (libssl-dev, or openssl-devel / openssl-dev) with pkg-config" \
-        pkg-config libssl-dev
-    if ! pkg-config --exists openssl; then
-        echo "error: installed libssl-dev but pkg-config still cannot find openssl" >&2
+    echo "==> no C compiler (cc) found: installing gcc and libc6-dev" >&2
+    _vmcryptfs_apt_install "a C compiler (gcc, with the C library's headers: libc6-dev, glibc-devel)" \
+        gcc libc6-dev
+    if ! command -v cc >/dev/null 2>&1; then
+        echo "error: installed gcc but cc is still not on PATH" >&2
         exit 1
     fi
 }
