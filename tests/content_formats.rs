@@ -264,6 +264,46 @@ fn vm_convert_format_moves_a_vm_home_between_formats_while_mounted_and_idle() {
     );
 }
 
+/// Sizes of a VM home whose files nobody has opened since the mount
+/// started come from the format its bundle names, which the mount keeps
+/// once read; a conversion run while mounted must replace it. Stale, it
+/// would turn format 2 stored sizes into format 1 plaintext sizes.
+#[test]
+fn sizes_follow_a_conversion_of_a_vm_home_listed_but_never_opened() {
+    let env = TestEnv::new();
+    let vm = env.create_vm_in_format("vm1", true, 1);
+    let mount = env.mount();
+    let sizes = [0u64, 1, 4096, 70_000, 3 * GROUP + 5];
+    for size in sizes {
+        fs::write(
+            mount.path(&format!("vm1/f{size}.log")),
+            vec![9u8; size as usize],
+        )
+        .unwrap();
+    }
+    assert!(mount.unmount().success());
+
+    let mount = env.mount();
+    let check = |when: &str| {
+        // Past the kernel's cached attributes (1 s), so the daemon answers.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let listed = fs::read_dir(mount.path("vm1")).unwrap().count();
+        assert_eq!(listed, sizes.len() + 2, "{when}: entries");
+        for size in sizes {
+            let meta = fs::metadata(mount.path(&format!("vm1/f{size}.log"))).unwrap();
+            assert_eq!(meta.len(), size, "{when}: size of f{size}.log");
+        }
+    };
+    check("format 1, before any open");
+    env.run_ok(&["vm", "convert-format", vm.to_str().unwrap()]);
+    assert_eq!(header_format(&vm.join("f70000.log")), 2);
+    check("format 2, after the conversion");
+    assert_eq!(
+        fs::read(mount.path("vm1/f70000.log")).unwrap(),
+        vec![9u8; 70_000]
+    );
+}
+
 #[test]
 fn vm_convert_format_refuses_a_vm_with_open_files() {
     let env = TestEnv::new();

@@ -11,7 +11,7 @@ mod common;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -833,6 +833,109 @@ fn directories_unlink_and_internal_names() {
     drop_cache(&held);
     assert_eq!(read_at_most(&held, 9995, 100), b"still writable");
     assert_eq!(held.metadata().unwrap().len(), 9995 + 14);
+}
+
+/// One directory entry as `readdir` gives it: name, `d_ino`, and type.
+fn listing(dir: &Path) -> Vec<(String, u64, fs::FileType)> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            (name, entry.ino(), entry.file_type().unwrap())
+        })
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
+/// What a listing of a fresh mount (nothing looked up yet) must agree
+/// with: each entry's `d_ino` and type are what `lstat` then says, sizes
+/// are plaintext sizes, and the node ids stay the same once the kernel's
+/// cached attributes expire. The listing spans many reply pages (long
+/// names), so entries that did not fit one page are exercised too; a
+/// mistake in counting the kernel's references would make a node vanish
+/// and come back with a new id.
+#[test]
+fn listing_carries_the_attributes_stat_sees() {
+    let env = setup();
+    let mount = env.mount();
+    let mut sizes = std::collections::BTreeMap::new();
+    for i in 0..300u64 {
+        let name = format!("a-file-with-a-rather-long-name-to-fill-pages-{i:04}.log");
+        let size = (i * 977) % 9000;
+        fs::write(
+            mount.path(&format!("vm1/{name}")),
+            vec![b'x'; size as usize],
+        )
+        .unwrap();
+        sizes.insert(name, size);
+    }
+    fs::write(mount.path("vm1/vm1.nvram"), b"nvram").unwrap();
+    sizes.insert("vm1.nvram".into(), 5);
+    fs::hard_link(mount.path("vm1/vm1.nvram"), mount.path("vm1/linked.nvram")).unwrap();
+    sizes.insert("linked.nvram".into(), 5);
+    std::os::unix::fs::symlink("vm1.nvram", mount.path("vm1/link")).unwrap();
+    assert!(mount.unmount().success());
+
+    let mount = env.mount();
+    let dir = mount.path("vm1");
+    let listed = listing(&dir);
+    let check = |when: &str| {
+        for (name, d_ino, kind) in &listed {
+            let meta = fs::symlink_metadata(dir.join(name)).unwrap();
+            assert_eq!(meta.ino(), *d_ino, "{when}: st_ino and d_ino of {name}");
+            assert_eq!(meta.file_type(), *kind, "{when}: type of {name}");
+            if let Some(size) = sizes.get(name) {
+                assert_eq!(meta.len(), *size, "{when}: plaintext size of {name}");
+            }
+        }
+    };
+    check("right after the listing");
+    let names: Vec<&str> = listed.iter().map(|(name, ..)| name.as_str()).collect();
+    for name in [".control", "link", "linked.nvram", "sub", "vm1.nvram"] {
+        assert!(names.contains(&name), "{name} listed");
+    }
+    assert_eq!(listed.len(), sizes.len() + 4, "entries: {names:?}");
+    let nvram = |name: &str| listed.iter().find(|(n, ..)| n == name).unwrap().1;
+    assert_eq!(
+        nvram("vm1.nvram"),
+        nvram("linked.nvram"),
+        "hard links share a node"
+    );
+
+    // Past the kernel's attribute and entry lifetime (1 s) every stat goes
+    // back to the daemon, which must still know each node by its id.
+    std::thread::sleep(Duration::from_millis(1500));
+    check("after the cached attributes expired");
+    assert_eq!(listing(&dir), listed, "a second listing");
+    assert_content(&dir.join("link"), b"nvram");
+}
+
+/// An entry removed from the datastore behind the mount, after the
+/// directory was opened and before its entries were read, is left out of
+/// the listing instead of failing it.
+#[test]
+fn entry_removed_behind_the_mount_during_a_listing_is_left_out() {
+    let env = setup();
+    let mount = env.mount();
+    for name in ["a.log", "b.log", "c.log"] {
+        fs::write(mount.path(&format!("vm1/{name}")), name).unwrap();
+    }
+    assert!(mount.unmount().success());
+    let mount = env.mount();
+    let mut entries = fs::read_dir(mount.path("vm1")).unwrap();
+    fs::remove_file(env.vm_dir("vm1").join("b.log")).unwrap();
+    let mut names = Vec::new();
+    for entry in entries.by_ref() {
+        names.push(entry.unwrap().file_name().into_string().unwrap());
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [".control", ".control.json", "a.log", "c.log", "sub"],
+        "listing after b.log went away"
+    );
 }
 
 // 6. Symlinks, hard links, EXDEV and mv across VM homes.

@@ -12,7 +12,7 @@
 //! the way is then ELOOP (or EXDEV for `..`); everything else gives the
 //! errno the path-based call gave.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
@@ -20,7 +20,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Timestamps, Uid};
 use rustix::io::Errno;
 
-use super::backing_root::BackingRoot;
+use super::backing_root::{BackingRoot, DirFd};
 
 /// The type of a backing entry from its `stat`.
 pub fn file_type(stat: &Stat) -> FileType {
@@ -53,7 +53,14 @@ impl BackingRoot {
     /// `lstat` of entry `rel` (of the root itself when `rel` is empty).
     pub fn stat(&self, rel: &Path) -> std::io::Result<Stat> {
         let (dir, name) = self.parent_of(rel)?;
-        Ok(rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
+        Self::stat_in(&dir, name)
+    }
+
+    /// `lstat` of entry `name` of a directory opened beneath the root
+    /// ([`BackingRoot::open_dir_path`]): one system call, and the name is
+    /// not followed if it is a symlink.
+    pub fn stat_in(dir: &DirFd<'_>, name: &OsStr) -> std::io::Result<Stat> {
+        Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
     }
 
     /// `statvfs` of the file system holding the datastore.

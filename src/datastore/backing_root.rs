@@ -116,15 +116,16 @@ impl BackingRoot {
     pub fn parent_of<'p>(&self, rel: &'p Path) -> std::io::Result<(DirFd<'_>, &'p OsStr)> {
         match (rel.parent(), rel.file_name()) {
             (None, _) => Ok((DirFd::Root(self.fd.as_fd()), OsStr::new("."))),
-            (Some(parent), Some(name)) => Ok((self.dir_path(parent)?, name)),
+            (Some(parent), Some(name)) => Ok((self.open_dir_path(parent)?, name)),
             // A path ending in `..`: never made by the mount.
             (Some(_), None) => Err(Errno::XDEV.into()),
         }
     }
 
     /// An `O_PATH` descriptor of directory `rel`, the root's own for the
-    /// root (no system call).
-    fn dir_path(&self, rel: &Path) -> rustix::io::Result<DirFd<'_>> {
+    /// root (no system call), for `*at` calls on several of its entries
+    /// at the cost of one resolution (see [`BackingRoot::stat_in`]).
+    pub fn open_dir_path(&self, rel: &Path) -> rustix::io::Result<DirFd<'_>> {
         if rel.as_os_str().is_empty() {
             return Ok(DirFd::Root(self.fd.as_fd()));
         }

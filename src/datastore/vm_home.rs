@@ -16,7 +16,16 @@ use crate::keys::KeyProvider;
 /// The key cache state of one VM home.
 enum KeyState {
     /// Nothing unwrapped yet (the next access unwraps through the provider).
-    NotLoaded,
+    NotLoaded {
+        /// The bundle as last read for its policy fields (disk policy,
+        /// content format), which every `stat` of the VM's files needs:
+        /// without it, listing a VM home nobody has opened a file of yet
+        /// read and parsed the bundle for each entry. Not authenticated,
+        /// like any bundle before its DEKs are unwrapped. Dropped with the
+        /// keys ([`VmHome::flush_keys`]), which every conversion that
+        /// changes those fields asks the mount for.
+        peeked: Option<KeyBundle>,
+    },
     /// DEKs are in memory.
     Unlocked {
         keyring: Arc<VmKeyring>,
@@ -108,7 +117,7 @@ impl VmHome {
     pub fn new(name: OsString, dir: PathBuf) -> Self {
         Self {
             location: RwLock::new((name, dir)),
-            keys: RwLock::new(KeyState::NotLoaded),
+            keys: RwLock::new(KeyState::NotLoaded { peeked: None }),
             last_command: Mutex::new(None),
             open_files: AtomicUsize::new(0),
             counters: VmCounters::default(),
@@ -164,17 +173,25 @@ impl VmHome {
     }
 
     /// A field of the VM's bundle: the cached one, else parsed from disk
-    /// (cheap); `None` if it cannot be read.
+    /// and kept while the keys are not loaded; `None` if it cannot be read.
     fn bundle_field<T>(&self, field: impl Fn(&KeyBundle) -> T) -> Option<T> {
         match &*self.keys.read().expect("keys lock") {
-            KeyState::Unlocked { bundle, .. } => return Some(field(bundle)),
-            KeyState::Locked {
+            KeyState::Unlocked { bundle, .. }
+            | KeyState::Locked {
                 bundle: Some(bundle),
                 ..
+            }
+            | KeyState::NotLoaded {
+                peeked: Some(bundle),
             } => return Some(field(bundle)),
             _ => {}
         }
-        bundle_file::read(&self.dir()).ok().map(|b| field(&b))
+        let bundle = bundle_file::read(&self.dir()).ok()?;
+        let value = field(&bundle);
+        if let KeyState::NotLoaded { peeked } = &mut *self.keys.write().expect("keys lock") {
+            *peeked = Some(bundle);
+        }
+        Some(value)
     }
 
     /// The VM's keyring, unwrapping through the provider on first use.
@@ -259,7 +276,7 @@ impl VmHome {
         if self.open_files.load(Ordering::SeqCst) > 0 {
             return false;
         }
-        *state = KeyState::NotLoaded;
+        *state = KeyState::NotLoaded { peeked: None };
         log::info!("VM {}: key cache flushed", self.display_name());
         true
     }
@@ -331,7 +348,7 @@ impl VmHome {
             ..VmStatus::default()
         };
         match &*self.keys.read().expect("keys lock") {
-            KeyState::NotLoaded => status.state = "not-loaded",
+            KeyState::NotLoaded { .. } => status.state = "not-loaded",
             KeyState::Unlocked { keyring, bundle } => {
                 status.state = "unlocked";
                 status.bundle = Some(bundle.clone());

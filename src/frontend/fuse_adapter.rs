@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::attr::ATTR_TTL;
@@ -51,6 +51,13 @@ impl Filesystem for VmCryptFs {
         self.set_direct_io_mmap(direct_io_mmap);
         if !direct_io_mmap {
             log::info!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux < 6.6): every file goes through the page cache");
+        }
+        // Listings carry each entry's attributes (dir_ops), for every
+        // listing, not only the first page of each (READDIRPLUS_AUTO):
+        // VM homes are small, and what lists them (`ls -l`, `rm -r`, a
+        // datastore browser) looks at the entries next.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            log::info!("kernel lacks {missing:?}: each listed entry is looked up on its own");
         }
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
             log::warn!("kernel lacks {missing:?}: byte-range locks stay local to this mount");
@@ -354,6 +361,23 @@ impl Filesystem for VmCryptFs {
     ) {
         let result = self.readdir(fh.0, offset, |ino, next, kind, name| {
             reply.add(INodeNo(ino), next, kind, name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = self.readdirplus(ino.0, fh.0, offset, |attr, next, name| {
+            reply.add(attr.ino, next, name, &ATTR_TTL, attr, Generation(0))
         });
         match result {
             Ok(()) => reply.ok(),

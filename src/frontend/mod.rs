@@ -2,14 +2,16 @@
 //! and control operations.
 //!
 //! [`VmCryptFs`] holds the mount's state. Its operations live in
-//! [`node_ops`] (names, attributes, directories), [`file_ops`] (open, read,
-//! write), [`lock_ops`] (byte-range locks) and [`control_ops`] (`.control` files), each returning
+//! [`node_ops`] (names and attributes), [`dir_ops`] (listing directories),
+//! [`file_ops`] (open, read, write), [`lock_ops`] (byte-range locks) and
+//! [`control_ops`] (`.control` files), each returning
 //! `Result<_, Errno>`. [`fuse_adapter`] implements `fuser::Filesystem` by
 //! calling them and sending the reply, and nothing else.
 
 pub mod attr;
 pub mod cache_mode;
 pub mod control_ops;
+pub mod dir_ops;
 pub mod file_ops;
 pub mod fuse_adapter;
 pub mod handles;

@@ -1,4 +1,5 @@
-//! Names, attributes and directories.
+//! Names and attributes: lookup, getattr and setattr, creating, linking,
+//! renaming and removing entries.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -6,14 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fuser::{Errno, FileAttr, FileType, RenameFlags, TimeOrNow};
+use fuser::{Errno, FileAttr, RenameFlags, TimeOrNow};
 use rustix::fs::{Mode, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 
 use super::attr;
-use super::handles::{DirEntry, Handle};
-use super::inodes::{Area, NodeInfo, ROOT_INO};
+use super::handles::Handle;
+use super::inodes::{Area, NodeInfo};
 use super::{backing_id, io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::control::virtual_file::VirtualFile;
+use crate::datastore::backing_root::{BackingRoot, DirFd};
 use crate::datastore::{backing_meta, layout};
 
 /// What `statfs` reports.
@@ -73,17 +75,34 @@ impl VmCryptFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
         let dir_path = self.node_path(&dir)?;
-        if let Some(file) = self.virtual_file_named(&dir, name) {
-            let ino = self.inodes.remember_virtual(parent, dir.area.clone(), file);
-            let dir_stat = self.beneath.stat(&dir_path).map_err(io_errno)?;
+        let dir_fd = self.beneath.open_dir_path(&dir_path).map_err(sys_errno)?;
+        self.lookup_in(&dir, &dir_path, &dir_fd, name)
+    }
+
+    /// [`Self::lookup`] of `name` in directory `dir` (at `dir_path`), whose
+    /// backing directory the caller has opened as `dir_fd`: what a lookup
+    /// and each entry of a `readdirplus` share. Counts one kernel lookup
+    /// of the node it returns.
+    pub(super) fn lookup_in(
+        &self,
+        dir: &NodeInfo,
+        dir_path: &Path,
+        dir_fd: &DirFd<'_>,
+        name: &OsStr,
+    ) -> FsResult<FileAttr> {
+        if let Some(file) = self.virtual_file_named(dir, name) {
+            let ino = self
+                .inodes
+                .remember_virtual(dir.ino, dir.area.clone(), file);
+            let dir_stat = rustix::fs::fstat(dir_fd).map_err(sys_errno)?;
             return Ok(attr::virtual_attr(ino, &dir_stat, file));
         }
         if layout::is_internal_name(name) {
             return Err(Errno::ENOENT);
         }
+        let stat = BackingRoot::stat_in(dir_fd, name).map_err(io_errno)?;
         let rel = dir_path.join(name);
-        let stat = self.beneath.stat(&rel).map_err(io_errno)?;
-        let area = self.child_area(&dir, name, Some(&stat));
+        let area = self.child_area(dir, name, Some(&stat));
         let encrypted = Self::encrypted_format(&area, &rel, &stat);
         let backing = backing_id(&stat);
         let ino = self.inodes.remember(backing, &rel, area, |known| {
@@ -458,85 +477,6 @@ impl VmCryptFs {
             namelen: st.f_namemax as u32,
             frsize: st.f_frsize as u32,
         })
-    }
-
-    /// Opens a directory: snapshots its entries, hiding internal files and
-    /// adding the virtual `.control` where there is one.
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let node = self.node(ino)?;
-        let path = self.node_path(&node)?;
-        let mut entries = vec![
-            DirEntry {
-                ino,
-                kind: FileType::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: ROOT_INO,
-                kind: FileType::Directory,
-                name: "..".into(),
-            },
-        ];
-        if let Some(scope) = self.control_scope_of_dir(&node) {
-            // Listing inode numbers only need to be distinct; a lookup
-            // gives the real node.
-            for (i, file) in VirtualFile::all_in(scope).iter().enumerate() {
-                entries.push(DirEntry {
-                    ino: u64::MAX - (ino * 4 + i as u64),
-                    kind: FileType::RegularFile,
-                    name: file.name().into(),
-                });
-            }
-        }
-        // The directory's own device: entries of one directory share it
-        // (the datastore is one file system), and d_type and d_ino come with
-        // the entry, so listing costs no stat per entry.
-        let listing = self.beneath.list_dir(&path).map_err(io_errno)?;
-        for entry in listing.entries {
-            if layout::is_internal_name(&entry.name) {
-                continue;
-            }
-            entries.push(DirEntry {
-                ino: self
-                    .inodes
-                    .known_ino((listing.dev, entry.ino))
-                    .unwrap_or(entry.ino),
-                kind: attr::kind_of(entry.kind),
-                name: entry.name,
-            });
-        }
-        Ok(self.handles.insert(Handle::Dir { entries }))
-    }
-
-    /// Entries of an open directory from `offset` on; `add` returns true
-    /// when the reply buffer is full.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
-    ) -> FsResult<()> {
-        let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
-        let Handle::Dir { entries } = &*handle else {
-            return Err(Errno::EBADF);
-        };
-        for (index, entry) in entries.iter().enumerate().skip(offset as usize) {
-            if add(entry.ino, index as u64 + 1, entry.kind, &entry.name) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Closes a directory handle.
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.remove(fh);
-    }
-
-    /// fsync on a directory.
-    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
-        let path = self.node_path(&self.node(ino)?)?;
-        self.beneath.sync_dir(&path).map_err(io_errno)
     }
 
     /// Which virtual file node `ino` is, for the adapter's checks.
