@@ -137,3 +137,48 @@ fn control_json_matches_the_text_status() {
     assert_eq!(json["needs_rekey"], false);
     assert_eq!(json["last_command"], "rekey");
 }
+
+/// A virtual file shows the same owner and times whether the kernel got
+/// them from a directory listing or asks later: they are the datastore
+/// root's, even where the VM home's own differ.
+#[test]
+fn virtual_files_keep_their_attributes_between_a_listing_and_a_stat() {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let mount = env.mount();
+    let set_mtime = |dir: &std::path::Path, secs: u64| {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        fs::File::open(dir)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(time))
+            .unwrap();
+    };
+    set_mtime(&env.datastore, 1_000_000_000);
+    set_mtime(&env.vm_dir("vm1"), 1_500_000_000);
+
+    let listed: Vec<_> = fs::read_dir(mount.path("vm1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == ".control"), "{listed:?}");
+    let from_listing = fs::metadata(mount.path("vm1/.control")).unwrap();
+    let open = fs::File::open(mount.path("vm1/.control")).unwrap();
+    // Past the kernel's attribute lifetime (1 s): the daemon answers, to
+    // `fstat` with a GETATTR and to `stat` of the name with a LOOKUP.
+    std::thread::sleep(Duration::from_millis(1500));
+    let from_getattr = open.metadata().unwrap();
+    let from_lookup = fs::metadata(mount.path("vm1/.control")).unwrap();
+    for (source, meta) in [("fstat", &from_getattr), ("stat", &from_lookup)] {
+        for (what, listing, now) in [
+            ("mtime", from_listing.mtime(), meta.mtime()),
+            ("uid", from_listing.uid().into(), meta.uid().into()),
+            ("ino", from_listing.ino() as i64, meta.ino() as i64),
+        ] {
+            assert_eq!(listing, now, ".control {what}: listing, then {source}");
+        }
+    }
+    assert_eq!(from_getattr.mtime(), 1_000_000_000, "the root's mtime");
+}

@@ -76,7 +76,8 @@ pub fn from_stat(ino: u64, stat: &Stat, encrypted: Option<ContentLayout>) -> Fil
     }
 }
 
-/// Attributes of a virtual file (`.control`, `.control.json`, `.stats`).
+/// Attributes of a virtual file (`.control`, `.control.json`, `.stats`)
+/// from the stat of the directory that gives it owner and times.
 /// Size 0: it is opened with
 /// direct I/O, so readers read until EOF regardless.
 pub fn virtual_attr(ino: u64, dir: &Stat, file: VirtualFile) -> FileAttr {

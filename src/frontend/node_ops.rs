@@ -94,8 +94,7 @@ impl VmCryptFs {
             let ino = self
                 .inodes
                 .remember_virtual(dir.ino, dir.area.clone(), file);
-            let dir_stat = rustix::fs::fstat(dir_fd).map_err(sys_errno)?;
-            return Ok(attr::virtual_attr(ino, &dir_stat, file));
+            return self.virtual_file_attr(ino, file);
         }
         if layout::is_internal_name(name) {
             return Err(Errno::ENOENT);
@@ -128,8 +127,7 @@ impl VmCryptFs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
-            let root = self.beneath.stat(Path::new("")).map_err(io_errno)?;
-            return Ok(attr::virtual_attr(ino, &root, file));
+            return self.virtual_file_attr(ino, file);
         }
         // Through an open handle: the one given, or for a file unlinked
         // while open, any open handle of the node.
@@ -151,6 +149,14 @@ impl VmCryptFs {
             }
         }
         self.attr_of(&node)
+    }
+
+    /// Attributes of virtual file node `ino`: owner and times are the
+    /// datastore root's, wherever the file appears, so that a listing
+    /// (which looks it up) and a later `getattr` give the same answer.
+    fn virtual_file_attr(&self, ino: u64, file: VirtualFile) -> FsResult<FileAttr> {
+        let root = self.beneath.stat(Path::new("")).map_err(io_errno)?;
+        Ok(attr::virtual_attr(ino, &root, file))
     }
 
     fn attr_of(&self, node: &NodeInfo) -> FsResult<FileAttr> {
