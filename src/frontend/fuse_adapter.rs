@@ -52,6 +52,16 @@ impl Filesystem for VmCryptFs {
         if !direct_io_mmap {
             log::info!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux < 6.6): every file goes through the page cache");
         }
+        // Direct I/O from an asynchronous submitter (QEMU `cache=none` with
+        // `aio=native` or io_uring, fio's libaio) reaches us as that many
+        // requests in flight, which our worker threads serve in parallel;
+        // without it the kernel serves each such request synchronously,
+        // one at a time per submitting thread, whatever the queue depth.
+        if config.add_capabilities(InitFlags::FUSE_ASYNC_DIO).is_ok() {
+            log::info!("asynchronous direct I/O: queued requests reach the mount in parallel");
+        } else {
+            log::info!("kernel lacks FUSE_ASYNC_DIO: direct I/O is served one request at a time per submitter");
+        }
         // Listings carry each entry's attributes (dir_ops), for every
         // listing, not only the first page of each (READDIRPLUS_AUTO):
         // VM homes are small, and what lists them (`ls -l`, `rm -r`, a
