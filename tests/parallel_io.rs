@@ -92,22 +92,31 @@ fn parallel_io_on_many_files() {
     assert_eq!(fs::read_dir(mount.path("vm1")).unwrap().count(), 4 * 20 + 2);
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
+/// Fails the test, naming the Debian package, when `tool` is missing:
+/// scripts/test installs it, so on a developer box without it the test
+/// says so loudly instead of passing without having run.
+fn require(tool: &str, package: &str) {
+    if Command::new(tool).arg("--version").output().is_err() {
+        panic!("{tool} not found: install {package} (apt-get install {package})");
+    }
+}
+
+/// A mounted datastore with `vm1`, whose disks pass through, and `vm2`,
+/// whose disks are encrypted.
+fn mount_plain_and_encrypted_disk_vms() -> (TestEnv, common::Mount) {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    env.create_vm("vm2", true);
+    let mount = env.mount();
+    (env, mount)
 }
 
 /// `qemu-img create -f vmdk` in a VM home with encrypted disks and one
 /// with pass-through disks; a 10 GiB image stays small on disk.
 #[test]
 fn qemu_img_creates_vmdk_disks_on_the_mount() {
-    if !have("qemu-img") {
-        // .ci/run installs qemu-utils; on a developer box without it, say so loudly.
-        panic!("qemu-img not found: install qemu-utils (apt-get install qemu-utils)");
-    }
-    let env = TestEnv::new();
-    env.create_vm("vm1", false);
-    env.create_vm("vm2", true);
-    let mount = env.mount();
+    require("qemu-img", "qemu-utils");
+    let (env, mount) = mount_plain_and_encrypted_disk_vms();
     for vm in ["vm1", "vm2"] {
         let disk = mount.path(&format!("{vm}/disk.vmdk"));
         run_checked(
@@ -162,14 +171,8 @@ fn qemu_img_creates_vmdk_disks_on_the_mount() {
 /// overlap in blocks and arrive out of order.
 #[test]
 fn queued_direct_io_keeps_every_block() {
-    if !have("fio") {
-        // scripts/test installs fio; on a developer box without it, say so loudly.
-        panic!("fio not found: install fio (apt-get install fio)");
-    }
-    let env = TestEnv::new();
-    env.create_vm("vm1", false);
-    env.create_vm("vm2", true);
-    let mount = env.mount();
+    require("fio", "fio");
+    let (env, mount) = mount_plain_and_encrypted_disk_vms();
     assert!(
         mount
             .log_text()
