@@ -690,12 +690,7 @@ fn rename_directory_with_files_inside() {
 // 5. unlink, mkdir, rmdir, readdir and internal names.
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
+    listing(dir).into_iter().map(|(name, ..)| name).collect()
 }
 
 #[test]

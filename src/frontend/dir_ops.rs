@@ -127,7 +127,6 @@ impl VmCryptFs {
         let dir_path = self.node_path(&dir)?;
         // One resolution of the directory for the whole page of entries.
         let dir_fd = self.beneath.open_dir_path(&dir_path).map_err(sys_errno)?;
-        let dir_stat = rustix::fs::fstat(&dir_fd).map_err(sys_errno)?;
         let mut added = 0;
         for (index, entry) in entries.iter().enumerate().skip(offset as usize) {
             let counted = !is_dot_entry(&entry.name);
@@ -139,6 +138,8 @@ impl VmCryptFs {
                     Err(_) => break,
                 }
             } else {
+                // The kernel ignores these attributes; any valid ones do.
+                let dir_stat = rustix::fs::fstat(&dir_fd).map_err(sys_errno)?;
                 attr::from_stat(entry.ino, &dir_stat, None)
             };
             if add(&attr, index as u64 + 1, &entry.name) {
