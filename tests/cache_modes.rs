@@ -1,6 +1,7 @@
 //! The kernel cache policy (frontend::cache_mode): writable opens of
 //! encrypted disks are direct, everything else goes through the page
-//! cache, and the two modes always see the same bytes.
+//! cache, and the two modes always see the same bytes. And what reads
+//! bring into the backing file's page cache (`-o read_around`).
 
 mod common;
 
@@ -149,4 +150,113 @@ fn the_mount_reads_ahead_one_whole_request() {
         fs::read(mount.path("vm1/disk-flat.vmdk")).unwrap(),
         vec![1; 8192]
     );
+}
+
+/// Which of the pages `pages` (page numbers) of `file` are in the page
+/// cache, by `mincore(2)` on a mapping, which, unlike a read, brings
+/// nothing in.
+fn cached_pages(file: &fs::File, pages: &[u64]) -> Vec<u64> {
+    let map = unsafe { memmap2::Mmap::map(file) }.unwrap();
+    let mut resident = vec![0u8; map.len().div_ceil(4096)];
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    pages
+        .iter()
+        .copied()
+        .filter(|&p| resident[p as usize] & 1 == 1)
+        .collect()
+}
+
+/// A cold 4 KiB read of an encrypted disk brings in only the pages it
+/// needs by default, and with `-o read_around=64` the whole aligned 64 KiB
+/// window of the backing file around them, but not the next window; in
+/// both content formats.
+#[test]
+fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
+    const WINDOW_PAGES: u64 = 16;
+    let block = 100;
+    let content: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    for format in [1u16, 2] {
+        // Pages the read needs anyway: those holding the block's stored
+        // pieces, and in format 2 the page after its data page (read with
+        // it, see content::sealed_region).
+        let pieces = common::stored_block_pieces(format, block);
+        let mut needed: Vec<u64> = pieces
+            .iter()
+            .flat_map(|&(off, len)| off / 4096..(off + len).div_ceil(4096))
+            .collect();
+        if format == 2 {
+            needed.push(pieces[0].0 / 4096 + 1);
+        }
+        needed.sort();
+        let first = pieces[0].0 / 4096;
+        let window = first - first % WINDOW_PAGES..first - first % WINDOW_PAGES + WINDOW_PAGES;
+        let rest_of_window: Vec<u64> = window.clone().filter(|p| !needed.contains(p)).collect();
+        let next_window: Vec<u64> = (window.end..window.end + WINDOW_PAGES).collect();
+
+        for (options, window_expected) in [(&[][..], false), (&["-o", "read_around=64"][..], true)]
+        {
+            let what = format!("format {format}, options {options:?}");
+            let env = TestEnv::new();
+            env.create_vm_in_format("vm1", true, format);
+            let mount = env.mount_with(options);
+            fs::write(mount.path("vm1/disk-flat.vmdk"), &content).unwrap();
+            let backing = fs::File::open(env.vm_dir("vm1").join("disk-flat.vmdk")).unwrap();
+            backing.sync_all().unwrap();
+            nix::fcntl::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&backing),
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            )
+            .unwrap();
+            let all: Vec<u64> = (0..window.end + WINDOW_PAGES).collect();
+            assert_eq!(
+                cached_pages(&backing, &all),
+                Vec::<u64>::new(),
+                "the backing file system evicts clean pages on request (not a tmpfs TMPDIR)"
+            );
+
+            // A writable open of an encrypted disk is direct: the read
+            // reaches the daemon whatever the mount's page cache holds.
+            let disk = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(mount.path("vm1/disk-flat.vmdk"))
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            disk.read_exact_at(&mut buf, block * 4096).unwrap();
+            assert_eq!(buf, content[(block * 4096) as usize..][..4096], "{what}");
+
+            // The window's read is started, not waited for: give it time
+            // to land (and the default time to show it brings nothing).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let window_cached = loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let cached = cached_pages(&backing, &rest_of_window);
+                let settled = !window_expected || cached.len() == rest_of_window.len();
+                if settled || std::time::Instant::now() > deadline {
+                    break cached;
+                }
+            };
+            let expected = if window_expected {
+                rest_of_window.clone()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(window_cached, expected, "{what}: pages of the window");
+            assert_eq!(
+                cached_pages(&backing, &next_window),
+                Vec::<u64>::new(),
+                "{what}: pages of the next window"
+            );
+            assert_eq!(
+                cached_pages(&backing, &needed),
+                needed,
+                "{what}: pages read"
+            );
+            drop(disk);
+            assert!(mount.unmount().success());
+        }
+    }
 }

@@ -120,6 +120,25 @@ fn missing_busy_mountpoint_and_missing_fusermount3_are_explained() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("frobnicate"));
+    for (option, why) in [
+        ("read_around=6", "multiple of 4 KiB"),
+        ("read_around=32768", "to 16384 KiB"),
+        ("read_around=64k", "not a number of KiB"),
+    ] {
+        let out = env.run(&[
+            "mount",
+            "-o",
+            option,
+            env.datastore.to_str().unwrap(),
+            env.mnt.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{option}");
+        let message = stderr(&out);
+        assert!(
+            message.contains(option) && message.contains(why),
+            "{option}: {message}"
+        );
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use super::{open_provider, CliError, ExitKind};
+use crate::content::prefetch::ReadAround;
 use crate::datastore::registry::Datastore;
 use crate::frontend::VmCryptFs;
 
@@ -27,7 +28,11 @@ pub struct MountArgs {
     /// Where to show the plaintext view (an existing, empty directory).
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated: allow_other, allow_root, ro,
-    /// threads=N (FUSE worker threads, default 4), and kernel
+    /// threads=N (FUSE worker threads, default 4), read_around=KIB (a
+    /// read of an encrypted file that misses the page cache also brings in
+    /// the aligned KIB-sized window of its backing file around it; 0, the
+    /// default, reads only what is asked; helps cold random reads of disks
+    /// that fit in memory, costs latency on larger ones), and kernel
     /// options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
@@ -43,10 +48,12 @@ pub struct MountArgs {
 #[derive(Debug)]
 struct MountSettings {
     config: Config,
+    read_around: ReadAround,
 }
 
 fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, CliError> {
     let mut config = Config::default();
+    let mut read_around = ReadAround::OFF;
     config.n_threads = Some(4);
     config.clone_fd = true;
     let fsname = super::mountinfo::fsname_for(datastore);
@@ -85,6 +92,18 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
                         })?;
                 config.n_threads = Some(n);
             }
+            ("read_around", Some(kib)) => {
+                read_around = kib
+                    .parse()
+                    .map_err(|_| format!("{kib:?} is not a number of KiB"))
+                    .and_then(|kib| ReadAround::from_kib(kib).map_err(|e| e.to_string()))
+                    .map_err(|why| {
+                        CliError::new(
+                            ExitKind::Usage,
+                            format!("mount option read_around={kib}: {why}"),
+                        )
+                    })?;
+            }
             // Options fstab and mount(8) pass that concern them, not us.
             (
                 "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner" | "_netdev"
@@ -101,7 +120,10 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
         }
     }
     config.mount_options.push(MountOption::FSName(fsname));
-    Ok(MountSettings { config })
+    Ok(MountSettings {
+        config,
+        read_around,
+    })
 }
 
 /// The search path when none is set: mount(8) runs its helpers with a
@@ -220,12 +242,14 @@ fn serve(
     // already applied the caller's umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
-    let fs = VmCryptFs::new(store).map_err(|e| {
-        CliError::new(
-            ExitKind::Io,
-            format!("opening datastore {}: {e}", datastore.display()),
-        )
-    })?;
+    let fs = VmCryptFs::new(store)
+        .map_err(|e| {
+            CliError::new(
+                ExitKind::Io,
+                format!("opening datastore {}: {e}", datastore.display()),
+            )
+        })?
+        .with_read_around(settings.read_around);
     let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
         Ok(session) => session,
         Err(e) => {
@@ -242,6 +266,12 @@ fn serve(
         datastore.display(),
         mountpoint.display()
     );
+    if !settings.read_around.is_off() {
+        log::info!(
+            "read-around: a read of an encrypted file that misses the page cache brings in its {} KiB window",
+            settings.read_around.kib()
+        );
+    }
     widen_readahead(&datastore, &mountpoint);
     let unmounter = session.unmount_callable();
     install_signal_handlers(unmounter, mountpoint.clone());

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use super::parallel::try_for_each_block;
+use super::prefetch::ReadAround;
 use super::range_lock::BlockRangeLock;
 use super::sealed_region::{self, SealedBlock, SealedBlockMut, SealedRegion};
 use crate::crypto::block_aead::{BlockAead, NONCE_LEN, TAG_LEN};
@@ -228,6 +229,9 @@ pub struct EncryptedFile {
     /// Header and cipher, loaded on first use. `None` while the file is
     /// empty. Replaced only under an exclusive `size_lock`; read under either.
     keys: RwLock<Option<Arc<FileKeys>>>,
+    /// What a read that misses the backing page cache brings in (the
+    /// mount's `read_around` option); immutable.
+    read_around: ReadAround,
 }
 
 impl EncryptedFile {
@@ -240,6 +244,17 @@ impl EncryptedFile {
             size_lock: RwLock::new(()),
             blocks: BlockRangeLock::default(),
             keys: RwLock::new(None),
+            read_around: ReadAround::OFF,
+        }
+    }
+
+    /// The same state, with reads that miss the backing page cache
+    /// bringing in `read_around`'s window (partial-block writes still read
+    /// only their block).
+    pub fn with_read_around(self, read_around: ReadAround) -> Self {
+        Self {
+            read_around,
+            ..self
         }
     }
 
@@ -358,7 +373,7 @@ impl EncryptedFile {
         STORED_BUFFER
             .with_borrow_mut(|stored| {
                 let stored = sized_scratch(stored, region.buffer_len());
-                region.read(backing, stored)?;
+                region.read(backing, stored, self.read_around)?;
                 let spans = || split_range_into_blocks(offset, end - offset);
                 let work = spans()
                     .zip(region.blocks(stored))
@@ -536,7 +551,7 @@ impl EncryptedFile {
         }
         let region = SealedRegion::new(self.layout, block_no, 1, plain_len);
         let mut stored = vec![0u8; region.buffer_len()];
-        region.read(backing, &mut stored)?;
+        region.read(backing, &mut stored, ReadAround::OFF)?;
         plain.resize(plain_len as usize, 0);
         let sealed = region
             .blocks(&stored)

@@ -9,7 +9,8 @@
 //! * [`allocation`]: SEEK_DATA/SEEK_HOLE, fallocate, hole punching.
 //! * [`parallel`]: the block crypto of large requests on every core.
 //! * [`prefetch`]: starting the reads of backing pages a store covers in
-//!   part, so writers do not wait on them one by one.
+//!   part, so writers do not wait on them one by one, and (opt-in) of the
+//!   window around a read that misses the page cache.
 //! * [`sealed_region`]: the stored form of a run of blocks in either
 //!   content format, and its backing I/O.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.

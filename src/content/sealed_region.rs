@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::prefetch;
+use super::prefetch::{self, ReadAround};
 use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
 use crate::format::content_layout::{ContentLayout, StoredRun, PAGE_LEN, SLOT_LEN};
 use crate::format::offsets::PLAIN_BLOCK_LEN;
@@ -194,7 +194,11 @@ impl SealedRegion {
     /// they are not there, their read is started before the data is read,
     /// so that the two disk reads overlap instead of following each other,
     /// and the slots are read again afterwards.
-    pub fn read(&self, backing: &File, buf: &mut [u8]) -> io::Result<()> {
+    ///
+    /// With a [`ReadAround`] window, data that is not all cached has the
+    /// read of its window started first (see [`prefetch`]); a cached read
+    /// costs nothing more, as its `RWF_NOWAIT` try is the read.
+    pub fn read(&self, backing: &File, buf: &mut [u8], read_around: ReadAround) -> io::Result<()> {
         assert_eq!(buf.len(), self.buffer_len(), "region buffer length");
         let mut slots_missing = false;
         for (run, _, _, slots_at) in self.runs() {
@@ -208,7 +212,12 @@ impl SealedRegion {
         }
         for (run, inline_at, inline_len, slots_at) in self.runs() {
             let data = &mut buf[inline_at..inline_at + inline_len];
-            if run.slot_off.is_some() {
+            if let Some((start, len)) = read_around.window_of(run.data_off, inline_len as u64) {
+                if !read_if_cached(backing, data, run.data_off) {
+                    prefetch::start_reading(backing, start, len);
+                    backing.read_exact_at(data, run.data_off)?;
+                }
+            } else if run.slot_off.is_some() {
                 read_exact_and_next_page(backing, data, run.data_off)?;
             } else {
                 backing.read_exact_at(data, run.data_off)?;
@@ -391,7 +400,7 @@ mod tests {
                     assert_eq!(byte[0], !mark, "{layout:?} block {block_no} tag");
                 }
                 let mut back = vec![0u8; region.buffer_len()];
-                region.read(&file, &mut back).unwrap();
+                region.read(&file, &mut back, ReadAround::OFF).unwrap();
                 assert_eq!(back, buf);
                 let lens: Vec<_> = region.blocks(&back).map(|b| b.ciphertext.len()).collect();
                 assert_eq!(lens.len() as u64, count);
@@ -420,7 +429,7 @@ mod tests {
             "the slots were evicted, so the test takes the slow path"
         );
         let mut back = vec![0u8; region.buffer_len()];
-        region.read(&file, &mut back).unwrap();
+        region.read(&file, &mut back, ReadAround::OFF).unwrap();
         assert_eq!(back, buf);
         assert!(read_if_cached(&file, &mut probe, slot), "now cached");
     }

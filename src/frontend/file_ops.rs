@@ -84,7 +84,7 @@ impl VmCryptFs {
                 Errno::from_i32(libc::ENOKEY)
             })?;
         let Some(content) = self.inodes.acquire_content(node.ino, || {
-            EncryptedFile::new(keyring, vm.content_layout())
+            EncryptedFile::new(keyring, vm.content_layout()).with_read_around(self.read_around)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
+use crate::content::prefetch::ReadAround;
 use crate::control::command::ControlScope;
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::backing_meta;
@@ -87,6 +88,9 @@ pub struct VmCryptFs {
     beneath: BackingRoot,
     /// When the mount started, for `.stats` uptime. Immutable.
     started: std::time::Instant,
+    /// What a read of an encrypted file that misses the backing page cache
+    /// brings in (the `read_around` mount option). Immutable.
+    read_around: ReadAround,
 }
 
 impl VmCryptFs {
@@ -105,7 +109,17 @@ impl VmCryptFs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
+            read_around: ReadAround::OFF,
         })
+    }
+
+    /// The same frontend, with encrypted files opened from now on reading
+    /// around their cold reads (see [`ReadAround`]).
+    pub fn with_read_around(self, read_around: ReadAround) -> Self {
+        Self {
+            read_around,
+            ..self
+        }
     }
 
     /// Turns kernel passthrough for unencrypted files on or off (FUSE init).
