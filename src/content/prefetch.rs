@@ -19,7 +19,7 @@
 //! the whole aligned window around it, as the kernel's own read-around
 //! does for page faults of mapped files. It is off by default because it
 //! trades latency for warm-up: on a 1 GiB disk read at random for 10 s a
-//! 128 KiB window measured 1.5-1.8x the IOPS of no window, but on an 8 GiB
+//! 128 KiB window measured about 1.5x the IOPS of no window, but on an 8 GiB
 //! disk, whose reads rarely came back to a window, 0.5-0.6x, each read
 //! waiting about twice as long (docs/DESIGN.md §2.2, docs/PERFORMANCE.md).
 
