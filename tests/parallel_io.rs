@@ -180,7 +180,7 @@ fn queued_direct_io_keeps_every_block() {
         "{}",
         mount.log_text()
     );
-    // The encrypted disk also takes unaligned sizes (DESIGN.md §2.8), so
+    // The encrypted disk also takes unaligned sizes (DESIGN.md §2.7), so
     // requests in flight share blocks and each is a read-modify-write.
     for (disk, sizes) in [
         (
