@@ -203,13 +203,7 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
             fs::write(mount.path("vm1/disk-flat.vmdk"), &content).unwrap();
             let backing = fs::File::open(env.vm_dir("vm1").join("disk-flat.vmdk")).unwrap();
             backing.sync_all().unwrap();
-            nix::fcntl::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&backing),
-                0,
-                0,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            )
-            .unwrap();
+            common::drop_cache(&backing);
             let all: Vec<u64> = (0..window.end + WINDOW_PAGES).collect();
             assert_eq!(
                 cached_pages(&backing, &all),

@@ -10,13 +10,11 @@ mod common;
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::TestEnv;
-use nix::fcntl::PosixFadviseAdvice;
+use common::{drop_cache, TestEnv};
 use vmcryptfs::format::content_layout::ContentLayout;
 
 const KIB: u64 = 1024;
@@ -78,18 +76,6 @@ impl XorShift {
         out.truncate(len);
         out
     }
-}
-
-/// Drops the kernel's cached pages of `file`, so the next read reaches the
-/// daemon.
-fn drop_cache(file: &File) {
-    nix::fcntl::posix_fadvise(
-        file.as_raw_fd(),
-        0,
-        0,
-        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    )
-    .unwrap();
 }
 
 /// Up to `len` bytes at `offset`, short only at end of file.

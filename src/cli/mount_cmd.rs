@@ -92,17 +92,17 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
                         })?;
                 config.n_threads = Some(n);
             }
-            ("read_around", Some(kib)) => {
-                read_around = kib
+            ("read_around", Some(value)) => {
+                let refused = |why: String| {
+                    CliError::new(
+                        ExitKind::Usage,
+                        format!("mount option read_around={value}: {why}"),
+                    )
+                };
+                let kib = value
                     .parse()
-                    .map_err(|_| format!("{kib:?} is not a number of KiB"))
-                    .and_then(|kib| ReadAround::from_kib(kib).map_err(|e| e.to_string()))
-                    .map_err(|why| {
-                        CliError::new(
-                            ExitKind::Usage,
-                            format!("mount option read_around={kib}: {why}"),
-                        )
-                    })?;
+                    .map_err(|_| refused(format!("{value:?} is not a number of KiB")))?;
+                read_around = ReadAround::from_kib(kib).map_err(|e| refused(e.to_string()))?;
             }
             // Options fstab and mount(8) pass that concern them, not us.
             (

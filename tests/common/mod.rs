@@ -11,6 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Drops the kernel's cached pages of `file` (`posix_fadvise(DONTNEED)`):
+/// for a file of the mount, the next read reaches the daemon; for a
+/// backing file, its clean pages leave the page cache.
+pub fn drop_cache(file: &fs::File) {
+    nix::fcntl::posix_fadvise(
+        std::os::fd::AsRawFd::as_raw_fd(file),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
 /// Runs `command` (an external tool: qemu-img, qemu-io, ...) to the end
 /// and asserts that it succeeded, naming it and showing its output if not.
 pub fn run_checked(command: &mut Command) -> Output {
