@@ -167,15 +167,25 @@ fn cached_pages(file: &fs::File, pages: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// A cold 4 KiB read of an encrypted disk brings in only the pages it
-/// needs by default, and with `-o read_around=64` the whole aligned 64 KiB
-/// window of the backing file around them, but not the next window; in
-/// both content formats.
+/// What a cold 4 KiB read of an encrypted disk brings in, in both content
+/// formats: with `-o read_around=64` the whole aligned 64 KiB window of the
+/// backing file around the pages it needs, but not the next window; with
+/// `read_around=0` only those pages; and with the default (`auto`) only
+/// those pages on a file whose reads have not yet come back to cached
+/// pages, but the 128 KiB window once an epoch of 4,096 small reads found
+/// more than a sixteenth of their pages cached.
 #[test]
 fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
-    const WINDOW_PAGES: u64 = 16;
     let block = 100;
     let content: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    // (options, reads before the cold one, pages of the window expected)
+    let cases: [(&[&str], bool, Option<u64>); 5] = [
+        (&["-o", "read_around=64"], false, Some(16)),
+        (&["-o", "read_around=0"], false, None),
+        (&["-o", "read_around=0"], true, None),
+        (&[], false, None),
+        (&[], true, Some(32)),
+    ];
     for format in [1u16, 2] {
         // Pages the read needs anyway: those holding the block's stored
         // pieces, and in format 2 the page after its data page (read with
@@ -190,28 +200,20 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
         }
         needed.sort();
         let first = pieces[0].0 / 4096;
-        let window = first - first % WINDOW_PAGES..first - first % WINDOW_PAGES + WINDOW_PAGES;
-        let rest_of_window: Vec<u64> = window.clone().filter(|p| !needed.contains(p)).collect();
-        let next_window: Vec<u64> = (window.end..window.end + WINDOW_PAGES).collect();
-
-        for (options, window_expected) in [(&[][..], false), (&["-o", "read_around=64"][..], true)]
-        {
-            let what = format!("format {format}, options {options:?}");
+        for (options, warm_up, window_expected) in cases {
+            // Without a window, nothing of the default's 128 KiB one.
+            let window_pages = window_expected.unwrap_or(32);
+            let window = first - first % window_pages..first - first % window_pages + window_pages;
+            let rest_of_window: Vec<u64> = window.clone().filter(|p| !needed.contains(p)).collect();
+            let next_window: Vec<u64> = (window.end..window.end + window_pages).collect();
+            let what = format!("format {format}, options {options:?}, warmed up {warm_up}");
             let env = TestEnv::new();
             env.create_vm_in_format("vm1", true, format);
             let mount = env.mount_with(options);
             fs::write(mount.path("vm1/disk-flat.vmdk"), &content).unwrap();
             let backing = fs::File::open(env.vm_dir("vm1").join("disk-flat.vmdk")).unwrap();
             backing.sync_all().unwrap();
-            common::drop_cache(&backing);
-            let all: Vec<u64> = (0..window.end + WINDOW_PAGES).collect();
-            assert_eq!(
-                cached_pages(&backing, &all),
-                Vec::<u64>::new(),
-                "the backing file system evicts clean pages on request (not a tmpfs TMPDIR)"
-            );
-
-            // A writable open of an encrypted disk is direct: the read
+            // A writable open of an encrypted disk is direct: each read
             // reaches the daemon whatever the mount's page cache holds.
             let disk = fs::OpenOptions::new()
                 .read(true)
@@ -219,6 +221,20 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
                 .open(mount.path("vm1/disk-flat.vmdk"))
                 .unwrap();
             let mut buf = vec![0u8; 4096];
+            if warm_up {
+                // 4,096 reads of 512 blocks: all but the first of each hit.
+                for i in 0..4096u64 {
+                    disk.read_exact_at(&mut buf, (i % 512) * 4096).unwrap();
+                }
+            }
+            common::drop_cache(&backing);
+            let all: Vec<u64> = (0..window.end + window_pages).collect();
+            assert_eq!(
+                cached_pages(&backing, &all),
+                Vec::<u64>::new(),
+                "the backing file system evicts clean pages on request (not a tmpfs TMPDIR)"
+            );
+
             disk.read_exact_at(&mut buf, block * 4096).unwrap();
             assert_eq!(buf, content[(block * 4096) as usize..][..4096], "{what}");
 
@@ -228,12 +244,12 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
             let window_cached = loop {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 let cached = cached_pages(&backing, &rest_of_window);
-                let settled = !window_expected || cached.len() == rest_of_window.len();
+                let settled = window_expected.is_none() || cached.len() == rest_of_window.len();
                 if settled || std::time::Instant::now() > deadline {
                     break cached;
                 }
             };
-            let expected = if window_expected {
+            let expected = if window_expected.is_some() {
                 rest_of_window.clone()
             } else {
                 Vec::new()

@@ -123,7 +123,8 @@ fn missing_busy_mountpoint_and_missing_fusermount3_are_explained() {
     for (option, why) in [
         ("read_around=6", "multiple of 4 KiB"),
         ("read_around=32768", "to 16384 KiB"),
-        ("read_around=64k", "not a number of KiB"),
+        ("read_around=64k", "expected auto, off, or a window in KiB"),
+        ("read_around=on", "not \"on\""),
     ] {
         let out = env.run(&[
             "mount",

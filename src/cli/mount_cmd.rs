@@ -11,7 +11,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use super::{open_provider, CliError, ExitKind};
-use crate::content::prefetch::ReadAround;
+use crate::content::read_around::ReadAround;
 use crate::datastore::registry::Datastore;
 use crate::frontend::VmCryptFs;
 
@@ -28,12 +28,13 @@ pub struct MountArgs {
     /// Where to show the plaintext view (an existing, empty directory).
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated: allow_other, allow_root, ro,
-    /// threads=N (FUSE worker threads, default 4), read_around=KIB (a
-    /// read of an encrypted file that misses the page cache also brings in
-    /// the aligned KIB-sized window of its backing file around it; 0, the
-    /// default, reads only what is asked; helps cold random reads of disks
-    /// that fit in memory, costs latency on larger ones), and kernel
-    /// options such as noatime, nodev, nosuid, noexec.
+    /// threads=N (FUSE worker threads, default 4), read_around=auto|off|KIB
+    /// (whether a small read of an encrypted file that misses the page
+    /// cache also brings in the aligned window of its backing file around
+    /// it: auto, the default, does so with 128 KiB windows for a file that
+    /// fits in available memory while its reads keep coming back to
+    /// cached pages; off (or 0) never; KIB always, with that window), and
+    /// kernel options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr; Ctrl-C or SIGTERM unmounts).
@@ -53,7 +54,7 @@ struct MountSettings {
 
 fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, CliError> {
     let mut config = Config::default();
-    let mut read_around = ReadAround::OFF;
+    let mut read_around = ReadAround::DEFAULT;
     config.n_threads = Some(4);
     config.clone_fd = true;
     let fsname = super::mountinfo::fsname_for(datastore);
@@ -93,16 +94,12 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
                 config.n_threads = Some(n);
             }
             ("read_around", Some(value)) => {
-                let refused = |why: String| {
+                read_around = ReadAround::parse(value).map_err(|e| {
                     CliError::new(
                         ExitKind::Usage,
-                        format!("mount option read_around={value}: {why}"),
+                        format!("mount option read_around={value}: {e}"),
                     )
-                };
-                let kib = value
-                    .parse()
-                    .map_err(|_| refused(format!("{value:?} is not a number of KiB")))?;
-                read_around = ReadAround::from_kib(kib).map_err(|e| refused(e.to_string()))?;
+                })?;
             }
             // Options fstab and mount(8) pass that concern them, not us.
             (
@@ -266,11 +263,8 @@ fn serve(
         datastore.display(),
         mountpoint.display()
     );
-    if !settings.read_around.is_off() {
-        log::info!(
-            "read-around: a read of an encrypted file that misses the page cache brings in its {} KiB window",
-            settings.read_around.kib()
-        );
+    if let Some(read_around) = settings.read_around.describe() {
+        log::info!("read-around: {read_around}");
     }
     widen_readahead(&datastore, &mountpoint);
     let unmounter = session.unmount_callable();

@@ -19,7 +19,6 @@ use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
 
 use super::encrypted_file::{ContentError, EncryptedFile};
-use super::prefetch::ReadAround;
 use super::sealed_region::{self, SealedRegion};
 use crate::format::content_layout::ContentLayout;
 use crate::format::offsets::{
@@ -44,7 +43,7 @@ fn errno_err(errno: Errno) -> ContentError {
 fn is_hole_block(backing: &File, layout: ContentLayout, block_no: u64) -> io::Result<bool> {
     let region = SealedRegion::new(layout, block_no, 1, PLAIN_BLOCK_LEN);
     let mut stored = vec![0u8; region.buffer_len()];
-    match region.read(backing, &mut stored, ReadAround::OFF) {
+    match region.read(backing, &mut stored, None) {
         Ok(()) => Ok(region.blocks(&stored).all(|block| block.is_hole())),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),

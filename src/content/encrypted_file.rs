@@ -19,8 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use super::parallel::try_for_each_block;
-use super::prefetch::ReadAround;
 use super::range_lock::BlockRangeLock;
+use super::read_around::{ReadAround, ReadAroundState};
 use super::sealed_region::{self, SealedBlock, SealedBlockMut, SealedRegion};
 use crate::crypto::block_aead::{BlockAead, NONCE_LEN, TAG_LEN};
 use crate::crypto::kdf;
@@ -230,8 +230,9 @@ pub struct EncryptedFile {
     /// empty. Replaced only under an exclusive `size_lock`; read under either.
     keys: RwLock<Option<Arc<FileKeys>>>,
     /// What a read that misses the backing page cache brings in (the
-    /// mount's `read_around` option); immutable.
-    read_around: ReadAround,
+    /// mount's `read_around` option and, when adaptive, what this file's
+    /// reads have shown); internally synchronized.
+    read_around: ReadAroundState,
 }
 
 impl EncryptedFile {
@@ -244,7 +245,7 @@ impl EncryptedFile {
             size_lock: RwLock::new(()),
             blocks: BlockRangeLock::default(),
             keys: RwLock::new(None),
-            read_around: ReadAround::OFF,
+            read_around: ReadAroundState::new(ReadAround::Off),
         }
     }
 
@@ -253,7 +254,7 @@ impl EncryptedFile {
     /// only their block).
     pub fn with_read_around(self, read_around: ReadAround) -> Self {
         Self {
-            read_around,
+            read_around: ReadAroundState::new(read_around),
             ..self
         }
     }
@@ -373,7 +374,7 @@ impl EncryptedFile {
         STORED_BUFFER
             .with_borrow_mut(|stored| {
                 let stored = sized_scratch(stored, region.buffer_len());
-                region.read(backing, stored, self.read_around)?;
+                region.read(backing, stored, Some(&self.read_around))?;
                 let spans = || split_range_into_blocks(offset, end - offset);
                 let work = spans()
                     .zip(region.blocks(stored))
@@ -551,7 +552,7 @@ impl EncryptedFile {
         }
         let region = SealedRegion::new(self.layout, block_no, 1, plain_len);
         let mut stored = vec![0u8; region.buffer_len()];
-        region.read(backing, &mut stored, ReadAround::OFF)?;
+        region.read(backing, &mut stored, None)?;
         plain.resize(plain_len as usize, 0);
         let sealed = region
             .blocks(&stored)

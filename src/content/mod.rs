@@ -9,8 +9,9 @@
 //! * [`allocation`]: SEEK_DATA/SEEK_HOLE, fallocate, hole punching.
 //! * [`parallel`]: the block crypto of large requests on every core.
 //! * [`prefetch`]: starting the reads of backing pages a store covers in
-//!   part, so writers do not wait on them one by one, and (opt-in) of the
-//!   window around a read that misses the page cache.
+//!   part, so writers do not wait on them one by one, or of a window.
+//! * [`read_around`]: whether a read that misses the backing page cache
+//!   brings in the window around it, fixed or learned per file.
 //! * [`sealed_region`]: the stored form of a run of blocks in either
 //!   content format, and its backing I/O.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
@@ -22,6 +23,7 @@ pub mod encrypted_file;
 pub mod parallel;
 pub mod prefetch;
 pub mod range_lock;
+pub mod read_around;
 mod sealed_region;
 pub mod transcode;
 

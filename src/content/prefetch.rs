@@ -14,14 +14,8 @@
 //! covers whole are not read by the kernel, so they are not asked for; on
 //! cached pages the advice costs a page-cache lookup.
 //!
-//! The same advice serves [`ReadAround`], the opt-in `read_around` mount
-//! option: a read that misses the backing page cache starts the read of
-//! the whole aligned window around it, as the kernel's own read-around
-//! does for page faults of mapped files. It is off by default because it
-//! trades latency for warm-up: on a 1 GiB disk read at random for 10 s a
-//! 128 KiB window measured about 1.5x the IOPS of no window, but on an 8 GiB
-//! disk, whose reads rarely came back to a window, 0.5-0.6x, each read
-//! waiting about twice as long (docs/DESIGN.md §2.2, docs/PERFORMANCE.md).
+//! The same advice starts the read of the window around a read that
+//! misses the backing page cache, when [`super::read_around`] says to.
 
 use std::fs::File;
 use std::num::NonZeroU64;
@@ -44,66 +38,6 @@ pub fn start_reading_partial_pages(backing: &File, off: u64, len: u64) {
 /// effort, like [`start_reading_partial_pages`].
 pub fn start_reading(backing: &File, off: u64, len: u64) {
     let _ = fadvise(backing, off, NonZeroU64::new(len), Advice::WillNeed);
-}
-
-/// How much of the backing file a read that misses its page cache brings
-/// in: the aligned window of `window` bytes around the read, or nothing
-/// more than the read itself (the default). Immutable once a mount starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadAround {
-    /// Bytes; a multiple of [`ReadAround::UNIT`], or 0 for off.
-    window: u64,
-}
-
-/// Why a `read_around` window was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a read-around window is a multiple of 4 KiB from 0 (off) to {max} KiB, not {kib} KiB", max = ReadAround::MAX_KIB)]
-pub struct ReadAroundError {
-    kib: u64,
-}
-
-impl ReadAround {
-    /// No read-around: a cold read reads what it needs.
-    pub const OFF: Self = Self { window: 0 };
-    /// Windows are whole 4 KiB pages (the page size of every platform we
-    /// build for that matters here; a larger page is still covered).
-    pub const UNIT: u64 = 4096;
-    /// 16 MiB: past that the advice only evicts what other files cached.
-    pub const MAX_KIB: u64 = 16 * 1024;
-
-    /// A window of `kib` KiB (0 turns read-around off).
-    pub fn from_kib(kib: u64) -> Result<Self, ReadAroundError> {
-        if kib > Self::MAX_KIB || (kib * 1024) % Self::UNIT != 0 {
-            return Err(ReadAroundError { kib });
-        }
-        Ok(Self { window: kib * 1024 })
-    }
-
-    /// The window in KiB (0 when off).
-    pub fn kib(self) -> u64 {
-        self.window / 1024
-    }
-
-    /// Whether cold reads bring in only what they read.
-    pub fn is_off(self) -> bool {
-        self.window == 0
-    }
-
-    /// The byte range `(start, len)` to bring in around a read of `len`
-    /// bytes at `off`: from the start of the window holding the first byte
-    /// to the end of the window holding the last. None when off, empty, or
-    /// as long as the window: such reads come from the kernel's readahead
-    /// of a sequential reader, and the backing file's own readahead,
-    /// which runs ahead of the reader, serves them better (a 128 KiB
-    /// window on 1 MiB sequential reads measured 0.67x the throughput).
-    pub fn window_of(self, off: u64, len: u64) -> Option<(u64, u64)> {
-        if len == 0 || len >= self.window {
-            return None;
-        }
-        let start = off - off % self.window;
-        let end = (off + len).div_ceil(self.window) * self.window;
-        Some((start, end - start))
-    }
 }
 
 /// The byte ranges `(start, len)`, page-aligned, to read ahead of a store
@@ -158,49 +92,6 @@ mod tests {
                 assert!(ranges.iter().all(|&(s, l)| s % page == 0 && l % page == 0));
                 assert!(ranges.len() <= 2);
             }
-        }
-    }
-
-    #[test]
-    fn a_window_is_the_aligned_cover_of_the_read() {
-        for kib in [4, 8, 12, 128] {
-            let ra = ReadAround::from_kib(kib).unwrap();
-            let window = kib * 1024;
-            for off in (0..3 * window).step_by(1021) {
-                for len in [1, 100, 4096, 4128, window - 1]
-                    .into_iter()
-                    .filter(|&l| l < window)
-                {
-                    let (start, cover) = ra.window_of(off, len).unwrap();
-                    assert_eq!(start % window, 0, "{kib} KiB: off {off} len {len}");
-                    assert_eq!(cover % window, 0, "{kib} KiB: off {off} len {len}");
-                    assert!(start <= off && off + len <= start + cover);
-                    // Smallest such cover: one window less at either end
-                    // would miss a byte of the read.
-                    assert!(start + window > off, "{kib} KiB: off {off} len {len}");
-                    assert!(
-                        start + cover - window < off + len,
-                        "{kib} KiB: off {off} len {len}"
-                    );
-                }
-            }
-        }
-        assert_eq!(ReadAround::OFF.window_of(4096, 4096), None);
-        let ra = ReadAround::from_kib(128).unwrap();
-        assert_eq!(ra.window_of(4096, 0), None);
-        assert_eq!(ra.window_of(4096, 128 * 1024), None);
-        assert_eq!(ra.window_of(0, 1 << 20), None);
-    }
-
-    #[test]
-    fn only_whole_pages_up_to_16_mib_are_windows() {
-        assert_eq!(ReadAround::from_kib(0).unwrap(), ReadAround::OFF);
-        assert!(ReadAround::from_kib(0).unwrap().is_off());
-        assert_eq!(ReadAround::from_kib(128).unwrap().kib(), 128);
-        assert_eq!(ReadAround::from_kib(16384).unwrap().kib(), 16384);
-        for bad in [1, 2, 6, 130, 16388, u64::MAX / 1024] {
-            let err = ReadAround::from_kib(bad).unwrap_err();
-            assert!(err.to_string().contains(&format!("not {bad} KiB")), "{err}");
         }
     }
 

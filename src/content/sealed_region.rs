@@ -13,23 +13,31 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::prefetch::{self, ReadAround};
+use super::prefetch;
+use super::read_around::ReadAroundState;
 use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
 use crate::format::content_layout::{ContentLayout, StoredRun, PAGE_LEN, SLOT_LEN};
 use crate::format::offsets::PLAIN_BLOCK_LEN;
 
 /// Reads `buf` at `off` only if all of it is in the page cache
-/// (`RWF_NOWAIT`); whether it was. Never waits for the disk.
-fn read_if_cached(backing: &File, buf: &mut [u8], off: u64) -> bool {
+/// (`RWF_NOWAIT`); whether it was. Never waits for the disk, but a miss
+/// starts the read of what is missing, as any read would. With
+/// `next_page`, the request also covers the backing page after `buf`
+/// (discarded), so that the read a miss starts is the one
+/// [`read_exact_and_next_page`] would make.
+fn read_if_cached(backing: &File, buf: &mut [u8], off: u64, next_page: bool) -> bool {
     let len = buf.len();
+    let mut next = [0u8; PAGE_LEN as usize];
+    let mut request = [io::IoSliceMut::new(buf), io::IoSliceMut::new(&mut next)];
+    let parts = if next_page { 2 } else { 1 };
     matches!(
         rustix::io::preadv2(
             backing,
-            &mut [io::IoSliceMut::new(buf)],
+            &mut request[..parts],
             off,
             rustix::io::ReadWriteFlags::NOWAIT,
         ),
-        Ok(read) if read == len
+        Ok(read) if read >= len
     )
 }
 
@@ -58,6 +66,29 @@ fn read_exact_and_next_page(backing: &File, buf: &mut [u8], off: u64) -> io::Res
         backing.read_exact_at(&mut buf[read..], off + read as u64)?;
     }
     Ok(())
+}
+
+/// A read of `buf` at `off` small enough for read-around: tries the page
+/// cache alone (with the next page in format 2, `next_page`), tells
+/// `read_around` whether that hit, and on a miss it says should bring in
+/// `window` (`(start, len)`), starts the window's read and then reads.
+/// Whether `buf` is read; if not, the caller reads it as it would without
+/// read-around, and finds its pages in flight.
+fn read_small(
+    backing: &File,
+    buf: &mut [u8],
+    off: u64,
+    next_page: bool,
+    read_around: &ReadAroundState,
+    (start, len): (u64, u64),
+) -> io::Result<bool> {
+    let cached = read_if_cached(backing, buf, off, next_page);
+    if read_around.on_cache_try(cached, backing) {
+        prefetch::start_reading(backing, start, len);
+        backing.read_exact_at(buf, off)?;
+        return Ok(true);
+    }
+    Ok(cached)
 }
 
 /// Format 2: writes zeros over the slots of blocks `first..end` that lie
@@ -195,16 +226,23 @@ impl SealedRegion {
     /// so that the two disk reads overlap instead of following each other,
     /// and the slots are read again afterwards.
     ///
-    /// With a [`ReadAround`] window, data that is not all cached has the
-    /// read of its window started first (see [`prefetch`]); a cached read
-    /// costs nothing more, as its `RWF_NOWAIT` try is the read.
-    pub fn read(&self, backing: &File, buf: &mut [u8], read_around: ReadAround) -> io::Result<()> {
+    /// With `read_around`, a small read of data first tries the page cache
+    /// alone (`RWF_NOWAIT`: a cached read costs nothing more, as the try
+    /// is the read), tells the read-around state whether it hit, and on a
+    /// miss starts the read of its window first if the state says so (see
+    /// [`super::read_around`]).
+    pub fn read(
+        &self,
+        backing: &File,
+        buf: &mut [u8],
+        read_around: Option<&ReadAroundState>,
+    ) -> io::Result<()> {
         assert_eq!(buf.len(), self.buffer_len(), "region buffer length");
         let mut slots_missing = false;
         for (run, _, _, slots_at) in self.runs() {
             if let Some(slot_off) = run.slot_off {
                 let slots = &mut buf[slots_at..slots_at + (run.block_count * SLOT_LEN) as usize];
-                if !read_if_cached(backing, slots, slot_off) {
+                if !read_if_cached(backing, slots, slot_off, false) {
                     prefetch::start_reading(backing, slot_off, slots.len() as u64);
                     slots_missing = true;
                 }
@@ -212,11 +250,20 @@ impl SealedRegion {
         }
         for (run, inline_at, inline_len, slots_at) in self.runs() {
             let data = &mut buf[inline_at..inline_at + inline_len];
-            if let Some((start, len)) = read_around.window_of(run.data_off, inline_len as u64) {
-                if !read_if_cached(backing, data, run.data_off) {
-                    prefetch::start_reading(backing, start, len);
-                    backing.read_exact_at(data, run.data_off)?;
-                }
+            let small =
+                read_around.and_then(|ra| Some((ra, ra.cover(run.data_off, data.len() as u64)?)));
+            let done = match small {
+                Some((ra, window)) => read_small(
+                    backing,
+                    data,
+                    run.data_off,
+                    run.slot_off.is_some(),
+                    ra,
+                    window,
+                )?,
+                None => false,
+            };
+            if done {
             } else if run.slot_off.is_some() {
                 read_exact_and_next_page(backing, data, run.data_off)?;
             } else {
@@ -400,7 +447,7 @@ mod tests {
                     assert_eq!(byte[0], !mark, "{layout:?} block {block_no} tag");
                 }
                 let mut back = vec![0u8; region.buffer_len()];
-                region.read(&file, &mut back, ReadAround::OFF).unwrap();
+                region.read(&file, &mut back, None).unwrap();
                 assert_eq!(back, buf);
                 let lens: Vec<_> = region.blocks(&back).map(|b| b.ciphertext.len()).collect();
                 assert_eq!(lens.len() as u64, count);
@@ -425,13 +472,13 @@ mod tests {
         let mut probe = [0u8; 32];
         let slot = PageAligned.block_slot_off(GROUP_BLOCKS - 1).unwrap();
         assert!(
-            !read_if_cached(&file, &mut probe, slot),
+            !read_if_cached(&file, &mut probe, slot, false),
             "the slots were evicted, so the test takes the slow path"
         );
         let mut back = vec![0u8; region.buffer_len()];
-        region.read(&file, &mut back, ReadAround::OFF).unwrap();
+        region.read(&file, &mut back, None).unwrap();
         assert_eq!(back, buf);
-        assert!(read_if_cached(&file, &mut probe, slot), "now cached");
+        assert!(read_if_cached(&file, &mut probe, slot, false), "now cached");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
-use crate::content::prefetch::ReadAround;
+use crate::content::read_around::ReadAround;
 use crate::control::command::ControlScope;
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::backing_meta;
@@ -109,7 +109,7 @@ impl VmCryptFs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
-            read_around: ReadAround::OFF,
+            read_around: ReadAround::DEFAULT,
         })
     }
 

@@ -1,0 +1,674 @@
+//! Deciding what a read that misses the backing page cache brings in: only
+//! its own pages, or the aligned window of the backing file around them.
+//!
+//! Why: cold random reads are a race to warm the backing page cache, and
+//! each miss brings in what it reads. A window makes every miss bring in
+//! its neighbours too, as the kernel's read-around does for page faults of
+//! mapped files, so a disk that fits in memory is cached after one miss
+//! per window instead of one per page (a 1 GiB disk read at random for
+//! 10 s: about 1.5x the IOPS with a 128 KiB window). But a window is a bet
+//! on locality: each miss waits for the whole window, about twice as long
+//! as for one page on this machine's disk, and when reads rarely come back
+//! to a window before it is evicted or the workload ends, the bet is lost
+//! (an 8 GiB disk read at random for 10 s: about 0.5x the IOPS).
+//!
+//! So the mount's [`ReadAround`] setting is one of: never, always, or
+//! **adaptive**, where each file's [`ReadAroundState`] watches how many of
+//! its small reads find their pages cached and places the bet only while
+//! the numbers say it pays, and only on a file that fits in the memory the
+//! kernel has available ([`Governor`], with its reasoning).
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// An aligned window of the backing file, in whole 4 KiB pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Bytes; a non-zero multiple of [`Window::UNIT`].
+    bytes: u64,
+}
+
+impl Window {
+    /// Windows are whole 4 KiB pages (the page size of every platform we
+    /// build for that matters here; a larger page is still covered).
+    pub const UNIT: u64 = 4096;
+    /// 16 MiB: past that the advice only evicts what other files cached.
+    pub const MAX_KIB: u64 = 16 * 1024;
+    /// The kernel's own read-around for page faults of mapped files
+    /// (`ra_pages` of a new block device).
+    pub const DEFAULT_KIB: u64 = 128;
+
+    /// A window of `kib` KiB: a non-zero multiple of 4 up to [`Self::MAX_KIB`].
+    pub fn from_kib(kib: u64) -> Result<Self, ReadAroundError> {
+        if kib == 0 || kib > Self::MAX_KIB || (kib * 1024) % Self::UNIT != 0 {
+            return Err(ReadAroundError::WindowSize { kib });
+        }
+        Ok(Self { bytes: kib * 1024 })
+    }
+
+    /// The window in KiB.
+    pub fn kib(self) -> u64 {
+        self.bytes / 1024
+    }
+
+    /// The byte range `(start, len)` to bring in around a read of `len`
+    /// bytes at `off`: from the start of the window holding the first byte
+    /// to the end of the window holding the last. None when empty or as
+    /// long as the window: such reads come from the kernel's readahead of
+    /// a sequential reader, and the backing file's own readahead, which
+    /// runs ahead of the reader, serves them better (a 128 KiB window on
+    /// 1 MiB sequential reads measured 0.67x the throughput).
+    pub fn cover(self, off: u64, len: u64) -> Option<(u64, u64)> {
+        if len == 0 || len >= self.bytes {
+            return None;
+        }
+        let start = off - off % self.bytes;
+        let end = (off + len).div_ceil(self.bytes) * self.bytes;
+        Some((start, end - start))
+    }
+}
+
+/// The mount's `read_around` option. Immutable once a mount starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAround {
+    /// A miss reads only what it needs (`read_around=0` or `off`).
+    Off,
+    /// Every small read that misses brings in its window (`read_around=KIB`).
+    Always(Window),
+    /// Each file brings in windows while that pays off (`read_around=auto`).
+    Adaptive(Window),
+}
+
+/// Why a `read_around` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadAroundError {
+    /// A window that is not whole pages, or too large.
+    #[error("a read-around window is a multiple of 4 KiB from 4 to {max} KiB, not {kib} KiB", max = Window::MAX_KIB)]
+    WindowSize {
+        /// The size asked for.
+        kib: u64,
+    },
+    /// Neither a keyword nor a number.
+    #[error("expected auto, off, or a window in KiB (a multiple of 4 up to {max}), not {value:?}", max = Window::MAX_KIB)]
+    NotASetting {
+        /// The value given.
+        value: String,
+    },
+}
+
+impl ReadAround {
+    /// `read_around=auto`: adaptive, with the default window.
+    pub const AUTO: Self = Self::Adaptive(Window {
+        bytes: Window::DEFAULT_KIB * 1024,
+    });
+    /// What a mount gets without the option (docs/DESIGN.md §2.2 and
+    /// docs/PERFORMANCE.md give the measurements behind the choice).
+    pub const DEFAULT: Self = Self::AUTO;
+
+    /// Parses the option's value: `auto` (adaptive, with the default
+    /// window), `off` or `0`, or a window in KiB to use always.
+    pub fn parse(value: &str) -> Result<Self, ReadAroundError> {
+        match value {
+            "auto" => Ok(Self::AUTO),
+            "off" | "0" => Ok(Self::Off),
+            _ => {
+                let kib = value.parse().map_err(|_| ReadAroundError::NotASetting {
+                    value: value.to_owned(),
+                })?;
+                Window::from_kib(kib).map(Self::Always)
+            }
+        }
+    }
+
+    /// One line for the mount's log, or None when off.
+    pub fn describe(self) -> Option<String> {
+        match self {
+            Self::Off => None,
+            Self::Always(window) => Some(format!(
+                "a read of an encrypted file that misses the page cache brings in its {} KiB window",
+                window.kib()
+            )),
+            Self::Adaptive(window) => Some(format!(
+                "each encrypted file brings in the {} KiB window around a read that misses the page cache while its reads keep coming back to such windows",
+                window.kib()
+            )),
+        }
+    }
+}
+
+/// The read-around of one open encrypted file: the mount's setting and, when
+/// adaptive, what the file's reads have shown so far. Shared by all readers
+/// of the file; the read path costs one atomic add and one load.
+#[derive(Debug)]
+pub struct ReadAroundState {
+    /// Immutable.
+    setting: ReadAround,
+    /// Whether a miss brings in its window now. Written only by the thread
+    /// that closes an epoch (under `governor`), read without a lock.
+    window_on: AtomicBool,
+    /// The current epoch's small reads (high 32 bits) and how many of them
+    /// found their pages cached (low 32 bits), packed so that one atomic
+    /// add counts a read. Reset by the thread whose read completes the
+    /// epoch; reads counted between that and the reset land in the epoch
+    /// being closed, which only changes its ratios by a hair.
+    tally: AtomicU64,
+    /// The adaptive rule's memory. Locked only to close an epoch, by one
+    /// thread at a time.
+    governor: Mutex<Governor>,
+}
+
+impl ReadAroundState {
+    /// The state of a newly opened file: adaptive files start without the
+    /// window, as nothing has been seen yet.
+    pub fn new(setting: ReadAround) -> Self {
+        Self {
+            setting,
+            window_on: AtomicBool::new(matches!(setting, ReadAround::Always(_))),
+            tally: AtomicU64::new(0),
+            governor: Mutex::new(Governor::new()),
+        }
+    }
+
+    /// The window around a read of `len` bytes at `off` if the read is
+    /// small enough to take part, or None: read it plainly, and do not
+    /// count it. A read that takes part tries the page cache alone first
+    /// and reports the outcome to [`ReadAroundState::on_cache_try`].
+    pub fn cover(&self, off: u64, len: u64) -> Option<(u64, u64)> {
+        match self.setting {
+            ReadAround::Off => None,
+            ReadAround::Always(window) | ReadAround::Adaptive(window) => window.cover(off, len),
+        }
+    }
+
+    /// Counts a small read of `backing` that found its pages `cached` or
+    /// not, and says whether a miss should bring in its window.
+    pub fn on_cache_try(&self, cached: bool, backing: &File) -> bool {
+        self.count(cached, || fits_in_memory(backing))
+    }
+
+    /// [`ReadAroundState::on_cache_try`], with whether the file fits in
+    /// memory asked of `fits_in_memory` when an epoch closes.
+    fn count(&self, cached: bool, fits_in_memory: impl FnOnce() -> bool) -> bool {
+        if !matches!(self.setting, ReadAround::Adaptive(_)) {
+            return !cached && self.window_on.load(Ordering::Relaxed);
+        }
+        let before = self
+            .tally
+            .fetch_add((1 << 32) | u64::from(cached), Ordering::Relaxed);
+        let counted = (before >> 32) + 1;
+        let on = self.window_on.load(Ordering::Relaxed);
+        // An epoch with windows is longer. The second test closes an
+        // epoch whose first end was passed by a reader that still saw the
+        // old setting.
+        if counted == u64::from(Governor::epoch_reads(on))
+            || counted == u64::from(Governor::epoch_reads(true))
+        {
+            self.close_epoch(fits_in_memory);
+        }
+        !cached && self.window_on.load(Ordering::Relaxed)
+    }
+
+    fn close_epoch(&self, fits_in_memory: impl FnOnce() -> bool) {
+        let mut governor = self.governor.lock().expect("read-around governor poisoned");
+        let tally = self.tally.swap(0, Ordering::Relaxed);
+        let (reads, hits) = ((tally >> 32) as u32, tally as u32);
+        let was_on = self.window_on.load(Ordering::Relaxed);
+        let on = governor.close_epoch(was_on, reads, hits, fits_in_memory);
+        if on != was_on {
+            log::debug!(
+                "read-around {} for a file: {hits} of {reads} small reads found their pages cached",
+                if on { "on" } else { "off" }
+            );
+        }
+        self.window_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a miss brings in its window now (for tests and status).
+    pub fn window_on(&self) -> bool {
+        self.window_on.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether all of `backing` could stay in the page cache: its size is at
+/// most the memory the kernel reports available (`MemAvailable`, which
+/// counts reclaimable cache). When it cannot be told, no.
+fn fits_in_memory(backing: &File) -> bool {
+    let Ok(size) = backing.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| mem_available(&meminfo))
+        .is_some_and(|available| size <= available)
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The adaptive rule, as a pure state machine over epochs of small reads,
+/// judged by the fraction of them that found their pages cached (the hit
+/// ratio).
+///
+/// * **Switching on.** Without windows, each miss of a format-2 file
+///   brings in two pages. When a sixteenth of the reads of an epoch find
+///   their pages cached, reads are coming back to what earlier reads
+///   brought in: on a uniform workload that many hits means about 40 % of
+///   128 KiB windows have been touched, which is when a window starts to
+///   be read again before the workload moves on. That is a bet that the
+///   workload lasts about as long again as it has already, the usual rule
+///   for when to stop renting and buy. It is placed only when the file
+///   fits in the memory the kernel has available: otherwise what a window
+///   brings in is evicted before it is read, and every miss just waits
+///   longer.
+/// * **Staying on.** Epochs with windows are four times longer, and a
+///   window pays while it keeps raising the hit ratio: each such epoch's
+///   ratio must exceed the one before it by two standard deviations of
+///   their difference (about 2 % for ratios near one half), so that noise
+///   alone rarely keeps a useless window. On a disk that fits in memory
+///   the ratio rises epoch after epoch until nearly everything is cached;
+///   once fewer than a sixteenth of the reads miss, the window stays, as it
+///   then costs little. When the ratio stops rising (the cache is as full
+///   of this file as it gets, or the workload moved on), it goes off.
+/// * **Backing off.** After the window went off for not paying, it may
+///   come back only after waiting that many epochs, doubled after each
+///   failed try up to [`Governor::MAX_WAIT_EPOCHS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Governor {
+    /// `(reads, hits)` of the last epoch, if any.
+    last: Option<(u32, u32)>,
+    /// Epochs to wait before the window may come back.
+    waiting: u32,
+    /// How long the next wait after a failed try is.
+    next_wait: u32,
+}
+
+impl Default for Governor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Governor {
+    /// Small reads per epoch without windows: about a quarter of a second
+    /// of cold random reads on this machine, and enough that a hit ratio
+    /// near 1/16 is known to within 0.4 % (one standard deviation).
+    const EPOCH_READS_OFF: u32 = 4096;
+    /// Small reads per epoch with windows: four times more, as a rise of
+    /// the hit ratio is what is judged, and on a larger disk each epoch
+    /// raises it less.
+    const EPOCH_READS_ON: u32 = 4 * Self::EPOCH_READS_OFF;
+    /// The hit ratio that switches windows on.
+    const SWITCH_ON_HITS: f64 = 1.0 / 16.0;
+    /// Below this miss ratio windows stay on whatever the trend.
+    const SETTLED_MISSES: f64 = 1.0 / 16.0;
+    /// How many standard deviations a rise must exceed.
+    const RISE_DEVIATIONS: f64 = 2.0;
+    /// The longest wait after failed tries, in epochs.
+    pub const MAX_WAIT_EPOCHS: u32 = 64;
+
+    /// A file that has not been read yet.
+    pub fn new() -> Self {
+        Self {
+            last: None,
+            waiting: 0,
+            next_wait: 1,
+        }
+    }
+
+    /// Small reads in an epoch with windows `on` or not.
+    pub fn epoch_reads(on: bool) -> u32 {
+        if on {
+            Self::EPOCH_READS_ON
+        } else {
+            Self::EPOCH_READS_OFF
+        }
+    }
+
+    /// Closes an epoch of `reads` small reads of which `hits` found their
+    /// pages cached, read with windows `on` or not; whether the next epoch
+    /// has them. `fits_in_memory` is asked only before switching on.
+    pub fn close_epoch(
+        &mut self,
+        on: bool,
+        reads: u32,
+        hits: u32,
+        fits_in_memory: impl FnOnce() -> bool,
+    ) -> bool {
+        if reads == 0 {
+            return on;
+        }
+        let hits = hits.min(reads);
+        let before = self.last.replace((reads, hits));
+        if on {
+            let settled = ratio(reads - hits, reads) < Self::SETTLED_MISSES;
+            let rising = before.is_none_or(|before| Self::rose(before, (reads, hits)));
+            if settled || rising {
+                self.next_wait = 1;
+                return true;
+            }
+            self.waiting = self.next_wait;
+            self.next_wait = (self.next_wait * 2).min(Self::MAX_WAIT_EPOCHS);
+            return false;
+        }
+        if self.waiting > 0 {
+            self.waiting -= 1;
+            return false;
+        }
+        ratio(hits, reads) >= Self::SWITCH_ON_HITS && fits_in_memory()
+    }
+
+    /// Whether the hit ratio of epoch `after` exceeds that of `before` by
+    /// more than [`Self::RISE_DEVIATIONS`] standard deviations of the
+    /// difference of two such ratios, both `(reads, hits)`.
+    fn rose((reads0, hits0): (u32, u32), (reads1, hits1): (u32, u32)) -> bool {
+        let rise = ratio(hits1, reads1) - ratio(hits0, reads0);
+        let pooled = ratio(hits0 + hits1, reads0 + reads1);
+        let variance =
+            pooled * (1.0 - pooled) * (1.0 / f64::from(reads0) + 1.0 / f64::from(reads1));
+        rise > 0.0 && rise >= Self::RISE_DEVIATIONS * variance.sqrt()
+    }
+}
+
+/// `part / whole` (whole > 0).
+fn ratio(part: u32, whole: u32) -> f64 {
+    f64::from(part) / f64::from(whole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_the_aligned_cover_of_the_read() {
+        for kib in [4, 8, 12, 128] {
+            let window = Window::from_kib(kib).unwrap();
+            let bytes = kib * 1024;
+            for off in (0..3 * bytes).step_by(1021) {
+                for len in [1, 100, 4096, 4128, bytes - 1]
+                    .into_iter()
+                    .filter(|&l| l < bytes)
+                {
+                    let (start, cover) = window.cover(off, len).unwrap();
+                    assert_eq!(start % bytes, 0, "{kib} KiB: off {off} len {len}");
+                    assert_eq!(cover % bytes, 0, "{kib} KiB: off {off} len {len}");
+                    assert!(start <= off && off + len <= start + cover);
+                    // Smallest such cover: one window less at either end
+                    // would miss a byte of the read.
+                    assert!(start + bytes > off, "{kib} KiB: off {off} len {len}");
+                    assert!(
+                        start + cover - bytes < off + len,
+                        "{kib} KiB: off {off} len {len}"
+                    );
+                }
+            }
+        }
+        let window = Window::from_kib(128).unwrap();
+        assert_eq!(window.cover(4096, 0), None);
+        assert_eq!(window.cover(4096, 128 * 1024), None);
+        assert_eq!(window.cover(0, 1 << 20), None);
+    }
+
+    #[test]
+    fn only_whole_pages_up_to_16_mib_are_windows() {
+        assert_eq!(Window::from_kib(128).unwrap().kib(), 128);
+        assert_eq!(Window::from_kib(16384).unwrap().kib(), 16384);
+        for bad in [0, 1, 2, 6, 130, 16388, u64::MAX / 1024] {
+            let err = Window::from_kib(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("not {bad} KiB")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_option_is_auto_off_or_a_window() {
+        let default_window = Window::from_kib(Window::DEFAULT_KIB).unwrap();
+        assert_eq!(
+            ReadAround::parse("auto"),
+            Ok(ReadAround::Adaptive(default_window))
+        );
+        assert_eq!(ReadAround::parse("off"), Ok(ReadAround::Off));
+        assert_eq!(ReadAround::parse("0"), Ok(ReadAround::Off));
+        assert_eq!(
+            ReadAround::parse("64"),
+            Ok(ReadAround::Always(Window::from_kib(64).unwrap()))
+        );
+        for bad in ["64k", "", "Auto", "-4", "on"] {
+            let err = ReadAround::parse(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        assert!(ReadAround::parse("6")
+            .unwrap_err()
+            .to_string()
+            .contains("not 6 KiB"));
+        assert_eq!(ReadAround::Off.describe(), None);
+        assert!(ReadAround::parse("auto")
+            .unwrap()
+            .describe()
+            .unwrap()
+            .contains("128 KiB"));
+    }
+
+    #[test]
+    fn fixed_settings_never_change_and_count_nothing() {
+        let off = ReadAroundState::new(ReadAround::Off);
+        assert_eq!(off.cover(0, 4096), None);
+        let always = ReadAroundState::new(ReadAround::parse("64").unwrap());
+        for _ in 0..3 * Governor::EPOCH_READS_ON {
+            assert!(always.count(false, || false));
+            assert!(!always.count(true, || false));
+        }
+        assert_eq!(always.tally.load(Ordering::Relaxed), 0);
+        assert!(always.window_on());
+    }
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo = "MemTotal:       24668168 kB\nMemFree:         1203004 kB\nMemAvailable:   20000000 kB\nBuffers: 1 kB\n";
+        assert_eq!(mem_available(meminfo), Some(20_000_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
+        // This machine's own, and a small file fits in it.
+        let here = std::fs::read_to_string("/proc/meminfo").unwrap();
+        assert!(mem_available(&here).unwrap() > 0);
+        assert!(fits_in_memory(
+            &std::fs::File::open("/proc/self/exe").unwrap()
+        ));
+    }
+
+    /// Epoch outcomes `(reads, hits)` fed to a governor for a file that
+    /// fits in memory; the window decisions after each.
+    fn run(governor: &mut Governor, start_on: bool, epochs: &[(u32, u32)]) -> Vec<bool> {
+        let mut on = start_on;
+        epochs
+            .iter()
+            .map(|&(reads, hits)| {
+                on = governor.close_epoch(on, reads, hits, || true);
+                on
+            })
+            .collect()
+    }
+
+    #[test]
+    fn switches_on_when_a_sixteenth_of_reads_hit_in_a_file_that_fits_in_memory() {
+        let n = Governor::EPOCH_READS_OFF;
+        let mut governor = Governor::new();
+        assert_eq!(
+            run(
+                &mut governor,
+                false,
+                &[(n, 0), (n, n / 32), (n, n / 16 - 1)]
+            ),
+            [false, false, false]
+        );
+        assert!(!governor.clone().close_epoch(false, n, n / 16, || false));
+        assert!(governor.close_epoch(false, n, n / 16, || true));
+        assert!(Governor::new().close_epoch(false, n, n, || true));
+        // Memory is asked about only when the hits would switch it on.
+        Governor::new().close_epoch(false, n, 0, || panic!("asked"));
+        Governor::new().close_epoch(true, n, 0, || panic!("asked"));
+    }
+
+    #[test]
+    fn stays_on_while_the_hit_ratio_rises_beyond_noise_or_misses_are_rare() {
+        let n = Governor::EPOCH_READS_ON;
+        let mut governor = Governor::new();
+        // Off at 10 % hits; on: 20 %, 30 %, 30.5 % (a rise of 0.5 % is
+        // under two standard deviations, about 1 %): off.
+        let decisions = run(
+            &mut governor,
+            false,
+            &[
+                (4096, 410),
+                (n, n / 5),
+                (n, 3 * n / 10),
+                (n, 3 * n / 10 + n / 200),
+            ],
+        );
+        assert_eq!(decisions, [true, true, true, false]);
+        // A rise of 1.5 % keeps it.
+        let mut governor = Governor::new();
+        let decisions = run(
+            &mut governor,
+            false,
+            &[(4096, 410), (n, n / 2), (n, n / 2 + 3 * n / 200)],
+        );
+        assert_eq!(decisions, [true, true, true]);
+        // A fall never does, nor does a flat zero.
+        assert!(!Governor::rose((n, n / 2), (n, n / 4)));
+        assert!(!Governor::rose((n, 0), (n, 0)));
+        // Rare misses keep it on even when hits stop rising.
+        let mut governor = Governor::new();
+        let decisions = run(
+            &mut governor,
+            false,
+            &[
+                (4096, 410),
+                (n, n - n / 20),
+                (n, n - n / 20),
+                (n, n - n / 18),
+            ],
+        );
+        assert_eq!(decisions, [true, true, true, true]);
+    }
+
+    #[test]
+    fn after_failed_tries_waits_twice_as_long_each_time_up_to_64_epochs() {
+        let n = Governor::EPOCH_READS_OFF;
+        let mut governor = Governor::new();
+        // A workload that always hits a fifth: windows never raise it.
+        let mut on = false;
+        let mut on_epochs = Vec::new();
+        for epoch in 0..400 {
+            on = governor.close_epoch(on, n, n / 5, || true);
+            if on {
+                on_epochs.push(epoch);
+            }
+        }
+        let gaps: Vec<u32> = on_epochs.windows(2).map(|w| w[1] - w[0]).collect();
+        // The try, the epoch that judged it, then the wait.
+        assert_eq!(&gaps[..8], [3, 4, 6, 10, 18, 34, 66, 66]);
+        assert!(gaps.iter().all(|&g| g <= Governor::MAX_WAIT_EPOCHS + 2));
+        // A success resets the wait.
+        let mut governor = Governor::new();
+        assert_eq!(
+            run(
+                &mut governor,
+                false,
+                &[(n, n / 5), (n, n / 5), (n, n / 5), (n, n / 5)]
+            ),
+            [true, false, false, true]
+        );
+        assert!(governor.close_epoch(true, n, n / 2, || true));
+        assert_eq!(governor.next_wait, 1);
+    }
+
+    #[test]
+    fn an_empty_epoch_changes_nothing() {
+        let mut governor = Governor::new();
+        assert!(!governor.close_epoch(false, 0, 0, || true));
+        assert!(governor.close_epoch(true, 0, 0, || true));
+        assert_eq!(governor, Governor::new());
+    }
+
+    /// Uniform random reads of 4 KiB blocks of a format-2 disk of `pages`
+    /// pages through `state`, which is told the file `fits` in memory,
+    /// over a page cache of `capacity` pages that evicts the oldest: each
+    /// miss brings in its page and the next, or its whole 128 KiB window.
+    /// Returns the share of the reads that brought in a window.
+    fn simulate(
+        state: &ReadAroundState,
+        pages: usize,
+        capacity: usize,
+        fits: bool,
+        reads: u64,
+    ) -> f64 {
+        const WINDOW_PAGES: usize = 32;
+        let mut cached = vec![false; pages];
+        let mut order = std::collections::VecDeque::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut windows = 0;
+        for _ in 0..reads {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let page = (rng % pages as u64) as usize;
+            let hit = cached[page];
+            let brought = if state.count(hit, || fits) {
+                windows += 1;
+                let start = page - page % WINDOW_PAGES;
+                start..start + WINDOW_PAGES
+            } else if hit {
+                0..0
+            } else {
+                page..(page + 2).min(pages)
+            };
+            for p in brought {
+                if !std::mem::replace(&mut cached[p], true) {
+                    order.push_back(p);
+                }
+            }
+            while order.len() > capacity {
+                cached[order.pop_front().unwrap()] = false;
+            }
+        }
+        windows as f64 / reads as f64
+    }
+
+    /// A 1 GiB disk that fits in memory: windows come on within the first
+    /// few epochs and stay.
+    #[test]
+    fn on_a_disk_that_fits_in_memory_windows_come_on_and_stay() {
+        let state = ReadAroundState::new(ReadAround::parse("auto").unwrap());
+        simulate(&state, 262_144, usize::MAX, true, 40_000);
+        assert!(state.window_on(), "not on after 40,000 reads");
+        simulate(&state, 262_144, usize::MAX, true, 200_000);
+        assert!(state.window_on(), "went off");
+    }
+
+    /// A disk five times the page cache: windows are never tried.
+    #[test]
+    fn on_a_disk_five_times_memory_windows_are_not_tried() {
+        let state = ReadAroundState::new(ReadAround::parse("auto").unwrap());
+        assert_eq!(
+            simulate(&state, 1 << 20, (1 << 20) / 5, false, 400_000),
+            0.0
+        );
+    }
+
+    /// A disk the governor is told fits in memory, under a cache that
+    /// keeps only a fifth of it (as when other files take the memory):
+    /// once the hit ratio stops rising, windows go off and are tried again
+    /// only rarely.
+    #[test]
+    fn when_windows_stop_paying_they_are_tried_rarely() {
+        let state = ReadAroundState::new(ReadAround::parse("auto").unwrap());
+        let share = simulate(&state, 1 << 20, (1 << 20) / 5, true, 1_000_000);
+        assert!(share < 0.2, "windows on for {share} of the reads");
+    }
+}
