@@ -11,10 +11,10 @@ use std::path::Path;
 
 use common::TestEnv;
 
-/// Plaintext bytes the mount has served for `vm`, from the root `.stats`.
-fn bytes_read_by_mount(mnt: &Path, vm: &str) -> u64 {
+/// Counter `name` (after `vmcryptfs_`) of `vm`, from the root `.stats`.
+fn vm_counter(mnt: &Path, name: &str, vm: &str) -> u64 {
     let stats = fs::read_to_string(mnt.join(".stats")).unwrap();
-    let prefix = format!("vmcryptfs_read_bytes_total{{vm=\"{vm}\"}} ");
+    let prefix = format!("vmcryptfs_{name}{{vm=\"{vm}\"}} ");
     stats
         .lines()
         .find_map(|line| line.strip_prefix(&prefix))
@@ -22,6 +22,11 @@ fn bytes_read_by_mount(mnt: &Path, vm: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Plaintext bytes the mount has served for `vm`.
+fn bytes_read_by_mount(mnt: &Path, vm: &str) -> u64 {
+    vm_counter(mnt, "read_bytes_total", vm)
 }
 
 /// Reads the first 4 KiB of `file` `times` times and returns how many bytes
@@ -264,6 +269,12 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
                 cached_pages(&backing, &needed),
                 needed,
                 "{what}: pages read"
+            );
+            // `.stats` counts the windows, so an operator can see them.
+            assert_eq!(
+                vm_counter(&mount.path(""), "read_around_windows_total", "vm1"),
+                u64::from(window_expected.is_some()),
+                "{what}: windows counted"
             );
             drop(disk);
             assert!(mount.unmount().success());

@@ -259,6 +259,12 @@ impl EncryptedFile {
         }
     }
 
+    /// Read-around windows the file's reads brought in since the last call
+    /// (see [`ReadAroundState::take_windows`]).
+    pub fn take_read_around_windows(&self) -> u64 {
+        self.read_around.take_windows()
+    }
+
     /// The content format of the file.
     pub fn layout(&self) -> ContentLayout {
         self.layout

@@ -156,6 +156,8 @@ pub struct ReadAroundState {
     /// The adaptive rule's memory. Locked only to close an epoch, by one
     /// thread at a time.
     governor: Mutex<Governor>,
+    /// Windows brought in since the last [`ReadAroundState::take_windows`].
+    windows: AtomicU64,
 }
 
 impl ReadAroundState {
@@ -167,6 +169,7 @@ impl ReadAroundState {
             window_on: AtomicBool::new(matches!(setting, ReadAround::Always(_))),
             tally: AtomicU64::new(0),
             governor: Mutex::new(Governor::new()),
+            windows: AtomicU64::new(0),
         }
     }
 
@@ -184,7 +187,20 @@ impl ReadAroundState {
     /// Counts a small read of `backing` that found its pages `cached` or
     /// not, and says whether a miss should bring in its window.
     pub fn on_cache_try(&self, cached: bool, backing: &File) -> bool {
-        self.count(cached, || fits_in_memory(backing))
+        let window = self.count(cached, || fits_in_memory(backing));
+        if window {
+            self.windows.fetch_add(1, Ordering::Relaxed);
+        }
+        window
+    }
+
+    /// How many windows misses brought in since the last call (for the
+    /// mount's counters). A load, and a swap only when there are some.
+    pub fn take_windows(&self) -> u64 {
+        if self.windows.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.windows.swap(0, Ordering::Relaxed)
     }
 
     /// [`ReadAroundState::on_cache_try`], with whether the file fits in

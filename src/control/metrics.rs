@@ -67,6 +67,11 @@ const COUNTERS: &[CounterFamily] = &[
         "Shallow re-keys done through this mount.",
         |c| c.rekeys,
     ),
+    (
+        "read_around_windows_total",
+        "Windows of backing files brought in around cold small reads (mount option read_around).",
+        |c| c.read_around_windows,
+    ),
 ];
 
 /// Renders the whole file.

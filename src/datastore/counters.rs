@@ -17,6 +17,7 @@ pub struct VmCounters {
     key_cache_hits: AtomicU64,
     key_cache_misses: AtomicU64,
     rekeys: AtomicU64,
+    read_around_windows: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -39,6 +40,9 @@ pub struct CounterValues {
     pub key_cache_misses: u64,
     /// Shallow re-keys done through this mount.
     pub rekeys: u64,
+    /// Windows of backing files brought in around cold small reads
+    /// (`content::read_around`).
+    pub read_around_windows: u64,
 }
 
 impl VmCounters {
@@ -74,6 +78,14 @@ impl VmCounters {
         self.rekeys.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reads brought in `windows` read-around windows.
+    pub fn read_around(&self, windows: u64) {
+        if windows > 0 {
+            self.read_around_windows
+                .fetch_add(windows, Ordering::Relaxed);
+        }
+    }
+
     /// The current values.
     pub fn values(&self) -> CounterValues {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -86,6 +98,7 @@ impl VmCounters {
             key_cache_hits: get(&self.key_cache_hits),
             key_cache_misses: get(&self.key_cache_misses),
             rekeys: get(&self.rekeys),
+            read_around_windows: get(&self.read_around_windows),
         }
     }
 }
@@ -100,6 +113,7 @@ impl std::ops::AddAssign for CounterValues {
         self.key_cache_hits += other.key_cache_hits;
         self.key_cache_misses += other.key_cache_misses;
         self.rekeys += other.rekeys;
+        self.read_around_windows += other.read_around_windows;
     }
 }
 

@@ -233,6 +233,8 @@ impl VmCryptFs {
                     .read_into(file, offset, size as u64, out)
                     .map_err(|e| self.content_error(vm, ino, "read", &e))?;
                 vm.counters().read(n);
+                vm.counters()
+                    .read_around(content.take_read_around_windows());
                 Ok(n)
             }
             Handle::Control { snapshot, .. } => {
