@@ -19,49 +19,54 @@ use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
 use crate::format::content_layout::{ContentLayout, StoredRun, PAGE_LEN, SLOT_LEN};
 use crate::format::offsets::PLAIN_BLOCK_LEN;
 
+/// One `preadv2` with `flags` of `buf` at `off` and, with `next_page`, of
+/// the backing page after it (discarded); the bytes read. The page's
+/// scratch space is only set up when asked for.
+fn preadv_with_next_page(
+    backing: &File,
+    buf: &mut [u8],
+    off: u64,
+    next_page: bool,
+    flags: rustix::io::ReadWriteFlags,
+) -> io::Result<usize> {
+    if !next_page {
+        return Ok(rustix::io::preadv2(
+            backing,
+            &mut [io::IoSliceMut::new(buf)],
+            off,
+            flags,
+        )?);
+    }
+    let mut page = [0u8; PAGE_LEN as usize];
+    let request = &mut [io::IoSliceMut::new(buf), io::IoSliceMut::new(&mut page)];
+    Ok(rustix::io::preadv2(backing, request, off, flags)?)
+}
+
 /// Reads `buf` at `off` only if all of it is in the page cache
 /// (`RWF_NOWAIT`); whether it was. Never waits for the disk, but a miss
 /// starts the read of what is missing, as any read would. With
-/// `next_page`, the request also covers the backing page after `buf`
-/// (discarded), so that the read a miss starts is the one
-/// [`read_exact_and_next_page`] would make.
+/// `next_page`, the request also covers the backing page after `buf`, so
+/// that the read a miss starts is the one [`read_data`] would make.
 fn read_if_cached(backing: &File, buf: &mut [u8], off: u64, next_page: bool) -> bool {
     let len = buf.len();
-    let mut next = [0u8; PAGE_LEN as usize];
-    let mut request = [io::IoSliceMut::new(buf), io::IoSliceMut::new(&mut next)];
-    let parts = if next_page { 2 } else { 1 };
-    matches!(
-        rustix::io::preadv2(
-            backing,
-            &mut request[..parts],
-            off,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        ),
-        Ok(read) if read >= len
-    )
+    let nowait = rustix::io::ReadWriteFlags::NOWAIT;
+    matches!(preadv_with_next_page(backing, buf, off, next_page, nowait), Ok(read) if read >= len)
 }
 
-/// Reads all of `buf` at `off`, and in the same request the backing page
-/// after it (discarded), in content format 2.
+/// Reads all of `buf` at `off`, with `next_page` (content format 2) in the
+/// same request as the backing page after it (discarded).
 ///
-/// Why: format 1 reads parts of two backing pages for every block, and
-/// format 2 would read one. The backing file system's readahead starts
-/// when the pages before a miss are already cached (context readahead), so
-/// with one page per block it starts much later on a cold random-read
-/// workload: a 1 GiB disk read at random for 10 s measured about 25 %
-/// fewer IOPS than format 1. Reading the next page too keeps format 1's
-/// read pattern and its cache warm-up, at the cost format 1 always paid
-/// (two pages per read), and costs one 4 KiB copy when cached.
-fn read_exact_and_next_page(backing: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
-    let mut next_page = [0u8; PAGE_LEN as usize];
-    let read = rustix::io::preadv(
-        backing,
-        &mut [
-            io::IoSliceMut::new(buf),
-            io::IoSliceMut::new(&mut next_page),
-        ],
-        off,
-    )?;
+/// Why the next page: format 1 reads parts of two backing pages for every
+/// block, and format 2 would read one. The backing file system's readahead
+/// starts when the pages before a miss are already cached (context
+/// readahead), so with one page per block it starts much later on a cold
+/// random-read workload: a 1 GiB disk read at random for 10 s measured
+/// about 25 % fewer IOPS than format 1. Reading the next page too keeps
+/// format 1's read pattern and its cache warm-up, at the cost format 1
+/// always paid (two pages per read), and costs one 4 KiB copy when cached.
+fn read_data(backing: &File, buf: &mut [u8], off: u64, next_page: bool) -> io::Result<()> {
+    let flags = rustix::io::ReadWriteFlags::empty();
+    let read = preadv_with_next_page(backing, buf, off, next_page, flags)?;
     if read < buf.len() {
         backing.read_exact_at(&mut buf[read..], off + read as u64)?;
     }
@@ -250,24 +255,17 @@ impl SealedRegion {
         }
         for (run, inline_at, inline_len, slots_at) in self.runs() {
             let data = &mut buf[inline_at..inline_at + inline_len];
-            let small =
+            let next_page = run.slot_off.is_some();
+            let window =
                 read_around.and_then(|ra| Some((ra, ra.cover(run.data_off, data.len() as u64)?)));
-            let done = match small {
-                Some((ra, window)) => read_small(
-                    backing,
-                    data,
-                    run.data_off,
-                    run.slot_off.is_some(),
-                    ra,
-                    window,
-                )?,
+            let read_already = match window {
+                Some((ra, window)) => {
+                    read_small(backing, data, run.data_off, next_page, ra, window)?
+                }
                 None => false,
             };
-            if done {
-            } else if run.slot_off.is_some() {
-                read_exact_and_next_page(backing, data, run.data_off)?;
-            } else {
-                backing.read_exact_at(data, run.data_off)?;
+            if !read_already {
+                read_data(backing, data, run.data_off, next_page)?;
             }
             if let (Some(slot_off), true) = (run.slot_off, slots_missing) {
                 let slots_len = (run.block_count * SLOT_LEN) as usize;
