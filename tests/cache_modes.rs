@@ -1,7 +1,8 @@
 //! The kernel cache policy (frontend::cache_mode): writable opens of
 //! encrypted disks are direct, everything else goes through the page
 //! cache, and the two modes always see the same bytes. And what reads
-//! bring into the backing file's page cache (`-o read_around`).
+//! bring into the backing file's page cache (`-o read_around`), or start
+//! reading ahead of a sequential reader (`-o read_ahead`).
 
 mod common;
 
@@ -276,6 +277,83 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
                 u64::from(window_expected.is_some()),
                 "{what}: windows counted"
             );
+            drop(disk);
+            assert!(mount.unmount().success());
+        }
+    }
+}
+
+/// Backing offset of block `n`'s stored bytes (its nonce in format 1, its
+/// data page in format 2), from docs/FORMAT.md §3 and §3.9.
+fn stored_data_off(format: u16, n: u64) -> u64 {
+    match format {
+        1 => 44 + n * 4128,
+        _ => (n / 126) * 127 * 4096 + 4096 + (n % 126) * 4096,
+    }
+}
+
+/// `-o read_ahead=4`: 1 MiB reads from start to end start the backing
+/// reads of the next 4 MiB from the third read on, each backing byte once,
+/// up to the end of the file; 1 MiB reads at random start nothing; with
+/// `read_ahead=off` nothing either; and the default (`auto`) reads ahead
+/// exactly when the datastore's device reads ahead less than 4 MiB
+/// itself. Counted by `.stats`, in both content formats.
+#[test]
+fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
+    const MIB: u64 = 1 << 20;
+    let blocks_per_mib = MIB / 4096;
+    let content: Vec<u8> = (0..16 * MIB).map(|i| (i % 253) as u8).collect();
+    let env = TestEnv::new();
+    let device_reads_ahead = vmcryptfs::datastore::backing_device::readahead_bytes(&env.datastore);
+    let default_reads_ahead = device_reads_ahead.is_none_or(|ra| ra < 4 * MIB);
+    drop(env);
+    // Sequential, then these far-apart MiBs (no two within 4 MiB in a row).
+    let random = [9, 2, 14, 5, 11, 0, 7, 15, 3, 12, 1, 8];
+    let cases: [(&[&str], bool); 3] = [
+        (&["-o", "read_ahead=4"], true),
+        (&["-o", "read_ahead=off"], false),
+        (&[], default_reads_ahead),
+    ];
+    for format in [1u16, 2] {
+        for (options, reads_ahead) in cases {
+            let what = format!("format {format}, options {options:?}");
+            let env = TestEnv::new();
+            env.create_vm_in_format("vm1", true, format);
+            let mount = env.mount_with(options);
+            fs::write(mount.path("vm1/disk-flat.vmdk"), &content).unwrap();
+            // A writable open of an encrypted disk is direct: each 1 MiB
+            // read reaches the daemon as one request, in order.
+            let disk = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(mount.path("vm1/disk-flat.vmdk"))
+                .unwrap();
+            // A page-aligned buffer: the kernel splits a direct read into
+            // a buffer that straddles one page more than a request holds.
+            let mut aligned = vec![0u8; (MIB + 4096) as usize];
+            let skip = aligned.as_ptr().align_offset(4096);
+            let buf = &mut aligned[skip..][..MIB as usize];
+            let started = || vm_counter(&mount.path(""), "read_ahead_bytes_total", "vm1");
+            for mib in 0..16 {
+                disk.read_exact_at(buf, mib * MIB).unwrap();
+                assert_eq!(
+                    *buf,
+                    content[(mib * MIB) as usize..][..MIB as usize],
+                    "{what}"
+                );
+            }
+            // From the end of the third read (3 MiB) to the end of the file.
+            let expected = if reads_ahead {
+                stored_data_off(format, 16 * blocks_per_mib)
+                    - stored_data_off(format, 3 * blocks_per_mib)
+            } else {
+                0
+            };
+            assert_eq!(started(), expected, "{what}: bytes started, sequential");
+            for mib in random {
+                disk.read_exact_at(buf, mib * MIB).unwrap();
+            }
+            assert_eq!(started(), expected, "{what}: bytes started, random");
             drop(disk);
             assert!(mount.unmount().success());
         }

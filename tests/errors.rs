@@ -125,6 +125,8 @@ fn missing_busy_mountpoint_and_missing_fusermount3_are_explained() {
         ("read_around=32768", "to 16384 KiB"),
         ("read_around=64k", "expected auto, off, or a window in KiB"),
         ("read_around=on", "not \"on\""),
+        ("read_ahead=65", "up to 64, not 65 MiB"),
+        ("read_ahead=4m", "expected auto, off, or a distance in MiB"),
     ] {
         let out = env.run(&[
             "mount",

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use super::{open_provider, CliError, ExitKind};
+use crate::content::encrypted_file::ReadSettings;
+use crate::content::read_ahead::ReadAhead;
 use crate::content::read_around::ReadAround;
+use crate::datastore::backing_device;
 use crate::datastore::registry::Datastore;
 use crate::frontend::VmCryptFs;
 
@@ -33,8 +36,11 @@ pub struct MountArgs {
     /// cache also brings in the aligned window of its backing file around
     /// it: auto, the default, does so with 128 KiB windows for a file that
     /// fits in available memory while its reads keep coming back to
-    /// cached pages; off (or 0) never; KIB always, with that window), and
-    /// kernel options such as noatime, nodev, nosuid, noexec.
+    /// cached pages; off (or 0) never; KIB always, with that window),
+    /// read_ahead=MIB|off (how far ahead of a sequential reader of an
+    /// encrypted file the backing reads are started: 4 MiB by default, up
+    /// to 64; off or 0 leaves it to the backing file system's readahead),
+    /// and kernel options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr; Ctrl-C or SIGTERM unmounts).
@@ -49,12 +55,12 @@ pub struct MountArgs {
 #[derive(Debug)]
 struct MountSettings {
     config: Config,
-    read_around: ReadAround,
+    reads: ReadSettings,
 }
 
 fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, CliError> {
     let mut config = Config::default();
-    let mut read_around = ReadAround::DEFAULT;
+    let mut reads = ReadSettings::DEFAULT;
     config.n_threads = Some(4);
     config.clone_fd = true;
     let fsname = super::mountinfo::fsname_for(datastore);
@@ -94,12 +100,10 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
                 config.n_threads = Some(n);
             }
             ("read_around", Some(value)) => {
-                read_around = ReadAround::parse(value).map_err(|e| {
-                    CliError::new(
-                        ExitKind::Usage,
-                        format!("mount option read_around={value}: {e}"),
-                    )
-                })?;
+                reads.around = ReadAround::parse(value).map_err(|e| bad_value(option, e))?;
+            }
+            ("read_ahead", Some(value)) => {
+                reads.ahead = ReadAhead::parse(value).map_err(|e| bad_value(option, e))?;
             }
             // Options fstab and mount(8) pass that concern them, not us.
             (
@@ -117,10 +121,13 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
         }
     }
     config.mount_options.push(MountOption::FSName(fsname));
-    Ok(MountSettings {
-        config,
-        read_around,
-    })
+    Ok(MountSettings { config, reads })
+}
+
+/// The usage error for mount option `option` (`key=value`), refused for
+/// `reason`.
+fn bad_value(option: &str, reason: impl std::fmt::Display) -> CliError {
+    CliError::new(ExitKind::Usage, format!("mount option {option}: {reason}"))
 }
 
 /// The search path when none is set: mount(8) runs its helpers with a
@@ -238,6 +245,11 @@ fn serve(
     // Backing files get exactly the modes the kernel asks for (it has
     // already applied the caller's umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let device_readahead = backing_device::readahead_bytes(&datastore);
+    let reads = ReadSettings {
+        ahead: settings.reads.ahead.resolve(device_readahead),
+        ..settings.reads
+    };
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
     let fs = VmCryptFs::new(store)
         .map_err(|e| {
@@ -246,7 +258,7 @@ fn serve(
                 format!("opening datastore {}: {e}", datastore.display()),
             )
         })?
-        .with_read_around(settings.read_around);
+        .with_read_settings(reads);
     let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
         Ok(session) => session,
         Err(e) => {
@@ -263,9 +275,15 @@ fn serve(
         datastore.display(),
         mountpoint.display()
     );
-    if let Some(read_around) = settings.read_around.describe() {
+    if let Some(read_around) = reads.around.describe() {
         log::info!("read-around: {read_around}");
     }
+    let device_readahead =
+        device_readahead.map_or("unknown".to_owned(), |ra| format!("{} KiB", ra / 1024));
+    log::info!(
+        "read-ahead: {} (the datastore's device reads ahead {device_readahead})",
+        reads.ahead.describe()
+    );
     widen_readahead(&datastore, &mountpoint);
     let unmounter = session.unmount_callable();
     install_signal_handlers(unmounter, mountpoint.clone());

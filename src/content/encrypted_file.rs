@@ -19,7 +19,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use super::parallel::try_for_each_block;
+use super::prefetch;
 use super::range_lock::BlockRangeLock;
+use super::read_ahead::{ReadAhead, ReadAheadState};
 use super::read_around::{ReadAround, ReadAroundState};
 use super::sealed_region::{self, SealedBlock, SealedBlockMut, SealedRegion};
 use crate::crypto::block_aead::{BlockAead, NONCE_LEN, TAG_LEN};
@@ -233,6 +235,33 @@ pub struct EncryptedFile {
     /// mount's `read_around` option and, when adaptive, what this file's
     /// reads have shown); internally synchronized.
     read_around: ReadAroundState,
+    /// How far ahead of a sequential reader backing reads are started, and
+    /// where the file's stream of large reads stands; internally
+    /// synchronized.
+    read_ahead: ReadAheadState,
+}
+
+/// The mount's settings for what reads of encrypted files bring in beyond
+/// what they ask for. Immutable once a mount starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSettings {
+    /// Around cold small reads (the `read_around` option).
+    pub around: ReadAround,
+    /// Ahead of sequential large reads (the `read_ahead` option).
+    pub ahead: ReadAhead,
+}
+
+impl ReadSettings {
+    /// Neither: every read brings in only what it asks for.
+    pub const NONE: Self = Self {
+        around: ReadAround::Off,
+        ahead: ReadAhead::Off,
+    };
+    /// What a mount gets without the options.
+    pub const DEFAULT: Self = Self {
+        around: ReadAround::DEFAULT,
+        ahead: ReadAhead::DEFAULT,
+    };
 }
 
 impl EncryptedFile {
@@ -245,16 +274,19 @@ impl EncryptedFile {
             size_lock: RwLock::new(()),
             blocks: BlockRangeLock::default(),
             keys: RwLock::new(None),
-            read_around: ReadAroundState::new(ReadAround::Off),
+            read_around: ReadAroundState::new(ReadSettings::NONE.around),
+            read_ahead: ReadAheadState::new(ReadSettings::NONE.ahead),
         }
     }
 
     /// The same state, with reads that miss the backing page cache
-    /// bringing in `read_around`'s window (partial-block writes still read
-    /// only their block).
-    pub fn with_read_around(self, read_around: ReadAround) -> Self {
+    /// bringing in `settings.around`'s window (partial-block writes still
+    /// read only their block), and sequential reads starting the backing
+    /// reads `settings.ahead` of them.
+    pub fn with_read_settings(self, settings: ReadSettings) -> Self {
         Self {
-            read_around: ReadAroundState::new(read_around),
+            read_around: ReadAroundState::new(settings.around),
+            read_ahead: ReadAheadState::new(settings.ahead),
             ..self
         }
     }
@@ -263,6 +295,12 @@ impl EncryptedFile {
     /// (see [`ReadAroundState::take_windows`]).
     pub fn take_read_around_windows(&self) -> u64 {
         self.read_around.take_windows()
+    }
+
+    /// Backing bytes whose reads sequential reads of the file started
+    /// ahead of them since the last call (see [`super::read_ahead`]).
+    pub fn take_read_ahead_bytes(&self) -> u64 {
+        self.read_ahead.take_started_bytes()
     }
 
     /// The content format of the file.
@@ -381,6 +419,21 @@ impl EncryptedFile {
             .with_borrow_mut(|stored| {
                 let stored = sized_scratch(stored, region.buffer_len());
                 region.read(backing, stored, Some(&self.read_around))?;
+                // After this request's own read, so that it does not wait
+                // behind the next ones; before decrypting, which the disk
+                // then overlaps.
+                if let Some(ahead) = self.read_ahead.on_read(offset, end, size) {
+                    // Blocks that start in the range: the block the range
+                    // starts inside of was in the previous one (or is this
+                    // read's last), so consecutive ranges tile.
+                    let span = self.layout.stored_span(
+                        plain_size_to_block_count(ahead.start),
+                        plain_size_to_block_count(ahead.end),
+                    );
+                    log::trace!("read-ahead of plaintext {ahead:?}: backing {span:?}");
+                    prefetch::start_reading(backing, span.start, span.end - span.start);
+                    self.read_ahead.count_started(span.end - span.start);
+                }
                 let spans = || split_range_into_blocks(offset, end - offset);
                 let work = spans()
                     .zip(region.blocks(stored))

@@ -12,6 +12,8 @@
 //!   part, so writers do not wait on them one by one, or of a window.
 //! * [`read_around`]: whether a read that misses the backing page cache
 //!   brings in the window around it, fixed or learned per file.
+//! * [`read_ahead`]: starting the backing reads ahead of a file read from
+//!   start to end.
 //! * [`sealed_region`]: the stored form of a run of blocks in either
 //!   content format, and its backing I/O.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
@@ -23,6 +25,7 @@ pub mod encrypted_file;
 pub mod parallel;
 pub mod prefetch;
 pub mod range_lock;
+pub mod read_ahead;
 pub mod read_around;
 mod sealed_region;
 pub mod transcode;

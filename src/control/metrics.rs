@@ -72,6 +72,11 @@ const COUNTERS: &[CounterFamily] = &[
         "Windows of backing files brought in around cold small reads (mount option read_around).",
         |c| c.read_around_windows,
     ),
+    (
+        "read_ahead_bytes_total",
+        "Backing bytes whose reads were started ahead of sequential reads (mount option read_ahead).",
+        |c| c.read_ahead_bytes,
+    ),
 ];
 
 /// Renders the whole file.

@@ -18,6 +18,7 @@ pub struct VmCounters {
     key_cache_misses: AtomicU64,
     rekeys: AtomicU64,
     read_around_windows: AtomicU64,
+    read_ahead_bytes: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -43,6 +44,9 @@ pub struct CounterValues {
     /// Windows of backing files brought in around cold small reads
     /// (`content::read_around`).
     pub read_around_windows: u64,
+    /// Backing bytes whose reads were started ahead of sequential reads
+    /// (`content::read_ahead`).
+    pub read_ahead_bytes: u64,
 }
 
 impl VmCounters {
@@ -80,10 +84,12 @@ impl VmCounters {
 
     /// Reads brought in `windows` read-around windows.
     pub fn read_around(&self, windows: u64) {
-        if windows > 0 {
-            self.read_around_windows
-                .fetch_add(windows, Ordering::Relaxed);
-        }
+        add_unless_zero(&self.read_around_windows, windows);
+    }
+
+    /// Reads started the reads of `bytes` backing bytes ahead of them.
+    pub fn read_ahead(&self, bytes: u64) {
+        add_unless_zero(&self.read_ahead_bytes, bytes);
     }
 
     /// The current values.
@@ -99,6 +105,7 @@ impl VmCounters {
             key_cache_misses: get(&self.key_cache_misses),
             rekeys: get(&self.rekeys),
             read_around_windows: get(&self.read_around_windows),
+            read_ahead_bytes: get(&self.read_ahead_bytes),
         }
     }
 }
@@ -114,6 +121,15 @@ impl std::ops::AddAssign for CounterValues {
         self.key_cache_misses += other.key_cache_misses;
         self.rekeys += other.rekeys;
         self.read_around_windows += other.read_around_windows;
+        self.read_ahead_bytes += other.read_ahead_bytes;
+    }
+}
+
+/// Adds `n` to `counter`, without touching its cache line when there is
+/// nothing to add (most reads bring in nothing extra).
+fn add_unless_zero(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 

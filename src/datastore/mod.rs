@@ -13,11 +13,14 @@
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 //! * [`counters`]: live per-VM counters for `.stats`.
+//! * [`backing_device`]: what the block device under the datastore does by
+//!   itself (its readahead), from sysfs.
 //! * [`backing_root`]: resolving backing paths strictly beneath the root
 //!   (opening files, directories, and the parents of entries).
 //! * [`backing_meta`]: metadata operations on backing entries (stat,
 //!   chmod, unlink, rename, ...) as `*at` calls beneath the root.
 
+pub mod backing_device;
 pub mod backing_meta;
 pub mod backing_root;
 pub mod bundle_file;

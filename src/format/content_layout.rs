@@ -15,6 +15,8 @@
 //! Block numbers and plaintext offsets are the same in both formats
 //! ([`super::offsets`]); only the stored positions and sizes differ.
 
+use std::ops::Range;
+
 use super::offsets::{self, TrailingFragment, PLAIN_BLOCK_LEN};
 use crate::crypto::block_aead::OVERHEAD;
 
@@ -159,6 +161,14 @@ impl ContentLayout {
                 group * GROUP_BLOCKS + in_group.saturating_sub(PAGE_LEN) / PAGE_LEN
             }
         }
+    }
+
+    /// The backing bytes from block `first_block`'s stored bytes up to
+    /// block `end_block`'s: the ranges of consecutive spans of blocks tile
+    /// the file, and in format 2 a span holds the tag page of each group
+    /// it enters (a group's tag page precedes its data).
+    pub fn stored_span(self, first_block: u64, end_block: u64) -> Range<u64> {
+        self.block_data_off(first_block)..self.block_data_off(end_block.max(first_block))
     }
 
     /// Splits blocks `[first_block, end_block)` into runs whose stored bytes
@@ -354,5 +364,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn stored_spans_hold_every_stored_byte_of_their_blocks() {
+        for layout in [Interleaved, PageAligned] {
+            for first in [0, 1, 125, 126, 127, 250] {
+                for count in [0, 1, 2, 125, 126, 127, 300] {
+                    let span = layout.stored_span(first, first + count);
+                    // Consecutive spans tile the file.
+                    assert_eq!(
+                        span.end,
+                        layout.stored_span(first + count, first + count + 5).start
+                    );
+                    for run in layout.stored_runs(first, first + count) {
+                        let data_end = run.data_off + run.block_count * layout.inline_len(P);
+                        assert!(span.start <= run.data_off && data_end <= span.end);
+                        if let Some(slot) = run.slot_off {
+                            // A run's slots sit in its span, or (when the
+                            // span starts inside a group) in the span before.
+                            let slots_end = slot + run.block_count * SLOT_LEN;
+                            assert!(slots_end <= span.end);
+                            assert!(slot >= span.start || run.first_block == first);
+                        }
+                    }
+                }
+            }
+        }
+        // Format 2: a span entering group 1 holds its tag page.
+        let span = PageAligned.stored_span(120, 130);
+        assert!(span.contains(&GROUP_LEN));
     }
 }

@@ -84,7 +84,7 @@ impl VmCryptFs {
                 Errno::from_i32(libc::ENOKEY)
             })?;
         let Some(content) = self.inodes.acquire_content(node.ino, || {
-            EncryptedFile::new(keyring, vm.content_layout()).with_read_around(self.read_around)
+            EncryptedFile::new(keyring, vm.content_layout()).with_read_settings(self.read_settings)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);
@@ -235,6 +235,7 @@ impl VmCryptFs {
                 vm.counters().read(n);
                 vm.counters()
                     .read_around(content.take_read_around_windows());
+                vm.counters().read_ahead(content.take_read_ahead_bytes());
                 Ok(n)
             }
             Handle::Control { snapshot, .. } => {

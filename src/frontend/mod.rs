@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
-use crate::content::read_around::ReadAround;
+use crate::content::encrypted_file::ReadSettings;
 use crate::control::command::ControlScope;
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::backing_meta;
@@ -88,9 +88,9 @@ pub struct VmCryptFs {
     beneath: BackingRoot,
     /// When the mount started, for `.stats` uptime. Immutable.
     started: std::time::Instant,
-    /// What a read of an encrypted file that misses the backing page cache
-    /// brings in (the `read_around` mount option). Immutable.
-    read_around: ReadAround,
+    /// What reads of encrypted files bring in beyond what they ask for (the
+    /// `read_around` and `read_ahead` mount options). Immutable.
+    read_settings: ReadSettings,
 }
 
 impl VmCryptFs {
@@ -109,15 +109,16 @@ impl VmCryptFs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
-            read_around: ReadAround::DEFAULT,
+            read_settings: ReadSettings::DEFAULT,
         })
     }
 
     /// The same frontend, with encrypted files opened from now on reading
-    /// around their cold reads (see [`ReadAround`]).
-    pub fn with_read_around(self, read_around: ReadAround) -> Self {
+    /// around their cold reads and ahead of their sequential ones as
+    /// `read_settings` says (see [`ReadSettings`]).
+    pub fn with_read_settings(self, read_settings: ReadSettings) -> Self {
         Self {
-            read_around,
+            read_settings,
             ..self
         }
     }
