@@ -294,7 +294,8 @@ fn stored_data_off(format: u16, n: u64) -> u64 {
 
 /// `-o read_ahead=4`: 1 MiB reads from start to end start the backing
 /// reads of the next 4 MiB from the third read on, each backing byte once,
-/// up to the end of the file; 1 MiB reads at random start nothing; with
+/// up to the end of the file, whether or not the kernel splits the reads
+/// off block boundaries; 1 MiB reads at random start nothing; with
 /// `read_ahead=off` nothing either; and the default (`auto`) reads ahead
 /// exactly when the datastore's device reads ahead less than 4 MiB
 /// itself. Counted by `.stats`, in both content formats.
@@ -328,34 +329,75 @@ fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
                 .write(true)
                 .open(mount.path("vm1/disk-flat.vmdk"))
                 .unwrap();
-            // A page-aligned buffer: the kernel splits a direct read into
-            // a buffer that straddles one page more than a request holds.
-            let mut aligned = vec![0u8; (MIB + 4096) as usize];
-            let skip = aligned.as_ptr().align_offset(4096);
-            let buf = &mut aligned[skip..][..MIB as usize];
             let started = || vm_counter(&mount.path(""), "read_ahead_bytes_total", "vm1");
-            for mib in 0..16 {
-                disk.read_exact_at(buf, mib * MIB).unwrap();
-                assert_eq!(
-                    *buf,
-                    content[(mib * MIB) as usize..][..MIB as usize],
-                    "{what}"
-                );
+            let mut expected = 0;
+            // Into a page-aligned buffer, each 1 MiB read is one request.
+            // 512 bytes into a page, the kernel splits it (the buffer
+            // straddles one page more than a request holds): requests of
+            // 1 MiB - 512 bytes that end inside a block, each followed by
+            // one of 512 bytes, too small to take part.
+            let mut aligned = vec![0u8; (MIB + 8192) as usize];
+            let skip = aligned.as_ptr().align_offset(4096);
+            for misalign in [0, 512] {
+                let buf = &mut aligned[skip + misalign..][..MIB as usize];
+                for mib in 0..16 {
+                    disk.read_exact_at(buf, mib * MIB).unwrap();
+                    assert_eq!(
+                        *buf,
+                        content[(mib * MIB) as usize..][..MIB as usize],
+                        "{what}"
+                    );
+                }
+                // From the block where the third read ends (3 MiB) to the
+                // end of the file, each backing byte once.
+                if reads_ahead {
+                    expected += stored_data_off(format, 16 * blocks_per_mib)
+                        - stored_data_off(format, 3 * blocks_per_mib);
+                }
+                let what = format!("{what}, buffer {misalign} bytes into a page");
+                assert_eq!(started(), expected, "{what}: bytes started, sequential");
+                for mib in random {
+                    disk.read_exact_at(buf, mib * MIB).unwrap();
+                }
+                assert_eq!(started(), expected, "{what}: bytes started, random");
             }
-            // From the end of the third read (3 MiB) to the end of the file.
-            let expected = if reads_ahead {
-                stored_data_off(format, 16 * blocks_per_mib)
-                    - stored_data_off(format, 3 * blocks_per_mib)
-            } else {
-                0
-            };
-            assert_eq!(started(), expected, "{what}: bytes started, sequential");
-            for mib in random {
-                disk.read_exact_at(buf, mib * MIB).unwrap();
-            }
-            assert_eq!(started(), expected, "{what}: bytes started, random");
             drop(disk);
             assert!(mount.unmount().success());
         }
     }
+}
+
+/// `content::prefetch::start_reading` of 0 bytes starts nothing (to
+/// `posix_fadvise` a length of 0 means "to the end of the file"; a
+/// read-ahead range that holds no whole block maps to 0 bytes), while
+/// 4 pages bring in exactly those.
+#[test]
+fn starting_to_read_nothing_reads_nothing() {
+    use std::io::Write;
+    let env = TestEnv::new();
+    let path = env.datastore.join("prefetched");
+    let mut file = fs::File::create(&path).unwrap();
+    file.write_all(&vec![7u8; 64 * 4096]).unwrap();
+    file.sync_all().unwrap();
+    let file = fs::File::open(&path).unwrap();
+    common::drop_cache(&file);
+    let all: Vec<u64> = (0..64).collect();
+    assert_eq!(
+        cached_pages(&file, &all),
+        Vec::<u64>::new(),
+        "the backing file system evicts clean pages on request (not a tmpfs TMPDIR)"
+    );
+    vmcryptfs::content::prefetch::start_reading(&file, 4096, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        cached_pages(&file, &all),
+        Vec::<u64>::new(),
+        "after 0 bytes"
+    );
+    vmcryptfs::content::prefetch::start_reading(&file, 4096, 4 * 4096);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cached_pages(&file, &all).len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(cached_pages(&file, &all), vec![1, 2, 3, 4], "after 4 pages");
 }

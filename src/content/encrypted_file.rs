@@ -423,13 +423,9 @@ impl EncryptedFile {
                 // behind the next ones; before decrypting, which the disk
                 // then overlaps.
                 if let Some(ahead) = self.read_ahead.on_read(offset, end, size) {
-                    // Blocks that start in the range: the block the range
-                    // starts inside of was in the previous one (or is this
-                    // read's last), so consecutive ranges tile.
-                    let span = self.layout.stored_span(
-                        plain_size_to_block_count(ahead.start),
-                        plain_size_to_block_count(ahead.end),
-                    );
+                    // The block a range starts inside of was in the range
+                    // before (or is this read's last): each byte once.
+                    let span = self.layout.stored_span_starting_in(ahead.clone());
                     log::trace!("read-ahead of plaintext {ahead:?}: backing {span:?}");
                     prefetch::start_reading(backing, span.start, span.end - span.start);
                     self.read_ahead.count_started(span.end - span.start);

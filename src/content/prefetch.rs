@@ -35,9 +35,12 @@ pub fn start_reading_partial_pages(backing: &File, off: u64, len: u64) {
 
 /// Asks the kernel to start reading `len` bytes of `backing` at `off`, so
 /// that a read issued right after finds them cached or in flight. Best
-/// effort, like [`start_reading_partial_pages`].
+/// effort, like [`start_reading_partial_pages`]. A `len` of 0 asks for
+/// nothing (to `posix_fadvise` it would mean "to the end of the file").
 pub fn start_reading(backing: &File, off: u64, len: u64) {
-    let _ = fadvise(backing, off, NonZeroU64::new(len), Advice::WillNeed);
+    if let Some(len) = NonZeroU64::new(len) {
+        let _ = fadvise(backing, off, Some(len), Advice::WillNeed);
+    }
 }
 
 /// The byte ranges `(start, len)`, page-aligned, to read ahead of a store

@@ -51,7 +51,7 @@ pub enum ReadAhead {
 /// Why a `read_ahead` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadAheadError {
-    /// A distance that is not whole MiB, or too large.
+    /// A distance larger than [`ReadAhead::MAX_MIB`].
     #[error("read-ahead is a whole number of MiB up to {max}, not {mib} MiB", max = ReadAhead::MAX_MIB)]
     Distance {
         /// The distance asked for.
@@ -165,7 +165,10 @@ impl Stream {
     /// requests in parallel, so they arrive a little out of order, and the
     /// kernel may skip what its page cache already holds. A random large
     /// read lands that close to the last with odds of `2 * ahead / size`,
-    /// and [`RUN_TO_START`] reads in a row must.
+    /// and [`RUN_TO_START`] reads in a row must. (Through the mount's page
+    /// cache, the kernel's own readahead now and then sends a random read
+    /// with its neighbour: random 1 MiB reads of a 1 GiB file measured
+    /// about 5 % of their bytes started ahead.)
     ///
     /// Ranges are started in steps of at least a quarter of `ahead`, so a
     /// reader of 128 KiB requests does not cost a system call each.

@@ -171,6 +171,18 @@ impl ContentLayout {
         self.block_data_off(first_block)..self.block_data_off(end_block.max(first_block))
     }
 
+    /// The backing bytes of the blocks that *start* in plaintext range
+    /// `plain`, as [`ContentLayout::stored_span`]. A block that `plain`
+    /// starts inside of belongs to the range before, so the spans of
+    /// consecutive ranges tile the file without overlap, wherever the
+    /// ranges are split; a range inside one block has an empty span.
+    pub fn stored_span_starting_in(self, plain: Range<u64>) -> Range<u64> {
+        self.stored_span(
+            offsets::plain_size_to_block_count(plain.start),
+            offsets::plain_size_to_block_count(plain.end),
+        )
+    }
+
     /// Splits blocks `[first_block, end_block)` into runs whose stored bytes
     /// are contiguous, in ascending order.
     pub fn stored_runs(self, first_block: u64, end_block: u64) -> impl Iterator<Item = StoredRun> {
@@ -390,6 +402,33 @@ mod tests {
                     }
                 }
             }
+        }
+        // Ranges split anywhere, block-aligned or not: their spans tile
+        // the span of the whole, each backing byte once.
+        for layout in [Interleaved, PageAligned] {
+            let cuts = [
+                0,
+                1,
+                4095,
+                4096,
+                4097,
+                126 * P - 1,
+                126 * P + 7,
+                300 * P,
+                300 * P + 1,
+            ];
+            for window in cuts.windows(2) {
+                let (a, b) = (window[0], window[1]);
+                let whole = layout.stored_span_starting_in(0..b);
+                let parts = (
+                    layout.stored_span_starting_in(0..a),
+                    layout.stored_span_starting_in(a..b),
+                );
+                assert_eq!(parts.0.end, parts.1.start, "{layout:?} cut at {a}");
+                assert_eq!(parts.0.start..parts.1.end, whole, "{layout:?} {a}..{b}");
+            }
+            assert!(layout.stored_span_starting_in(10..4000).is_empty());
+            assert!(layout.stored_span_starting_in(4097..8192).is_empty());
         }
         // Format 2: a span entering group 1 holds its tag page.
         let span = PageAligned.stored_span(120, 130);
