@@ -37,9 +37,11 @@ pub struct MountArgs {
     /// it: auto, the default, does so with 128 KiB windows for a file that
     /// fits in available memory while its reads keep coming back to
     /// cached pages; off (or 0) never; KIB always, with that window),
-    /// read_ahead=MIB|off (how far ahead of a sequential reader of an
-    /// encrypted file the backing reads are started: 4 MiB by default, up
-    /// to 64; off or 0 leaves it to the backing file system's readahead),
+    /// read_ahead=auto|off|MIB (how far ahead of a sequential reader of an
+    /// encrypted file the backing reads are started: auto, the default,
+    /// reads 4 MiB ahead when the datastore's device reads ahead less by
+    /// itself and leaves it to the device otherwise; off (or 0) always
+    /// leaves it to the device; MIB, up to 64, reads that far ahead),
     /// and kernel options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
