@@ -12,41 +12,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{write_control, TestEnv};
+use common::{write_control, SmallFs, TestEnv};
 
 fn errno(err: &std::io::Error) -> i32 {
     err.raw_os_error().unwrap_or(0)
-}
-
-/// A size-limited tmpfs at `path`, unmounted when dropped (needs root).
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(path: &Path, size: &str) -> Self {
-        fs::create_dir_all(path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .expect("mount(8)");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        SmallFs(path.to_path_buf())
-    }
-
-    fn remount(&self, options: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::TestEnv;
+use common::{SmallFs, TestEnv};
 
 /// Counter `name` (after `vmcryptfs_`) of `vm`, from the root `.stats`.
 fn vm_counter(mnt: &Path, name: &str, vm: &str) -> u64 {
@@ -400,4 +400,47 @@ fn starting_to_read_nothing_reads_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(cached_pages(&file, &all), vec![1, 2, 3, 4], "after 4 pages");
+}
+
+/// The default `read_ahead=auto` is decided for each file by the device it
+/// lives on: a VM home that is a tmpfs mounted inside the datastore (no
+/// block device, so taken to read ahead as little as the kernel's default)
+/// reads ahead, and one on the datastore's own device does so exactly when
+/// that device reads ahead less than 4 MiB. Needs root (mount(8)).
+#[test]
+fn read_ahead_auto_is_decided_by_the_device_of_each_file() {
+    const MIB: u64 = 1 << 20;
+    let content: Vec<u8> = (0..16 * MIB).map(|i| (i % 251) as u8).collect();
+    let env = TestEnv::new();
+    let own_fs = SmallFs::mount(&env.vm_dir("on-tmpfs"), "64m");
+    env.create_vm_in_format("on-tmpfs", true, 2);
+    env.create_vm_in_format("on-datastore", true, 2);
+    let datastore_reads_ahead =
+        vmcryptfs::datastore::backing_device::readahead_bytes(&env.datastore)
+            .is_none_or(|ra| ra < 4 * MIB);
+    assert_eq!(
+        vmcryptfs::datastore::backing_device::readahead_bytes(&env.vm_dir("on-tmpfs")),
+        None,
+        "a tmpfs has no device readahead"
+    );
+    let mount = env.mount();
+    for (vm, reads_ahead) in [("on-tmpfs", true), ("on-datastore", datastore_reads_ahead)] {
+        let path = mount.path(&format!("{vm}/disk-flat.vmdk"));
+        fs::write(&path, &content).unwrap();
+        let disk = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut aligned = vec![0u8; (MIB + 4096) as usize];
+        let skip = aligned.as_ptr().align_offset(4096);
+        for mib in 0..16 {
+            disk.read_exact_at(&mut aligned[skip..][..MIB as usize], mib * MIB)
+                .unwrap();
+        }
+        let started = vm_counter(&mount.path(""), "read_ahead_bytes_total", vm);
+        assert_eq!(started > 0, reads_ahead, "{vm}: {started} bytes started");
+    }
+    assert!(mount.unmount().success());
+    drop(own_fs);
 }

@@ -39,8 +39,8 @@ pub struct MountArgs {
     /// cached pages; off (or 0) never; KIB always, with that window),
     /// read_ahead=auto|off|MIB (how far ahead of a sequential reader of an
     /// encrypted file the backing reads are started: auto, the default,
-    /// reads 4 MiB ahead when the datastore's device reads ahead less by
-    /// itself and leaves it to the device otherwise; off (or 0) always
+    /// reads 4 MiB ahead when the device a file lives on reads ahead less
+    /// by itself and leaves it to the device otherwise; off (or 0) always
     /// leaves it to the device; MIB, up to 64, reads that far ahead),
     /// and kernel options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
@@ -247,11 +247,7 @@ fn serve(
     // Backing files get exactly the modes the kernel asks for (it has
     // already applied the caller's umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let device_readahead = backing_device::readahead_bytes(&datastore);
-    let reads = ReadSettings {
-        ahead: settings.reads.ahead.resolve(device_readahead),
-        ..settings.reads
-    };
+    let reads = settings.reads;
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
     let fs = VmCryptFs::new(store)
         .map_err(|e| {
@@ -280,11 +276,13 @@ fn serve(
     if let Some(read_around) = reads.around.describe() {
         log::info!("read-around: {read_around}");
     }
-    let device_readahead =
-        device_readahead.map_or("unknown".to_owned(), |ra| format!("{} KiB", ra / 1024));
+    // `auto` is decided per file, by its device; this is the decision for
+    // files on the datastore's own.
+    let device_readahead = backing_device::readahead_bytes(&datastore);
     log::info!(
-        "read-ahead: {} (the datastore's device reads ahead {device_readahead})",
-        reads.ahead.describe()
+        "read-ahead: {} (the datastore's device reads ahead {})",
+        reads.ahead.resolve(device_readahead).describe(),
+        device_readahead.map_or("unknown".to_owned(), |ra| format!("{} KiB", ra / 1024))
     );
     widen_readahead(&datastore, &mountpoint);
     let unmounter = session.unmount_callable();

@@ -17,6 +17,7 @@ use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::handles::Handle;
 use super::inodes::NodeInfo;
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
+use crate::content::encrypted_file::ReadSettings;
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::layout::{self, ContentClass};
@@ -84,7 +85,11 @@ impl VmCryptFs {
                 Errno::from_i32(libc::ENOKEY)
             })?;
         let Some(content) = self.inodes.acquire_content(node.ino, || {
-            EncryptedFile::new(keyring, vm.content_layout()).with_read_settings(self.read_settings)
+            let settings = ReadSettings {
+                ahead: (self.read_settings.ahead).resolve(self.device_readahead.of_file(&file)),
+                ..self.read_settings
+            };
+            EncryptedFile::new(keyring, vm.content_layout()).with_read_settings(settings)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);

@@ -29,6 +29,7 @@ use rustix::fs::{FileType, Stat};
 use crate::content::encrypted_file::ReadSettings;
 use crate::control::command::ControlScope;
 use crate::control::virtual_file::VirtualFile;
+use crate::datastore::backing_device::DeviceReadahead;
 use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::layout::{self, ContentClass};
@@ -89,8 +90,12 @@ pub struct VmCryptFs {
     /// When the mount started, for `.stats` uptime. Immutable.
     started: std::time::Instant,
     /// What reads of encrypted files bring in beyond what they ask for (the
-    /// `read_around` and `read_ahead` mount options). Immutable.
+    /// `read_around` and `read_ahead` mount options). Immutable; an `auto`
+    /// read-ahead is resolved per file, against `device_readahead`.
     read_settings: ReadSettings,
+    /// The readahead of the devices backing files live on; internally
+    /// synchronized.
+    device_readahead: DeviceReadahead,
 }
 
 impl VmCryptFs {
@@ -110,12 +115,14 @@ impl VmCryptFs {
             direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
             read_settings: ReadSettings::DEFAULT,
+            device_readahead: DeviceReadahead::default(),
         })
     }
 
     /// The same frontend, with encrypted files opened from now on reading
     /// around their cold reads and ahead of their sequential ones as
-    /// `read_settings` says (see [`ReadSettings`]).
+    /// `read_settings` says (see [`ReadSettings`]; `auto` read-ahead is
+    /// decided per file, by the device it lives on).
     pub fn with_read_settings(self, read_settings: ReadSettings) -> Self {
         Self {
             read_settings,

@@ -540,3 +540,39 @@ pub fn data_extents(file: &std::fs::File) -> Vec<(i64, i64)> {
     }
     out
 }
+
+/// A size-limited tmpfs at `path`, unmounted when dropped (needs root).
+#[allow(dead_code)]
+pub struct SmallFs(PathBuf);
+
+#[allow(dead_code)]
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (as mount(8) takes it: `64m`) at `path`,
+    /// creating the directory.
+    pub fn mount(path: &Path, size: &str) -> Self {
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount(8)");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallFs(path.to_path_buf())
+    }
+
+    /// Remounts it with `options` (`ro`, `rw`, ...).
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
