@@ -283,6 +283,38 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
     }
 }
 
+/// Whether `read_ahead=auto` reads ahead for files in `dir`: when its
+/// device reads ahead less than 4 MiB by itself, or cannot be found.
+fn auto_reads_ahead_in(dir: &Path) -> bool {
+    vmcryptfs::datastore::backing_device::readahead_bytes(dir).is_none_or(|ra| ra < 4 << 20)
+}
+
+/// Writes `content` as `vm`'s disk through `mount` and opens it writable:
+/// such an open of an encrypted disk is direct, so each read reaches the
+/// daemon, in order.
+fn write_direct_disk(mount: &common::Mount, vm: &str, content: &[u8]) -> fs::File {
+    let path = mount.path(&format!("{vm}/disk-flat.vmdk"));
+    fs::write(&path, content).unwrap();
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap()
+}
+
+/// Reads `disk` from start to end in 1 MiB reads into a buffer `misalign`
+/// bytes past a page boundary, checking each against `content`.
+fn read_disk_in_order(disk: &fs::File, content: &[u8], misalign: usize) {
+    const MIB: usize = 1 << 20;
+    let mut aligned = vec![0u8; MIB + 8192];
+    let skip = aligned.as_ptr().align_offset(4096);
+    let buf = &mut aligned[skip + misalign..][..MIB];
+    for (mib, expected) in content.chunks(MIB).enumerate() {
+        disk.read_exact_at(buf, (mib * MIB) as u64).unwrap();
+        assert!(*buf == *expected, "MiB {mib} read back differently");
+    }
+}
+
 /// Backing offset of block `n`'s stored bytes (its nonce in format 1, its
 /// data page in format 2), from docs/FORMAT.md §3 and §3.9.
 fn stored_data_off(format: u16, n: u64) -> u64 {
@@ -304,10 +336,7 @@ fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
     const MIB: u64 = 1 << 20;
     let blocks_per_mib = MIB / 4096;
     let content: Vec<u8> = (0..16 * MIB).map(|i| (i % 253) as u8).collect();
-    let env = TestEnv::new();
-    let device_reads_ahead = vmcryptfs::datastore::backing_device::readahead_bytes(&env.datastore);
-    let default_reads_ahead = device_reads_ahead.is_none_or(|ra| ra < 4 * MIB);
-    drop(env);
+    let default_reads_ahead = auto_reads_ahead_in(&TestEnv::new().datastore);
     // Sequential, then these far-apart MiBs (no two within 4 MiB in a row).
     let random = [9, 2, 14, 5, 11, 0, 7, 15, 3, 12, 1, 8];
     let cases: [(&[&str], bool); 3] = [
@@ -321,14 +350,7 @@ fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
             let env = TestEnv::new();
             env.create_vm_in_format("vm1", true, format);
             let mount = env.mount_with(options);
-            fs::write(mount.path("vm1/disk-flat.vmdk"), &content).unwrap();
-            // A writable open of an encrypted disk is direct: each 1 MiB
-            // read reaches the daemon as one request, in order.
-            let disk = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(mount.path("vm1/disk-flat.vmdk"))
-                .unwrap();
+            let disk = write_direct_disk(&mount, "vm1", &content);
             let started = || vm_counter(&mount.path(""), "read_ahead_bytes_total", "vm1");
             let mut expected = 0;
             // Into a page-aligned buffer, each 1 MiB read is one request.
@@ -336,18 +358,9 @@ fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
             // straddles one page more than a request holds): requests of
             // 1 MiB - 512 bytes that end inside a block, each followed by
             // one of 512 bytes, too small to take part.
-            let mut aligned = vec![0u8; (MIB + 8192) as usize];
-            let skip = aligned.as_ptr().align_offset(4096);
+            let mut buf = vec![0u8; MIB as usize];
             for misalign in [0, 512] {
-                let buf = &mut aligned[skip + misalign..][..MIB as usize];
-                for mib in 0..16 {
-                    disk.read_exact_at(buf, mib * MIB).unwrap();
-                    assert_eq!(
-                        *buf,
-                        content[(mib * MIB) as usize..][..MIB as usize],
-                        "{what}"
-                    );
-                }
+                read_disk_in_order(&disk, &content, misalign);
                 // From the block where the third read ends (3 MiB) to the
                 // end of the file, each backing byte once.
                 if reads_ahead {
@@ -357,7 +370,7 @@ fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
                 let what = format!("{what}, buffer {misalign} bytes into a page");
                 assert_eq!(started(), expected, "{what}: bytes started, sequential");
                 for mib in random {
-                    disk.read_exact_at(buf, mib * MIB).unwrap();
+                    disk.read_exact_at(&mut buf, mib * MIB).unwrap();
                 }
                 assert_eq!(started(), expected, "{what}: bytes started, random");
             }
@@ -415,9 +428,7 @@ fn read_ahead_auto_is_decided_by_the_device_of_each_file() {
     let own_fs = SmallFs::mount(&env.vm_dir("on-tmpfs"), "64m");
     env.create_vm_in_format("on-tmpfs", true, 2);
     env.create_vm_in_format("on-datastore", true, 2);
-    let datastore_reads_ahead =
-        vmcryptfs::datastore::backing_device::readahead_bytes(&env.datastore)
-            .is_none_or(|ra| ra < 4 * MIB);
+    let datastore_reads_ahead = auto_reads_ahead_in(&env.datastore);
     assert_eq!(
         vmcryptfs::datastore::backing_device::readahead_bytes(&env.vm_dir("on-tmpfs")),
         None,
@@ -425,19 +436,8 @@ fn read_ahead_auto_is_decided_by_the_device_of_each_file() {
     );
     let mount = env.mount();
     for (vm, reads_ahead) in [("on-tmpfs", true), ("on-datastore", datastore_reads_ahead)] {
-        let path = mount.path(&format!("{vm}/disk-flat.vmdk"));
-        fs::write(&path, &content).unwrap();
-        let disk = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let mut aligned = vec![0u8; (MIB + 4096) as usize];
-        let skip = aligned.as_ptr().align_offset(4096);
-        for mib in 0..16 {
-            disk.read_exact_at(&mut aligned[skip..][..MIB as usize], mib * MIB)
-                .unwrap();
-        }
+        let disk = write_direct_disk(&mount, vm, &content);
+        read_disk_in_order(&disk, &content, 0);
         let started = vm_counter(&mount.path(""), "read_ahead_bytes_total", vm);
         assert_eq!(started > 0, reads_ahead, "{vm}: {started} bytes started");
     }

@@ -247,7 +247,6 @@ fn serve(
     // Backing files get exactly the modes the kernel asks for (it has
     // already applied the caller's umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let reads = settings.reads;
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
     let fs = VmCryptFs::new(store)
         .map_err(|e| {
@@ -256,7 +255,7 @@ fn serve(
                 format!("opening datastore {}: {e}", datastore.display()),
             )
         })?
-        .with_read_settings(reads);
+        .with_read_settings(settings.reads);
     let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
         Ok(session) => session,
         Err(e) => {
@@ -273,7 +272,7 @@ fn serve(
         datastore.display(),
         mountpoint.display()
     );
-    if let Some(read_around) = reads.around.describe() {
+    if let Some(read_around) = settings.reads.around.describe() {
         log::info!("read-around: {read_around}");
     }
     // `auto` is decided per file, by its device; this is the decision for
@@ -281,7 +280,7 @@ fn serve(
     let device_readahead = backing_device::readahead_bytes(&datastore);
     log::info!(
         "read-ahead: {} (the datastore's device reads ahead {})",
-        reads.ahead.resolve(device_readahead).describe(),
+        settings.reads.ahead.resolve(device_readahead).describe(),
         device_readahead.map_or("unknown".to_owned(), |ra| format!("{} KiB", ra / 1024))
     );
     widen_readahead(&datastore, &mountpoint);

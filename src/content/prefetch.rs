@@ -15,7 +15,8 @@
 //! cached pages the advice costs a page-cache lookup.
 //!
 //! The same advice starts the read of the window around a read that
-//! misses the backing page cache, when [`super::read_around`] says to.
+//! misses the backing page cache, when [`super::read_around`] says to, and
+//! the reads ahead of a sequential reader ([`super::read_ahead`]).
 
 use std::fs::File;
 use std::num::NonZeroU64;
