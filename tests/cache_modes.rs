@@ -12,22 +12,9 @@ use std::path::Path;
 
 use common::{SmallFs, TestEnv};
 
-/// Counter `name` (after `vmcryptfs_`) of `vm`, from the root `.stats`.
-fn vm_counter(mnt: &Path, name: &str, vm: &str) -> u64 {
-    let stats = fs::read_to_string(mnt.join(".stats")).unwrap();
-    let prefix = format!("vmcryptfs_{name}{{vm=\"{vm}\"}} ");
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in .stats:\n{stats}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Plaintext bytes the mount has served for `vm`.
 fn bytes_read_by_mount(mnt: &Path, vm: &str) -> u64 {
-    vm_counter(mnt, "read_bytes_total", vm)
+    common::vm_counter(mnt, "read_bytes_total", vm)
 }
 
 /// Reads the first 4 KiB of `file` `times` times and returns how many bytes
@@ -158,21 +145,6 @@ fn the_mount_reads_ahead_one_whole_request() {
     );
 }
 
-/// Which of the pages `pages` (page numbers) of `file` are in the page
-/// cache, by `mincore(2)` on a mapping, which, unlike a read, brings
-/// nothing in.
-fn cached_pages(file: &fs::File, pages: &[u64]) -> Vec<u64> {
-    let map = unsafe { memmap2::Mmap::map(file) }.unwrap();
-    let mut resident = vec![0u8; map.len().div_ceil(4096)];
-    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
-    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-    pages
-        .iter()
-        .copied()
-        .filter(|&p| resident[p as usize] & 1 == 1)
-        .collect()
-}
-
 /// What a cold 4 KiB read of an encrypted disk brings in, in both content
 /// formats: with `-o read_around=64` the whole aligned 64 KiB window of the
 /// backing file around the pages it needs, but not the next window; with
@@ -236,7 +208,7 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
             common::drop_cache(&backing);
             let all: Vec<u64> = (0..window.end + window_pages).collect();
             assert_eq!(
-                cached_pages(&backing, &all),
+                common::cached_pages(&backing, &all),
                 Vec::<u64>::new(),
                 "the backing file system evicts clean pages on request (not a tmpfs TMPDIR)"
             );
@@ -249,7 +221,7 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             let window_cached = loop {
                 std::thread::sleep(std::time::Duration::from_millis(100));
-                let cached = cached_pages(&backing, &rest_of_window);
+                let cached = common::cached_pages(&backing, &rest_of_window);
                 let settled = window_expected.is_none() || cached.len() == rest_of_window.len();
                 if settled || std::time::Instant::now() > deadline {
                     break cached;
@@ -262,18 +234,18 @@ fn read_around_brings_in_the_aligned_window_of_a_cold_read() {
             };
             assert_eq!(window_cached, expected, "{what}: pages of the window");
             assert_eq!(
-                cached_pages(&backing, &next_window),
+                common::cached_pages(&backing, &next_window),
                 Vec::<u64>::new(),
                 "{what}: pages of the next window"
             );
             assert_eq!(
-                cached_pages(&backing, &needed),
+                common::cached_pages(&backing, &needed),
                 needed,
                 "{what}: pages read"
             );
             // `.stats` counts the windows, so an operator can see them.
             assert_eq!(
-                vm_counter(&mount.path(""), "read_around_windows_total", "vm1"),
+                common::vm_counter(&mount.path(""), "read_around_windows_total", "vm1"),
                 u64::from(window_expected.is_some()),
                 "{what}: windows counted"
             );
@@ -351,7 +323,7 @@ fn read_ahead_starts_the_backing_reads_ahead_of_a_sequential_reader() {
             env.create_vm_in_format("vm1", true, format);
             let mount = env.mount_with(options);
             let disk = write_direct_disk(&mount, "vm1", &content);
-            let started = || vm_counter(&mount.path(""), "read_ahead_bytes_total", "vm1");
+            let started = || common::vm_counter(&mount.path(""), "read_ahead_bytes_total", "vm1");
             let mut expected = 0;
             // Into a page-aligned buffer, each 1 MiB read is one request.
             // 512 bytes into a page, the kernel splits it (the buffer
@@ -396,23 +368,27 @@ fn starting_to_read_nothing_reads_nothing() {
     common::drop_cache(&file);
     let all: Vec<u64> = (0..64).collect();
     assert_eq!(
-        cached_pages(&file, &all),
+        common::cached_pages(&file, &all),
         Vec::<u64>::new(),
         "the backing file system evicts clean pages on request (not a tmpfs TMPDIR)"
     );
     vmcryptfs::content::prefetch::start_reading(&file, 4096, 0);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
-        cached_pages(&file, &all),
+        common::cached_pages(&file, &all),
         Vec::<u64>::new(),
         "after 0 bytes"
     );
     vmcryptfs::content::prefetch::start_reading(&file, 4096, 4 * 4096);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while cached_pages(&file, &all).len() < 4 && std::time::Instant::now() < deadline {
+    while common::cached_pages(&file, &all).len() < 4 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(cached_pages(&file, &all), vec![1, 2, 3, 4], "after 4 pages");
+    assert_eq!(
+        common::cached_pages(&file, &all),
+        vec![1, 2, 3, 4],
+        "after 4 pages"
+    );
 }
 
 /// The default `read_ahead=auto` is decided for each file by the device it
@@ -438,7 +414,7 @@ fn read_ahead_auto_is_decided_by_the_device_of_each_file() {
     for (vm, reads_ahead) in [("on-tmpfs", true), ("on-datastore", datastore_reads_ahead)] {
         let disk = write_direct_disk(&mount, vm, &content);
         read_disk_in_order(&disk, &content, 0);
-        let started = vm_counter(&mount.path(""), "read_ahead_bytes_total", vm);
+        let started = common::vm_counter(&mount.path(""), "read_ahead_bytes_total", vm);
         assert_eq!(started > 0, reads_ahead, "{vm}: {started} bytes started");
     }
     assert!(mount.unmount().success());

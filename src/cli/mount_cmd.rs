@@ -256,6 +256,7 @@ fn serve(
             )
         })?
         .with_read_settings(settings.reads);
+    let filler = fs.cache_filler_starter();
     let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
         Ok(session) => session,
         Err(e) => {
@@ -267,6 +268,12 @@ fn serve(
             return Err(err);
         }
     };
+    // A fill can wait for a worker to answer a read, and a truncation for a
+    // fill (see `frontend::cache_fill`): with one worker that could be the
+    // same thread.
+    if settings.config.n_threads.unwrap_or(1) >= 2 {
+        filler.start(session.notifier());
+    }
     log::info!(
         "mounted {} at {}",
         datastore.display(),

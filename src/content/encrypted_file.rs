@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
@@ -22,7 +23,7 @@ use super::parallel::try_for_each_block;
 use super::prefetch;
 use super::range_lock::BlockRangeLock;
 use super::read_ahead::{ReadAhead, ReadAheadState};
-use super::read_around::{ReadAround, ReadAroundState};
+use super::read_around::{AroundRead, ReadAround, ReadAroundState};
 use super::sealed_region::{self, SealedBlock, SealedBlockMut, SealedRegion};
 use crate::crypto::block_aead::{BlockAead, NONCE_LEN, TAG_LEN};
 use crate::crypto::kdf;
@@ -241,6 +242,17 @@ pub struct EncryptedFile {
     read_ahead: ReadAheadState,
 }
 
+/// Who a read is for, as far as what it brings in and counts is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// A reader's request that the kernel does not cache (direct I/O).
+    Uncached,
+    /// A reader's request through the kernel's page cache of the file.
+    PageCache,
+    /// A copy into the kernel's page cache that no reader asked for.
+    Fill,
+}
+
 /// The mount's settings for what reads of encrypted files bring in beyond
 /// what they ask for. Immutable once a mount starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,10 +408,59 @@ impl EncryptedFile {
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<usize, ContentError> {
+        self.read_as(ReadKind::Uncached, backing, offset, len, out)
+            .map(|(n, _)| n)
+    }
+
+    /// [`EncryptedFile::read_into`] for a read through the kernel's page
+    /// cache of the file, which also returns the plaintext range worth
+    /// copying into that cache now, if any (see
+    /// [`ReadAroundState::fill_window`]; the caller copies it with
+    /// [`EncryptedFile::read_fill`]).
+    pub fn read_into_page_cache(
+        &self,
+        backing: &File,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, Option<Range<u64>>), ContentError> {
+        self.read_as(ReadKind::PageCache, backing, offset, len, out)
+    }
+
+    /// Starts reading the backing bytes of plaintext `range`, which
+    /// [`EncryptedFile::read_fill`] will read later, so that several fills'
+    /// disk reads overlap (the filler serves one at a time).
+    pub fn start_reading_fill(&self, backing: &File, range: Range<u64>) {
+        let span = self.layout.stored_span_starting_in(range);
+        prefetch::start_reading(backing, span.start, span.end - span.start);
+    }
+
+    /// Reads `range` to copy it into the kernel's page cache: neither
+    /// counted by nor bringing in anything for read-around or read-ahead,
+    /// as no reader asked for it.
+    pub fn read_fill(
+        &self,
+        backing: &File,
+        range: Range<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, ContentError> {
+        let len = range.end.saturating_sub(range.start);
+        self.read_as(ReadKind::Fill, backing, range.start, len, out)
+            .map(|(n, _)| n)
+    }
+
+    fn read_as(
+        &self,
+        kind: ReadKind,
+        backing: &File,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, Option<Range<u64>>), ContentError> {
         let _size = self.size_lock.read().expect("size lock poisoned");
         let size = self.plain_size(backing)?;
         if offset >= size || len == 0 {
-            return Ok(0);
+            return Ok((0, None));
         }
         let end = size.min(offset + len);
         let first = plain_off_to_block_no(offset);
@@ -413,22 +474,34 @@ impl EncryptedFile {
             last - first + 1,
             plain_len_of_block(last, size),
         );
+        let fill = match kind {
+            ReadKind::PageCache => self.read_around.fill_window(offset, end - offset, size),
+            ReadKind::Uncached | ReadKind::Fill => None,
+        };
+        let around = match kind {
+            ReadKind::Uncached => Some(AroundRead {
+                state: &self.read_around,
+                counted: true,
+                brings_in: true,
+            }),
+            ReadKind::PageCache => Some(AroundRead {
+                state: &self.read_around,
+                counted: self.read_around.counts_cached_read_at(offset),
+                brings_in: fill.is_none(),
+            }),
+            ReadKind::Fill => None,
+        };
         let plain_len = (end - offset) as usize;
         let out = sized_scratch(out, plain_len);
         STORED_BUFFER
             .with_borrow_mut(|stored| {
                 let stored = sized_scratch(stored, region.buffer_len());
-                region.read(backing, stored, Some(&self.read_around))?;
+                region.read(backing, stored, around)?;
                 // After this request's own read, so that it does not wait
                 // behind the next ones; before decrypting, which the disk
                 // then overlaps.
-                if let Some(ahead) = self.read_ahead.on_read(offset, end, size) {
-                    // The block a range starts inside of was in the range
-                    // before (or is this read's last): each byte once.
-                    let span = self.layout.stored_span_starting_in(ahead.clone());
-                    log::trace!("read-ahead of plaintext {ahead:?}: backing {span:?}");
-                    prefetch::start_reading(backing, span.start, span.end - span.start);
-                    self.read_ahead.count_started(span.end - span.start);
+                if kind != ReadKind::Fill {
+                    self.start_reading_ahead(backing, offset, end, size);
                 }
                 let spans = || split_range_into_blocks(offset, end - offset);
                 let work = spans()
@@ -439,7 +512,20 @@ impl EncryptedFile {
                 })
             })
             .inspect_err(|_| out.fill(0))?;
-        Ok(plain_len)
+        Ok((plain_len, fill))
+    }
+
+    /// Tells the read-ahead stream about a read of `offset..end` (of a file
+    /// of `size` bytes) and starts the backing reads it says to.
+    fn start_reading_ahead(&self, backing: &File, offset: u64, end: u64, size: u64) {
+        if let Some(ahead) = self.read_ahead.on_read(offset, end, size) {
+            // The block a range starts inside of was in the range before
+            // (or is this read's last): each byte once.
+            let span = self.layout.stored_span_starting_in(ahead.clone());
+            log::trace!("read-ahead of plaintext {ahead:?}: backing {span:?}");
+            prefetch::start_reading(backing, span.start, span.end - span.start);
+            self.read_ahead.count_started(span.end - span.start);
+        }
     }
 
     /// Writes `data` at `offset`, extending the file if needed.

@@ -17,6 +17,14 @@
 //! its small reads find their pages cached and places the bet only while
 //! the numbers say it pays, and only on a file that fits in the memory the
 //! kernel has available ([`Governor`], with its reasoning).
+//!
+//! A file read through the kernel's page cache can also have the plaintext
+//! of a window copied into that cache ([`ReadAroundState::fill_window`]),
+//! so that reads of its neighbours never reach the daemon. Those reads are
+//! then invisible to the governor, so such a file keeps one window in
+//! [`CONTROL_ONE_IN`] as a control group: brought in like the others but
+//! never copied, and for reads through the page cache only reads in
+//! control windows are counted ([`AroundRead::counted`]).
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,6 +75,31 @@ impl Window {
         let end = (off + len).div_ceil(self.bytes) * self.bytes;
         Some((start, end - start))
     }
+}
+
+/// One window in this many is a control window (see the module docs).
+pub const CONTROL_ONE_IN: u64 = 8;
+
+/// Whether the window with index `index` (plaintext offset / window size)
+/// is a control window. The index is hashed (Fibonacci hashing), so that a
+/// strided reader does not see only control windows or none.
+pub fn is_control_window(index: u64) -> bool {
+    index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & (CONTROL_ONE_IN - 1) == 0
+}
+
+/// A small read's part in read-around: the file's state, and whether the
+/// read is counted by the governor.
+#[derive(Debug, Clone, Copy)]
+pub struct AroundRead<'a> {
+    /// The file's read-around state.
+    pub state: &'a ReadAroundState,
+    /// False for a read through the kernel's page cache outside a control
+    /// window: whether it finds its pages cached says more about what was
+    /// copied into the kernel's cache than about where reads go.
+    pub counted: bool,
+    /// Whether a miss brings in the window: false when the caller brings in
+    /// the range it will copy into the kernel's cache instead.
+    pub brings_in: bool,
 }
 
 /// The mount's `read_around` option. Immutable once a mount starts.
@@ -158,6 +191,10 @@ pub struct ReadAroundState {
     governor: Mutex<Governor>,
     /// Windows brought in since the last [`ReadAroundState::take_windows`].
     windows: AtomicU64,
+    /// Whether a window of the file was ever offered for copying into the
+    /// kernel's cache ([`ReadAroundState::fill_window`]); from then on only
+    /// control windows' reads through that cache are counted. Set once.
+    filled: AtomicBool,
 }
 
 impl ReadAroundState {
@@ -170,6 +207,7 @@ impl ReadAroundState {
             tally: AtomicU64::new(0),
             governor: Mutex::new(Governor::new()),
             windows: AtomicU64::new(0),
+            filled: AtomicBool::new(false),
         }
     }
 
@@ -185,13 +223,54 @@ impl ReadAroundState {
     }
 
     /// Counts a small read of `backing` that found its pages `cached` or
-    /// not, and says whether a miss should bring in its window.
-    pub fn on_cache_try(&self, cached: bool, backing: &File) -> bool {
-        let window = self.count(cached, || fits_in_memory(backing));
+    /// not (unless not `counted`), and says whether a miss should bring in
+    /// its window.
+    pub fn on_cache_try(&self, cached: bool, counted: bool, backing: &File) -> bool {
+        let window = if counted {
+            self.count(cached, || fits_in_memory(backing))
+        } else {
+            !cached && self.window_on.load(Ordering::Relaxed)
+        };
         if window {
             self.windows.fetch_add(1, Ordering::Relaxed);
         }
         window
+    }
+
+    /// The window setting's size, or None when off.
+    fn window(&self) -> Option<Window> {
+        match self.setting {
+            ReadAround::Off => None,
+            ReadAround::Always(window) | ReadAround::Adaptive(window) => Some(window),
+        }
+    }
+
+    /// Whether a read at plaintext offset `off` through the kernel's page
+    /// cache is counted by the governor: until the file's first copy into
+    /// that cache every read is (none is hidden yet, and counting all of
+    /// them decides eight times sooner), after it only reads in control
+    /// windows.
+    pub fn counts_cached_read_at(&self, off: u64) -> bool {
+        !self.filled.load(Ordering::Relaxed)
+            || self
+                .window()
+                .is_some_and(|window| is_control_window(off / window.bytes))
+    }
+
+    /// The plaintext range worth copying into the kernel's page cache after
+    /// a small read of `len` bytes at `off` through it, in a file of `size`
+    /// bytes: the window holding `off`, while windows are on, unless it is
+    /// a control window or the read is not small.
+    pub fn fill_window(&self, off: u64, len: u64, size: u64) -> Option<std::ops::Range<u64>> {
+        let window = self.window()?;
+        if len >= window.bytes || !self.window_on() || is_control_window(off / window.bytes) {
+            return None;
+        }
+        if !self.filled.load(Ordering::Relaxed) {
+            self.filled.store(true, Ordering::Relaxed);
+        }
+        let start = off - off % window.bytes;
+        Some(start..size.min(start + window.bytes))
     }
 
     /// How many windows misses brought in since the last call (for the
@@ -686,5 +765,65 @@ mod tests {
         let state = ReadAroundState::new(ReadAround::parse("auto").unwrap());
         let share = simulate(&state, 1 << 20, (1 << 20) / 5, true, 1_000_000);
         assert!(share < 0.2, "windows on for {share} of the reads");
+    }
+
+    #[test]
+    fn one_window_in_eight_is_a_control_whatever_the_stride() {
+        for stride in [1u64, 2, 8, 64, 1000] {
+            let controls = (0..80_000u64)
+                .filter(|i| is_control_window(i * stride))
+                .count();
+            assert!(
+                (9_000..11_000).contains(&controls),
+                "stride {stride}: {controls} of 80000 are controls"
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_read_offers_its_window_unless_off_a_control_or_large() {
+        let size = 10 * 128 * 1024 + 100;
+        let window = |w: u64| w * 128 * 1024;
+        let filled = (0..).find(|&w| !is_control_window(w)).unwrap();
+        let control = (0..).find(|&w| is_control_window(w)).unwrap();
+        let always = ReadAroundState::new(ReadAround::parse("128").unwrap());
+        assert_eq!(
+            always.fill_window(window(filled) + 5000, 4096, size),
+            Some(window(filled)..window(filled + 1))
+        );
+        assert_eq!(always.fill_window(window(control) + 5000, 4096, size), None);
+        assert_eq!(
+            always.fill_window(window(filled), 128 * 1024, size),
+            None,
+            "not small"
+        );
+        assert_eq!(
+            always.fill_window(window(10) + 10, 10, size),
+            if is_control_window(10) {
+                None
+            } else {
+                Some(window(10)..size)
+            },
+            "the last window ends with the file"
+        );
+        let off = ReadAroundState::new(ReadAround::Off);
+        assert_eq!(off.fill_window(window(filled), 4096, size), None);
+        let auto = ReadAroundState::new(ReadAround::AUTO);
+        assert_eq!(
+            auto.fill_window(window(filled), 4096, size),
+            None,
+            "windows are off"
+        );
+    }
+
+    #[test]
+    fn reads_through_the_kernel_cache_count_until_the_first_fill_then_only_in_controls() {
+        let filled = (0..).find(|&w| !is_control_window(w)).unwrap() * 128 * 1024;
+        let control = (0..).find(|&w| is_control_window(w)).unwrap() * 128 * 1024;
+        let state = ReadAroundState::new(ReadAround::parse("128").unwrap());
+        assert!(state.counts_cached_read_at(filled) && state.counts_cached_read_at(control));
+        assert!(state.fill_window(filled, 4096, 1 << 30).is_some());
+        assert!(!state.counts_cached_read_at(filled));
+        assert!(state.counts_cached_read_at(control));
     }
 }

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use super::prefetch;
-use super::read_around::ReadAroundState;
+use super::read_around::AroundRead;
 use crate::crypto::block_aead::{NONCE_LEN, TAG_LEN};
 use crate::format::content_layout::{ContentLayout, StoredRun, PAGE_LEN, SLOT_LEN};
 use crate::format::offsets::PLAIN_BLOCK_LEN;
@@ -75,7 +75,7 @@ fn read_data(backing: &File, buf: &mut [u8], off: u64, next_page: bool) -> io::R
 
 /// A read of `buf` at `off` small enough for read-around: tries the page
 /// cache alone (with the next page in format 2, `next_page`), tells
-/// `read_around` whether that hit, and on a miss it says should bring in
+/// `around` whether that hit, and on a miss it says should bring in
 /// `window` (`(start, len)`), starts the window's read and then reads.
 /// Whether `buf` is read; if not, the caller reads it as it would without
 /// read-around, and finds its pages in flight.
@@ -84,11 +84,11 @@ fn read_small(
     buf: &mut [u8],
     off: u64,
     next_page: bool,
-    read_around: &ReadAroundState,
+    around: AroundRead<'_>,
     (start, len): (u64, u64),
 ) -> io::Result<bool> {
     let cached = read_if_cached(backing, buf, off, next_page);
-    if read_around.on_cache_try(cached, backing) {
+    if around.state.on_cache_try(cached, around.counted, backing) && around.brings_in {
         prefetch::start_reading(backing, start, len);
         backing.read_exact_at(buf, off)?;
         return Ok(true);
@@ -231,7 +231,7 @@ impl SealedRegion {
     /// so that the two disk reads overlap instead of following each other,
     /// and the slots are read again afterwards.
     ///
-    /// With `read_around`, a small read of data first tries the page cache
+    /// With `around`, a small read of data first tries the page cache
     /// alone (`RWF_NOWAIT`: a cached read costs nothing more, as the try
     /// is the read), tells the read-around state whether it hit, and on a
     /// miss starts the read of its window first if the state says so (see
@@ -240,7 +240,7 @@ impl SealedRegion {
         &self,
         backing: &File,
         buf: &mut [u8],
-        read_around: Option<&ReadAroundState>,
+        around: Option<AroundRead<'_>>,
     ) -> io::Result<()> {
         assert_eq!(buf.len(), self.buffer_len(), "region buffer length");
         let mut slots_missing = false;
@@ -257,7 +257,7 @@ impl SealedRegion {
             let data = &mut buf[inline_at..inline_at + inline_len];
             let next_page = run.slot_off.is_some();
             let window =
-                read_around.and_then(|ra| Some((ra, ra.cover(run.data_off, data.len() as u64)?)));
+                around.and_then(|ra| Some((ra, ra.state.cover(run.data_off, data.len() as u64)?)));
             let read_already = match window {
                 Some((ra, window)) => {
                     read_small(backing, data, run.data_off, next_page, ra, window)?

@@ -13,6 +13,7 @@ use fuser::BackingId;
 use fuser::{Errno, FileAttr};
 
 use super::attr;
+use super::cache_fill::{CacheRole, FillGate, FillJob};
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::handles::Handle;
 use super::inodes::NodeInfo;
@@ -62,13 +63,16 @@ impl VmCryptFs {
         self.beneath.open_file(rel, raw, create_mode.unwrap_or(0))
     }
 
-    /// Builds the handle for an opened backing file of node `node`.
+    /// Builds the handle for an opened backing file of node `node`, whose
+    /// role for the kernel's cache is `role` (a writable one keeps its
+    /// inode from being filled until it is closed).
     fn make_handle(
         &self,
         node: &NodeInfo,
         file: File,
         class: ContentClass,
         rel: &Path,
+        role: CacheRole,
     ) -> FsResult<Handle> {
         if class == ContentClass::Plain {
             return Ok(Handle::Plain {
@@ -94,7 +98,11 @@ impl VmCryptFs {
             vm.file_closed();
             return Err(Errno::ENOENT);
         };
+        if role == CacheRole::Writes {
+            self.fill_gate.writer_opened(node.ino);
+        }
         Ok(Handle::Encrypted {
+            role,
             file,
             content,
             ino: node.ino,
@@ -136,11 +144,11 @@ impl VmCryptFs {
         let file = self
             .open_backing(&rel, flags, class, None)
             .map_err(io_errno)?;
-        let handle = self.make_handle(&node, file, class, &rel)?;
+        let mode = self.cache_mode_for(&rel, class, flags);
+        let handle = self.make_handle(&node, file, class, &rel, CacheRole::of_open(flags, mode))?;
         if flags & libc::O_TRUNC != 0 && wants_write(flags) {
             self.truncate_handle(&handle, &rel, 0)?;
         }
-        let mode = self.cache_mode_for(&rel, class, flags);
         Ok((self.handles.insert(handle), mode))
     }
 
@@ -170,7 +178,8 @@ impl VmCryptFs {
             self.names_backing(known, backing)
         });
         let node = self.node(ino)?;
-        let handle = self.make_handle(&node, file, class, &rel)?;
+        let mode = self.cache_mode_for(&rel, class, flags);
+        let handle = self.make_handle(&node, file, class, &rel, CacheRole::of_open(flags, mode))?;
         if flags & libc::O_TRUNC != 0 && stat.st_size > 0 {
             self.truncate_handle(&handle, &rel, 0)?;
         }
@@ -179,7 +188,6 @@ impl VmCryptFs {
             _ => None,
         };
         let attr = attr::from_stat(ino, &stat, format);
-        let mode = self.cache_mode_for(&rel, class, flags);
         Ok((attr, self.handles.insert(handle), mode))
     }
 
@@ -232,11 +240,25 @@ impl VmCryptFs {
                 read_plain(file, offset, size as usize, out).map_err(io_errno)
             }
             Handle::Encrypted {
-                file, content, vm, ..
+                file,
+                content,
+                vm,
+                role,
+                ..
             } => {
-                let n = content
-                    .read_into(file, offset, size as u64, out)
-                    .map_err(|e| self.content_error(vm, ino, "read", &e))?;
+                let n = if *role == CacheRole::Fills {
+                    let (n, fill) = content
+                        .read_into_page_cache(file, offset, size as u64, out)
+                        .map_err(|e| self.content_error(vm, ino, "read", &e))?;
+                    if let Some(window) = fill {
+                        self.queue_fill(ino, file, content, window);
+                    }
+                    n
+                } else {
+                    content
+                        .read_into(file, offset, size as u64, out)
+                        .map_err(|e| self.content_error(vm, ino, "read", &e))?
+                };
                 vm.counters().read(n);
                 vm.counters()
                     .read_around(content.take_read_around_windows());
@@ -253,6 +275,44 @@ impl VmCryptFs {
             }
             Handle::Dir { .. } => Err(Errno::EISDIR),
         }
+    }
+
+    /// Queues the copy of `window` of inode `ino` into the kernel's cache,
+    /// if the mount has a filler. Safe before the reply: the filler then
+    /// waits for the kernel to release the page being read.
+    fn queue_fill(
+        &self,
+        ino: u64,
+        file: &File,
+        content: &Arc<EncryptedFile>,
+        window: std::ops::Range<u64>,
+    ) {
+        let Some(filler) = self.cache_filler.get() else {
+            return;
+        };
+        match file.try_clone() {
+            Ok(backing) => filler.queue(FillJob {
+                ino,
+                backing,
+                content: content.clone(),
+                window,
+            }),
+            Err(e) => log::debug!("not filling inode {ino}: {e}"),
+        }
+    }
+
+    /// Whether the kernel must not be given handle `fh` of `ino` before a
+    /// fill of `ino` in flight ends (a writable handle; see `cache_fill`).
+    pub fn must_wait_for_fill(&self, ino: u64, fh: u64) -> Option<Arc<FillGate>> {
+        let handle = self.handles.get(fh)?;
+        let writes = matches!(
+            &*handle,
+            Handle::Encrypted {
+                role: CacheRole::Writes,
+                ..
+            }
+        );
+        (writes && self.fill_gate.is_filling(ino)).then(|| self.fill_gate.clone())
     }
 
     /// Writes to an open file.
@@ -387,7 +447,10 @@ impl VmCryptFs {
     /// pass-through file its share of the kernel passthrough backing id.
     fn close_handle(&self, handle: &Handle) {
         match handle {
-            Handle::Encrypted { ino, vm, .. } => {
+            Handle::Encrypted { ino, vm, role, .. } => {
+                if *role == CacheRole::Writes {
+                    self.fill_gate.writer_closed(*ino);
+                }
                 self.inodes.release_content(*ino);
                 vm.file_closed();
             }
@@ -438,9 +501,16 @@ impl VmCryptFs {
     fn truncate_handle(&self, handle: &Handle, rel: &Path, size: u64) -> FsResult<()> {
         match handle {
             Handle::Plain { file, .. } => file.set_len(size).map_err(io_errno),
-            Handle::Encrypted { file, content, .. } => content
-                .truncate(file, size)
-                .map_err(|e| Self::log_content_error(rel, "truncate", &e)),
+            Handle::Encrypted {
+                file, content, ino, ..
+            } => {
+                // The handle is writable, so no fill starts; one in flight
+                // could still copy beyond the new end (see `cache_fill`).
+                self.fill_gate.wait_for_fill(*ino);
+                content
+                    .truncate(file, size)
+                    .map_err(|e| Self::log_content_error(rel, "truncate", &e))
+            }
             _ => Err(Errno::EINVAL),
         }
     }
@@ -467,7 +537,7 @@ impl VmCryptFs {
         let file = self
             .open_backing(&rel, libc::O_WRONLY, class, None)
             .map_err(io_errno)?;
-        let handle = self.make_handle(node, file, class, &rel)?;
+        let handle = self.make_handle(node, file, class, &rel, CacheRole::Writes)?;
         let result = self.truncate_handle(&handle, &rel, size);
         self.close_handle(&handle);
         result

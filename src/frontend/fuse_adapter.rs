@@ -227,7 +227,9 @@ impl Filesystem for VmCryptFs {
             Ok((fh, mode)) => {
                 match self.passthrough_backing(ino.0, fh, |file| reply.open_backing(file)) {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-                    None => reply.opened(FileHandle(fh), open_flags(mode)),
+                    None => self.reply_after_fill(ino.0, fh, move || {
+                        reply.opened(FileHandle(fh), open_flags(mode))
+                    }),
                 }
             }
             Err(e) => reply.error(e),
@@ -496,16 +498,38 @@ impl Filesystem for VmCryptFs {
                         FopenFlags::empty(),
                         &id,
                     ),
-                    None => reply.created(
-                        &ATTR_TTL,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        open_flags(mode),
-                    ),
+                    None => self.reply_after_fill(attr.ino.0, fh, move || {
+                        reply.created(
+                            &ATTR_TTL,
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            open_flags(mode),
+                        )
+                    }),
                 }
             }
             Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl VmCryptFs {
+    /// Sends an open's reply with `send`, after any fill of `ino` in flight
+    /// when `fh` is writable (see `cache_fill`). The wait is in its own
+    /// thread: a fill may itself wait for a FUSE worker to answer a read.
+    fn reply_after_fill(&self, ino: u64, fh: u64, send: impl FnOnce() + Send + 'static) {
+        let Some(gate) = self.must_wait_for_fill(ino, fh) else {
+            return send();
+        };
+        let spawned = std::thread::Builder::new()
+            .name("fill-wait".into())
+            .spawn(move || {
+                gate.wait_for_fill(ino);
+                send();
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a fill-wait thread: {e}");
         }
     }
 }

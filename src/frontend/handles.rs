@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use fuser::FileType;
 
+use super::cache_fill::CacheRole;
 use crate::content::EncryptedFile;
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::vm_home::VmHome;
@@ -45,6 +46,9 @@ pub enum Handle {
         ino: u64,
         /// The VM home, whose open-file count this handle holds.
         vm: Arc<VmHome>,
+        /// Whether its reads fill the kernel's cache, or it writes (see
+        /// `cache_fill`).
+        role: CacheRole,
     },
     /// A virtual file: `.control`, `.control.json` or `.stats`.
     Control {

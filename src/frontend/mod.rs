@@ -9,6 +9,7 @@
 //! calling them and sending the reply, and nothing else.
 
 pub mod attr;
+pub mod cache_fill;
 pub mod cache_mode;
 pub mod control_ops;
 pub mod dir_ops;
@@ -96,6 +97,11 @@ pub struct VmCryptFs {
     /// The readahead of the devices backing files live on; internally
     /// synchronized.
     device_readahead: DeviceReadahead,
+    /// Which inodes may be filled into the kernel's cache; internally
+    /// locked, shared with the filler thread.
+    fill_gate: Arc<cache_fill::FillGate>,
+    /// The filler, once the mount started it; set once.
+    cache_filler: Arc<std::sync::OnceLock<cache_fill::CacheFiller>>,
 }
 
 impl VmCryptFs {
@@ -116,7 +122,16 @@ impl VmCryptFs {
             started: std::time::Instant::now(),
             read_settings: ReadSettings::DEFAULT,
             device_readahead: DeviceReadahead::default(),
+            fill_gate: Arc::default(),
+            cache_filler: Arc::default(),
         })
+    }
+
+    /// What starts this frontend's copying of read-around windows into the
+    /// kernel's cache (see [`cache_fill`]), given the session's notifier.
+    /// Until started, nothing is copied.
+    pub fn cache_filler_starter(&self) -> cache_fill::FillerStarter {
+        cache_fill::FillerStarter::new(self.cache_filler.clone(), self.fill_gate.clone())
     }
 
     /// The same frontend, with encrypted files opened from now on reading

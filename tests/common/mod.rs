@@ -24,6 +24,34 @@ pub fn drop_cache(file: &fs::File) {
     .unwrap();
 }
 
+/// Counter `name` (after `vmcryptfs_`) of `vm`, from the root `.stats`.
+pub fn vm_counter(mnt: &Path, name: &str, vm: &str) -> u64 {
+    let stats = fs::read_to_string(mnt.join(".stats")).unwrap();
+    let prefix = format!("vmcryptfs_{name}{{vm=\"{vm}\"}} ");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in .stats:\n{stats}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Which of the pages `pages` (page numbers) of `file` are in the page
+/// cache, by `mincore(2)` on a mapping, which, unlike a read, brings
+/// nothing in.
+pub fn cached_pages(file: &fs::File, pages: &[u64]) -> Vec<u64> {
+    let map = unsafe { memmap2::Mmap::map(file) }.unwrap();
+    let mut resident = vec![0u8; map.len().div_ceil(4096)];
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    pages
+        .iter()
+        .copied()
+        .filter(|&p| resident[p as usize] & 1 == 1)
+        .collect()
+}
+
 /// Runs `command` (an external tool: qemu-img, qemu-io, ...) to the end
 /// and asserts that it succeeded, naming it and showing its output if not.
 pub fn run_checked(command: &mut Command) -> Output {
