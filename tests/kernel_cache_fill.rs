@@ -123,13 +123,21 @@ fn a_cached_read_fills_its_window_and_the_neighbours_never_reach_the_daemon() {
             );
             let window = pages_of(filled);
             let cached = wait_for_pages(&disk, &window);
+            let filled_bytes =
+                || common::vm_counter(&mount.path(""), "cache_fill_bytes_total", "vm1");
             if !fills {
                 assert_eq!(cached, vec![read], "{what}: only the page read");
+                assert_eq!(filled_bytes(), 0, "{what}: bytes filled");
                 drop(disk);
                 assert!(mount.unmount().success());
                 continue;
             }
             assert_eq!(cached, window, "{what}: the window is filled");
+            assert_eq!(
+                filled_bytes(),
+                WINDOW,
+                "{what}: `.stats` counts the bytes filled"
+            );
             assert_eq!(
                 common::cached_pages(&disk, &pages_of(filled + 1)),
                 Vec::<u64>::new(),
@@ -151,6 +159,7 @@ fn a_cached_read_fills_its_window_and_the_neighbours_never_reach_the_daemon() {
 
             let what = format!("{what}: a control window is not filled");
             read_without_fill(&disk, &content, control * PAGES_PER_WINDOW + 5, &what);
+            assert_eq!(filled_bytes(), WINDOW, "{what}");
             drop(disk);
             assert!(mount.unmount().success());
         }

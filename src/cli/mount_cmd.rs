@@ -36,7 +36,10 @@ pub struct MountArgs {
     /// cache also brings in the aligned window of its backing file around
     /// it: auto, the default, does so with 128 KiB windows for a file that
     /// fits in available memory while its reads keep coming back to
-    /// cached pages; off (or 0) never; KIB always, with that window),
+    /// cached pages; off (or 0) never; KIB always, with that window; for a
+    /// read-only open through the page cache the window's plaintext is
+    /// also copied into the kernel's cache, so reads of its neighbours
+    /// never reach the daemon),
     /// read_ahead=auto|off|MIB (how far ahead of a sequential reader of an
     /// encrypted file the backing reads are started: auto, the default,
     /// reads 4 MiB ahead when the device a file lives on reads ahead less

@@ -77,6 +77,11 @@ const COUNTERS: &[CounterFamily] = &[
         "Backing bytes whose reads were started ahead of sequential reads (mount option read_ahead).",
         |c| c.read_ahead_bytes,
     ),
+    (
+        "cache_fill_bytes_total",
+        "Plaintext bytes copied into the kernel's page cache around small reads through it (mount option read_around).",
+        |c| c.cache_fill_bytes,
+    ),
 ];
 
 /// Renders the whole file.

@@ -19,6 +19,7 @@ pub struct VmCounters {
     rekeys: AtomicU64,
     read_around_windows: AtomicU64,
     read_ahead_bytes: AtomicU64,
+    cache_fill_bytes: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -47,6 +48,9 @@ pub struct CounterValues {
     /// Backing bytes whose reads were started ahead of sequential reads
     /// (`content::read_ahead`).
     pub read_ahead_bytes: u64,
+    /// Plaintext bytes copied into the kernel's page cache around reads
+    /// (`frontend::cache_fill`).
+    pub cache_fill_bytes: u64,
 }
 
 impl VmCounters {
@@ -92,6 +96,11 @@ impl VmCounters {
         add_unless_zero(&self.read_ahead_bytes, bytes);
     }
 
+    /// `bytes` plaintext bytes were copied into the kernel's page cache.
+    pub fn cache_fill(&self, bytes: u64) {
+        add_unless_zero(&self.cache_fill_bytes, bytes);
+    }
+
     /// The current values.
     pub fn values(&self) -> CounterValues {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -106,6 +115,7 @@ impl VmCounters {
             rekeys: get(&self.rekeys),
             read_around_windows: get(&self.read_around_windows),
             read_ahead_bytes: get(&self.read_ahead_bytes),
+            cache_fill_bytes: get(&self.cache_fill_bytes),
         }
     }
 }
@@ -122,6 +132,7 @@ impl std::ops::AddAssign for CounterValues {
         self.rekeys += other.rekeys;
         self.read_around_windows += other.read_around_windows;
         self.read_ahead_bytes += other.read_ahead_bytes;
+        self.cache_fill_bytes += other.cache_fill_bytes;
     }
 }
 

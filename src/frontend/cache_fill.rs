@@ -46,6 +46,7 @@ use fuser::{INodeNo, Notifier};
 
 use super::cache_mode::CacheMode;
 use crate::content::EncryptedFile;
+use crate::datastore::vm_home::VmHome;
 
 /// Fill requests queued at most; past that a read's fill is dropped (the
 /// filler is behind, and the reads it would have saved come to us anyway).
@@ -167,6 +168,8 @@ pub struct FillJob {
     pub content: Arc<EncryptedFile>,
     /// Plaintext range.
     pub window: Range<u64>,
+    /// The VM home, whose `.stats` count the bytes copied.
+    pub vm: Arc<VmHome>,
 }
 
 /// The mount's filler: a queue, and the thread that serves it.
@@ -264,8 +267,9 @@ fn fill_one(job: &FillJob, plain: &mut Vec<u8>, notifier: &Notifier, gate: &Fill
         if n == 0 {
             return;
         }
-        if let Err(e) = notifier.store(INodeNo(job.ino), job.window.start, &plain[..n]) {
-            log::debug!("copying into the kernel's cache of inode {}: {e}", job.ino);
+        match notifier.store(INodeNo(job.ino), job.window.start, &plain[..n]) {
+            Ok(()) => job.vm.counters().cache_fill(n as u64),
+            Err(e) => log::debug!("copying into the kernel's cache of inode {}: {e}", job.ino),
         }
     });
 }

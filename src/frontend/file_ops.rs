@@ -251,7 +251,7 @@ impl VmCryptFs {
                         .read_into_page_cache(file, offset, size as u64, out)
                         .map_err(|e| self.content_error(vm, ino, "read", &e))?;
                     if let Some(window) = fill {
-                        self.queue_fill(ino, file, content, window);
+                        self.queue_fill(ino, file, content, vm, window);
                     }
                     n
                 } else {
@@ -285,6 +285,7 @@ impl VmCryptFs {
         ino: u64,
         file: &File,
         content: &Arc<EncryptedFile>,
+        vm: &Arc<VmHome>,
         window: std::ops::Range<u64>,
     ) {
         let Some(filler) = self.cache_filler.get() else {
@@ -296,6 +297,7 @@ impl VmCryptFs {
                 backing,
                 content: content.clone(),
                 window,
+                vm: vm.clone(),
             }),
             Err(e) => log::debug!("not filling inode {ino}: {e}"),
         }
