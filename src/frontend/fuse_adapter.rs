@@ -522,14 +522,24 @@ impl VmCryptFs {
         let Some(gate) = self.must_wait_for_fill(ino, fh) else {
             return send();
         };
+        // Kept here too, so that the reply is still sent if no thread starts.
+        let pending = std::sync::Arc::new(std::sync::Mutex::new(Some(send)));
+        let in_thread = pending.clone();
+        let waiting = gate.clone();
         let spawned = std::thread::Builder::new()
             .name("fill-wait".into())
             .spawn(move || {
-                gate.wait_for_fill(ino);
-                send();
+                waiting.wait_for_fill(ino);
+                if let Some(send) = in_thread.lock().expect("pending reply").take() {
+                    send();
+                }
             });
         if let Err(e) = spawned {
-            log::error!("cannot start a fill-wait thread: {e}");
+            log::warn!("cannot start a fill-wait thread ({e}); waiting on the worker");
+            gate.wait_for_fill(ino);
+            if let Some(send) = pending.lock().expect("pending reply").take() {
+                send();
+            }
         }
     }
 }
