@@ -11,7 +11,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,72 +212,69 @@ fn a_file_open_for_writing_is_not_filled() {
     assert!(mount.unmount().success());
 }
 
-/// Cached readers hammer the first windows of a disk (each read fills)
-/// while a writer opens it, writes a page with the next version number and
-/// closes it, hundreds of times: a read that starts after a write has
-/// finished never returns an older version. Then a truncation by path
-/// while the readers go on: the size stays what was set, and reads past
-/// it return nothing.
+/// Cached readers hammer the even pages of a disk's first windows (each
+/// read that reaches the daemon fills its window, odd pages included)
+/// while a writer opens it, writes an odd page with the next version
+/// number and closes it, 250 times; after each close a read of that page
+/// returns that version. Then a truncation by path while the readers go
+/// on: the size stays what was set, and reads past it return nothing.
+///
+/// Only odd pages are written and only even pages are hammered because a
+/// cached read of a page *during* a direct write of that same page can
+/// leave the old bytes cached, with or without fills (the kernel
+/// invalidates cached pages before a direct write, not after; see
+/// `frontend::cache_mode`). What this test checks is that no fill copies
+/// old bytes over a write.
 #[test]
-fn readers_never_see_data_older_than_a_finished_write_or_truncation() {
+fn no_fill_leaves_data_older_than_a_finished_write_or_truncation() {
     const PAGES: u64 = 8 * PAGES_PER_WINDOW;
+    const TRUNCATED_TO: u64 = 2 * WINDOW;
     let env = TestEnv::new();
     env.create_vm("vm1", true);
     let mount = env.mount_with(ALWAYS);
     let path = mount.path("vm1/disk-flat.vmdk");
     fs::write(&path, vec![0u8; (PAGES * 4096) as usize]).unwrap();
-    // The newest finished version of each page.
-    let finished: Arc<Vec<AtomicU8>> = Arc::new((0..PAGES).map(|_| AtomicU8::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let truncated = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2u64)
         .map(|seed| {
-            let (finished, stop, truncated) = (finished.clone(), stop.clone(), truncated.clone());
+            let (stop, truncated) = (stop.clone(), truncated.clone());
             let disk = open_random_reader(&path);
             std::thread::spawn(move || {
                 let mut state = seed * 7919 + 1;
                 let mut reads = 0u64;
                 while !stop.load(Ordering::SeqCst) {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let page = (state >> 33) % PAGES;
+                    state = next_random(state);
+                    let page = ((state >> 33) % PAGES) & !1;
                     let was_truncated = truncated.load(Ordering::SeqCst);
-                    let oldest = finished[page as usize].load(Ordering::SeqCst);
                     let mut buf = vec![0u8; 4096];
                     let n = disk.read_at(&mut buf, page * 4096).unwrap();
                     if was_truncated && page * 4096 >= TRUNCATED_TO {
                         assert_eq!(n, 0, "page {page} read past the end after truncation");
-                        continue;
+                    } else if n > 0 {
+                        // (n == 0: the truncation happened during the read.)
+                        assert_eq!((n, buf), (4096, vec![0u8; 4096]), "page {page}");
+                        reads += 1;
                     }
-                    if n == 0 {
-                        continue; // the truncation happened during the read
-                    }
-                    assert_eq!(n, 4096, "page {page}");
-                    assert!(buf.iter().all(|&b| b == buf[0]), "page {page} is torn");
-                    assert!(
-                        buf[0] >= oldest,
-                        "page {page}: read version {} after version {oldest} was written",
-                        buf[0]
-                    );
-                    reads += 1;
                 }
                 reads
             })
         })
         .collect();
+    let checker = open_random_reader(&path);
     let mut state = 12345u64;
     for version in 1..=250u8 {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let page = (state >> 33) % PAGES;
+        state = next_random(state);
+        let page = ((state >> 33) % PAGES) | 1;
         let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
         writer.write_all_at(&[version; 4096], page * 4096).unwrap();
         drop(writer);
-        finished[page as usize].store(version, Ordering::SeqCst);
+        assert_eq!(
+            read_page(&checker, page),
+            vec![version; 4096],
+            "page {page} after version {version}"
+        );
     }
-    const TRUNCATED_TO: u64 = 2 * WINDOW;
     nix::unistd::truncate(&path, TRUNCATED_TO as i64).unwrap();
     truncated.store(true, Ordering::SeqCst);
     for _ in 0..20 {
@@ -293,5 +290,14 @@ fn readers_never_see_data_older_than_a_finished_write_or_truncation() {
         let reads = reader.join().expect("a reader failed");
         assert!(reads > 100, "a reader read only {reads} times");
     }
+    drop(checker);
     assert!(mount.unmount().success());
+}
+
+/// A 64-bit linear congruential step (Knuth's MMIX constants): enough to
+/// spread test reads, and the same sequence every run.
+fn next_random(state: u64) -> u64 {
+    state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
 }
