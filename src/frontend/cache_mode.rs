@@ -27,13 +27,8 @@
 //! its cached pages of a range around a direct write of that range when
 //! the mount negotiated `FUSE_DIRECT_IO_ALLOW_MMAP` (Linux 6.6+), which
 //! is also what lets a direct file be mmapped. Without that capability
-//! every open uses the page cache. One gap remains: the kernel
-//! invalidates *before* sending the write, not after, so a cached read of
-//! a page that runs *during* a direct write of that page can leave the old
-//! bytes cached after the write has finished (seen with two cached readers
-//! hammering the pages a direct writer writes; not yet closed, see
-//! docs/DESIGN.md §2.2). Copies the daemon itself puts in the cache never
-//! overlap a writer (`cache_fill`).
+//! every open uses the page cache. Copies the daemon itself puts in the
+//! cache never overlap a writer (`cache_fill`).
 //!
 //! `.control` files are always direct: their content is computed on read.
 //! An open with O_DIRECT needs no flag from us: the kernel already bypasses
