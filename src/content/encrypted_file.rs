@@ -474,22 +474,25 @@ impl EncryptedFile {
             last - first + 1,
             plain_len_of_block(last, size),
         );
-        let fill = match kind {
-            ReadKind::PageCache => self.read_around.fill_window(offset, end - offset, size),
-            ReadKind::Uncached | ReadKind::Fill => None,
-        };
-        let around = match kind {
-            ReadKind::Uncached => Some(AroundRead {
-                state: &self.read_around,
-                counted: true,
-                brings_in: true,
-            }),
-            ReadKind::PageCache => Some(AroundRead {
-                state: &self.read_around,
-                counted: self.read_around.counts_cached_read_at(offset),
-                brings_in: fill.is_none(),
-            }),
-            ReadKind::Fill => None,
+        let (around, fill) = match kind {
+            ReadKind::Uncached => {
+                let around = AroundRead {
+                    state: &self.read_around,
+                    counted: true,
+                    brings_in: true,
+                };
+                (Some(around), None)
+            }
+            ReadKind::PageCache => {
+                let fill = self.read_around.fill_window(offset, end - offset, size);
+                let around = AroundRead {
+                    state: &self.read_around,
+                    counted: self.read_around.counts_cached_read_at(offset),
+                    brings_in: fill.is_none(),
+                };
+                (Some(around), fill)
+            }
+            ReadKind::Fill => (None, None),
         };
         let plain_len = (end - offset) as usize;
         let out = sized_scratch(out, plain_len);

@@ -216,10 +216,7 @@ impl ReadAroundState {
     /// count it. A read that takes part tries the page cache alone first
     /// and reports the outcome to [`ReadAroundState::on_cache_try`].
     pub fn cover(&self, off: u64, len: u64) -> Option<(u64, u64)> {
-        match self.setting {
-            ReadAround::Off => None,
-            ReadAround::Always(window) | ReadAround::Adaptive(window) => window.cover(off, len),
-        }
+        self.window()?.cover(off, len)
     }
 
     /// Counts a small read of `backing` that found its pages `cached` or

@@ -161,9 +161,8 @@ impl FillGate {
 pub struct FillJob {
     /// The FUSE inode.
     pub ino: u64,
-    /// The backing file (a duplicate of the handle's, so the job does not
-    /// keep the handle).
-    pub backing: File,
+    /// The backing file, shared with the handle whose read queued the job.
+    pub backing: Arc<File>,
     /// The inode's content state.
     pub content: Arc<EncryptedFile>,
     /// Plaintext range.

@@ -103,7 +103,7 @@ impl VmCryptFs {
         }
         Ok(Handle::Encrypted {
             role,
-            file,
+            file: Arc::new(file),
             content,
             ino: node.ino,
             vm: vm.clone(),
@@ -283,23 +283,19 @@ impl VmCryptFs {
     fn queue_fill(
         &self,
         ino: u64,
-        file: &File,
+        file: &Arc<File>,
         content: &Arc<EncryptedFile>,
         vm: &Arc<VmHome>,
         window: std::ops::Range<u64>,
     ) {
-        let Some(filler) = self.cache_filler.get() else {
-            return;
-        };
-        match file.try_clone() {
-            Ok(backing) => filler.queue(FillJob {
+        if let Some(filler) = self.cache_filler.get() {
+            filler.queue(FillJob {
                 ino,
-                backing,
+                backing: file.clone(),
                 content: content.clone(),
                 window,
                 vm: vm.clone(),
-            }),
-            Err(e) => log::debug!("not filling inode {ino}: {e}"),
+            });
         }
     }
 
@@ -409,9 +405,8 @@ impl VmCryptFs {
     /// fsync/fdatasync: reaches the backing file.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
-        let file = match &*handle {
-            Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => file,
-            _ => return Ok(()),
+        let Some(file) = handle.backing_file() else {
+            return Ok(());
         };
         let result = if datasync {
             file.sync_data()

@@ -38,8 +38,9 @@ pub enum Handle {
     /// An encrypted file.
     Encrypted {
         /// The backing file (opened read-write when possible, because
-        /// partial-block writes must read).
-        file: File,
+        /// partial-block writes must read); shared with the fills its
+        /// reads queue.
+        file: Arc<File>,
         /// Shared per-inode content state.
         content: Arc<EncryptedFile>,
         /// The node, to release the content hold on close.
@@ -67,6 +68,17 @@ pub enum Handle {
         /// The entries, `.` and `..` first.
         entries: Vec<DirEntry>,
     },
+}
+
+impl Handle {
+    /// The backing file of a plain or encrypted file's handle.
+    pub fn backing_file(&self) -> Option<&File> {
+        match self {
+            Handle::Plain { file, .. } => Some(file),
+            Handle::Encrypted { file, .. } => Some(file),
+            Handle::Control { .. } | Handle::Dir { .. } => None,
+        }
+    }
 }
 
 /// Handle ids → handles. Read-locked on every read and write request;

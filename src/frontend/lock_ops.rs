@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use fuser::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 
-use super::handles::Handle;
 use super::{FsResult, VmCryptFs};
 
 /// One lock owner's backing file, and the handle it was opened through.
@@ -82,10 +81,7 @@ impl VmCryptFs {
             return Ok(entry.file.clone());
         }
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
-        let backing = match &*handle {
-            Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => file,
-            _ => return Err(Errno::ENOLCK),
-        };
+        let backing = handle.backing_file().ok_or(Errno::ENOLCK)?;
         // Reopening through /proc gives a separate open file description
         // (a dup would share one, and with it the locks), and works even if
         // the file was unlinked.

@@ -64,10 +64,7 @@ enum MetadataTarget {
 
 /// The backing file of an open file handle.
 fn open_file(handle: &Handle) -> FsResult<&File> {
-    match handle {
-        Handle::Plain { file, .. } | Handle::Encrypted { file, .. } => Ok(file),
-        _ => Err(Errno::ENOENT),
-    }
+    handle.backing_file().ok_or(Errno::ENOENT)
 }
 
 impl VmCryptFs {
@@ -138,12 +135,11 @@ impl VmCryptFs {
                 Some(_) => None,
             });
         if let Some(handle) = handle {
-            let (file, encrypted) = match &*handle {
-                Handle::Plain { file, .. } => (Some(file), None),
-                Handle::Encrypted { file, content, .. } => (Some(file), Some(content.layout())),
-                _ => (None, None),
+            let encrypted = match &*handle {
+                Handle::Encrypted { content, .. } => Some(content.layout()),
+                _ => None,
             };
-            if let Some(file) = file {
+            if let Some(file) = handle.backing_file() {
                 let stat = rustix::fs::fstat(file).map_err(sys_errno)?;
                 return Ok(attr::from_stat(ino, &stat, encrypted));
             }
