@@ -242,6 +242,13 @@ pub struct EncryptedFile {
     read_ahead: ReadAheadState,
 }
 
+/// A backing file's length and the plaintext size it stores.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    stored: u64,
+    plain: u64,
+}
+
 /// Who a read is for, as far as what it brings in and counts is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadKind {
@@ -322,8 +329,14 @@ impl EncryptedFile {
 
     /// Plaintext size of the backing file.
     pub fn plain_size(&self, backing: &File) -> Result<u64, ContentError> {
+        Ok(self.sizes(backing)?.plain)
+    }
+
+    /// The backing file's length and plaintext size, from one `fstat`.
+    fn sizes(&self, backing: &File) -> Result<Sizes, ContentError> {
         let cipher_size = backing.metadata()?.len();
-        self.layout
+        let plain = self
+            .layout
             .cipher_size_to_plain_size(cipher_size)
             .map_err(|f| {
                 ContentError::TrailingFragment(
@@ -333,7 +346,11 @@ impl EncryptedFile {
                             .plain_size_to_cipher_size(f.plain_size_without_fragment)
                             .max(crate::format::offsets::HEADER_LEN),
                 )
-            })
+            })?;
+        Ok(Sizes {
+            stored: cipher_size,
+            plain,
+        })
     }
 
     /// Plaintext size for `stat` of a file of a VM home using `layout`: a
@@ -371,9 +388,14 @@ impl EncryptedFile {
         Ok(keys)
     }
 
-    /// Writes a fresh header (new file id, current generation). Caller holds
-    /// `size_lock` exclusively and the file holds no data.
-    fn create_header(&self, backing: &File) -> Result<Arc<FileKeys>, ContentError> {
+    /// Writes a fresh header (new file id, current generation) into a
+    /// backing file of `stored_len` bytes. Caller holds `size_lock`
+    /// exclusively and the file holds no data.
+    fn create_header(
+        &self,
+        backing: &File,
+        stored_len: u64,
+    ) -> Result<Arc<FileKeys>, ContentError> {
         let generation = self.keyring.current_generation();
         let header = FileHeader::new_random(generation, self.layout);
         let dek = self
@@ -381,7 +403,16 @@ impl EncryptedFile {
             .dek(generation)
             .expect("keyring holds its current generation");
         let mac_key = kdf::file_header_mac_key(dek, self.keyring.vm_id(), &header.file_id);
-        backing.set_len(0)?;
+        // A file without data can still hold an old header and tag page
+        // (left by a crash between the header's write and the first
+        // block's), which are cut. An empty file is not truncated: ext4
+        // takes a truncation to 0 for the first half of replacing a file's
+        // contents and writes the file back when it is closed
+        // (`auto_da_alloc`), which would cost every newly created file a
+        // writeback of its own (docs/PERFORMANCE.md, thirteenth session).
+        if stored_len != 0 {
+            backing.set_len(0)?;
+        }
         backing.write_all_at(&header.encode(&mac_key), 0)?;
         let keys = Arc::new(FileKeys::derive(&self.keyring, header)?);
         *self.keys.write().expect("keys lock poisoned") = Some(keys.clone());
@@ -549,9 +580,12 @@ impl EncryptedFile {
             }
         }
         let _size = self.size_lock.write().expect("size lock poisoned");
-        let size = self.plain_size(backing)?;
+        let Sizes {
+            stored,
+            plain: size,
+        } = self.sizes(backing)?;
         let keys = if size == 0 {
-            self.create_header(backing)?
+            self.create_header(backing, stored)?
         } else {
             self.keys(backing)?
         };
@@ -572,7 +606,10 @@ impl EncryptedFile {
         backing: &File,
         new_size: u64,
     ) -> Result<(), ContentError> {
-        let size = self.plain_size(backing)?;
+        let Sizes {
+            stored,
+            plain: size,
+        } = self.sizes(backing)?;
         if new_size == size {
             return Ok(());
         }
@@ -582,7 +619,7 @@ impl EncryptedFile {
             return Ok(());
         }
         let keys = if size == 0 {
-            self.create_header(backing)?
+            self.create_header(backing, stored)?
         } else {
             self.keys(backing)?
         };
@@ -799,6 +836,7 @@ mod tests {
     use super::*;
     use crate::crypto::secret::Dek;
     use crate::format::content_layout::GROUP_BLOCKS;
+    use crate::format::offsets::HEADER_LEN;
     use std::collections::BTreeMap;
 
     const LAYOUTS: [ContentLayout; 2] = [ContentLayout::Interleaved, ContentLayout::PageAligned];
@@ -1008,6 +1046,41 @@ mod tests {
                 EncryptedFile::new(keyring(), layout).read(&file, 0, 6),
                 Err(ContentError::UnknownGeneration(2))
             ));
+        }
+    }
+
+    /// A backing file can hold a header and no data (a crash between the
+    /// header's write and the first block's; in format 2 also with its
+    /// first tag page and stale slots). The first write gives it a new
+    /// header (a new file id), and the blocks before it read as a hole.
+    #[test]
+    fn a_header_without_data_is_replaced_by_the_first_write() {
+        for layout in LAYOUTS {
+            let stale_lens = match layout {
+                ContentLayout::Interleaved => vec![HEADER_LEN],
+                ContentLayout::PageAligned => vec![HEADER_LEN, 4096],
+            };
+            for stale_len in stale_lens {
+                let file = backing();
+                EncryptedFile::new(keyring(), layout)
+                    .write(&file, 0, &[7u8; 5000])
+                    .unwrap();
+                file.set_len(stale_len).unwrap();
+                let mut old_header = [0u8; HEADER_LEN as usize];
+                file.read_exact_at(&mut old_header, 0).unwrap();
+                let enc = EncryptedFile::new(keyring(), layout);
+                assert_eq!(enc.plain_size(&file).unwrap(), 0, "{layout:?} {stale_len}");
+                // Past the stale blocks, which must read as the hole they now are.
+                enc.write(&file, 9000, b"fresh").unwrap();
+                let mut new_header = [0u8; HEADER_LEN as usize];
+                file.read_exact_at(&mut new_header, 0).unwrap();
+                assert_ne!(old_header, new_header, "{layout:?} {stale_len}");
+                let reopened = EncryptedFile::new(keyring(), layout);
+                assert_eq!(reopened.plain_size(&file).unwrap(), 9005);
+                let mut expected = vec![0u8; 9000];
+                expected.extend_from_slice(b"fresh");
+                assert_eq!(reopened.read(&file, 0, 10_000).unwrap(), expected);
+            }
         }
     }
 
