@@ -101,11 +101,15 @@ pub struct ImportSummary {
 /// change, so the provider is shared across threads without a lock; the
 /// sled database itself is guarded per operation by the process-wide store
 /// mutex and sled's file lock (see `store.rs`).
+///
+/// It holds no key. The master key is read from `master.key` for each
+/// operation that needs it, checked against the store's check value, and
+/// wiped when the operation ends, like the KEK it unwraps (DESIGN.md §2.6):
+/// a long-running mount keeps only the DEKs of its unlocked VMs in memory,
+/// not the key that opens every KEK of the store.
 pub struct EmbeddedProvider {
     /// Directory and lock timeout. Immutable.
     keystore: Keystore,
-    /// Unwraps the KEKs. Immutable; zeroized on drop.
-    master: MasterKey,
     /// This store's identity. Immutable: a store never changes id.
     keystore_id: KeystoreId,
     /// Hex of `keystore_id`, the `kek_id` of every [`KekRef`]. Immutable.
@@ -133,10 +137,9 @@ impl EmbeddedProvider {
         let master = master_key::create(&master_key_path(keystore))?;
         let provider = Self::from_parts(
             Keystore::new(keystore, lock_timeout_from_env()),
-            master,
             random::array(),
         );
-        match provider.write_first_version() {
+        match provider.write_first_version(&master) {
             Ok(kek) => Ok((provider, kek)),
             Err(err) => {
                 // Nothing is wrapped under this master key yet; remove the
@@ -162,8 +165,8 @@ impl EmbeddedProvider {
             let session = Session::open(&store)?;
             (session.keystore_id()?, session.check_value()?)
         };
-        let provider = Self::from_parts(store, master, keystore_id);
-        provider.verify_check_value(&check)?;
+        let provider = Self::from_parts(store, keystore_id);
+        provider.verify_check_value(&master, &check)?;
         Ok(provider)
     }
 
@@ -221,11 +224,11 @@ impl EmbeddedProvider {
         let backup = Backup::parse(file, &text)?;
         let master = load_master_for_import(keystore, file)?;
         let store = Keystore::new(keystore, lock_timeout_from_env());
-        let provider = Self::from_parts(store, master, backup.keystore_id);
-        provider.verify_check_value(&backup.check)?;
-        provider.verify_backup_keks(file, &backup)?;
+        let provider = Self::from_parts(store, backup.keystore_id);
+        provider.verify_check_value(&master, &backup.check)?;
+        provider.verify_backup_keks(&master, file, &backup)?;
         let created_store = !kek_db_path(keystore).exists();
-        let result = provider.merge_backup(file, &backup, created_store);
+        let result = provider.merge_backup(&master, file, &backup, created_store);
         if result.is_err() && created_store {
             // Leave no half-made store that later opens would call corrupt.
             discard(&kek_db_path(keystore), |p| fs::remove_dir_all(p));
@@ -233,10 +236,9 @@ impl EmbeddedProvider {
         result
     }
 
-    fn from_parts(keystore: Keystore, master: MasterKey, keystore_id: KeystoreId) -> Self {
+    fn from_parts(keystore: Keystore, keystore_id: KeystoreId) -> Self {
         Self {
             keystore,
-            master,
             keystore_id,
             kek_id: hex::encode(keystore_id),
         }
@@ -267,22 +269,31 @@ impl EmbeddedProvider {
         }
     }
 
-    fn write_first_version(&self) -> Result<KekRef, ProviderError> {
+    /// The master key, read from its file for one operation of `session`
+    /// and checked against the store's check value (so a `master.key`
+    /// replaced while a mount runs is reported as such).
+    fn master(&self, session: &Session<'_>) -> Result<MasterKey, ProviderError> {
+        let master = master_key::load(&master_key_path(&self.keystore.dir))?;
+        self.verify_check_value(&master, &session.check_value()?)?;
+        Ok(master)
+    }
+
+    fn write_first_version(&self, master: &MasterKey) -> Result<KekRef, ProviderError> {
         let mut changes = Changes::default();
         changes.set_meta(META_KEYSTORE_ID, self.keystore_id.to_vec());
-        changes.set_meta(META_CHECK, new_check_value(&self.master, &self.keystore_id));
-        changes.put_version(1, &self.new_kek_record(1));
+        changes.set_meta(META_CHECK, new_check_value(master, &self.keystore_id));
+        changes.put_version(1, &self.new_kek_record(master, 1));
         changes.set_current_version(1);
         self.new_or_existing_session()?.commit(&changes)?;
         Ok(self.kek_ref(1))
     }
 
-    fn new_kek_record(&self, version: u32) -> KekRecord {
-        KekRecord::generate(&self.master, &self.keystore_id, version, now_unix())
+    fn new_kek_record(&self, master: &MasterKey, version: u32) -> KekRecord {
+        KekRecord::generate(master, &self.keystore_id, version, now_unix())
     }
 
-    fn verify_check_value(&self, check: &[u8]) -> Result<(), ProviderError> {
-        match check_value_matches(&self.master, &self.keystore_id, check) {
+    fn verify_check_value(&self, master: &MasterKey, check: &[u8]) -> Result<(), ProviderError> {
+        match check_value_matches(master, &self.keystore_id, check) {
             true => Ok(()),
             false => Err(ProviderError::WrongMasterKey {
                 path: master_key_path(&self.keystore.dir),
@@ -310,7 +321,8 @@ impl EmbeddedProvider {
     /// The plaintext KEK of `kek`, if its state allows `usage`.
     fn kek_for(&self, kek: &KekRef, usage: KekUse) -> Result<Kek, ProviderError> {
         self.check_owner(kek)?;
-        let record = self.session()?.record(kek.version)?;
+        let session = self.session()?;
+        let record = session.record(kek.version)?;
         let record = record.ok_or_else(|| self.unknown_version(kek.version))?;
         match (record.state, usage) {
             (KekState::Destroyed, _) => Err(self.destroyed(kek.version)),
@@ -319,15 +331,20 @@ impl EmbeddedProvider {
                 version: kek.version,
                 state: record.state.as_str(),
             }),
-            _ => self.unwrap_kek(kek.version, &record),
+            _ => self.unwrap_kek(&self.master(&session)?, kek.version, &record),
         }
     }
 
-    /// The master key was verified by the check value at open, so a record
-    /// that does not unwrap has been modified.
-    fn unwrap_kek(&self, version: u32, record: &KekRecord) -> Result<Kek, ProviderError> {
+    /// `master` was verified by the check value, so a record that does not
+    /// unwrap has been modified.
+    fn unwrap_kek(
+        &self,
+        master: &MasterKey,
+        version: u32,
+        record: &KekRecord,
+    ) -> Result<Kek, ProviderError> {
         record
-            .unwrap_kek(&self.master, &self.keystore_id, version)
+            .unwrap_kek(master, &self.keystore_id, version)
             .ok_or_else(|| {
                 self.keystore.corrupt(format!(
                     "the record of KEK version {version} does not decrypt under the master key (it was modified)"
@@ -364,11 +381,16 @@ impl EmbeddedProvider {
 
     /// Every non-destroyed KEK in the backup must unwrap under the master
     /// key: finding a bad one now beats finding it when a VM will not open.
-    fn verify_backup_keks(&self, file: &Path, backup: &Backup) -> Result<(), ProviderError> {
+    fn verify_backup_keks(
+        &self,
+        master: &MasterKey,
+        file: &Path,
+        backup: &Backup,
+    ) -> Result<(), ProviderError> {
         for (&version, (record, line)) in &backup.records {
             let usable = record.state == KekState::Destroyed
                 || record
-                    .unwrap_kek(&self.master, &self.keystore_id, version)
+                    .unwrap_kek(master, &self.keystore_id, version)
                     .is_some();
             if !usable {
                 return Err(ProviderError::BackupMalformed {
@@ -386,6 +408,7 @@ impl EmbeddedProvider {
 
     fn merge_backup(
         &self,
+        master: &MasterKey,
         file: &Path,
         backup: &Backup,
         created_store: bool,
@@ -397,7 +420,7 @@ impl EmbeddedProvider {
             changes.set_meta(META_CHECK, backup.check.clone());
             (Default::default(), 0)
         } else {
-            self.verify_same_store(&session, file)?;
+            self.verify_same_store(master, &session, file)?;
             (session.records()?, session.current_version()?)
         };
         let mut added_versions = Vec::new();
@@ -421,7 +444,12 @@ impl EmbeddedProvider {
         })
     }
 
-    fn verify_same_store(&self, session: &Session<'_>, file: &Path) -> Result<(), ProviderError> {
+    fn verify_same_store(
+        &self,
+        master: &MasterKey,
+        session: &Session<'_>,
+        file: &Path,
+    ) -> Result<(), ProviderError> {
         let store_id = session.keystore_id()?;
         if store_id != self.keystore_id {
             return Err(ProviderError::KeystoreIdMismatch {
@@ -431,7 +459,7 @@ impl EmbeddedProvider {
                 store_id: hex::encode(store_id),
             });
         }
-        self.verify_check_value(&session.check_value()?)
+        self.verify_check_value(master, &session.check_value()?)
     }
 
     fn unknown_version(&self, version: u32) -> ProviderError {
@@ -521,7 +549,7 @@ impl KeyProvider for EmbeddedProvider {
             .checked_add(1)
             .ok_or_else(|| self.keystore.corrupt("KEK versions are exhausted".into()))?;
         let mut changes = Changes::default();
-        changes.put_version(next, &self.new_kek_record(next));
+        changes.put_version(next, &self.new_kek_record(&self.master(&session)?, next));
         changes.set_current_version(next);
         session.commit(&changes)?;
         crash_here_if_testing("rotate");
@@ -643,6 +671,33 @@ mod tests {
     fn assert_unwraps(provider: &EmbeddedProvider, kek: &KekRef, dek: &Dek, wrapped: &[u8]) {
         let unwrapped = provider.unwrap_dek(kek, wrapped, AAD).unwrap();
         assert_eq!(unwrapped.expose(), dek.expose());
+    }
+
+    /// DESIGN.md §2.6: an open provider holds no key; each operation reads
+    /// `master.key` and checks it against the store.
+    #[test]
+    fn the_master_key_is_read_for_each_operation_not_kept() {
+        let (_dir, keystore, provider) = new_store();
+        let v1 = version(&provider, 1);
+        let (dek, wrapped) = wrap_random_dek(&provider, &v1);
+        let saved = fs::read(master_key_path(&keystore)).unwrap();
+        fs::remove_file(master_key_path(&keystore)).unwrap();
+        assert!(matches!(
+            provider.unwrap_dek(&v1, &wrapped, AAD),
+            Err(ProviderError::MasterKeyMissing { .. })
+        ));
+        assert!(matches!(
+            provider.rotate(),
+            Err(ProviderError::MasterKeyMissing { .. })
+        ));
+        master_key::create(&master_key_path(&keystore)).unwrap();
+        assert!(matches!(
+            provider.unwrap_dek(&v1, &wrapped, AAD),
+            Err(ProviderError::WrongMasterKey { .. })
+        ));
+        fs::remove_file(master_key_path(&keystore)).unwrap();
+        fs::write(master_key_path(&keystore), &saved).unwrap();
+        assert_unwraps(&provider, &v1, &dek, &wrapped);
     }
 
     /// Rewrites one stored KEK record with sled directly, as an attacker or
@@ -986,10 +1041,9 @@ mod tests {
         let master = master_key::load(&master_key_path(&other_dir)).unwrap();
         let other = EmbeddedProvider::from_parts(
             Keystore::new(&other_dir, DEFAULT_LOCK_TIMEOUT),
-            master,
             random::array(),
         );
-        other.write_first_version().unwrap();
+        other.write_first_version(&master).unwrap();
         let err = EmbeddedProvider::import(&other_dir, &backup).err().unwrap();
         assert!(
             matches!(err, ProviderError::KeystoreIdMismatch { .. }),
