@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use common::{read_control, snapshot_tree, write_control, TestEnv};
+use vmcryptfs::datastore::current_kek::CURRENT_KEK_TTL;
 
 const BUNDLE: &str = ".vmcryptfs-bundle";
 
@@ -16,8 +17,15 @@ fn control_shows_key_status_and_rekey_moves_to_current_version() {
     env.create_vm("vm1", false);
     env.create_vm("vm2", true);
     let mount = env.mount();
+    // Reading status unwraps nothing: the bundle's fields show, the keys
+    // are not loaded until a file of the VM is used.
     let status = read_control(&mount.path("vm1/.control"));
     assert_eq!(status["vm"], "vm1");
+    assert_eq!(status["state"], "not-loaded");
+    assert_eq!(status["kek-version"], "1");
+    assert_eq!(status["dek-fingerprint"], "-");
+    fs::write(mount.path("vm1/vm1.vmx"), b"config").unwrap();
+    let status = read_control(&mount.path("vm1/.control"));
     assert_eq!(status["state"], "unlocked");
     assert_eq!(status["provider"], "local");
     assert_eq!(status["kek-version"], "1");
@@ -32,6 +40,13 @@ fn control_shows_key_status_and_rekey_moves_to_current_version() {
     );
 
     env.run_ok(&["provider", "rotate"]);
+    // Status asks the provider at most every CURRENT_KEK_TTL: a rotation
+    // by another process shows once that has passed.
+    assert_eq!(
+        read_control(&mount.path("vm1/.control"))["provider-current-version"],
+        "1"
+    );
+    std::thread::sleep(CURRENT_KEK_TTL + std::time::Duration::from_millis(200));
     let status = read_control(&mount.path("vm1/.control"));
     assert_eq!(status["provider-current-version"], "2");
     assert_eq!(status["needs-rekey"], "yes");

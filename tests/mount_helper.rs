@@ -99,6 +99,7 @@ fn an_fstab_line_mounts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(is_mounted(&env.mnt));
+    std::fs::write(env.mnt.join("vm1/vm1.vmx"), b"config").unwrap();
     assert_eq!(
         common::read_control(&env.mnt.join("vm1/.control"))["state"],
         "unlocked"

@@ -112,6 +112,7 @@ fn control_json_matches_the_text_status() {
     env.create_vm("vm1", true);
     env.run_ok(&["provider", "rotate"]);
     let mount = env.mount();
+    fs::write(mount.path("vm1/vm1.vmx"), b"config").unwrap();
     let text = read_control(&mount.path("vm1/.control"));
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(mount.path("vm1/.control.json")).unwrap())

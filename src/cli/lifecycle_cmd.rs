@@ -1,6 +1,7 @@
 //! `vmcryptfs status` and `vmcryptfs rekey`: the datastore-wide view of
 //! which KEK version wraps each VM, and moving VMs to the current version.
 
+use crate::format::untrusted;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -64,8 +65,8 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
                 json!({
                     "name": record.name,
                     "path": record.path(),
-                    "provider": bundle.map(|b| b.kek.provider.clone()),
-                    "kek_id": bundle.map(|b| b.kek.kek_id.clone()),
+                    "provider": bundle.map(|b| untrusted::field(&b.kek.provider)),
+                    "kek_id": bundle.map(|b| untrusted::field(&b.kek.kek_id)),
                     "kek_version": bundle.map(|b| b.kek.version),
                     "encrypt_disks": bundle.map(|b| b.encrypt_disks),
                     "status": health.as_str(),
@@ -109,15 +110,19 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
         match &record.bundle {
             Ok(b) => println!(
                 "{:<24}  {:<8}  {:<7}  {:<13}  {}",
-                record.name,
-                b.kek.provider,
+                untrusted::escape(record.name.as_bytes(), untrusted::NAME_LIMIT),
+                untrusted::field(&b.kek.provider),
                 b.kek.version,
                 if b.encrypt_disks { "yes" } else { "no" },
                 health.as_str()
             ),
             Err(err) => println!(
-                "{:<24}  {:<8}  {:<7}  {:<13}  unknown: {err}",
-                record.name, "-", "-", "-"
+                "{:<24}  {:<8}  {:<7}  {:<13}  unknown: {}",
+                untrusted::escape(record.name.as_bytes(), untrusted::NAME_LIMIT),
+                "-",
+                "-",
+                "-",
+                untrusted::line(&err.to_string())
             ),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod convert_cmd;
 pub mod exit;
+pub mod hygiene;
 pub mod lifecycle_cmd;
 pub mod mount_cmd;
 pub mod mount_helper;
@@ -287,8 +288,11 @@ pub enum VmCommand {
     },
 }
 
-/// Parses arguments and runs the chosen command.
+/// Parses arguments and runs the chosen command. First of all, before
+/// any key can be loaded, the process stops being dumpable and takes a
+/// private umask ([`hygiene::harden_process`]).
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    hygiene::harden_process();
     let keystore = match cli.keystore {
         Some(dir) => dir,
         None => crate::keys::keystore_path::default_keystore_dir()?,

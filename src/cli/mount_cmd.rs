@@ -14,6 +14,7 @@ use super::{open_provider, CliError, ExitKind};
 use crate::content::encrypted_file::ReadSettings;
 use crate::content::read_ahead::ReadAhead;
 use crate::content::read_around::ReadAround;
+use crate::control::virtual_file::StatusAccess;
 use crate::datastore::backing_device;
 use crate::datastore::registry::Datastore;
 use crate::frontend::VmCryptFs;
@@ -45,6 +46,10 @@ pub struct MountArgs {
     /// reads 4 MiB ahead when the device a file lives on reads ahead less
     /// by itself and leaves it to the device otherwise; off (or 0) always
     /// leaves it to the device; MIB, up to 64, reads that far ahead),
+    /// status_group=GROUP (a group name or number whose members may read
+    /// the status files `.control`, `.control.json` and `.stats`, mode
+    /// 0440, `.control` 0640; commands stay the owner's; without it only
+    /// the user the mount runs as may read them),
     /// and kernel options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
@@ -61,11 +66,14 @@ pub struct MountArgs {
 struct MountSettings {
     config: Config,
     reads: ReadSettings,
+    /// The group that may read the status files (`status_group`).
+    status_group: Option<u32>,
 }
 
 fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, CliError> {
     let mut config = Config::default();
     let mut reads = ReadSettings::DEFAULT;
+    let mut status_group = None;
     config.n_threads = Some(4);
     config.clone_fd = true;
     let fsname = super::mountinfo::fsname_for(datastore);
@@ -110,6 +118,9 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
             ("read_ahead", Some(value)) => {
                 reads.ahead = ReadAhead::parse(value).map_err(|e| bad_value(option, e))?;
             }
+            ("status_group", Some(group)) => {
+                status_group = Some(resolve_group(group).map_err(|e| bad_value(option, e))?);
+            }
             // Options fstab and mount(8) pass that concern them, not us.
             (
                 "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner" | "_netdev"
@@ -126,7 +137,25 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
         }
     }
     config.mount_options.push(MountOption::FSName(fsname));
-    Ok(MountSettings { config, reads })
+    Ok(MountSettings {
+        config,
+        reads,
+        status_group,
+    })
+}
+
+/// The gid of `group`: a number, or a name in the group database.
+fn resolve_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(entry)) => Ok(entry.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "no group named {group:?}; give a group name from /etc/group or a number"
+        )),
+        Err(e) => Err(format!("looking up group {group:?}: {e}")),
+    }
 }
 
 /// The usage error for mount option `option` (`key=value`), refused for
@@ -227,17 +256,6 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
         .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
 }
 
-/// Keeps secrets out of core dumps: no core file, and not ptrace-able or
-/// dumpable by other processes of the same user.
-fn disable_core_dumps() {
-    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
-        log::warn!("could not disable core dumps (RLIMIT_CORE): {e}");
-    }
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        log::warn!("could not clear the dumpable flag: {e}");
-    }
-}
-
 fn serve(
     datastore: PathBuf,
     mountpoint: PathBuf,
@@ -246,9 +264,23 @@ fn serve(
     background: bool,
     log_file: Option<&Path>,
 ) -> Result<(), CliError> {
-    disable_core_dumps();
-    // Backing files get exactly the modes the kernel asks for (it has
-    // already applied the caller's umask).
+    // Core dumps and the dumpable flag were turned off and a private umask
+    // set before the keys were loaded (`cli::run`). Now that the providers
+    // are open, umask 0: backing files must get exactly the modes the
+    // kernel asks for, since it has already applied the calling process's
+    // umask to them (pjdfstest checks). Everything else this process may
+    // create from here on is in the key store, whose directory is 0700;
+    // the log file is opened before this, with an explicit 0600.
+    let log = match (background, log_file) {
+        (true, Some(path)) => match open_log_file(path) {
+            Ok(file) => Some(file),
+            Err(err) => {
+                report_ready(background, Err(&err));
+                return Err(err);
+            }
+        },
+        _ => None,
+    };
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
     let fs = VmCryptFs::new(store)
@@ -258,7 +290,12 @@ fn serve(
                 format!("opening datastore {}: {e}", datastore.display()),
             )
         })?
-        .with_read_settings(settings.reads);
+        .with_read_settings(settings.reads)
+        .with_status_access(StatusAccess::new(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+            settings.status_group,
+        ));
     let filler = fs.cache_filler_starter();
     let mut session = match fuser::Session::new(fs, &mountpoint, &settings.config) {
         Ok(session) => session,
@@ -298,7 +335,7 @@ fn serve(
     install_signal_handlers(unmounter, mountpoint.clone());
     if background {
         report_ready(true, Ok(()));
-        detach_output(log_file);
+        detach_output(log.as_ref());
     }
     session.run().map_err(|e| {
         CliError::new(
@@ -383,23 +420,68 @@ fn report_ready(background: bool, result: Result<(), &CliError>) {
     let _ = stdout.flush();
 }
 
-/// Points stdout and stderr of a background mount at the log file (or
-/// /dev/null), so the parent's terminal and pipes are released.
-fn detach_output(log_file: Option<&Path>) {
-    let target = match log_file {
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path),
-        None => File::options().write(true).open("/dev/null"),
+/// Opens (or creates) the log file of a background mount: mode 0600, since
+/// it names VMs and files; never through a symlink (`O_NOFOLLOW`), and only
+/// a regular file (a FIFO there would hang the mount's every log line).
+/// An existing file with a wider mode is narrowed to 0600 (by descriptor)
+/// rather than refused, so a mount restarted after an upgrade keeps its
+/// log; the change is logged.
+fn open_log_file(path: &Path) -> Result<File, CliError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let failed = |e: std::io::Error| {
+        CliError::new(
+            ExitKind::Io,
+            format!("cannot open log file {}: {e}", path.display()),
+        )
     };
-    match target {
-        Ok(file) => {
-            let _ = nix::unistd::dup2(file.as_raw_fd(), 1);
-            let _ = nix::unistd::dup2(file.as_raw_fd(), 2);
-        }
-        Err(e) => log::warn!("cannot open log file: {e}"),
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.file_type().is_file() {
+        return Err(CliError::new(
+            ExitKind::Io,
+            format!(
+                "log file {} is not a regular file; give a file path to --log-file",
+                path.display()
+            ),
+        ));
     }
+    if meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(failed)?;
+        log::warn!(
+            "log file {} had mode {:03o}; set it to 600",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(file)
+}
+
+/// Points stdout and stderr of a background mount at its log file (or
+/// /dev/null), so the parent's terminal and pipes are released.
+fn detach_output(log_file: Option<&File>) {
+    let null;
+    let target = match log_file {
+        Some(file) => file,
+        None => match File::options().write(true).open("/dev/null") {
+            Ok(file) => {
+                null = file;
+                &null
+            }
+            Err(e) => {
+                log::warn!("cannot open /dev/null: {e}");
+                return;
+            }
+        },
+    };
+    let _ = nix::unistd::dup2(target.as_raw_fd(), 1);
+    let _ = nix::unistd::dup2(target.as_raw_fd(), 2);
 }
 
 /// Starts `vmcryptfs mount --foreground` as a detached child and waits
@@ -460,4 +542,30 @@ fn spawn_background(args: &MountArgs, keystore: &Path) -> Result<(), CliError> {
             args.mountpoint.display()
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_group_of(option: &str) -> Result<Option<u32>, CliError> {
+        let args = MountArgs {
+            datastore: "/ds".into(),
+            mountpoint: "/mnt".into(),
+            options: vec![option.into()],
+            foreground: true,
+            log_file: None,
+        };
+        parse_options(&args, Path::new("/ds")).map(|s| s.status_group)
+    }
+
+    #[test]
+    fn status_group_takes_a_number_or_a_name() {
+        assert_eq!(status_group_of("ro").unwrap(), None);
+        assert_eq!(status_group_of("status_group=4242").unwrap(), Some(4242));
+        assert_eq!(status_group_of("status_group=root").unwrap(), Some(0));
+        let err = status_group_of("status_group=no-such-group-here").unwrap_err();
+        assert_eq!(err.kind, ExitKind::Usage);
+        assert!(err.to_string().contains("no group named"), "{err}");
+    }
 }

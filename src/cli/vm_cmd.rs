@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::{open_provider, open_provider_targeting, CliError, ExitKind, VmCommand};
 use crate::control::status::{render_vm, vm_json};
 use crate::datastore::convert::Operation;
+use crate::datastore::current_kek::CurrentKekCache;
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_home::VmHome;
 use crate::datastore::vm_keys;
@@ -24,6 +25,33 @@ impl From<DatastoreError> for CliError {
     }
 }
 
+/// Creates the directory of a new VM home if it is missing, with the mode
+/// `mkdir` would have given it under the caller's umask (commands run
+/// under a private one, see [`super::hygiene`]): hypervisors reach the VM's
+/// files through it.
+fn create_home_dir(path: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .and_then(|()| {
+            std::fs::set_permissions(
+                path,
+                std::os::unix::fs::PermissionsExt::from_mode(super::hygiene::caller_dir_mode()),
+            )
+        });
+    made.map_err(|e| {
+        CliError::new(
+            ExitKind::Io,
+            format!("creating VM home {}: {e}", path.display()),
+        )
+    })
+}
+
 /// Runs a `vm` subcommand.
 pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
     let provider = open_provider(keystore)?;
@@ -35,6 +63,7 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             provider: name,
         } => {
             let provider = open_provider_targeting(keystore, name.as_deref())?;
+            create_home_dir(&path)?;
             let bundle =
                 vm_keys::create_vm_home(&path, &*provider, encrypt_disks, format.layout())?;
             let (datastore, _) = split_vm_path(&path)?;
@@ -54,7 +83,11 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         }
         VmCommand::Status { path, json } => {
             let vm = vm_home_at(&path)?;
-            let status = vm.status(&*provider);
+            // Asked for by the admin on the command line: unwrap, so the
+            // status shows whether the VM unlocks (a mount's status files
+            // never unwrap).
+            let _ = vm.keyring(&*provider);
+            let status = vm.status(&*provider, &CurrentKekCache::new());
             if json {
                 println!(
                     "{}",

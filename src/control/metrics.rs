@@ -9,7 +9,8 @@ use crate::datastore::counters::CounterValues;
 
 /// One VM home's line items.
 pub struct VmStats {
-    /// Directory name.
+    /// Directory name, escaped ([`crate::format::untrusted::name`]): the
+    /// label value escapes it again per the exposition format.
     pub name: String,
     /// Its counters.
     pub counters: CounterValues,

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::timefmt::format_unix_utc;
 use crate::datastore::vm_home::VmStatus;
+use crate::format::untrusted;
 
 fn yes_no(value: bool) -> &'static str {
     if value {
@@ -24,14 +25,22 @@ fn or_dash<T: ToString>(value: Option<T>) -> String {
 pub fn render_vm(status: &VmStatus) -> String {
     let bundle = status.bundle.as_ref();
     let mut out = String::new();
+    // Each value is one line whatever it quotes (see `untrusted::line`);
+    // names and bundle fields are escaped where they are read.
     let mut line = |key: &str, value: String| {
-        let _ = writeln!(out, "{key}: {value}");
+        let _ = writeln!(out, "{key}: {}", untrusted::line(&value));
     };
     line("vm", status.name.clone());
     line("vm-id", or_dash(bundle.map(|b| hex::encode(b.vm_id))));
     line("state", status.state.to_string());
-    line("provider", or_dash(bundle.map(|b| b.kek.provider.clone())));
-    line("kek-id", or_dash(bundle.map(|b| b.kek.kek_id.clone())));
+    line(
+        "provider",
+        or_dash(bundle.map(|b| untrusted::field(&b.kek.provider))),
+    );
+    line(
+        "kek-id",
+        or_dash(bundle.map(|b| untrusted::field(&b.kek.kek_id))),
+    );
     line("kek-version", or_dash(bundle.map(|b| b.kek.version)));
     line(
         "provider-current-version",
@@ -92,8 +101,8 @@ pub fn vm_json(status: &VmStatus) -> serde_json::Value {
         "vm": status.name,
         "vm_id": bundle.map(|b| hex::encode(b.vm_id)),
         "state": status.state,
-        "provider": bundle.map(|b| b.kek.provider.clone()),
-        "kek_id": bundle.map(|b| b.kek.kek_id.clone()),
+        "provider": bundle.map(|b| untrusted::field(&b.kek.provider)),
+        "kek_id": bundle.map(|b| untrusted::field(&b.kek.kek_id)),
         "kek_version": bundle.map(|b| b.kek.version),
         "provider_current_version": status.provider_current_version,
         "needs_rekey": status.needs_rekey(),

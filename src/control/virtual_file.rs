@@ -5,6 +5,12 @@
 //! | `.control` | mount root and each encrypted VM home | read status, write commands |
 //! | `.control.json` | same | read the status as JSON |
 //! | `.stats` | mount root | read counters (Prometheus text format) |
+//!
+//! They belong to the user the mount runs as, never to whoever owns the
+//! datastore directory (that may be the datastore's adversary), and only
+//! that user may read them: status names VMs, KEKs and key providers. The
+//! mount option `status_group=GROUP` lets one group read them, and still
+//! not write commands ([`StatusAccess`]).
 
 use super::command::ControlScope;
 
@@ -69,13 +75,37 @@ impl VirtualFile {
     pub fn writable(self) -> bool {
         matches!(self, VirtualFile::Control(_))
     }
+}
 
-    /// Permission bits shown for it.
-    pub fn mode(self) -> u16 {
-        if self.writable() {
-            0o600
+/// Owner and permissions of the virtual files of one mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusAccess {
+    /// Owner: the user the mount runs as.
+    pub uid: u32,
+    /// Group: the status group, else the mount's own group.
+    pub gid: u32,
+    /// Whether the group may read them (`status_group` was given).
+    pub group_reads: bool,
+}
+
+impl StatusAccess {
+    /// Owned by `uid`:`gid`; readable by group `status_group` too, if given.
+    pub fn new(uid: u32, gid: u32, status_group: Option<u32>) -> Self {
+        Self {
+            uid,
+            gid: status_group.unwrap_or(gid),
+            group_reads: status_group.is_some(),
+        }
+    }
+
+    /// Permission bits of `file`: the owner reads, and writes commands to
+    /// `.control`; the status group, if any, only reads.
+    pub fn mode(self, file: VirtualFile) -> u16 {
+        let owner = if file.writable() { 0o600 } else { 0o400 };
+        if self.group_reads {
+            owner | 0o040
         } else {
-            0o444
+            owner
         }
     }
 }
@@ -109,5 +139,26 @@ mod tests {
         }
         assert!(VirtualFile::Control(VmHome).writable());
         assert!(!VirtualFile::Stats.writable());
+    }
+
+    #[test]
+    fn only_the_owner_reads_unless_a_status_group_is_given() {
+        let private = StatusAccess::new(0, 0, None);
+        assert_eq!(
+            private.mode(VirtualFile::Control(ControlScope::VmHome)),
+            0o600
+        );
+        assert_eq!(private.mode(VirtualFile::Stats), 0o400);
+        assert_eq!(
+            private.mode(VirtualFile::ControlJson(ControlScope::Datastore)),
+            0o400
+        );
+        let shared = StatusAccess::new(0, 0, Some(4242));
+        assert_eq!(shared.gid, 4242);
+        assert_eq!(
+            shared.mode(VirtualFile::Control(ControlScope::Datastore)),
+            0o640
+        );
+        assert_eq!(shared.mode(VirtualFile::Stats), 0o440);
     }
 }

@@ -127,7 +127,10 @@ impl BundleLock {
         }
         for name in stale {
             let path = self.vm_dir.join(&name);
-            log::info!("removing stale bundle temp file {}", path.display());
+            log::info!(
+                "removing stale bundle temp file {}",
+                crate::format::untrusted::path(&path)
+            );
             rustix::fs::unlinkat(&*self.dir, name.as_os_str(), AtFlags::empty()).map_err(|e| {
                 DatastoreError::io(
                     format!("removing stale temp file {}", path.display()),

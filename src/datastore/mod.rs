@@ -13,6 +13,8 @@
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 //! * [`counters`]: live per-VM counters for `.stats`.
+//! * [`current_kek`]: providers' current KEK versions for status, kept
+//!   a few seconds.
 //! * [`backing_device`]: what the block device under the datastore does by
 //!   itself (its readahead), from sysfs.
 //! * [`backing_root`]: resolving backing paths strictly beneath the root
@@ -26,6 +28,7 @@ pub mod backing_root;
 pub mod bundle_file;
 pub mod convert;
 pub mod counters;
+pub mod current_kek;
 pub mod inventory;
 pub mod known;
 pub mod layout;
@@ -36,32 +39,35 @@ pub mod vm_keys;
 use std::path::PathBuf;
 
 use crate::format::bundle::BundleError;
+use crate::format::untrusted;
 use crate::keys::ProviderError;
 
 /// Errors of datastore operations; each names the VM home or file at fault.
+/// Paths and names in them come from the datastore, so they are shown
+/// escaped ([`untrusted`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DatastoreError {
     /// The directory holds no key bundle.
-    #[error("{path} is not an encrypted VM home (no key bundle); create one with `vmcryptfs vm create {path}`")]
+    #[error("{} is not an encrypted VM home (no key bundle); create one with `vmcryptfs vm create {}`", untrusted::path(.path), untrusted::path(.path))]
     NotAVmHome {
         /// The directory.
         path: PathBuf,
     },
     /// `vm create` on a directory that already is a VM home.
-    #[error("{path} is already an encrypted VM home")]
+    #[error("{} is already an encrypted VM home", untrusted::path(.path))]
     AlreadyVmHome {
         /// The directory.
         path: PathBuf,
     },
     /// `vm create` on a directory that holds files.
-    #[error("{path} is not empty; encrypting existing VMs is not supported yet, so create the VM home empty and copy files in through the mount")]
+    #[error("{} is not empty; encrypting existing VMs is not supported yet, so create the VM home empty and copy files in through the mount", untrusted::path(.path))]
     NotEmpty {
         /// The directory.
         path: PathBuf,
     },
     /// The bundle did not parse.
-    #[error("key bundle {path} is corrupt or tampered: {source}")]
+    #[error("key bundle {} is corrupt or tampered: {source}", untrusted::path(.path))]
     BadBundle {
         /// The bundle file.
         path: PathBuf,
@@ -70,7 +76,7 @@ pub enum DatastoreError {
         source: BundleError,
     },
     /// Another conversion of this VM home was interrupted.
-    #[error("VM home {path} has an unfinished `{operation}` conversion; finish it first by running that command again")]
+    #[error("VM home {} has an unfinished `{}` conversion; finish it first by running that command again", untrusted::path(.path), untrusted::field(.operation))]
     ConversionPending {
         /// The VM home.
         path: PathBuf,
@@ -78,7 +84,7 @@ pub enum DatastoreError {
         operation: String,
     },
     /// The provider failed.
-    #[error("VM home {path}: {source}")]
+    #[error("VM home {}: {source}", untrusted::path(.path))]
     Provider {
         /// The VM home.
         path: PathBuf,
@@ -87,7 +93,7 @@ pub enum DatastoreError {
         source: ProviderError,
     },
     /// An I/O error.
-    #[error("{context}: {source}")]
+    #[error("{}: {source}", untrusted::line(.context))]
     Io {
         /// What we were doing, naming the path.
         context: String,

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use super::bundle_file;
+use super::current_kek::CurrentKekCache;
 use super::vm_home::{VmHome, VmStatus};
 use super::vm_keys::RekeyOutcome;
 use super::DatastoreError;
 use crate::keys::provider_set::ProviderSet;
 
-/// The outcome of re-keying one VM home, by name.
-pub type VmRekeyResult = (String, Result<RekeyOutcome, DatastoreError>);
+/// The outcome of re-keying one VM home, by its directory name.
+pub type VmRekeyResult = (OsString, Result<RekeyOutcome, DatastoreError>);
 
 /// A mounted datastore: its root, its key provider, and the VM homes seen.
 pub struct Datastore {
@@ -24,6 +25,9 @@ pub struct Datastore {
     /// VM homes by directory name, added on first lookup. Read-locked on
     /// every lookup; write-locked to add, rename or drop an entry.
     vms: RwLock<HashMap<OsString, Arc<VmHome>>>,
+    /// Providers' current KEK versions as status shows them; its own
+    /// locks, never held with `vms`.
+    current_keks: CurrentKekCache,
 }
 
 impl Datastore {
@@ -33,6 +37,7 @@ impl Datastore {
             root,
             provider,
             vms: RwLock::new(HashMap::new()),
+            current_keks: CurrentKekCache::new(),
         }
     }
 
@@ -108,21 +113,45 @@ impl Datastore {
         Ok(names.iter().filter_map(|n| self.vm_home(n)).collect())
     }
 
-    /// Status of every VM home.
+    /// Status of every VM home. Unwraps nothing, and asks providers at
+    /// most once per KEK series every few seconds (see [`VmHome::status`]).
     pub fn statuses(&self) -> Result<Vec<VmStatus>, DatastoreError> {
         Ok(self
             .scan_vm_homes()?
             .iter()
-            .map(|vm| vm.status(self.provider()))
+            .map(|vm| self.status_of(vm))
             .collect())
     }
 
+    /// Status of one VM home, as [`Datastore::statuses`].
+    pub fn status_of(&self, vm: &VmHome) -> VmStatus {
+        vm.status(self.provider(), &self.current_keks)
+    }
+
+    /// The default provider's current KEK version for the root status,
+    /// asked at most every few seconds.
+    pub fn default_current_version(&self) -> Result<u32, String> {
+        self.current_keks.current_version(self.provider(), None)
+    }
+
+    /// Shallow re-key of one VM home (see [`VmHome::rekey`]); status then
+    /// asks the providers afresh, since the VM moved to their current KEK.
+    pub fn rekey(
+        &self,
+        vm: &VmHome,
+        providers: &ProviderSet,
+    ) -> Result<RekeyOutcome, DatastoreError> {
+        let outcome = vm.rekey(providers);
+        self.current_keks.forget();
+        outcome
+    }
+
     /// Drops the cached keys of every VM home without open files. Returns
-    /// the names flushed and the names kept (files open).
+    /// the names (escaped) flushed and kept (files open).
     pub fn flush_keys(&self) -> (Vec<String>, Vec<String>) {
         let (mut flushed, mut kept) = (Vec::new(), Vec::new());
         for vm in self.loaded_vms() {
-            let name = vm.name().to_string_lossy().into_owned();
+            let name = vm.display_name();
             if vm.flush_keys() {
                 flushed.push(name);
             } else {
@@ -139,12 +168,7 @@ impl Datastore {
         Ok(self
             .scan_vm_homes()?
             .iter()
-            .map(|vm| {
-                (
-                    vm.name().to_string_lossy().into_owned(),
-                    vm.rekey(self.provider()),
-                )
-            })
+            .map(|vm| (vm.name(), self.rekey(vm, &self.provider)))
             .collect())
     }
 }

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::counters::VmCounters;
+use super::current_kek::CurrentKekCache;
 use super::vm_keys::{self, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
 use crate::format::bundle::KeyBundle;
 use crate::format::content_layout::ContentLayout;
+use crate::format::untrusted;
 use crate::keys::KeyProvider;
 
 /// The key cache state of one VM home.
@@ -41,9 +43,9 @@ enum KeyState {
 /// The VM's DEKs cannot be unwrapped; opens of its encrypted files fail
 /// with ENOKEY and its `.control` shows `reason`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("VM {vm} is locked: {reason}")]
+#[error("VM {vm} is locked: {}", untrusted::line(.reason))]
 pub struct VmLocked {
-    /// VM home name.
+    /// VM home name, escaped.
     pub vm: String,
     /// Why.
     pub reason: String,
@@ -61,7 +63,7 @@ pub struct CommandRecord {
 /// Everything `.control` shows for a VM home.
 #[derive(Debug, Clone, Default)]
 pub struct VmStatus {
-    /// Directory name.
+    /// Directory name, escaped ([`untrusted::name`]).
     pub name: String,
     /// `unlocked`, `locked` or `not-loaded`.
     pub state: &'static str,
@@ -142,8 +144,10 @@ impl VmHome {
         self.location.read().expect("location lock").0.clone()
     }
 
-    fn display_name(&self) -> String {
-        self.name().to_string_lossy().into_owned()
+    /// The directory name for status, logs and messages: chosen by
+    /// whoever writes the datastore, so escaped.
+    pub fn display_name(&self) -> String {
+        untrusted::name(&self.name())
     }
 
     /// Directory path in the datastore.
@@ -186,12 +190,17 @@ impl VmHome {
             } => return Some(field(bundle)),
             _ => {}
         }
+        self.peek().as_ref().map(field)
+    }
+
+    /// The bundle as on disk, kept as `peeked` while the keys are not
+    /// loaded; `None` if it cannot be read. Unwraps nothing.
+    fn peek(&self) -> Option<KeyBundle> {
         let bundle = bundle_file::read(&self.dir()).ok()?;
-        let value = field(&bundle);
         if let KeyState::NotLoaded { peeked } = &mut *self.keys.write().expect("keys lock") {
-            *peeked = Some(bundle);
+            *peeked = Some(bundle.clone());
         }
-        Some(value)
+        Some(bundle)
     }
 
     /// The VM's keyring, unwrapping through the provider on first use.
@@ -292,7 +301,11 @@ impl VmHome {
         reason: String,
         bundle: Option<KeyBundle>,
     ) -> VmLocked {
-        log::error!("VM {} is locked: {reason}", self.display_name());
+        log::error!(
+            "VM {} is locked: {}",
+            self.display_name(),
+            untrusted::line(&reason)
+        );
         *state = KeyState::Locked {
             reason: reason.clone(),
             bundle,
@@ -334,12 +347,15 @@ impl VmHome {
         *self.last_command.lock().expect("last command lock") = Some(record);
     }
 
-    /// Everything `.control` shows. Asks the provider for its current
-    /// version; a provider failure is reported, not fatal.
-    pub fn status(&self, provider: &dyn KeyProvider) -> VmStatus {
-        // Touching the keyring unwraps on first use, so the status shows
-        // the real state (locked or not) rather than "not loaded".
-        let _ = self.keyring(provider);
+    /// Everything `.control` shows. Never unwraps: a VM nobody has opened
+    /// a file of is `not-loaded`, with its bundle's fields as read from
+    /// disk (unauthenticated, like any bundle before its DEKs unwrap), so
+    /// that an unprivileged reader of a status file cannot make the mount
+    /// ask a key provider for keys. The provider's current KEK version
+    /// comes from `versions`, which asks the provider at most once per
+    /// KEK series every few seconds; a provider failure is reported, not
+    /// fatal.
+    pub fn status(&self, provider: &dyn KeyProvider, versions: &CurrentKekCache) -> VmStatus {
         let mut status = VmStatus {
             name: self.display_name(),
             last_command: self.last_command.lock().expect("last command lock").clone(),
@@ -347,26 +363,31 @@ impl VmHome {
             conversion: super::convert::pending(&self.dir()),
             ..VmStatus::default()
         };
-        match &*self.keys.read().expect("keys lock") {
-            KeyState::NotLoaded { .. } => status.state = "not-loaded",
+        let not_loaded = match &*self.keys.read().expect("keys lock") {
+            KeyState::NotLoaded { peeked } => {
+                status.state = "not-loaded";
+                status.bundle = peeked.clone();
+                peeked.is_none()
+            }
             KeyState::Unlocked { keyring, bundle } => {
                 status.state = "unlocked";
                 status.bundle = Some(bundle.clone());
                 status.dek_fingerprint = Some(keyring.current_fingerprint());
+                false
             }
             KeyState::Locked { reason, bundle } => {
                 status.state = "locked";
                 status.locked_reason = Some(reason.clone());
                 status.bundle = bundle.clone();
+                false
             }
-        }
-        let current = match &status.bundle {
-            Some(bundle) => provider.current_kek_for(&bundle.kek),
-            None => provider.current_kek(),
         };
-        match current {
-            Ok(kek) => status.provider_current_version = Some(kek.version),
-            Err(err) => status.provider_error = Some(err.to_string()),
+        if not_loaded {
+            status.bundle = self.peek();
+        }
+        match versions.current_version(provider, status.bundle.as_ref().map(|b| &b.kek)) {
+            Ok(version) => status.provider_current_version = Some(version),
+            Err(err) => status.provider_error = Some(err),
         }
         status
     }

@@ -196,7 +196,7 @@ pub fn shallow_rekey_with_cache(
             Some(cached) => {
                 log::warn!(
                     "VM home {}: bundle does not unwrap ({err}); rescuing it with the DEKs held in memory",
-                    vm_dir.display()
+                    crate::format::untrusted::path(vm_dir)
                 );
                 Arc::new(copy_keyring(cached))
             }

@@ -7,8 +7,11 @@
 //! * [`content_layout`]: where blocks are stored in content formats 1 and 2.
 //! * [`file_header`]: the 44-byte header of an encrypted file.
 //! * [`bundle`]: the per-VM key bundle.
+//! * [`untrusted`]: showing names and fields read from the datastore,
+//!   escaped and bounded.
 
 pub mod bundle;
 pub mod content_layout;
 pub mod file_header;
 pub mod offsets;
+pub mod untrusted;

@@ -6,7 +6,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 use rustix::fs::Stat;
 
 use crate::content::EncryptedFile;
-use crate::control::virtual_file::VirtualFile;
+use crate::control::virtual_file::{StatusAccess, VirtualFile};
 use crate::datastore::backing_meta;
 use crate::format::content_layout::ContentLayout;
 
@@ -76,16 +76,19 @@ pub fn from_stat(ino: u64, stat: &Stat, encrypted: Option<ContentLayout>) -> Fil
     }
 }
 
-/// Attributes of a virtual file (`.control`, `.control.json`, `.stats`)
-/// from the stat of the directory that gives it owner and times.
-/// Size 0: it is opened with
-/// direct I/O, so readers read until EOF regardless.
-pub fn virtual_attr(ino: u64, dir: &Stat, file: VirtualFile) -> FileAttr {
+/// Attributes of a virtual file (`.control`, `.control.json`, `.stats`):
+/// times from the stat of the directory it appears in, owner and mode from
+/// `access` (never the directory's owner, who may be the datastore's
+/// adversary). Size 0: it is opened with direct I/O, so readers read until
+/// EOF regardless.
+pub fn virtual_attr(ino: u64, dir: &Stat, file: VirtualFile, access: StatusAccess) -> FileAttr {
     let mut attr = from_stat(ino, dir, None);
     attr.kind = FileType::RegularFile;
     attr.size = 0;
     attr.blocks = 0;
     attr.nlink = 1;
-    attr.perm = file.mode();
+    attr.perm = access.mode(file);
+    attr.uid = access.uid;
+    attr.gid = access.gid;
     attr
 }

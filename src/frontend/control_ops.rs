@@ -20,6 +20,7 @@ use crate::control::virtual_file::VirtualFile;
 use crate::datastore::vm_home::{CommandRecord, VmHome};
 use crate::datastore::vm_keys::RekeyOutcome;
 use crate::datastore::DatastoreError;
+use crate::format::untrusted;
 use crate::keys::KeyProvider;
 
 /// Shortens what the user wrote for display in `last-command`.
@@ -43,15 +44,14 @@ fn describe_rekey(outcome: &RekeyOutcome) -> String {
 impl VmCryptFs {
     /// The current status text of a control file.
     pub(super) fn control_text(&self, scope: ControlScope, vm: Option<&Arc<VmHome>>) -> Vec<u8> {
-        let provider = self.datastore.provider();
         match (scope, vm) {
             (ControlScope::VmHome, Some(vm)) => {
-                status::render_vm(&vm.status(provider)).into_bytes()
+                status::render_vm(&self.datastore.status_of(vm)).into_bytes()
             }
             _ => self.with_datastore_summary(|summary, scan_error| {
                 let mut text = status::render_datastore(summary);
                 if let Some(err) = scan_error {
-                    text.push_str(&format!("scan-error: {err}\n"));
+                    text.push_str(&format!("scan-error: {}\n", untrusted::line(&err)));
                 }
                 text.into_bytes()
             }),
@@ -72,7 +72,7 @@ impl VmCryptFs {
         let summary = DatastoreSummary {
             root: self.datastore.root().display().to_string(),
             provider: provider.name(),
-            provider_current_version: provider.current_kek().ok().map(|k| k.version),
+            provider_current_version: self.datastore.default_current_version().ok(),
             vms: &statuses,
             last_command: self
                 .root_last_command
@@ -90,7 +90,7 @@ impl VmCryptFs {
             .loaded_vms()
             .iter()
             .map(|vm| VmStats {
-                name: vm.name().to_string_lossy().into_owned(),
+                name: vm.display_name(),
                 counters: vm.counters().values(),
                 locked: vm.is_locked(),
             })
@@ -103,7 +103,7 @@ impl VmCryptFs {
         match (file, vm) {
             (VirtualFile::Control(scope), _) => self.control_text(scope, vm),
             (VirtualFile::ControlJson(ControlScope::VmHome), Some(vm)) => {
-                let json = status::vm_json(&vm.status(self.datastore.provider()));
+                let json = status::vm_json(&self.datastore.status_of(vm));
                 format!("{json:#}\n").into_bytes()
             }
             (VirtualFile::ControlJson(_), _) => self.with_datastore_summary(|summary, _| {
@@ -240,14 +240,14 @@ impl VmCryptFs {
                 path: vm.dir(),
                 source,
             })
-            .and_then(|providers| vm.rekey(&providers));
+            .and_then(|providers| self.datastore.rekey(vm, &providers));
         match result {
             Ok(outcome) => {
-                log::info!("VM {:?}: {}", vm.name(), describe_rekey(&outcome));
+                log::info!("VM {}: {}", vm.display_name(), describe_rekey(&outcome));
                 (true, describe_rekey(&outcome))
             }
             Err(err) => {
-                log::error!("VM {:?}: re-key failed: {err}", vm.name());
+                log::error!("VM {}: re-key failed: {err}", vm.display_name());
                 (false, format!("error: {err}"))
             }
         }
@@ -277,7 +277,7 @@ impl VmCryptFs {
             .filter_map(|(name, r)| {
                 r.as_ref()
                     .err()
-                    .map(|e: &DatastoreError| format!("{name}: {e}"))
+                    .map(|e: &DatastoreError| format!("{}: {e}", untrusted::name(name)))
             })
             .collect();
         let done = results.len() - failures.len();
@@ -286,7 +286,7 @@ impl VmCryptFs {
                 Ok(outcome) => describe_rekey(outcome),
                 Err(err) => format!("error: {err}"),
             };
-            if let Some(vm) = self.datastore.vm_home(std::ffi::OsStr::new(name)) {
+            if let Some(vm) = self.datastore.vm_home(name) {
                 vm.record_command(CommandRecord {
                     command: "rekey-all".into(),
                     result: vm_result,

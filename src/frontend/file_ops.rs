@@ -23,6 +23,7 @@ use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::vm_home::VmHome;
+use crate::format::untrusted;
 
 /// Flags of the caller's open that must not reach the backing file:
 /// O_APPEND (the kernel already computed the offset, and pwrite with
@@ -85,7 +86,7 @@ impl VmCryptFs {
         let keyring = vm
             .keyring_for_open_file(self.datastore.provider())
             .map_err(|locked| {
-                log::warn!("open {}: {locked}", rel.display());
+                log::warn!("open {}: {locked}", untrusted::path(rel));
                 Errno::from_i32(libc::ENOKEY)
             })?;
         let Some(content) = self.inodes.acquire_content(node.ino, || {
@@ -203,7 +204,7 @@ impl VmCryptFs {
     }
 
     fn log_content_error(rel: &Path, what: &str, err: &ContentError) -> Errno {
-        log::error!("{what} {}: {err}", rel.display());
+        log::error!("{what} {}: {err}", untrusted::path(rel));
         Errno::from_i32(err.errno())
     }
 

@@ -29,7 +29,7 @@ use rustix::fs::{FileType, Stat};
 
 use crate::content::encrypted_file::ReadSettings;
 use crate::control::command::ControlScope;
-use crate::control::virtual_file::VirtualFile;
+use crate::control::virtual_file::{StatusAccess, VirtualFile};
 use crate::datastore::backing_device::DeviceReadahead;
 use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
@@ -88,6 +88,9 @@ pub struct VmCryptFs {
     /// every metadata operation done, so that none can leave it (see
     /// `datastore::backing_root`). Immutable.
     beneath: BackingRoot,
+    /// Owner and modes of the virtual files (mount option
+    /// `status_group`). Immutable.
+    status_access: StatusAccess,
     /// When the mount started, for `.stats` uptime. Immutable.
     started: std::time::Instant,
     /// What reads of encrypted files bring in beyond what they ask for (the
@@ -120,6 +123,11 @@ impl VmCryptFs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             direct_io_mmap: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
+            status_access: StatusAccess::new(
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+                None,
+            ),
             read_settings: ReadSettings::DEFAULT,
             device_readahead: DeviceReadahead::default(),
             fill_gate: Arc::default(),
@@ -141,6 +149,15 @@ impl VmCryptFs {
     pub fn with_read_settings(self, read_settings: ReadSettings) -> Self {
         Self {
             read_settings,
+            ..self
+        }
+    }
+
+    /// The same frontend, with its virtual files owned and readable as
+    /// `access` says (mount option `status_group`).
+    pub fn with_status_access(self, status_access: StatusAccess) -> Self {
+        Self {
+            status_access,
             ..self
         }
     }
@@ -221,7 +238,10 @@ impl VmCryptFs {
     /// internal files, and `.control` where it is virtual.
     fn check_user_name(&self, parent: &NodeInfo, name: &OsStr) -> FsResult<()> {
         if layout::is_internal_name(name) {
-            log::warn!("refusing to touch internal name {:?}", name);
+            log::warn!(
+                "refusing to touch internal name {}",
+                crate::format::untrusted::name(name)
+            );
             return Err(Errno::EPERM);
         }
         if self.virtual_file_named(parent, name).is_some() {

@@ -147,12 +147,13 @@ impl VmCryptFs {
         self.attr_of(&node)
     }
 
-    /// Attributes of virtual file node `ino`: owner and times are the
-    /// datastore root's, wherever the file appears, so that a listing
-    /// (which looks it up) and a later `getattr` give the same answer.
+    /// Attributes of virtual file node `ino`: times are the datastore
+    /// root's, wherever the file appears, so that a listing (which looks it
+    /// up) and a later `getattr` give the same answer; owner and mode are
+    /// the mount's ([`StatusAccess`](crate::control::virtual_file::StatusAccess)).
     fn virtual_file_attr(&self, ino: u64, file: VirtualFile) -> FsResult<FileAttr> {
         let root = self.beneath.stat(Path::new("")).map_err(io_errno)?;
-        Ok(attr::virtual_attr(ino, &root, file))
+        Ok(attr::virtual_attr(ino, &root, file, self.status_access))
     }
 
     fn attr_of(&self, node: &NodeInfo) -> FsResult<FileAttr> {
@@ -356,7 +357,10 @@ impl VmCryptFs {
         {
             return Err(Errno::ENOTEMPTY);
         }
-        log::info!("removing VM home {} and its key bundle", rel.display());
+        log::info!(
+            "removing VM home {} and its key bundle",
+            crate::format::untrusted::path(&rel)
+        );
         for entry in listing.entries {
             self.beneath
                 .remove_file(&rel.join(entry.name))

@@ -34,7 +34,14 @@ pub struct KekRef {
 
 impl fmt::Display for KekRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} v{}", self.provider, self.kek_id, self.version)
+        // Both strings come from a bundle, possibly before it authenticated.
+        write!(
+            f,
+            "{}:{} v{}",
+            crate::format::untrusted::field(&self.provider),
+            crate::format::untrusted::field(&self.kek_id),
+            self.version
+        )
     }
 }
 
@@ -113,13 +120,13 @@ pub enum ProviderError {
         keystore: PathBuf,
     },
     /// The bundle names a provider this host does not have.
-    #[error("key provider `{name}` is not configured on this host")]
+    #[error("key provider `{}` is not configured on this host", crate::format::untrusted::field(.name))]
     UnknownProvider {
         /// Provider name from the bundle.
         name: String,
     },
     /// The bundle's KEK id belongs to another key store.
-    #[error("KEK `{kek_id}` is not held by this key store (its KEK id is `{store_kek_id}`): the VM was created with another key store; import it with `vmcryptfs provider import`")]
+    #[error("KEK `{}` is not held by this key store (its KEK id is `{store_kek_id}`): the VM was created with another key store; import it with `vmcryptfs provider import`", crate::format::untrusted::field(.kek_id))]
     ForeignKek {
         /// KEK id from the bundle.
         kek_id: String,
@@ -127,7 +134,7 @@ pub enum ProviderError {
         store_kek_id: String,
     },
     /// The KEK version does not exist in the provider.
-    #[error("KEK version {version} of `{kek_id}` does not exist in the key provider")]
+    #[error("KEK version {version} of `{}` does not exist in the key provider", crate::format::untrusted::field(.kek_id))]
     UnknownKekVersion {
         /// KEK id.
         kek_id: String,
@@ -135,7 +142,7 @@ pub enum ProviderError {
         version: u32,
     },
     /// The KEK version was destroyed.
-    #[error("KEK version {version} of `{kek_id}` has been destroyed; VMs still wrapped under it cannot be unlocked")]
+    #[error("KEK version {version} of `{}` has been destroyed; VMs still wrapped under it cannot be unlocked", crate::format::untrusted::field(.kek_id))]
     KekDestroyed {
         /// KEK id.
         kek_id: String,
@@ -143,7 +150,7 @@ pub enum ProviderError {
         version: u32,
     },
     /// The KEK version may unwrap but no longer wrap.
-    #[error("KEK version {version} of `{kek_id}` is {state} and cannot wrap new keys; use the current version")]
+    #[error("KEK version {version} of `{}` is {state} and cannot wrap new keys; use the current version", crate::format::untrusted::field(.kek_id))]
     KekNotActive {
         /// KEK id.
         kek_id: String,
@@ -175,7 +182,7 @@ pub enum ProviderError {
         reason: String,
     },
     /// Retire or destroy was asked of the version that wraps new bundles.
-    #[error("KEK version {version} of `{kek_id}` is the current version and cannot be {action}; run `vmcryptfs provider rotate` first")]
+    #[error("KEK version {version} of `{}` is the current version and cannot be {action}; run `vmcryptfs provider rotate` first", crate::format::untrusted::field(.kek_id))]
     CurrentKekVersion {
         /// KEK id.
         kek_id: String,
