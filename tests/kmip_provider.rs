@@ -374,3 +374,74 @@ fn misconfigured_hosts_get_one_clear_message_each() {
     assert!(text.contains("client identity"), "{text}");
     assert!(!kms.log().is_empty());
 }
+
+/// Requests the KMS has received so far, by its own log: every request
+/// message, and the Locate operations (one per "which version is current?"
+/// asked by a provider).
+fn kms_requests(kms: &Kms) -> (usize, usize) {
+    let log = kms.log();
+    (
+        log.matches("Received request at time").count(),
+        log.matches("Processing operation: Locate").count(),
+    )
+}
+
+/// Issue 22: reading status files 1,000 times unwraps no VM and asks the
+/// KMS at most once per KEK series every few seconds (CURRENT_KEK_TTL), so
+/// whoever may read status cannot turn it into a stream of KMS requests.
+#[test]
+fn status_read_a_thousand_times_asks_the_kms_a_bounded_number_of_times() {
+    use std::time::Instant;
+    use vmcryptfs::datastore::current_kek::CURRENT_KEK_TTL;
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    let out = env.run_strings(&kms.add_args("kms", &["--default"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for vm in ["vm1", "vm2", "vm3"] {
+        env.create_vm(vm, false);
+    }
+    let mount = env.mount();
+    let (requests_before, asks_before) = kms_requests(&kms);
+    let started = Instant::now();
+    for i in 0..1000 {
+        let file = [".control", ".control.json", "vm2/.control"][i % 3];
+        let text = fs::read_to_string(mount.path(file)).unwrap();
+        assert!(!text.is_empty(), "{file}");
+    }
+    let elapsed = started.elapsed();
+    // PyKMIP writes its log line as it handles a request; give the last one
+    // a moment to land.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (requests_after, asks_after) = kms_requests(&kms);
+    let (requests, asks) = (requests_after - requests_before, asks_after - asks_before);
+    // Two answers are kept: the current KEK of the series the VMs' bundles
+    // name, and the default provider's (the root summary); each is asked
+    // again once per TTL window the reads spanned.
+    let windows = (elapsed.as_secs_f64() / CURRENT_KEK_TTL.as_secs_f64()).floor() as usize + 1;
+    eprintln!(
+        "1000 status reads in {elapsed:?}: {asks} version lookups, {requests} KMS requests ({windows} TTL windows)"
+    );
+    assert!(asks >= 1, "the reads never reached the KMS:\n{}", kms.log());
+    assert!(
+        asks <= 2 * windows,
+        "{asks} lookups for {windows} windows of {CURRENT_KEK_TTL:?}"
+    );
+    // A lookup is a Locate and one Get Attributes per version (one here).
+    assert!(
+        requests <= 2 * asks,
+        "{requests} requests for {asks} lookups"
+    );
+    // And no VM was unwrapped by reading.
+    for vm in ["vm1", "vm2", "vm3"] {
+        let status = read_control(&mount.path(&format!("{vm}/.control")));
+        assert_eq!(status["state"], "not-loaded", "{vm}: {status:?}");
+        assert_eq!(status["dek-fingerprint"], "-", "{vm}");
+        assert_eq!(status["provider-current-version"], "1", "{vm}");
+    }
+    assert!(
+        !mount.log_text().contains("unlocked (KEK"),
+        "a status read unwrapped a VM:\n{}",
+        mount.log_text()
+    );
+    assert_eq!(read_control(&mount.path(".control"))["unlocked"], "0");
+}

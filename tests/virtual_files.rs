@@ -183,3 +183,44 @@ fn virtual_files_keep_their_attributes_between_a_listing_and_a_stat() {
     }
     assert_eq!(from_getattr.mtime(), 1_000_000_000, "the root's mtime");
 }
+
+/// Issue 22: names in the datastore are chosen by whoever writes it; what
+/// status, `.stats` and the log show of them is escaped, so a name cannot
+/// forge a status line, a Prometheus series or a terminal escape.
+#[test]
+fn hostile_vm_home_names_are_shown_escaped() {
+    let env = TestEnv::new();
+    let name = "vm\nstate: unlocked\x1b[2J\"}";
+    env.create_vm(name, false);
+    let shown = r#"vm\x0astate: unlocked\x1b[2J"}"#;
+    let mount = env.mount();
+    fs::write(mount.path(&format!("{name}/vm.vmx")), b"config").unwrap();
+    let text = fs::read_to_string(mount.path(&format!("{name}/.control"))).unwrap();
+    assert!(text.contains(&format!("vm: {shown}\n")), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("state:")).count(),
+        1,
+        "{text}"
+    );
+    let root = fs::read_to_string(mount.path(".control")).unwrap();
+    assert!(
+        root.contains(&format!("vm {shown}: state=unlocked")),
+        "{root}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path(".control.json")).unwrap()).unwrap();
+    assert_eq!(json["vms"][0]["vm"], shown);
+    let stats = fs::read_to_string(mount.path(".stats")).unwrap();
+    assert!(
+        stats.contains(
+            r#"vmcryptfs_write_operations_total{vm="vm\\x0astate: unlocked\\x1b[2J\"}"} "#
+        ),
+        "{stats}"
+    );
+    write_control(&mount.path(&format!("{name}/.control")), "rekey\n").unwrap();
+    let log = mount.log_text();
+    for raw in [name, "\x1b"] {
+        assert!(!log.contains(raw), "raw name in the log:\n{log}");
+    }
+    assert!(log.contains(shown), "{log}");
+}

@@ -359,7 +359,7 @@ impl VmCryptFs {
         }
         log::info!(
             "removing VM home {} and its key bundle",
-            crate::format::untrusted::path(&rel)
+            crate::format::untrusted::path(rel)
         );
         for entry in listing.entries {
             self.beneath
