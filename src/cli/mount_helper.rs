@@ -91,6 +91,26 @@ mod tests {
             rewrite(&["vmcryptfs", "/ds", "/mnt"]),
             ["vmcryptfs", "mount", "/ds", "/mnt"]
         );
+        // Our own options pass through to `mount -o`, status_group too.
+        assert_eq!(
+            rewrite(&[
+                "vmcryptfs",
+                "/ds",
+                "/mnt",
+                "-o",
+                "keystore=/k,status_group=kvm,ro"
+            ]),
+            [
+                "vmcryptfs",
+                "--keystore",
+                "/k",
+                "mount",
+                "/ds",
+                "/mnt",
+                "-o",
+                "status_group=kvm,ro"
+            ]
+        );
     }
 
     #[test]
