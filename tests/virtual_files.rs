@@ -223,4 +223,18 @@ fn hostile_vm_home_names_are_shown_escaped() {
         assert!(!log.contains(raw), "raw name in the log:\n{log}");
     }
     assert!(log.contains(shown), "{log}");
+    // The CLI's views of the datastore escape it the same way.
+    for args in [
+        vec!["status", env.datastore.to_str().unwrap()],
+        vec!["rekey", "--all", env.datastore.to_str().unwrap()],
+    ] {
+        let out = env.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(text.contains(shown), "{args:?}: {text}");
+        assert!(
+            !text.contains(name) && !text.contains('\x1b'),
+            "{args:?}: {text}"
+        );
+    }
 }

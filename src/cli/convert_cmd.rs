@@ -35,7 +35,7 @@ pub fn run(
         "{}: {} of VM home {} done: {} file(s) converted ({:.1} MiB), {} already in place",
         operation.name(),
         operation.name(),
-        vm_dir.display(),
+        crate::format::untrusted::path(&vm_dir),
         report.files,
         report.bytes as f64 / 1048576.0,
         report.skipped

@@ -183,6 +183,7 @@ pub fn rekey(
     let mount = vmcryptfs_mount_of(&datastore);
     let mut failures = Vec::new();
     for name in &names {
+        let shown = untrusted::escape(name.as_bytes(), untrusted::NAME_LIMIT);
         let result = match &mount {
             Some(mnt) => rekey_through_mount(&mnt.join(name), target),
             None => vm_keys::shallow_rekey(&datastore.join(name), &*provider)
@@ -190,10 +191,10 @@ pub fn rekey(
                 .map_err(|e| e.to_string()),
         };
         match result {
-            Ok(done) => println!("{name}: {done}"),
+            Ok(done) => println!("{shown}: {done}"),
             Err(err) => {
-                eprintln!("{name}: re-key failed: {err}");
-                failures.push(name.clone());
+                eprintln!("{shown}: re-key failed: {}", untrusted::line(&err));
+                failures.push(shown);
             }
         }
     }

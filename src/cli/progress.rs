@@ -102,7 +102,7 @@ impl Progress for ConsoleProgress {
                 "{}/{} {}",
                 self.files_done,
                 self.files,
-                path.display()
+                crate::format::untrusted::path(path)
             ));
         }
     }

@@ -6,6 +6,7 @@
 //! because such a VM would be locked out on every host that reboots (and so
 //! loses its key cache). vSphere leaves this to the operator; we do not.
 
+use crate::format::untrusted;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -348,7 +349,7 @@ fn retire(keystore: &Path, name: Option<&str>, version: u32) -> Result<String, C
             users.len()
         ));
         for vm in users {
-            out.push_str(&format!("  {}\n", vm.path().display()));
+            out.push_str(&format!("  {}\n", untrusted::path(&vm.path())));
         }
     }
     Ok(out)
@@ -362,10 +363,7 @@ fn destroy(
 ) -> Result<String, CliError> {
     let provider = provider_named(keystore, name)?;
     let (users, scan_errors) = users_of(keystore, &*provider, version)?;
-    let user_paths: Vec<String> = users
-        .iter()
-        .map(|r| r.path().display().to_string())
-        .collect();
+    let user_paths: Vec<String> = users.iter().map(|r| untrusted::path(&r.path())).collect();
     let datastores: std::collections::BTreeSet<String> = users
         .iter()
         .map(|r| r.datastore.display().to_string())
