@@ -15,8 +15,9 @@ use crate::datastore::DatastoreError;
 impl From<DatastoreError> for CliError {
     fn from(err: DatastoreError) -> Self {
         let kind = match &err {
-            DatastoreError::Io { .. } => ExitKind::Io,
+            DatastoreError::Io { .. } | DatastoreError::Owned(_) => ExitKind::Io,
             DatastoreError::NotAVmHome { .. }
+            | DatastoreError::DamagedJournal { .. }
             | DatastoreError::AlreadyVmHome { .. }
             | DatastoreError::NotEmpty { .. } => ExitKind::Failure,
             _ => ExitKind::Key,

@@ -40,9 +40,11 @@ const PASSED_FLAGS: i32 = libc::O_NONBLOCK
     | libc::O_LARGEFILE
     | libc::O_NOFOLLOW;
 
-/// The datastore root, for resolving paths beneath it.
+/// The datastore root (or a VM home, see `owned_file::VmDir`), for
+/// resolving paths beneath it.
 pub struct BackingRoot {
-    /// An `O_PATH` descriptor of the root. Immutable.
+    /// A descriptor of the root: `O_PATH` for the datastore, `O_RDONLY` for
+    /// a VM home. Immutable.
     fd: OwnedFd,
     /// Set once `openat2` turned out to be missing (ENOSYS).
     no_openat2: AtomicBool,
@@ -80,15 +82,38 @@ impl BackingRoot {
         })
     }
 
-    /// The root's descriptor (`O_PATH`).
+    /// Resolves paths beneath the directory `fd` (already opened by the
+    /// caller, who vouches that it is the right one).
+    pub fn from_dir_fd(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            no_openat2: AtomicBool::new(false),
+        }
+    }
+
+    /// The root's descriptor.
     pub fn root_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
-    /// Opens `rel` (relative to the root, no leading `/`) with raw open(2)
-    /// `flags`: the access mode, O_CREAT and O_EXCL, and the flags listed
-    /// in [`PASSED_FLAGS`]; others are dropped. `mode` applies with
-    /// O_CREAT. A symlink as the last component is refused too (ELOOP).
+    /// Opens the regular file `rel` (relative to the root, no leading `/`)
+    /// with raw open(2) `flags`: the access mode, O_CREAT and O_EXCL, and
+    /// the flags listed in [`PASSED_FLAGS`]; others are dropped. `mode`
+    /// applies with O_CREAT. A symlink as the last component is refused too
+    /// (ELOOP), and so is anything but a regular file (ENXIO).
+    ///
+    /// The name was a regular file when the kernel looked it up, but it can
+    /// be swapped for a FIFO or a device behind the mount before the open.
+    /// So the open always carries O_NONBLOCK and O_NOCTTY: a FIFO then opens
+    /// (or fails with ENXIO) at once instead of holding a worker until a
+    /// writer comes, and a terminal never becomes our controlling one. One
+    /// fstat then refuses anything that is not a regular file before a byte
+    /// is read or written, and O_NONBLOCK is cleared again unless the caller
+    /// asked for it. A device's own `open` can still run in that race (only
+    /// an `O_PATH` open and a reopen would avoid it, at two more system
+    /// calls on every open); a datastore that may hold device nodes should
+    /// be mounted `nodev`, and `owned_file` uses the `O_PATH` way for the
+    /// files vmcryptfs itself reads.
     pub fn open_file(&self, rel: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
         let creating = flags & libc::O_CREAT != 0;
         let flags = (flags & (libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | PASSED_FLAGS))
@@ -96,9 +121,22 @@ impl BackingRoot {
         let mode = if creating { mode & 0o7777 } else { 0 };
         let fd = self.resolve(
             rel,
-            OFlags::from_bits_retain(flags as u32),
+            OFlags::from_bits_retain((flags | libc::O_NONBLOCK | libc::O_NOCTTY) as u32),
             Mode::from_raw_mode(mode),
         )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            log::warn!(
+                "backing file {} is not a regular file (it was swapped behind the mount); refused",
+                rel.display()
+            );
+            return Err(Errno::NXIO.into());
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            // F_SETFL changes only the status flags (O_NONBLOCK among them);
+            // the others given here are the ones the file was opened with.
+            rustix::fs::fcntl_setfl(&fd, OFlags::from_bits_retain(flags as u32))?;
+        }
         Ok(File::from(fd))
     }
 

@@ -15,17 +15,16 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 
 use super::layout::BUNDLE_FILE_NAME;
+use super::owned_file::{list_dir, OwnedFileError, VmDir};
 use super::DatastoreError;
-use crate::format::bundle::KeyBundle;
+use crate::format::bundle::{KeyBundle, MAX_ENCODED_LEN};
 
 const TEMP_PREFIX: &str = ".vmcryptfs-bundle.tmp.";
 
@@ -34,109 +33,96 @@ pub fn bundle_path(vm_dir: &Path) -> PathBuf {
     vm_dir.join(BUNDLE_FILE_NAME)
 }
 
-/// Whether `vm_dir` is an encrypted VM home.
+/// Whether `vm_dir` is an encrypted VM home: a directory itself (not a
+/// symlink to one) holding a bundle that is a regular file itself.
 pub fn has_bundle(vm_dir: &Path) -> bool {
-    bundle_path(vm_dir).is_file()
+    VmDir::open(vm_dir).is_ok_and(|vm| has_bundle_in(&vm))
+}
+
+/// Whether the opened VM home `vm` holds a bundle (a regular file).
+pub fn has_bundle_in(vm: &VmDir) -> bool {
+    vm.has_regular_file(OsStr::new(BUNDLE_FILE_NAME))
 }
 
 /// Opens the VM home directory itself, never through a symlink.
-fn open_vm_dir(vm_dir: &Path) -> Result<OwnedFd, DatastoreError> {
-    rustix::fs::open(
-        vm_dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| match errno {
-        rustix::io::Errno::NOENT => DatastoreError::NotAVmHome {
+fn open_vm_dir(vm_dir: &Path) -> Result<VmDir, DatastoreError> {
+    VmDir::open(vm_dir).map_err(|err| match err {
+        OwnedFileError::Missing { .. } => DatastoreError::NotAVmHome {
             path: vm_dir.to_path_buf(),
         },
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => DatastoreError::io(
-            format!(
-                "opening VM home {}: it is a symlink or not a directory, and a VM home is never followed through a symlink",
-                vm_dir.display()
-            ),
-            errno.into(),
-        ),
-        _ => DatastoreError::io(format!("opening VM home {}", vm_dir.display()), errno.into()),
+        err => err.into(),
     })
 }
 
 /// Reads and parses the bundle of `vm_dir`.
 pub fn read(vm_dir: &Path) -> Result<KeyBundle, DatastoreError> {
-    let path = bundle_path(vm_dir);
-    let dir = open_vm_dir(vm_dir)?;
-    let opened = rustix::fs::openat(
-        &dir,
-        BUNDLE_FILE_NAME,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    );
-    let mut bytes = Vec::new();
-    let result = match opened {
-        Ok(fd) => File::from(fd).read_to_end(&mut bytes).map(|_| ()),
-        Err(rustix::io::Errno::NOENT) => {
-            return Err(DatastoreError::NotAVmHome {
-                path: vm_dir.to_path_buf(),
-            })
-        }
-        Err(errno) => Err(errno.into()),
-    };
-    result.map_err(|e| DatastoreError::io(format!("reading key bundle {}", path.display()), e))?;
-    KeyBundle::parse(&bytes).map_err(|source| DatastoreError::BadBundle { path, source })
+    read_in(&open_vm_dir(vm_dir)?)
+}
+
+/// Reads and parses the bundle of the opened VM home `vm`: only a regular
+/// file, and at most [`MAX_ENCODED_LEN`] bytes of it.
+pub fn read_in(vm: &VmDir) -> Result<KeyBundle, DatastoreError> {
+    let bytes = vm
+        .read_owned(OsStr::new(BUNDLE_FILE_NAME), MAX_ENCODED_LEN as u64)
+        .map_err(|err| match err {
+            OwnedFileError::Missing { .. } => DatastoreError::NotAVmHome {
+                path: vm.path().to_path_buf(),
+            },
+            err => err.into(),
+        })?;
+    KeyBundle::parse(&bytes).map_err(|source| DatastoreError::BadBundle {
+        path: bundle_path(vm.path()),
+        source,
+    })
 }
 
 /// Exclusive right to rewrite one VM home's bundle, held until dropped.
 pub struct BundleLock {
-    /// The VM home's path, for messages.
-    vm_dir: PathBuf,
-    /// The VM home, opened without following symlinks and flocked; every
-    /// step of an update is relative to it.
-    dir: Flock<File>,
+    /// The VM home, opened without following symlinks; every step of an
+    /// update is relative to it. Immutable.
+    vm: VmDir,
+    /// The flock on `vm` (taken on a duplicate of its descriptor, which
+    /// shares the lock), released when dropped.
+    _locked: Flock<File>,
 }
 
 impl BundleLock {
     /// Locks `vm_dir` (blocking while another writer holds it) and removes
     /// temp files left by crashed writers.
     pub fn acquire(vm_dir: &Path) -> Result<Self, DatastoreError> {
-        let dir = File::from(open_vm_dir(vm_dir)?);
-        let dir = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| {
-            DatastoreError::io(
-                format!("locking VM home {} for a bundle update", vm_dir.display()),
-                errno.into(),
-            )
-        })?;
+        let vm = open_vm_dir(vm_dir)?;
+        let dup = vm
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| DatastoreError::io(format!("locking VM home {}", vm_dir.display()), e))?;
+        let locked =
+            Flock::lock(File::from(dup), FlockArg::LockExclusive).map_err(|(_, errno)| {
+                DatastoreError::io(
+                    format!("locking VM home {} for a bundle update", vm_dir.display()),
+                    errno.into(),
+                )
+            })?;
         let lock = Self {
-            vm_dir: vm_dir.to_path_buf(),
-            dir,
+            vm,
+            _locked: locked,
         };
         lock.remove_stale_temp_files()?;
         Ok(lock)
     }
 
+    /// The locked VM home.
+    pub fn vm(&self) -> &VmDir {
+        &self.vm
+    }
+
     fn remove_stale_temp_files(&self) -> Result<(), DatastoreError> {
-        let listing_err = |e: rustix::io::Errno| {
-            DatastoreError::io(format!("listing {}", self.vm_dir.display()), e.into())
-        };
-        let mut stale = Vec::new();
-        for entry in Dir::read_from(&*self.dir).map_err(listing_err)? {
-            let entry = entry.map_err(listing_err)?;
-            let name = OsStr::from_bytes(entry.file_name().to_bytes());
-            if is_temp_name(name) {
-                stale.push(name.to_owned());
-            }
-        }
-        for name in stale {
-            let path = self.vm_dir.join(&name);
+        let entries = list_dir(self.vm.fd(), self.vm.path())?;
+        for (name, _) in entries.iter().filter(|(name, _)| is_temp_name(name)) {
             log::info!(
                 "removing stale bundle temp file {}",
-                crate::format::untrusted::path(&path)
+                crate::format::untrusted::path(&self.vm.display_path(name))
             );
-            rustix::fs::unlinkat(&*self.dir, name.as_os_str(), AtFlags::empty()).map_err(|e| {
-                DatastoreError::io(
-                    format!("removing stale temp file {}", path.display()),
-                    e.into(),
-                )
-            })?;
+            self.vm.remove(name)?;
         }
         Ok(())
     }
@@ -146,7 +132,7 @@ impl BundleLock {
         let bytes = bundle
             .encode()
             .map_err(|source| DatastoreError::BadBundle {
-                path: bundle_path(&self.vm_dir),
+                path: bundle_path(self.vm.path()),
                 source,
             })?;
         let suffix: [u8; 8] = crate::crypto::random::array();
@@ -155,25 +141,16 @@ impl BundleLock {
             std::process::id(),
             hex::encode(suffix)
         );
-        let temp = self.vm_dir.join(&temp_name);
+        let temp = self.vm.display_path(&temp_name);
         let io_err = |what: &str, e| DatastoreError::io(format!("{what} {}", temp.display()), e);
-        let mut file = rustix::fs::openat(
-            &*self.dir,
-            temp_name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map(File::from)
-        .map_err(|e| io_err("creating", e.into()))?;
+        let mut file = self.vm.create_exclusive(OsStr::new(&temp_name), 0o600)?;
         file.write_all(&bytes).map_err(|e| io_err("writing", e))?;
         file.sync_all().map_err(|e| io_err("fsyncing", e))?;
         drop(file);
-        rustix::fs::renameat(&*self.dir, temp_name.as_str(), &*self.dir, BUNDLE_FILE_NAME)
-            .map_err(|e| io_err("renaming into place", e.into()))?;
+        self.vm
+            .rename(OsStr::new(&temp_name), OsStr::new(BUNDLE_FILE_NAME))?;
         crash_point("bundle-renamed");
-        self.dir.sync_all().map_err(|e| {
-            DatastoreError::io(format!("fsyncing directory {}", self.vm_dir.display()), e)
-        })
+        Ok(self.vm.sync()?)
     }
 }
 

@@ -15,13 +15,22 @@
 //! Hard links inside the VM home are replaced by independent copies.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustix::fs::OFlags;
+
 use super::bundle_file::{self, crash_point};
 use super::layout::{self, ContentClass};
+use super::owned_file::{
+    copy_metadata, create_exclusive_at, list_dir, open_regular_at, remove_at, EntryKind,
+    OwnedFileError, VmDir,
+};
 use super::vm_keys::{self, unlock};
 use super::DatastoreError;
 use crate::content::transcode::{transcode, Destination, Source};
@@ -37,6 +46,16 @@ pub const JOURNAL_FILE_NAME: &str = ".vmcryptfs-convert-journal";
 /// The journal while it is written; renamed over [`JOURNAL_FILE_NAME`].
 const JOURNAL_TEMP_FILE_NAME: &str = ".vmcryptfs-convert-journal.tmp";
 const TEMP_FILE_NAME: &str = ".vmcryptfs-convert.tmp";
+/// The most a journal legitimately holds: one operation name and a newline.
+const MAX_JOURNAL_LEN: u64 = 64;
+/// Every name [`Operation::name`] gives, the only texts a journal may hold.
+const OPERATION_NAMES: [&str; 5] = [
+    "encrypt",
+    "encrypt-disks",
+    "decrypt-disks",
+    "deep-rekey",
+    "convert-format",
+];
 
 /// A conversion of one VM home.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,11 +117,60 @@ pub struct Report {
     pub bytes: u64,
 }
 
+/// An unfinished conversion, as its journal records it. Never carries the
+/// journal's bytes: the datastore is untrusted, and a journal that is a
+/// symlink to a key file must not bring the key into a status file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// A conversion this build knows, by its [`Operation::name`].
+    Operation(&'static str),
+    /// The journal is not one vmcryptfs wrote; why, in fixed words.
+    Damaged(&'static str),
+}
+
+impl std::fmt::Display for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pending::Operation(name) => f.write_str(name),
+            Pending::Damaged(why) => write!(f, "damaged ({why})"),
+        }
+    }
+}
+
 /// The unfinished conversion of `vm_dir`, if any.
-pub fn pending(vm_dir: &Path) -> Option<String> {
-    fs::read_to_string(vm_dir.join(JOURNAL_FILE_NAME))
-        .ok()
-        .map(|s| s.trim().to_string())
+pub fn pending(vm_dir: &Path) -> Option<Pending> {
+    match VmDir::open(vm_dir) {
+        Ok(vm) => pending_in(&vm),
+        Err(OwnedFileError::Missing { .. }) => None,
+        Err(_) => Some(Pending::Damaged("the VM home cannot be opened")),
+    }
+}
+
+/// The unfinished conversion of the opened VM home `vm`, if any: the
+/// journal is read only if it is a regular file of at most
+/// [`MAX_JOURNAL_LEN`] bytes, and must name a known operation.
+pub fn pending_in(vm: &VmDir) -> Option<Pending> {
+    let why = match vm.read_owned(OsStr::new(JOURNAL_FILE_NAME), MAX_JOURNAL_LEN) {
+        Ok(bytes) => {
+            let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
+            return Some(match OPERATION_NAMES.iter().find(|name| **name == text) {
+                Some(name) => Pending::Operation(name),
+                None => Pending::Damaged("names no known conversion"),
+            });
+        }
+        Err(OwnedFileError::Missing { .. }) => return None,
+        Err(OwnedFileError::WrongKind { .. }) => "not a regular file",
+        Err(OwnedFileError::TooLarge { .. }) => "larger than a journal can be",
+        Err(err) => {
+            log::warn!("{err}");
+            "unreadable"
+        }
+    };
+    log::warn!(
+        "VM home {}: damaged conversion journal ({why})",
+        vm.path().display()
+    );
+    Some(Pending::Damaged(why))
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> DatastoreError {
@@ -117,40 +185,50 @@ pub fn run(
     operation: Operation,
     progress: &mut dyn Progress,
 ) -> Result<Report, DatastoreError> {
-    if let Some(other) = pending(vm_dir).filter(|p| p != operation.name()) {
-        return Err(DatastoreError::ConversionPending {
-            path: vm_dir.into(),
-            operation: other,
-        });
-    }
-    let resuming = pending(vm_dir).is_some();
+    let vm = VmDir::open(vm_dir)?;
+    let resuming = match pending_in(&vm) {
+        None => false,
+        Some(Pending::Operation(name)) if name == operation.name() => true,
+        Some(Pending::Operation(other)) => {
+            return Err(DatastoreError::ConversionPending {
+                path: vm_dir.into(),
+                operation: other.to_string(),
+            })
+        }
+        Some(Pending::Damaged(why)) => {
+            return Err(DatastoreError::DamagedJournal {
+                path: vm_dir.into(),
+                why,
+            })
+        }
+    };
     if let Operation::EncryptHome {
         encrypt_disks,
         content_layout,
     } = operation
     {
-        if bundle_file::has_bundle(vm_dir) && !resuming {
+        if bundle_file::has_bundle_in(&vm) && !resuming {
             return Err(DatastoreError::AlreadyVmHome {
                 path: vm_dir.into(),
             });
         }
-        write_journal(vm_dir, operation)?;
-        if !bundle_file::has_bundle(vm_dir) {
+        write_journal(&vm, operation)?;
+        if !bundle_file::has_bundle_in(&vm) {
             vm_keys::create_bundle(vm_dir, provider, encrypt_disks, content_layout)?;
         }
     } else {
-        if !bundle_file::has_bundle(vm_dir) {
+        if !bundle_file::has_bundle_in(&vm) {
             return Err(DatastoreError::NotAVmHome {
                 path: vm_dir.into(),
             });
         }
-        write_journal(vm_dir, operation)?;
+        write_journal(&vm, operation)?;
     }
     let provider_err = |source| DatastoreError::Provider {
         path: vm_dir.into(),
         source,
     };
-    let bundle = bundle_file::read(vm_dir)?;
+    let bundle = bundle_file::read_in(&vm)?;
     let mut keyring = unlock(&bundle, provider).map_err(provider_err)?;
     if operation == Operation::DeepRekey && bundle.deks.len() == 1 {
         keyring = add_generation(&keyring);
@@ -177,11 +255,17 @@ pub fn run(
 
     let mut plan = Vec::new();
     let mut report = Report::default();
-    for path in regular_files(vm_dir)? {
-        let name = path.file_name().expect("a file name");
+    walk_regular_files(&vm, |dir, name, rel| {
+        let path = vm.display_path(rel);
+        let (file, stat) = match open_regular_at(dir, name, OFlags::RDONLY, &path) {
+            Ok(opened) => opened,
+            // Removed since it was listed: nothing to convert.
+            Err(OwnedFileError::Missing { .. }) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        let len = u64::try_from(stat.st_size).unwrap_or(0);
         let wanted = layout::class_in_vm_home(name, encrypt_disks);
-        let form = stored_form(&path, &keyring)?;
-        let step = match (wanted, form) {
+        let step = match (wanted, stored_form(&file, len, &keyring)) {
             (_, StoredForm::Empty) => None,
             (ContentClass::Encrypted, StoredForm::Plain) => Some(Step::Encrypt),
             (ContentClass::Plain, StoredForm::Encrypted { layout, .. }) => {
@@ -195,19 +279,18 @@ pub fn run(
             _ => None,
         };
         match step {
-            Some(step) => plan.push((path, step)),
+            Some(step) => plan.push((rel.to_path_buf(), step, len)),
             None => report.skipped += 1,
         }
-    }
-    let total: u64 = plan
-        .iter()
-        .map(|(p, _)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+        Ok(())
+    })?;
+    plan.sort_by(|a, b| a.0.cmp(&b.0));
+    let total: u64 = plan.iter().map(|(_, _, len)| len).sum();
     progress.start(plan.len(), total);
-    for (index, (path, step)) in plan.iter().enumerate() {
-        report.bytes += convert_file(path, *step, &keyring, content_layout, progress)?;
+    for (index, (rel, step, _)) in plan.iter().enumerate() {
+        report.bytes += convert_file(&vm, rel, *step, &keyring, content_layout, progress)?;
         report.files += 1;
-        progress.file_done(path);
+        progress.file_done(&vm.display_path(rel));
         if index == 0 {
             crash_point("convert-first-file-done");
         }
@@ -228,11 +311,10 @@ pub fn run(
             content_layout,
         )?;
     }
-    fs::remove_file(vm_dir.join(JOURNAL_FILE_NAME))
-        .map_err(io(format!("removing the journal in {}", vm_dir.display())))?;
+    vm.remove(OsStr::new(JOURNAL_FILE_NAME))?;
     // Left by a run killed while writing its journal; harmless, but tidy.
-    let _ = fs::remove_file(vm_dir.join(JOURNAL_TEMP_FILE_NAME));
-    sync_dir(vm_dir)?;
+    let _ = vm.remove(OsStr::new(JOURNAL_TEMP_FILE_NAME));
+    vm.sync()?;
     progress.finish();
     Ok(report)
 }
@@ -240,24 +322,21 @@ pub fn run(
 /// Writes the journal atomically (temp file, fsync, rename, directory
 /// fsync): a kill while writing it must leave either no journal or a
 /// complete one, never an empty file that names no operation (found by
-/// `tests/crash_conversions.rs`).
-fn write_journal(vm_dir: &Path, operation: Operation) -> Result<(), DatastoreError> {
-    let path = vm_dir.join(JOURNAL_FILE_NAME);
-    let temp = vm_dir.join(JOURNAL_TEMP_FILE_NAME);
+/// `tests/crash_conversions.rs`). The temp file is created exclusively, so
+/// nothing planted at its name is written through.
+fn write_journal(vm: &VmDir, operation: Operation) -> Result<(), DatastoreError> {
+    let temp = OsStr::new(JOURNAL_TEMP_FILE_NAME);
+    // Left by a run killed while writing it.
+    vm.remove(temp)?;
+    let mut file = vm.create_exclusive(temp, 0o600)?;
     let mut text = operation.name().to_string();
     text.push('\n');
-    fs::write(&temp, text).map_err(io(format!("writing {}", temp.display())))?;
-    File::open(&temp)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| fs::rename(&temp, &path))
-        .map_err(io(format!("writing {}", path.display())))?;
-    sync_dir(vm_dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), DatastoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("fsyncing directory {}", dir.display())))
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", vm.display_path(temp).display())))?;
+    drop(file);
+    vm.rename(temp, OsStr::new(JOURNAL_FILE_NAME))?;
+    Ok(vm.sync()?)
 }
 
 fn add_generation(keyring: &VmKeyring) -> VmKeyring {
@@ -285,33 +364,38 @@ fn copy_keyring(keyring: &VmKeyring) -> VmKeyring {
     )
 }
 
-/// Every regular file under `dir`, internal files excluded, sorted.
-fn regular_files(dir: &Path) -> Result<Vec<PathBuf>, DatastoreError> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).map_err(io(format!("listing {}", d.display())))? {
-            let entry = entry.map_err(io(format!("listing {}", d.display())))?;
-            if layout::is_internal_name(&entry.file_name()) {
-                if entry.file_name() == TEMP_FILE_NAME {
+/// Calls `visit` with (directory, name, path relative to the VM home) for
+/// every regular file in the VM home, internal files excluded. Each
+/// directory is opened beneath the VM home with no symlink followed and
+/// listed through that descriptor; a symlink, FIFO, device or socket is
+/// never visited, and a symlink to a directory is not descended into.
+fn walk_regular_files(
+    vm: &VmDir,
+    mut visit: impl FnMut(BorrowedFd<'_>, &OsStr, &Path) -> Result<(), DatastoreError>,
+) -> Result<(), DatastoreError> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let path = vm.display_path(&rel);
+        let dir = vm
+            .beneath()
+            .open_dir(&rel)
+            .map_err(io(format!("opening directory {}", path.display())))?;
+        for (name, kind) in list_dir(dir.as_fd(), &path)? {
+            if layout::is_internal_name(&name) {
+                if name == TEMP_FILE_NAME {
                     // Left by an interrupted run; the original is intact.
-                    fs::remove_file(entry.path())
-                        .map_err(io(format!("removing {}", entry.path().display())))?;
+                    remove_at(dir.as_fd(), &name, &path.join(&name))?;
                 }
                 continue;
             }
-            let kind = entry
-                .file_type()
-                .map_err(io(format!("stat {}", entry.path().display())))?;
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                out.push(entry.path());
+            match kind {
+                EntryKind::Directory => stack.push(rel.join(&name)),
+                EntryKind::RegularFile => visit(dir.as_fd(), &name, &rel.join(&name))?,
+                EntryKind::Other => {}
             }
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(())
 }
 
 /// How a file is stored now.
@@ -326,36 +410,31 @@ enum StoredForm {
     },
 }
 
-/// A file is encrypted exactly when it starts with a header that
-/// authenticates under this VM's keyring.
-fn stored_form(path: &Path, keyring: &VmKeyring) -> Result<StoredForm, DatastoreError> {
-    let file = File::open(path).map_err(io(format!("opening {}", path.display())))?;
-    let len = file
-        .metadata()
-        .map_err(io(format!("stat {}", path.display())))?
-        .len();
+/// A file (`len` bytes long) is encrypted exactly when it starts with a
+/// header that authenticates under this VM's keyring.
+fn stored_form(file: &File, len: u64, keyring: &VmKeyring) -> StoredForm {
     if len == 0 {
-        return Ok(StoredForm::Empty);
+        return StoredForm::Empty;
     }
     let mut raw = [0u8; file_header::LEN];
     if len < raw.len() as u64 || file.read_exact_at(&mut raw, 0).is_err() {
-        return Ok(StoredForm::Plain);
+        return StoredForm::Plain;
     }
     let Ok(header) = UnverifiedHeader::parse(&raw) else {
-        return Ok(StoredForm::Plain);
+        return StoredForm::Plain;
     };
     let generation = header.dek_generation();
     let Some(dek) = keyring.dek(generation) else {
-        return Ok(StoredForm::Plain);
+        return StoredForm::Plain;
     };
     let mac_key = kdf::file_header_mac_key(dek, keyring.vm_id(), &header.file_id());
-    Ok(match header.verify(&mac_key) {
+    match header.verify(&mac_key) {
         Ok(header) => StoredForm::Encrypted {
             generation,
             layout: header.layout,
         },
         Err(_) => StoredForm::Plain,
-    })
+    }
 }
 
 /// What one file needs; the source's content format is the file's own
@@ -367,29 +446,31 @@ enum Step {
     Reencrypt { from: ContentLayout },
 }
 
-/// Converts one file through a temp file and a rename, writing encrypted
-/// files in content format `layout`. Returns its plaintext size.
+/// Converts the file `rel` of `vm` through a temp file and a rename,
+/// writing encrypted files in content format `layout`. Returns its
+/// plaintext size. Every step is an `*at` call or a descriptor call on the
+/// file's directory, opened beneath the VM home without following symlinks.
 fn convert_file(
-    path: &Path,
+    vm: &VmDir,
+    rel: &Path,
     step: Step,
     keyring: &Arc<VmKeyring>,
     layout: ContentLayout,
     progress: &mut dyn Progress,
 ) -> Result<u64, DatastoreError> {
-    let dir = path.parent().expect("a file has a directory");
-    let temp = dir.join(TEMP_FILE_NAME);
-    let _ = fs::remove_file(&temp);
-    let source = File::open(path).map_err(io(format!("opening {}", path.display())))?;
-    let meta = source
-        .metadata()
-        .map_err(io(format!("stat {}", path.display())))?;
-    let dest = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io(format!("creating {}", temp.display())))?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let name = rel.file_name().expect("a file has a name");
+    let path = vm.display_path(rel);
+    let dir_path = vm.display_path(parent);
+    let temp = dir_path.join(TEMP_FILE_NAME);
+    let temp_name = OsStr::new(TEMP_FILE_NAME);
+    let dir = vm
+        .beneath()
+        .open_dir(parent)
+        .map_err(io(format!("opening directory {}", dir_path.display())))?;
+    remove_at(dir.as_fd(), temp_name, &temp)?;
+    let (source, meta) = open_regular_at(dir.as_fd(), name, OFlags::RDONLY, &path)?;
+    let dest = create_exclusive_at(dir.as_fd(), temp_name, 0o600, &temp)?;
     let mut done = 0;
     let mut on_progress = |now: u64| {
         progress.advance(now.saturating_sub(done));
@@ -417,27 +498,19 @@ fn convert_file(
     })?;
     dest.sync_all()
         .map_err(io(format!("fsyncing {}", temp.display())))?;
-    fs::set_permissions(&temp, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(io(format!("chmod {}", temp.display())))?;
-    std::os::unix::fs::chown(&temp, Some(meta.uid()), Some(meta.gid()))
-        .map_err(io(format!("chown {}", temp.display())))?;
-    let times = fs::FileTimes::new()
-        .set_accessed(
-            meta.accessed()
-                .map_err(io(format!("stat {}", path.display())))?,
-        )
-        .set_modified(
-            meta.modified()
-                .map_err(io(format!("stat {}", path.display())))?,
-        );
-    dest.set_times(times)
-        .map_err(io(format!("setting times of {}", temp.display())))?;
+    copy_metadata(&dest, &meta, &temp)?;
     drop(dest);
-    fs::rename(&temp, path).map_err(io(format!(
-        "renaming {} over {}",
-        temp.display(),
-        path.display()
-    )))?;
-    sync_dir(dir)?;
+    rustix::fs::renameat(&dir, temp_name, &dir, name).map_err(|e| {
+        DatastoreError::io(
+            format!("renaming {} over {}", temp.display(), path.display()),
+            e.into(),
+        )
+    })?;
+    rustix::fs::fsync(&dir).map_err(|e| {
+        DatastoreError::io(
+            format!("fsyncing directory {}", dir_path.display()),
+            e.into(),
+        )
+    })?;
     Ok(size)
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::owned_file::VmDir;
 use super::{bundle_file, DatastoreError};
 use crate::format::bundle::KeyBundle;
 use crate::keys::{KekState, KekVersionInfo};
@@ -35,14 +36,18 @@ impl VmRecord {
 pub fn scan_datastore(datastore: &Path) -> Result<Vec<VmRecord>, DatastoreError> {
     let entries = std::fs::read_dir(datastore)
         .map_err(|e| DatastoreError::io(format!("listing datastore {}", datastore.display()), e))?;
+    // A symlink is never a VM home: its entry is not a directory, and the
+    // VM home is opened O_NOFOLLOW in case it was swapped since.
     let mut records: Vec<VmRecord> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter(|e| bundle_file::has_bundle(&e.path()))
-        .map(|e| VmRecord {
-            datastore: datastore.to_path_buf(),
-            name: e.file_name().to_string_lossy().into_owned(),
-            bundle: bundle_file::read(&e.path()).map_err(|err| err.to_string()),
+        .filter_map(|e| {
+            let vm = VmDir::open(&e.path()).ok()?;
+            bundle_file::has_bundle_in(&vm).then(|| VmRecord {
+                datastore: datastore.to_path_buf(),
+                name: e.file_name().to_string_lossy().into_owned(),
+                bundle: bundle_file::read_in(&vm).map_err(|err| err.to_string()),
+            })
         })
         .collect();
     records.sort_by(|a, b| a.name.cmp(&b.name));

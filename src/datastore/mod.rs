@@ -19,6 +19,8 @@
 //!   itself (its readahead), from sysfs.
 //! * [`backing_root`]: resolving backing paths strictly beneath the root
 //!   (opening files, directories, and the parents of entries).
+//! * [`owned_file`]: the one access rule for the files vmcryptfs owns in a
+//!   VM home (no symlink followed, only regular files read, reads bounded).
 //! * [`backing_meta`]: metadata operations on backing entries (stat,
 //!   chmod, unlink, rename, ...) as `*at` calls beneath the root.
 
@@ -32,11 +34,15 @@ pub mod current_kek;
 pub mod inventory;
 pub mod known;
 pub mod layout;
+pub mod owned_file;
 pub mod registry;
 pub mod vm_home;
 pub mod vm_keys;
 
 use std::path::PathBuf;
+
+use convert::JOURNAL_FILE_NAME;
+use owned_file::OwnedFileError;
 
 use crate::format::bundle::BundleError;
 use crate::format::untrusted;
@@ -91,6 +97,17 @@ pub enum DatastoreError {
         /// Why.
         #[source]
         source: ProviderError,
+    },
+    /// A file vmcryptfs owns is missing, planted or unusable.
+    #[error(transparent)]
+    Owned(#[from] OwnedFileError),
+    /// The conversion journal is not one this build wrote.
+    #[error("VM home {path} has a damaged conversion journal {JOURNAL_FILE_NAME} ({why}): it names no conversion this build knows. If a conversion was interrupted, remove the journal and run that conversion again; otherwise just remove it")]
+    DamagedJournal {
+        /// The VM home.
+        path: PathBuf,
+        /// What is wrong, in fixed words (never the journal's content).
+        why: &'static str,
     },
     /// An I/O error.
     #[error("{}: {source}", untrusted::line(.context))]

@@ -52,7 +52,8 @@ impl Datastore {
     }
 
     /// The VM home named `name` (a direct subdirectory of the root), if that
-    /// directory holds a key bundle. The bundle is checked on every call,
+    /// directory holds a key bundle (a symlink to a directory is never a VM
+    /// home, nor is a symlink a bundle; see `bundle_file::has_bundle`). The bundle is checked on every call,
     /// so a VM created by `vmcryptfs vm create` while mounted appears, and a
     /// directory whose bundle vanished stops being treated as encrypted.
     pub fn vm_home(&self, name: &OsStr) -> Option<Arc<VmHome>> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::convert::Pending;
 use super::counters::VmCounters;
 use super::current_kek::CurrentKekCache;
 use super::vm_keys::{self, RekeyOutcome};
@@ -79,7 +80,8 @@ pub struct VmStatus {
     pub dek_fingerprint: Option<String>,
     /// Open encrypted files in this mount.
     pub open_files: usize,
-    /// An unfinished in-place conversion, by name.
+    /// An unfinished in-place conversion, by name, or `damaged (why)`
+    /// (never the journal's own text).
     pub conversion: Option<String>,
     /// The last control command.
     pub last_command: Option<CommandRecord>,
@@ -255,9 +257,16 @@ impl VmHome {
             Ok(bundle) => bundle,
             Err(err) => return Err(self.lock_with(&mut state, err.to_string(), None)),
         };
-        if let Some(operation) = super::convert::pending(&dir) {
-            let reason =
-                format!("a `{operation}` conversion is unfinished; run it again to complete it");
+        if let Some(pending) = super::convert::pending(&dir) {
+            let reason = match pending {
+                Pending::Operation(operation) => format!(
+                    "a `{operation}` conversion is unfinished; run it again to complete it"
+                ),
+                Pending::Damaged(why) => format!(
+                    "its conversion journal {} is damaged ({why}); remove it, then run the interrupted conversion again if there was one",
+                    super::convert::JOURNAL_FILE_NAME
+                ),
+            };
             return Err(self.lock_with(&mut state, reason, Some(bundle)));
         }
         match vm_keys::unlock(&bundle, provider) {
@@ -360,7 +369,7 @@ impl VmHome {
             name: self.display_name(),
             last_command: self.last_command.lock().expect("last command lock").clone(),
             open_files: self.open_files(),
-            conversion: super::convert::pending(&self.dir()),
+            conversion: super::convert::pending(&self.dir()).map(|p| p.to_string()),
             ..VmStatus::default()
         };
         let not_loaded = match &*self.keys.read().expect("keys lock") {

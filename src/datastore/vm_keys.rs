@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::bundle_file::{self, BundleLock};
+use super::owned_file::{list_dir, VmDir};
 use super::DatastoreError;
 use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
@@ -72,11 +73,9 @@ pub fn create_vm_home(
 ) -> Result<KeyBundle, DatastoreError> {
     std::fs::create_dir_all(path)
         .map_err(|e| DatastoreError::io(format!("creating VM home {}", path.display()), e))?;
-    let non_empty = std::fs::read_dir(path)
-        .map_err(|e| DatastoreError::io(format!("listing {}", path.display()), e))?
-        .next()
-        .is_some();
-    if non_empty && !bundle_file::has_bundle(path) {
+    let vm = VmDir::open(path)?;
+    let non_empty = !list_dir(vm.fd(), path)?.is_empty();
+    if non_empty && !bundle_file::has_bundle_in(&vm) {
         return Err(DatastoreError::NotEmpty { path: path.into() });
     }
     create_bundle(path, provider, encrypt_disks, content_layout)
@@ -91,7 +90,7 @@ pub fn create_bundle(
     content_layout: ContentLayout,
 ) -> Result<KeyBundle, DatastoreError> {
     let lock = BundleLock::acquire(path)?;
-    if bundle_file::has_bundle(path) {
+    if bundle_file::has_bundle_in(lock.vm()) {
         return Err(DatastoreError::AlreadyVmHome { path: path.into() });
     }
     let provider_err = |source| DatastoreError::Provider {
@@ -132,7 +131,7 @@ pub fn rewrite_bundle(
     content_layout: ContentLayout,
 ) -> Result<KeyBundle, DatastoreError> {
     let lock = BundleLock::acquire(vm_dir)?;
-    let old = bundle_file::read(vm_dir)?;
+    let old = bundle_file::read_in(lock.vm())?;
     let provider_err = |source| DatastoreError::Provider {
         path: vm_dir.into(),
         source,
@@ -185,7 +184,7 @@ pub fn shallow_rekey_with_cache(
     cached: Option<&VmKeyring>,
 ) -> Result<RekeyOutcome, DatastoreError> {
     let lock = BundleLock::acquire(vm_dir)?;
-    let old = bundle_file::read(vm_dir)?;
+    let old = bundle_file::read_in(lock.vm())?;
     let provider_err = |source| DatastoreError::Provider {
         path: vm_dir.into(),
         source,

@@ -33,6 +33,24 @@ pub const MAX_DEKS: usize = 16;
 pub const MAX_WRAPPED_LEN: usize = 1024;
 /// Maximum provider name length.
 pub const MAX_PROVIDER_LEN: usize = 64;
+/// Maximum KEK id length (its length is one byte).
+pub const MAX_KEK_ID_LEN: usize = 255;
+/// The largest valid encoding: every field at its maximum (the layout in
+/// the module comment, 16,862 bytes). A reader never reads more than this
+/// of a bundle file, so a planted huge file costs nothing.
+pub const MAX_ENCODED_LEN: usize = MAGIC.len()
+    + 2 // version
+    + 2 // flags
+    + 16 // vm_id
+    + 8 * 3 // sequence, created, updated
+    + 1
+    + MAX_PROVIDER_LEN
+    + 1
+    + MAX_KEK_ID_LEN
+    + 4 // kek_version
+    + 4 // current_generation
+    + 1 // dek_count
+    + MAX_DEKS * (4 + 2 + MAX_WRAPPED_LEN);
 const AAD_LABEL: &[u8] = b"vmcryptfs v1 bundle";
 
 /// Why a bundle was rejected. Each variant names the field at fault.
@@ -168,7 +186,7 @@ impl KeyBundle {
         if self.kek.provider.is_empty() || self.kek.provider.len() > MAX_PROVIDER_LEN {
             return Err(invalid("provider", "must be 1..=64 bytes"));
         }
-        if self.kek.kek_id.is_empty() || self.kek.kek_id.len() > 255 {
+        if self.kek.kek_id.is_empty() || self.kek.kek_id.len() > MAX_KEK_ID_LEN {
             return Err(invalid("kek_id", "must be 1..=255 bytes"));
         }
         if self.deks.is_empty() || self.deks.len() > MAX_DEKS {
@@ -354,6 +372,22 @@ pub(crate) mod tests {
         two.encrypt_disks = false;
         two.content_layout = ContentLayout::Interleaved;
         assert_eq!(KeyBundle::parse(&two.encode().unwrap()).unwrap(), two);
+    }
+
+    #[test]
+    fn the_largest_valid_bundle_is_max_encoded_len_bytes() {
+        let mut largest = sample();
+        largest.kek.provider = "p".repeat(MAX_PROVIDER_LEN);
+        largest.kek.kek_id = "k".repeat(MAX_KEK_ID_LEN);
+        largest.deks = (1..=MAX_DEKS as u32)
+            .map(|generation| WrappedDek {
+                generation,
+                wrapped: vec![7; MAX_WRAPPED_LEN],
+            })
+            .collect();
+        let bytes = largest.encode().unwrap();
+        assert_eq!(bytes.len(), MAX_ENCODED_LEN);
+        assert_eq!(KeyBundle::parse(&bytes).unwrap(), largest);
     }
 
     #[test]
