@@ -363,4 +363,36 @@ mod tests {
         };
         assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
     }
+
+    #[test]
+    fn a_content_path_swapped_for_anything_but_a_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("file"), b"x").unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::create_dir(root.join("dir")).unwrap();
+        let beneath = BackingRoot::open(root).unwrap();
+        for name in ["fifo", "dir"] {
+            for access in [libc::O_RDONLY, libc::O_RDWR, libc::O_WRONLY | libc::O_CREAT] {
+                let started = std::time::Instant::now();
+                let err = beneath
+                    .open_file(Path::new(name), access, 0o600)
+                    .expect_err(name);
+                assert!(started.elapsed().as_secs() < 1, "{name}: blocked");
+                assert!(
+                    [libc::ENXIO, libc::EISDIR].contains(&err.raw_os_error().unwrap()),
+                    "{name} {access:#o}: {err}"
+                );
+            }
+        }
+        // O_NONBLOCK stays only where the caller asked for it.
+        for (asked, kept) in [(0, false), (libc::O_NONBLOCK, true)] {
+            let file = beneath
+                .open_file(Path::new("file"), libc::O_RDWR | asked, 0)
+                .unwrap();
+            let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+            assert_eq!(flags.contains(OFlags::NONBLOCK), kept);
+            assert_eq!(flags & OFlags::RWMODE, OFlags::RDWR);
+        }
+    }
 }

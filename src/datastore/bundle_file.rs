@@ -213,6 +213,45 @@ mod tests {
     }
 
     #[test]
+    fn a_planted_bundle_or_vm_home_is_never_followed_nor_read_unbounded() {
+        use crate::datastore::owned_file::tests::{Outside, PLANTS};
+        let outside = Outside::new();
+        let ds = outside.base.path().join("ds");
+        fs::create_dir(&ds).unwrap();
+        let before = outside.snapshot();
+        for (i, plant) in PLANTS.iter().enumerate() {
+            // At the bundle's name.
+            let vm = ds.join(format!("vm{i}"));
+            fs::create_dir(&vm).unwrap();
+            outside.plant(plant, &bundle_path(&vm));
+            assert_eq!(has_bundle(&vm), *plant == "2 GiB sparse file", "{plant}");
+            let started = std::time::Instant::now();
+            let err = read(&vm).expect_err(plant).to_string();
+            assert!(started.elapsed().as_secs() < 1, "{plant}: slow");
+            assert!(
+                err.contains(&format!("vm{i}/{BUNDLE_FILE_NAME}")),
+                "{plant}: {err}"
+            );
+            // As the VM home itself (a real VM home elsewhere).
+            let linked = ds.join(format!("linked{i}"));
+            outside.plant(plant, &linked);
+            assert!(!has_bundle(&linked), "{plant}");
+            assert!(read(&linked).is_err(), "{plant}");
+        }
+        // A bundle of the largest valid size is read; one byte more is not.
+        let vm = ds.join("big");
+        fs::create_dir(&vm).unwrap();
+        fs::write(bundle_path(&vm), vec![0; MAX_ENCODED_LEN]).unwrap();
+        assert!(matches!(read(&vm), Err(DatastoreError::BadBundle { .. })));
+        fs::write(bundle_path(&vm), vec![0; MAX_ENCODED_LEN + 1]).unwrap();
+        assert!(matches!(
+            read(&vm),
+            Err(DatastoreError::Owned(OwnedFileError::TooLarge { .. }))
+        ));
+        assert_eq!(outside.snapshot(), before, "nothing outside changed");
+    }
+
+    #[test]
     fn corrupt_bundle_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(bundle_path(dir.path()), b"garbage").unwrap();

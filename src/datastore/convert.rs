@@ -514,3 +514,142 @@ fn convert_file(
     })?;
     Ok(size)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::owned_file::tests::{Outside, PLANTS, SECRET};
+    use crate::keys::embedded::EmbeddedProvider;
+    use std::fs;
+
+    struct Quiet;
+
+    impl Progress for Quiet {
+        fn start(&mut self, _: usize, _: u64) {}
+        fn advance(&mut self, _: u64) {}
+        fn file_done(&mut self, _: &Path) {}
+        fn finish(&mut self) {}
+    }
+
+    fn all_operations() -> [Operation; 5] {
+        [
+            Operation::EncryptHome {
+                encrypt_disks: true,
+                content_layout: ContentLayout::PageAligned,
+            },
+            Operation::EncryptDisks,
+            Operation::DecryptDisks,
+            Operation::DeepRekey,
+            Operation::ConvertFormat {
+                to: ContentLayout::Interleaved,
+            },
+        ]
+    }
+
+    #[test]
+    fn pending_is_a_known_operation_or_damaged_never_the_journals_text() {
+        let outside = Outside::new();
+        let vm = outside.base.path().join("ds/vm");
+        fs::create_dir_all(&vm).unwrap();
+        let journal = vm.join(JOURNAL_FILE_NAME);
+        assert_eq!(pending(&vm), None);
+        for operation in all_operations() {
+            fs::write(&journal, format!("{}\n", operation.name())).unwrap();
+            assert_eq!(pending(&vm), Some(Pending::Operation(operation.name())));
+        }
+        fs::write(&journal, "vmcryptfs-master-key v1\n0123").unwrap();
+        assert_eq!(
+            pending(&vm),
+            Some(Pending::Damaged("names no known conversion"))
+        );
+        for plant in PLANTS {
+            fs::remove_file(&journal)
+                .or_else(|_| fs::remove_dir(&journal))
+                .unwrap();
+            outside.plant(plant, &journal);
+            let shown = pending(&vm).expect(plant).to_string();
+            assert!(shown.starts_with("damaged ("), "{plant}: {shown}");
+            assert!(!shown.contains("0123456789"), "{plant}: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_journal_stops_every_conversion_naming_the_vm_home() {
+        let outside = Outside::new();
+        let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
+            .unwrap()
+            .0;
+        let vm = outside.base.path().join("ds/vm");
+        vm_keys::create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
+        std::os::unix::fs::symlink(outside.secret(), vm.join(JOURNAL_FILE_NAME)).unwrap();
+        let before = outside.snapshot();
+        for operation in all_operations() {
+            let err = run(&vm, &provider, operation, &mut Quiet).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                matches!(err, DatastoreError::DamagedJournal { .. }),
+                "{message}"
+            );
+            assert!(message.contains(&vm.display().to_string()), "{message}");
+            assert!(!message.contains("0123456789"), "{message}");
+        }
+        assert_eq!(outside.snapshot(), before, "nothing outside changed");
+    }
+
+    #[test]
+    fn conversions_never_follow_a_planted_temp_source_or_directory() {
+        let outside = Outside::new();
+        let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
+            .unwrap()
+            .0;
+        let vm = outside.base.path().join("ds/vm");
+        fs::create_dir_all(vm.join("sub")).unwrap();
+        fs::write(vm.join("vm.nvram"), b"nvram content").unwrap();
+        fs::write(vm.join("sub/disk.vmdk"), b"disk content").unwrap();
+        let link = |target: PathBuf, at: &str| std::os::unix::fs::symlink(target, vm.join(at));
+        link(outside.secret(), "secret.nvram").unwrap();
+        link(outside.secret(), JOURNAL_TEMP_FILE_NAME).unwrap();
+        link(outside.secret(), TEMP_FILE_NAME).unwrap();
+        link(outside.secret(), &format!("sub/{TEMP_FILE_NAME}")).unwrap();
+        link(outside.base.path().join("outside/dir"), "linked-dir").unwrap();
+        fs::write(
+            outside.base.path().join("outside/dir/host.vmdk"),
+            b"host disk",
+        )
+        .unwrap();
+        outside.snapshot(); // sets the access times its own reads change
+        let before = outside.snapshot();
+        let operation = Operation::EncryptHome {
+            encrypt_disks: true,
+            content_layout: ContentLayout::PageAligned,
+        };
+        let report = run(&vm, &provider, operation, &mut Quiet).unwrap();
+        assert_eq!(report.files, 2, "{report:?}");
+        let report = run(&vm, &provider, Operation::DecryptDisks, &mut Quiet).unwrap();
+        assert_eq!(report.files, 1, "{report:?}");
+        run(&vm, &provider, Operation::DeepRekey, &mut Quiet).unwrap();
+        assert_eq!(outside.snapshot(), before, "nothing outside changed");
+        assert_eq!(
+            fs::read(outside.base.path().join("outside/dir/host.vmdk")).unwrap(),
+            b"host disk"
+        );
+        assert_eq!(fs::read(vm.join("sub/disk.vmdk")).unwrap(), b"disk content");
+        assert_ne!(fs::read(vm.join("vm.nvram")).unwrap(), b"nvram content");
+        assert!(fs::symlink_metadata(vm.join("secret.nvram"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(outside.secret()).unwrap(), SECRET);
+        assert_eq!(pending(&vm), None);
+    }
+
+    #[test]
+    fn every_operation_name_is_one_a_journal_may_hold() {
+        for operation in all_operations() {
+            assert!(OPERATION_NAMES.contains(&operation.name()));
+        }
+        assert!(OPERATION_NAMES
+            .iter()
+            .all(|name| name.len() < MAX_JOURNAL_LEN as usize));
+    }
+}
