@@ -61,7 +61,10 @@ fn the_issue_22_reproduction_shows_the_master_key_nowhere() {
         serde_json::from_str(&fs::read_to_string(mount.path(".control.json")).unwrap()).unwrap();
     let text = json.to_string();
     assert!(text.contains("damaged (not a regular file)"), "{text}");
-    assert!(fs::read(mount.path("vm2/b.nvram")).is_err(), "vm2 is locked");
+    assert!(
+        fs::read(mount.path("vm2/b.nvram")).is_err(),
+        "vm2 is locked"
+    );
     assert_eq!(fs::read(mount.path("vm1/a.nvram")).unwrap(), b"still works");
 
     // The CLI's views of the same datastore (TestEnv::run checks every
@@ -82,7 +85,12 @@ fn the_issue_22_reproduction_shows_the_master_key_nowhere() {
 /// Every conversion command, as arguments, for VM home `vm`.
 fn conversions(env: &TestEnv, vm: &Path) -> Vec<Vec<String>> {
     let vm = vm.to_str().unwrap().to_string();
-    let name = Path::new(&vm).file_name().unwrap().to_str().unwrap().to_string();
+    let name = Path::new(&vm)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let datastore = env.datastore.to_str().unwrap().to_string();
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
@@ -144,7 +152,10 @@ fn conversions_never_write_through_a_planted_temp_nor_read_a_planted_source() {
     for (plant, at) in [
         ("journal temp", JOURNAL_TEMP),
         ("conversion temp", CONVERT_TEMP),
-        ("conversion temp in a subdirectory", "sub/.vmcryptfs-convert.tmp"),
+        (
+            "conversion temp in a subdirectory",
+            "sub/.vmcryptfs-convert.tmp",
+        ),
         ("source", "leak.nvram"),
         ("source disk", "sub/leak.vmdk"),
     ] {

@@ -350,13 +350,13 @@ pub fn copy_metadata(file: &File, like: &Stat, path: &Path) -> Result<(), OwnedF
     )
     .map_err(err("chown"))?;
     rustix::fs::fchmod(file, Mode::from_raw_mode(like.st_mode & 0o7777)).map_err(err("chmod"))?;
-    let time = |sec: i64, nsec: u64| rustix::fs::Timespec {
+    let time = |sec, nsec| rustix::fs::Timespec {
         tv_sec: sec,
         tv_nsec: nsec as _,
     };
     let times = rustix::fs::Timestamps {
-        last_access: time(like.st_atime as i64, like.st_atime_nsec as u64),
-        last_modification: time(like.st_mtime as i64, like.st_mtime_nsec as u64),
+        last_access: time(like.st_atime, like.st_atime_nsec),
+        last_modification: time(like.st_mtime, like.st_mtime_nsec),
     };
     rustix::fs::futimens(file, &times).map_err(err("setting times of"))
 }
