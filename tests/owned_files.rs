@@ -223,3 +223,35 @@ fn status_never_waits_on_a_planted_fifo_or_reads_a_huge_file() {
     assert!(!out.status.success());
     assert!(stderr.contains("vm2/.vmcryptfs-bundle"), "{stderr}");
 }
+
+#[test]
+fn a_bundle_swapped_for_a_symlink_to_the_master_key_locks_the_vm_naming_the_bundle() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let master_key = env.keystore.join("master.key");
+    let mount = env.mount();
+    fs::write(mount.path("vm1/a.nvram"), b"sealed").unwrap();
+    let bundle = env.vm_dir("vm1").join(".vmcryptfs-bundle");
+    fs::remove_file(&bundle).unwrap();
+    symlink(&master_key, &bundle).unwrap();
+    write_control(&mount.path(".control"), "flush-keys\n").unwrap();
+    let vm1 = read_control(&mount.path("vm1/.control"));
+    assert_eq!(vm1["state"], "locked", "{vm1:?}");
+    let reason = &vm1["locked-reason"];
+    assert!(
+        reason.contains("vm1/.vmcryptfs-bundle") && reason.contains("a symlink"),
+        "{reason}"
+    );
+    // Locked, not plain: nothing is read or written in clear.
+    assert!(fs::read(mount.path("vm1/a.nvram")).is_err());
+    assert!(fs::write(mount.path("vm1/new.nvram"), b"would be clear").is_err());
+    for file in [".control.json", ".control", "vm1/.control"] {
+        let text = fs::read_to_string(mount.path(file)).unwrap();
+        assert_shows_no_key(&env, file, &text);
+    }
+    let log = mount.log_text();
+    assert!(mount.unmount().success());
+    assert_shows_no_key(&env, "the mount's log", &log);
+    let out = env.run(&["status", env.datastore.to_str().unwrap()]);
+    assert_shows_no_key(&env, "status", &String::from_utf8_lossy(&out.stdout));
+}

@@ -173,3 +173,42 @@ impl Datastore {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::vm_keys::create_vm_home;
+    use crate::format::content_layout::ContentLayout;
+    use crate::keys::embedded::EmbeddedProvider;
+
+    #[test]
+    fn a_symlink_to_a_vm_home_is_never_one() {
+        let base = tempfile::tempdir().unwrap();
+        let keystore = base.path().join("ks");
+        let provider = EmbeddedProvider::init(&keystore).unwrap().0;
+        let root = base.path().join("ds");
+        let outside = base.path().join("outside-vm");
+        create_vm_home(
+            &root.join("vm1"),
+            &provider,
+            false,
+            ContentLayout::PageAligned,
+        )
+        .unwrap();
+        create_vm_home(&outside, &provider, false, ContentLayout::PageAligned).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(root.join("vm1"), root.join("alias")).unwrap();
+        let providers = Arc::new(ProviderSet::open(&keystore).unwrap());
+        let datastore = Datastore::new(root, providers);
+        let names: Vec<_> = datastore
+            .scan_vm_homes()
+            .unwrap()
+            .iter()
+            .map(|vm| vm.name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("vm1")]);
+        assert!(datastore.vm_home(OsStr::new("linked")).is_none());
+        assert!(datastore.vm_home(OsStr::new("alias")).is_none());
+        assert!(datastore.vm_home(OsStr::new("vm1")).is_some());
+    }
+}
