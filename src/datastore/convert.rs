@@ -166,7 +166,8 @@ pub fn pending_in(vm: &VmDir) -> Option<Pending> {
             "unreadable"
         }
     };
-    log::warn!(
+    // Every status read asks; the VM's lock reason is what gets logged.
+    log::debug!(
         "VM home {}: damaged conversion journal ({why})",
         vm.path().display()
     );

@@ -102,7 +102,7 @@ pub enum DatastoreError {
     #[error(transparent)]
     Owned(#[from] OwnedFileError),
     /// The conversion journal is not one this build wrote.
-    #[error("VM home {path} has a damaged conversion journal {JOURNAL_FILE_NAME} ({why}): it names no conversion this build knows. If a conversion was interrupted, remove the journal and run that conversion again; otherwise just remove it")]
+    #[error("VM home {path} has a damaged conversion journal {JOURNAL_FILE_NAME} ({why}), which vmcryptfs neither follows nor trusts: remove it, then, if a conversion of this VM was interrupted, run that conversion again")]
     DamagedJournal {
         /// The VM home.
         path: PathBuf,
