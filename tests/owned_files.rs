@@ -48,6 +48,11 @@ fn the_issue_22_reproduction_shows_the_master_key_nowhere() {
     fs::write(mount.path("vm2/b.nvram"), b"locked next").unwrap();
     symlink(&master_key, env.vm_dir("vm2").join(JOURNAL)).unwrap();
     write_control(&mount.path(".control"), "flush-keys\n").unwrap();
+    // Status never unlocks a VM; an open does, and finds the journal.
+    assert!(
+        fs::read(mount.path("vm2/b.nvram")).is_err(),
+        "vm2 is locked"
+    );
 
     for file in [".control.json", ".control", "vm1/.control", "vm2/.control"] {
         let text = fs::read_to_string(mount.path(file)).unwrap();
@@ -235,6 +240,8 @@ fn a_bundle_swapped_for_a_symlink_to_the_master_key_locks_the_vm_naming_the_bund
     fs::remove_file(&bundle).unwrap();
     symlink(&master_key, &bundle).unwrap();
     write_control(&mount.path(".control"), "flush-keys\n").unwrap();
+    // Status never unlocks a VM; an open tries, and finds the bundle.
+    assert!(fs::read(mount.path("vm1/a.nvram")).is_err());
     let vm1 = read_control(&mount.path("vm1/.control"));
     assert_eq!(vm1["state"], "locked", "{vm1:?}");
     let reason = &vm1["locked-reason"];
