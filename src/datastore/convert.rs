@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::bundle_file::{self, crash_point};
 use super::layout::{self, ContentClass};
-use super::vm_keys::{self, unlock};
+use super::vm_keys::{self, Authenticated};
 use super::DatastoreError;
 use crate::content::transcode::{transcode, Destination, Source};
 use crate::crypto::kdf;
@@ -30,6 +30,7 @@ use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
 use crate::format::content_layout::ContentLayout;
 use crate::format::file_header::{self, UnverifiedHeader};
+use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::KeyProvider;
 
 /// The journal: present exactly while a conversion is unfinished.
@@ -110,10 +111,12 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> DatastoreError {
 }
 
 /// Runs `operation` on the VM home `vm_dir` (which must not be in use:
-/// the caller checks that no file of it is open in a mount).
+/// the caller checks that no file of it is open in a mount), checking its
+/// bundle against this host's sequence record `sequences`.
 pub fn run(
     vm_dir: &Path,
     provider: &dyn KeyProvider,
+    sequences: &BundleSequences,
     operation: Operation,
     progress: &mut dyn Progress,
 ) -> Result<Report, DatastoreError> {
@@ -146,21 +149,24 @@ pub fn run(
         }
         write_journal(vm_dir, operation)?;
     }
-    let provider_err = |source| DatastoreError::Provider {
-        path: vm_dir.into(),
-        source,
-    };
-    let bundle = bundle_file::read(vm_dir)?;
-    let mut keyring = unlock(&bundle, provider).map_err(provider_err)?;
+    // Every field the final bundle keeps comes from `bundle`, which
+    // authenticated here; each rewrite checks the bundle on disk against it.
+    let (mut bundle, mut keyring) = vm_keys::unlock_vm_dir(vm_dir, provider, sequences)?;
     if operation == Operation::DeepRekey && bundle.deks.len() == 1 {
-        keyring = add_generation(&keyring);
-        vm_keys::rewrite_bundle(
+        let added = add_generation(&keyring);
+        bundle = vm_keys::rewrite_bundle(
             vm_dir,
             provider,
-            &keyring,
+            sequences,
+            Authenticated {
+                bundle: &bundle,
+                keyring: &keyring,
+            },
+            &added,
             bundle.encrypt_disks,
             bundle.content_layout,
         )?;
+        keyring = added;
         crash_point("deep-rekey-generation-added");
     }
     let keyring = Arc::new(keyring);
@@ -223,6 +229,11 @@ pub fn run(
         vm_keys::rewrite_bundle(
             vm_dir,
             provider,
+            sequences,
+            Authenticated {
+                bundle: &bundle,
+                keyring: &keyring,
+            },
             &final_keyring,
             encrypt_disks,
             content_layout,
