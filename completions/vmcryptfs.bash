@@ -79,6 +79,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help__subcmd__provider,set-default)
                 cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__set__subcmd__default"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__vm,accept-rollback)
+                cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__accept__subcmd__rollback"
+                ;;
             vmcryptfs__subcmd__help__subcmd__vm,convert-format)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__convert__subcmd__format"
                 ;;
@@ -160,6 +163,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__provider__subcmd__help,set-default)
                 cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__set__subcmd__default"
                 ;;
+            vmcryptfs__subcmd__vm,accept-rollback)
+                cmd="vmcryptfs__subcmd__vm__subcmd__accept__subcmd__rollback"
+                ;;
             vmcryptfs__subcmd__vm,convert-format)
                 cmd="vmcryptfs__subcmd__vm__subcmd__convert__subcmd__format"
                 ;;
@@ -183,6 +189,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__vm__subcmd__status"
+                ;;
+            vmcryptfs__subcmd__vm__subcmd__help,accept-rollback)
+                cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__accept__subcmd__rollback"
                 ;;
             vmcryptfs__subcmd__vm__subcmd__help,convert-format)
                 cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__convert__subcmd__format"
@@ -443,8 +452,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__vm)
-            opts="create encrypt encrypt-disks decrypt-disks convert-format status rekey"
+            opts="create encrypt encrypt-disks decrypt-disks convert-format status accept-rollback rekey"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__vm__subcmd__accept__subcmd__rollback)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -999,8 +1022,26 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm)
-            opts="-h -V --keystore --help --version create encrypt encrypt-disks decrypt-disks convert-format status rekey help"
+            opts="-h -V --keystore --help --version create encrypt encrypt-disks decrypt-disks convert-format status accept-rollback rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__vm__subcmd__accept__subcmd__rollback)
+            opts="-h -V --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1123,8 +1164,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__help)
-            opts="create encrypt encrypt-disks decrypt-disks convert-format status rekey help"
+            opts="create encrypt encrypt-disks decrypt-disks convert-format status accept-rollback rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__vm__subcmd__help__subcmd__accept__subcmd__rollback)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

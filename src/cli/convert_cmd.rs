@@ -9,6 +9,7 @@ use super::{open_provider_targeting, CliError, ExitKind};
 use crate::datastore::convert::{self, Operation};
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::layout::CONTROL_FILE_NAME;
+use crate::keys::bundle_sequences::BundleSequences;
 
 /// Runs one conversion of the VM home `datastore/name`; the new bundle is
 /// wrapped by provider `target` if given, else by the VM's own provider
@@ -30,7 +31,14 @@ pub fn run(
         // sees the conversion journal and finds the VM locked until done.
         flush_mount_keys(mnt)?;
     }
-    let report = convert::run(&vm_dir, &*provider, operation, &mut ConsoleProgress::new())?;
+    let sequences = BundleSequences::in_keystore(keystore);
+    let report = convert::run(
+        &vm_dir,
+        &*provider,
+        &sequences,
+        operation,
+        &mut ConsoleProgress::new(),
+    )?;
     println!(
         "{}: {} of VM home {} done: {} file(s) converted ({:.1} MiB), {} already in place",
         operation.name(),

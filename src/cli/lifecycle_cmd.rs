@@ -11,6 +11,7 @@ use super::{open_provider, open_provider_targeting, CliError, ExitKind};
 use crate::datastore::inventory::{scan_datastore, wrap_health, VmRecord, WrapHealth};
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_keys;
+use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::provider_set::ProviderSet;
 use crate::keys::{KekVersionInfo, KeyProvider};
 use std::collections::HashMap;
@@ -181,12 +182,13 @@ pub fn rekey(
     let provider = open_provider_targeting(keystore, target)?;
     KnownDatastores::new(keystore).record(&datastore)?;
     let mount = vmcryptfs_mount_of(&datastore);
+    let sequences = BundleSequences::in_keystore(keystore);
     let mut failures = Vec::new();
     for name in &names {
         let shown = untrusted::escape(name.as_bytes(), untrusted::NAME_LIMIT);
         let result = match &mount {
             Some(mnt) => rekey_through_mount(&mnt.join(name), target),
-            None => vm_keys::shallow_rekey(&datastore.join(name), &*provider)
+            None => vm_keys::shallow_rekey(&datastore.join(name), &*provider, &sequences)
                 .map(|o| format!("DEK rewrapped under {} (was v{})", o.to, o.from.version))
                 .map_err(|e| e.to_string()),
         };

@@ -276,6 +276,18 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Accept the VM's key bundle although this host has seen a newer one
+    /// (a rolled-back bundle, e.g. one restored from a backup on purpose).
+    ///
+    /// Without this, an older bundle of a VM is refused as rolled back: a
+    /// mount keeps the VM locked and commands fail. The bundle must still
+    /// authenticate; this host's record of the VM's bundle sequence (in
+    /// the key store) is set back to it, and a running mount unlocks the
+    /// VM on its next access.
+    AcceptRollback {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+    },
     /// Shallow re-key: rewrap the VM's DEK under the current KEK version.
     /// Only the key bundle changes. On a mounted datastore prefer
     /// `echo rekey > MNT/VM/.control`.

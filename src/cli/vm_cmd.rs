@@ -2,6 +2,7 @@
 //! mounted) datastore, straight on the backing directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{open_provider, open_provider_targeting, CliError, ExitKind, VmCommand};
 use crate::control::status::{render_vm, vm_json};
@@ -11,6 +12,8 @@ use crate::datastore::known::KnownDatastores;
 use crate::datastore::vm_home::VmHome;
 use crate::datastore::vm_keys;
 use crate::datastore::DatastoreError;
+use crate::keys::bundle_sequences::BundleSequences;
+use crate::keys::KeyProvider;
 
 impl From<DatastoreError> for CliError {
     fn from(err: DatastoreError) -> Self {
@@ -83,7 +86,7 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             Ok(())
         }
         VmCommand::Status { path, json } => {
-            let vm = vm_home_at(&path)?;
+            let vm = vm_home_at(&path, keystore)?;
             // Asked for by the admin on the command line: unwrap, so the
             // status shows whether the VM unlocks (a mount's status files
             // never unwrap).
@@ -126,6 +129,7 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             },
             keystore,
         ),
+        VmCommand::AcceptRollback { path } => accept_rollback(&path, &*provider, keystore),
         VmCommand::Rekey { path, provider } => {
             let (datastore, name) = split_vm_path(&path)?;
             super::lifecycle_cmd::rekey(&datastore, &[name], false, provider.as_deref(), keystore)
@@ -156,7 +160,31 @@ fn split_vm_path(path: &Path) -> Result<(PathBuf, String), CliError> {
     }
 }
 
-fn vm_home_at(path: &Path) -> Result<VmHome, CliError> {
+/// `vm accept-rollback PATH`: the admin accepts the VM's bundle although
+/// this host has seen a newer one.
+fn accept_rollback(
+    path: &Path,
+    provider: &dyn KeyProvider,
+    keystore: &Path,
+) -> Result<(), CliError> {
+    let sequences = BundleSequences::in_keystore(keystore);
+    let (bundle, previous) = vm_keys::accept_rollback(path, provider, &sequences)?;
+    match previous {
+        Some(seen) if seen > bundle.sequence => println!(
+            "VM home {}: accepted its key bundle at sequence {} (this host had seen sequence {seen}); it unlocks again, here and in a running mount",
+            path.display(),
+            bundle.sequence
+        ),
+        _ => println!(
+            "VM home {}: its key bundle (sequence {}) was not rolled back; nothing to accept",
+            path.display(),
+            bundle.sequence
+        ),
+    }
+    Ok(())
+}
+
+fn vm_home_at(path: &Path, keystore: &Path) -> Result<VmHome, CliError> {
     let name = path.file_name().ok_or_else(|| {
         CliError::new(
             ExitKind::Usage,
@@ -166,5 +194,9 @@ fn vm_home_at(path: &Path) -> Result<VmHome, CliError> {
     if !crate::datastore::bundle_file::has_bundle(path) {
         return Err(DatastoreError::NotAVmHome { path: path.into() }.into());
     }
-    Ok(VmHome::new(name.to_owned(), path.to_path_buf()))
+    Ok(VmHome::new(
+        name.to_owned(),
+        path.to_path_buf(),
+        Arc::new(BundleSequences::in_keystore(keystore)),
+    ))
 }

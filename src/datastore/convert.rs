@@ -31,7 +31,7 @@ use super::owned_file::{
     copy_metadata, create_exclusive_at, list_dir, open_regular_at, remove_at, EntryKind,
     OwnedFileError, VmDir,
 };
-use super::vm_keys::{self, unlock};
+use super::vm_keys::{self, Authenticated};
 use super::DatastoreError;
 use crate::content::transcode::{transcode, Destination, Source};
 use crate::crypto::kdf;
@@ -39,6 +39,7 @@ use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
 use crate::format::content_layout::ContentLayout;
 use crate::format::file_header::{self, UnverifiedHeader};
+use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::KeyProvider;
 
 /// The journal: present exactly while a conversion is unfinished.
@@ -179,10 +180,12 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> DatastoreError {
 }
 
 /// Runs `operation` on the VM home `vm_dir` (which must not be in use:
-/// the caller checks that no file of it is open in a mount).
+/// the caller checks that no file of it is open in a mount), checking its
+/// bundle against this host's sequence record `sequences`.
 pub fn run(
     vm_dir: &Path,
     provider: &dyn KeyProvider,
+    sequences: &BundleSequences,
     operation: Operation,
     progress: &mut dyn Progress,
 ) -> Result<Report, DatastoreError> {
@@ -225,21 +228,24 @@ pub fn run(
         }
         write_journal(&vm, operation)?;
     }
-    let provider_err = |source| DatastoreError::Provider {
-        path: vm_dir.into(),
-        source,
-    };
-    let bundle = bundle_file::read_in(&vm)?;
-    let mut keyring = unlock(&bundle, provider).map_err(provider_err)?;
+    // Every field the final bundle keeps comes from `bundle`, which
+    // authenticated here; each rewrite checks the bundle on disk against it.
+    let (mut bundle, mut keyring) = vm_keys::unlock_vm(&vm, provider, sequences)?;
     if operation == Operation::DeepRekey && bundle.deks.len() == 1 {
-        keyring = add_generation(&keyring);
-        vm_keys::rewrite_bundle(
+        let added = add_generation(&keyring);
+        bundle = vm_keys::rewrite_bundle(
             vm_dir,
             provider,
-            &keyring,
+            sequences,
+            Authenticated {
+                bundle: &bundle,
+                keyring: &keyring,
+            },
+            &added,
             bundle.encrypt_disks,
             bundle.content_layout,
         )?;
+        keyring = added;
         crash_point("deep-rekey-generation-added");
     }
     let keyring = Arc::new(keyring);
@@ -307,6 +313,11 @@ pub fn run(
         vm_keys::rewrite_bundle(
             vm_dir,
             provider,
+            sequences,
+            Authenticated {
+                bundle: &bundle,
+                keyring: &keyring,
+            },
             &final_keyring,
             encrypt_disks,
             content_layout,
@@ -580,12 +591,13 @@ mod tests {
         let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
             .unwrap()
             .0;
+        let sequences = BundleSequences::in_keystore(&outside.base.path().join("ks"));
         let vm = outside.base.path().join("ds/vm");
         vm_keys::create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
         std::os::unix::fs::symlink(outside.secret(), vm.join(JOURNAL_FILE_NAME)).unwrap();
         let before = outside.snapshot();
         for operation in all_operations() {
-            let err = run(&vm, &provider, operation, &mut Quiet).unwrap_err();
+            let err = run(&vm, &provider, &sequences, operation, &mut Quiet).unwrap_err();
             let message = err.to_string();
             assert!(
                 matches!(err, DatastoreError::DamagedJournal { .. }),
@@ -603,6 +615,7 @@ mod tests {
         let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
             .unwrap()
             .0;
+        let sequences = BundleSequences::in_keystore(&outside.base.path().join("ks"));
         let vm = outside.base.path().join("ds/vm");
         fs::create_dir_all(vm.join("sub")).unwrap();
         fs::write(vm.join("vm.nvram"), b"nvram content").unwrap();
@@ -624,11 +637,18 @@ mod tests {
             encrypt_disks: true,
             content_layout: ContentLayout::PageAligned,
         };
-        let report = run(&vm, &provider, operation, &mut Quiet).unwrap();
+        let report = run(&vm, &provider, &sequences, operation, &mut Quiet).unwrap();
         assert_eq!(report.files, 2, "{report:?}");
-        let report = run(&vm, &provider, Operation::DecryptDisks, &mut Quiet).unwrap();
+        let report = run(
+            &vm,
+            &provider,
+            &sequences,
+            Operation::DecryptDisks,
+            &mut Quiet,
+        )
+        .unwrap();
         assert_eq!(report.files, 1, "{report:?}");
-        run(&vm, &provider, Operation::DeepRekey, &mut Quiet).unwrap();
+        run(&vm, &provider, &sequences, Operation::DeepRekey, &mut Quiet).unwrap();
         assert_eq!(outside.snapshot(), before, "nothing outside changed");
         assert_eq!(
             fs::read(outside.base.path().join("outside/dir/host.vmdk")).unwrap(),

@@ -46,6 +46,7 @@ use owned_file::OwnedFileError;
 
 use crate::format::bundle::BundleError;
 use crate::format::untrusted;
+use crate::keys::bundle_sequences::SequenceError;
 use crate::keys::ProviderError;
 
 /// Errors of datastore operations; each names the VM home or file at fault.
@@ -102,12 +103,53 @@ pub enum DatastoreError {
     #[error(transparent)]
     Owned(#[from] OwnedFileError),
     /// The conversion journal is not one this build wrote.
-    #[error("VM home {path} has a damaged conversion journal {JOURNAL_FILE_NAME} ({why}), which vmcryptfs neither follows nor trusts: remove it, then, if a conversion of this VM was interrupted, run that conversion again")]
+    #[error("VM home {} has a damaged conversion journal {JOURNAL_FILE_NAME} ({why}), which vmcryptfs neither follows nor trusts: remove it, then, if a conversion of this VM was interrupted, run that conversion again", untrusted::path(.path))]
     DamagedJournal {
         /// The VM home.
         path: PathBuf,
         /// What is wrong, in fixed words (never the journal's content).
         why: &'static str,
+    },
+    /// An authentic bundle older than one this host has seen.
+    #[error("VM home {}: its key bundle was rolled back: sequence {found} is older than sequence {recorded}, which this host has already seen (an older copy of the bundle was put back in the datastore); if you restored it on purpose, accept it with `vmcryptfs vm accept-rollback {}`", untrusted::path(.path), untrusted::path(.path))]
+    RolledBack {
+        /// The VM home.
+        path: PathBuf,
+        /// The highest sequence this host recorded for the VM.
+        recorded: u64,
+        /// The bundle's sequence.
+        found: u64,
+    },
+    /// A re-key found a bundle on disk that does not authenticate and is
+    /// not the one this host authenticated, so it re-wrapped nothing.
+    #[error("VM home {}: the key bundle on disk does not authenticate ({source}) and differs from the one this host authenticated in {fields}; it was changed in the datastore, so nothing was re-wrapped: put the authentic bundle back (e.g. from a backup) and retry", untrusted::path(.path))]
+    BundleChanged {
+        /// The VM home.
+        path: PathBuf,
+        /// The differing fields, by their docs/FORMAT.md names.
+        fields: FieldList,
+        /// Why the bundle on disk did not unwrap (boxed: it is large, and
+        /// every datastore result carries this enum).
+        #[source]
+        source: Box<ProviderError>,
+    },
+    /// A bundle rewrite found an authentic bundle of another key lineage
+    /// (VM id or DEK generations) than the one the operation started from.
+    #[error("VM home {}: the key bundle changed while this operation ran (it differs in {fields}); refusing to overwrite it: run the operation again", untrusted::path(.path))]
+    BundleReplaced {
+        /// The VM home.
+        path: PathBuf,
+        /// The differing fields.
+        fields: FieldList,
+    },
+    /// The key store's bundle sequence record failed.
+    #[error("VM home {}: {source}", untrusted::path(.path))]
+    SequenceRecord {
+        /// The VM home.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: SequenceError,
     },
     /// An I/O error.
     #[error("{}: {source}", untrusted::line(.context))]
@@ -118,6 +160,20 @@ pub enum DatastoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Bundle field names for a message: `encrypt_disks, provider`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldList(pub Vec<&'static str>);
+
+impl std::fmt::Display for FieldList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [] => f.write_str("no field"),
+            [one] => write!(f, "field {one}"),
+            many => write!(f, "fields {}", many.join(", ")),
+        }
+    }
 }
 
 impl DatastoreError {

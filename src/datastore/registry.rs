@@ -10,6 +10,7 @@ use super::current_kek::CurrentKekCache;
 use super::vm_home::{VmHome, VmStatus};
 use super::vm_keys::RekeyOutcome;
 use super::DatastoreError;
+use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::provider_set::ProviderSet;
 
 /// The outcome of re-keying one VM home, by its directory name.
@@ -22,6 +23,9 @@ pub struct Datastore {
     /// The key providers of this host; each VM home's bundle names its
     /// own. Immutable.
     provider: Arc<ProviderSet>,
+    /// This host's bundle sequence record, shared by every VM home.
+    /// Immutable handle; the record locks itself.
+    sequences: Arc<BundleSequences>,
     /// VM homes by directory name, added on first lookup. Read-locked on
     /// every lookup; write-locked to add, rename or drop an entry.
     vms: RwLock<HashMap<OsString, Arc<VmHome>>>,
@@ -31,10 +35,12 @@ pub struct Datastore {
 }
 
 impl Datastore {
-    /// A datastore rooted at `root`.
+    /// A datastore rooted at `root`; its VM homes' bundles are checked
+    /// against the sequence record of the providers' key store.
     pub fn new(root: PathBuf, provider: Arc<ProviderSet>) -> Self {
         Self {
             root,
+            sequences: Arc::new(BundleSequences::in_keystore(provider.keystore())),
             provider,
             vms: RwLock::new(HashMap::new()),
             current_keks: CurrentKekCache::new(),
@@ -68,7 +74,7 @@ impl Datastore {
         let mut vms = self.vms.write().expect("vms lock");
         let vm = vms
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(VmHome::new(name.to_owned(), dir)));
+            .or_insert_with(|| Arc::new(VmHome::new(name.to_owned(), dir, self.sequences.clone())));
         Some(vm.clone())
     }
 

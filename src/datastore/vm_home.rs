@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::convert::Pending;
 use super::counters::VmCounters;
 use super::current_kek::CurrentKekCache;
-use super::vm_keys::{self, RekeyOutcome};
+use super::vm_keys::{self, Authenticated, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
 use crate::format::bundle::KeyBundle;
 use crate::format::content_layout::ContentLayout;
 use crate::format::untrusted;
+use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::KeyProvider;
 
 /// The key cache state of one VM home.
@@ -29,7 +30,9 @@ enum KeyState {
         /// changes those fields asks the mount for.
         peeked: Option<KeyBundle>,
     },
-    /// DEKs are in memory.
+    /// DEKs are in memory. `bundle` authenticated on this host (it
+    /// unwrapped to `keyring`, or this mount wrote it), so its policy
+    /// fields decide how new files are stored.
     Unlocked {
         keyring: Arc<VmKeyring>,
         bundle: KeyBundle,
@@ -50,6 +53,25 @@ pub struct VmLocked {
     pub vm: String,
     /// Why.
     pub reason: String,
+}
+
+/// How a VM stores its files, from its authenticated bundle: what decides
+/// the class and format of a file being created or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoragePolicy {
+    /// Whether `*.vmdk` files are encrypted.
+    pub encrypt_disks: bool,
+    /// The content format of encrypted files.
+    pub content_layout: ContentLayout,
+}
+
+impl StoragePolicy {
+    fn of(bundle: &KeyBundle) -> Self {
+        Self {
+            encrypt_disks: bundle.encrypt_disks,
+            content_layout: bundle.content_layout,
+        }
+    }
 }
 
 /// A control command and how it ended.
@@ -114,12 +136,17 @@ pub struct VmHome {
     open_files: AtomicUsize,
     /// Live counters for `.stats`; relaxed atomics, no lock.
     counters: VmCounters,
+    /// This host's record of the highest bundle sequence per VM, checked
+    /// at every unlock. Immutable handle; the record locks itself.
+    sequences: Arc<BundleSequences>,
 }
 
 impl VmHome {
-    /// A VM home whose keys are not loaded yet.
-    pub fn new(name: OsString, dir: PathBuf) -> Self {
+    /// A VM home whose keys are not loaded yet; unlocks check its bundle
+    /// against `sequences`.
+    pub fn new(name: OsString, dir: PathBuf, sequences: Arc<BundleSequences>) -> Self {
         Self {
+            sequences,
             location: RwLock::new((name, dir)),
             keys: RwLock::new(KeyState::NotLoaded { peeked: None }),
             last_command: Mutex::new(None),
@@ -162,10 +189,11 @@ impl VmHome {
         *self.location.write().expect("location lock") = (name.to_owned(), dir);
     }
 
-    /// The VM's disk policy, from the bundle (authenticated once unlocked).
-    /// An unreadable bundle means we cannot know, and treating disks as
-    /// encrypted fails safe (no plaintext is ever written where ciphertext
-    /// belongs).
+    /// The VM's disk policy, from the bundle: authenticated once unlocked,
+    /// else as peeked, so only for showing existing files (stat, listing,
+    /// reading). A new or written file's class comes from
+    /// [`VmHome::authenticated_policy`]. An unreadable bundle means we
+    /// cannot know, and treating disks as encrypted fails safe.
     pub fn encrypt_disks(&self) -> bool {
         self.bundle_field(|b| b.encrypt_disks).unwrap_or(true)
     }
@@ -207,16 +235,27 @@ impl VmHome {
 
     /// The VM's keyring, unwrapping through the provider on first use.
     pub fn keyring(&self, provider: &dyn KeyProvider) -> Result<Arc<VmKeyring>, VmLocked> {
-        self.keyring_counting(provider, false)
+        Ok(self.keyring_counting(provider, false)?.0)
     }
 
-    /// [`VmHome::keyring`] for a file being opened: counts the open file,
-    /// which keeps `flush-keys` from dropping keys still in use. Pair with
+    /// The VM's storage policy from its authenticated bundle, unlocking it
+    /// first: a VM whose bundle does not authenticate on this host has no
+    /// policy to decide a new file's class with.
+    pub fn authenticated_policy(
+        &self,
+        provider: &dyn KeyProvider,
+    ) -> Result<StoragePolicy, VmLocked> {
+        Ok(self.keyring_counting(provider, false)?.1)
+    }
+
+    /// [`VmHome::keyring`] for a file being opened, with the policy of the
+    /// same authenticated bundle: counts the open file, which keeps
+    /// `flush-keys` from dropping keys still in use. Pair with
     /// [`VmHome::file_closed`].
     pub fn keyring_for_open_file(
         &self,
         provider: &dyn KeyProvider,
-    ) -> Result<Arc<VmKeyring>, VmLocked> {
+    ) -> Result<(Arc<VmKeyring>, StoragePolicy), VmLocked> {
         self.keyring_counting(provider, true)
     }
 
@@ -229,27 +268,27 @@ impl VmHome {
         &self,
         provider: &dyn KeyProvider,
         count: bool,
-    ) -> Result<Arc<VmKeyring>, VmLocked> {
-        let take = |keyring: &Arc<VmKeyring>| {
+    ) -> Result<(Arc<VmKeyring>, StoragePolicy), VmLocked> {
+        let take = |keyring: &Arc<VmKeyring>, bundle: &KeyBundle| {
             if count {
                 self.open_files.fetch_add(1, Ordering::SeqCst);
             }
-            keyring.clone()
+            (keyring.clone(), StoragePolicy::of(bundle))
         };
         // Hits are counted for file opens only (status reads also look the
         // keys up); every unwrap through the provider is a miss.
-        if let KeyState::Unlocked { keyring, .. } = &*self.keys.read().expect("keys lock") {
+        if let KeyState::Unlocked { keyring, bundle } = &*self.keys.read().expect("keys lock") {
             if count {
                 self.counters.key_lookup(true);
             }
-            return Ok(take(keyring));
+            return Ok(take(keyring, bundle));
         }
         let mut state = self.keys.write().expect("keys lock");
-        if let KeyState::Unlocked { keyring, .. } = &*state {
+        if let KeyState::Unlocked { keyring, bundle } = &*state {
             if count {
                 self.counters.key_lookup(true);
             }
-            return Ok(take(keyring));
+            return Ok(take(keyring, bundle));
         }
         self.counters.key_lookup(false);
         let dir = self.dir();
@@ -271,9 +310,13 @@ impl VmHome {
         }
         match vm_keys::unlock(&bundle, provider) {
             Ok(keyring) => {
+                // Authentic, but maybe older than a bundle this host saw.
+                if let Err(err) = vm_keys::check_sequence(&dir, &bundle, &self.sequences) {
+                    return Err(self.lock_with(&mut state, err.to_string(), Some(bundle)));
+                }
                 let keyring = Arc::new(keyring);
                 log::info!("VM {}: unlocked (KEK {})", self.display_name(), bundle.kek);
-                let taken = take(&keyring);
+                let taken = take(&keyring, &bundle);
                 *state = KeyState::Unlocked { keyring, bundle };
                 Ok(taken)
             }
@@ -330,11 +373,14 @@ impl VmHome {
     /// disturbed.
     pub fn rekey(&self, provider: &dyn KeyProvider) -> Result<RekeyOutcome, DatastoreError> {
         let mut state = self.keys.write().expect("keys lock");
-        let cached = match &*state {
-            KeyState::Unlocked { keyring, .. } => Some(keyring.clone()),
+        // Only an unlocked VM's bundle authenticated here; a locked one's
+        // was merely parsed and must never be re-wrapped from memory.
+        let known = match &*state {
+            KeyState::Unlocked { keyring, bundle } => Some(Authenticated { bundle, keyring }),
             _ => None,
         };
-        let outcome = vm_keys::shallow_rekey_with_cache(&self.dir(), provider, cached.as_deref())?;
+        let outcome =
+            vm_keys::shallow_rekey_with_cache(&self.dir(), provider, &self.sequences, known)?;
         let keyring = match &*state {
             KeyState::Unlocked { keyring, .. }
                 if keyring.current_fingerprint() == outcome.keyring.current_fingerprint() =>

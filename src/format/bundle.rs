@@ -219,6 +219,38 @@ impl KeyBundle {
         Ok(())
     }
 
+    /// The fields (docs/FORMAT.md §4.1 names) in which `other` differs
+    /// from this bundle, in layout order; empty if they are equal. What a
+    /// refusal to re-wrap a changed bundle names.
+    pub fn differing_fields(&self, other: &KeyBundle) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        let mut check = |differs: bool, field| {
+            if differs {
+                fields.push(field);
+            }
+        };
+        check(self.encrypt_disks != other.encrypt_disks, "encrypt_disks");
+        check(self.content_layout != other.content_layout, "page_aligned");
+        check(self.vm_id != other.vm_id, "vm_id");
+        check(self.sequence != other.sequence, "sequence");
+        check(self.created_unix != other.created_unix, "created_unix");
+        check(self.updated_unix != other.updated_unix, "updated_unix");
+        check(self.kek.provider != other.kek.provider, "provider");
+        check(self.kek.kek_id != other.kek.kek_id, "kek_id");
+        check(self.kek.version != other.kek.version, "kek_version");
+        check(
+            self.current_generation != other.current_generation,
+            "current_generation",
+        );
+        let generations = |b: &KeyBundle| b.deks.iter().map(|d| d.generation).collect::<Vec<_>>();
+        check(generations(self) != generations(other), "DEK generations");
+        check(
+            generations(self) == generations(other) && self.deks != other.deks,
+            "wrapped DEK",
+        );
+        fields
+    }
+
     /// Parses and validates a bundle. Does not unwrap anything: a bundle that
     /// parses may still fail authentication at unwrap time.
     pub fn parse(bytes: &[u8]) -> Result<Self, BundleError> {
@@ -338,6 +370,9 @@ impl<'a> Reader<'a> {
 pub(crate) mod tests {
     use super::*;
 
+    /// A field's name and a change of that field alone.
+    pub(crate) type FieldChange = (&'static str, fn(&mut KeyBundle));
+
     pub(crate) fn sample() -> KeyBundle {
         KeyBundle {
             vm_id: [0x11; 16],
@@ -455,6 +490,39 @@ pub(crate) mod tests {
         long.push(0);
         assert_eq!(KeyBundle::parse(&long), Err(BundleError::TrailingBytes(1)));
         assert!(KeyBundle::parse(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Every field is named when it alone differs, and nothing when
+    /// bundles are equal.
+    #[test]
+    fn differing_fields_names_each_changed_field() {
+        let b = sample();
+        assert!(b.differing_fields(&b.clone()).is_empty());
+        let changes: Vec<FieldChange> = vec![
+            ("encrypt_disks", |b| b.encrypt_disks = !b.encrypt_disks),
+            ("page_aligned", |b| {
+                b.content_layout = ContentLayout::Interleaved
+            }),
+            ("vm_id", |b| b.vm_id[3] ^= 1),
+            ("sequence", |b| b.sequence += 1),
+            ("created_unix", |b| b.created_unix += 1),
+            ("updated_unix", |b| b.updated_unix += 1),
+            ("provider", |b| b.kek.provider = "kms".into()),
+            ("kek_id", |b| b.kek.kek_id = "other".into()),
+            ("kek_version", |b| b.kek.version += 1),
+            ("current_generation", |b| b.current_generation = 9),
+            ("DEK generations", |b| b.deks[0].generation = 9),
+            ("wrapped DEK", |b| b.deks[0].wrapped[0] ^= 1),
+        ];
+        for (field, change) in changes {
+            let mut other = b.clone();
+            change(&mut other);
+            assert_eq!(b.differing_fields(&other), vec![field]);
+        }
+        let mut two = b.clone();
+        two.encrypt_disks = false;
+        two.kek.provider = "kms".into();
+        assert_eq!(b.differing_fields(&two), vec!["encrypt_disks", "provider"]);
     }
 
     #[test]

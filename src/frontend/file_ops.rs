@@ -83,7 +83,7 @@ impl VmCryptFs {
             });
         }
         let vm = node.area.vm().ok_or(Errno::EIO)?;
-        let keyring = vm
+        let (keyring, policy) = vm
             .keyring_for_open_file(self.datastore.provider())
             .map_err(|locked| {
                 log::warn!("open {}: {locked}", untrusted::path(rel));
@@ -94,7 +94,7 @@ impl VmCryptFs {
                 ahead: (self.read_settings.ahead).resolve(self.device_readahead.of_file(&file)),
                 ..self.read_settings
             };
-            EncryptedFile::new(keyring, vm.content_layout()).with_read_settings(settings)
+            EncryptedFile::new(keyring, policy.content_layout).with_read_settings(settings)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);
@@ -115,6 +115,20 @@ impl VmCryptFs {
         rel.file_name()
             .map(|name| Self::content_class(&node.area, name))
             .unwrap_or(ContentClass::Plain)
+    }
+
+    /// [`Self::class_of`] for a file about to be written: decided by its
+    /// VM's authenticated bundle (see [`Self::class_to_write`]).
+    fn class_to_write_node(
+        &self,
+        node: &NodeInfo,
+        rel: &Path,
+        what: &str,
+    ) -> FsResult<ContentClass> {
+        match rel.file_name() {
+            Some(name) => self.class_to_write(&node.area, name, what, rel),
+            None => Ok(ContentClass::Plain),
+        }
     }
 
     /// How the kernel should cache an open of `rel` (class `class`) with
@@ -141,7 +155,10 @@ impl VmCryptFs {
             return Ok((self.open_virtual(&node, file), mode));
         }
         let rel = self.node_path(&node)?;
-        let class = Self::class_of(&node, &rel);
+        let class = match wants_write(flags) {
+            true => self.class_to_write_node(&node, &rel, "open for writing")?,
+            false => Self::class_of(&node, &rel),
+        };
         let file = self
             .open_backing(&rel, flags, class, None)
             .map_err(io_errno)?;
@@ -168,7 +185,7 @@ impl VmCryptFs {
         self.check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
         let area = self.child_area(&dir, name, None);
-        let class = Self::content_class(&area, name);
+        let class = self.class_to_write(&area, name, "create", &rel)?;
         let file = self
             .open_backing(&rel, flags, class, Some(mode))
             .map_err(io_errno)?;
@@ -531,7 +548,7 @@ impl VmCryptFs {
             return self.truncate_handle(&handle, &self.handle_path(node.ino), size);
         }
         let rel = self.node_path(node)?;
-        let class = Self::class_of(node, &rel);
+        let class = self.class_to_write_node(node, &rel, "truncate")?;
         let file = self
             .open_backing(&rel, libc::O_WRONLY, class, None)
             .map_err(io_errno)?;

@@ -35,8 +35,9 @@ use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
-use crate::datastore::vm_home::CommandRecord;
+use crate::datastore::vm_home::{CommandRecord, StoragePolicy, VmHome};
 use crate::format::content_layout::ContentLayout;
+use crate::format::untrusted;
 use handles::HandleTable;
 use inodes::{Area, InodeTable, NodeInfo, NodeKind, ROOT_INO};
 
@@ -213,12 +214,52 @@ impl VmCryptFs {
         }
     }
 
-    /// How a regular file named `name` in `area` is stored.
+    /// How an existing regular file named `name` in `area` is stored, for
+    /// showing and reading it: in a VM home not unlocked yet, from its
+    /// peeked (unauthenticated) bundle. Creating, writing or moving a file
+    /// uses [`Self::class_to_write`] instead.
     fn content_class(area: &Area, name: &OsStr) -> ContentClass {
         match area {
             Area::Vm(vm) => layout::class_in_vm_home(name, vm.encrypt_disks()),
             _ => ContentClass::Plain,
         }
+    }
+
+    /// How a regular file named `name` is to be stored when it is created,
+    /// opened for writing or moved into `area`. In a VM home this is
+    /// decided by its authenticated bundle, so the VM is unlocked first;
+    /// `what` and `rel` name the refused call in the log.
+    fn class_to_write(
+        &self,
+        area: &Area,
+        name: &OsStr,
+        what: &str,
+        rel: &Path,
+    ) -> FsResult<ContentClass> {
+        match area {
+            Area::Vm(vm) => {
+                let policy = self.authenticated_policy(vm, what, rel)?;
+                Ok(layout::class_in_vm_home(name, policy.encrypt_disks))
+            }
+            _ => Ok(ContentClass::Plain),
+        }
+    }
+
+    /// The storage policy of `vm` from its authenticated bundle, unlocking
+    /// it first. Fails closed: a VM whose bundle does not authenticate on
+    /// this host has only peeked fields, which whoever writes the datastore
+    /// may have forged (a flipped `encrypt_disks` bit would store a new
+    /// disk in clear), so the call fails with ENOKEY and a log line naming
+    /// the VM.
+    fn authenticated_policy(&self, vm: &VmHome, what: &str, rel: &Path) -> FsResult<StoragePolicy> {
+        vm.authenticated_policy(self.datastore.provider())
+            .map_err(|locked| {
+                log::warn!(
+                    "{what} {}: refused until the VM's key bundle authenticates: {locked}",
+                    untrusted::path(rel)
+                );
+                Errno::from_i32(libc::ENOKEY)
+            })
     }
 
     /// The content format of the file at `path` in `area` if it is an
@@ -238,10 +279,7 @@ impl VmCryptFs {
     /// internal files, and `.control` where it is virtual.
     fn check_user_name(&self, parent: &NodeInfo, name: &OsStr) -> FsResult<()> {
         if layout::is_internal_name(name) {
-            log::warn!(
-                "refusing to touch internal name {}",
-                crate::format::untrusted::name(name)
-            );
+            log::warn!("refusing to touch internal name {}", untrusted::name(name));
             return Err(Errno::EPERM);
         }
         if self.virtual_file_named(parent, name).is_some() {

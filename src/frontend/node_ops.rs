@@ -282,6 +282,13 @@ impl VmCryptFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<FileAttr> {
+        // Like `create`: nothing is created in a VM home whose bundle has
+        // not authenticated.
+        let dir = self.node(parent)?;
+        let area = self.child_area(&dir, name, None);
+        if let Area::Vm(vm) = &area {
+            self.authenticated_policy(vm, "mknod", &self.node_path(&dir)?.join(name))?;
+        }
         self.create_entry(parent, name, uid, gid, |rel| {
             self.beneath.mknod(rel, mode, rdev.into())
         })
@@ -438,12 +445,36 @@ impl VmCryptFs {
     ) -> FsResult<()> {
         let from_area = self.child_area(from_dir, name, Some(stat));
         let to_area = self.child_area(to_dir, new_name, None);
-        if !from_area.same_domain(&to_area) {
+        let regular = backing_meta::file_type(stat) == rustix::fs::FileType::RegularFile;
+        let to = self.node_path(to_dir)?.join(new_name);
+        self.check_same_class(&from_area, name, &to_area, new_name, regular, "rename", &to)
+    }
+
+    /// EXDEV unless an entry named `name` in `from_area` keeps its
+    /// encryption domain when it becomes `new_name` in `to_area` and, if it
+    /// is a regular file, its class. Within a VM home the classes come
+    /// from its authenticated bundle, so a move into a VM home that has not
+    /// authenticated fails closed (ENOKEY).
+    #[allow(clippy::too_many_arguments)]
+    fn check_same_class(
+        &self,
+        from_area: &Area,
+        name: &OsStr,
+        to_area: &Area,
+        new_name: &OsStr,
+        regular: bool,
+        what: &str,
+        to: &Path,
+    ) -> FsResult<()> {
+        if !from_area.same_domain(to_area) {
             return Err(Errno::EXDEV);
         }
-        if backing_meta::file_type(stat) == rustix::fs::FileType::RegularFile
-            && Self::content_class(&from_area, name) != Self::content_class(&to_area, new_name)
-        {
+        let Area::Vm(vm) = to_area else {
+            return Ok(());
+        };
+        let policy = self.authenticated_policy(vm, what, to)?;
+        let class = |name| layout::class_in_vm_home(name, policy.encrypt_disks);
+        if regular && class(name) != class(new_name) {
             return Err(Errno::EXDEV);
         }
         Ok(())
@@ -460,12 +491,11 @@ impl VmCryptFs {
         let from = self.node_path(&node)?;
         let to_area = self.child_area(&to_dir, new_name, None);
         let name = from.file_name().ok_or(Errno::EPERM)?;
-        if !node.area.same_domain(&to_area)
-            || Self::content_class(&node.area, name) != Self::content_class(&to_area, new_name)
-        {
-            return Err(Errno::EXDEV);
-        }
         let to = self.node_path(&to_dir)?.join(new_name);
+        // Only regular files and symlinks can be linked here (directories
+        // cannot be hard-linked); classes matter for regular files, and a
+        // symlink's name never makes it encrypted, so comparing is safe.
+        self.check_same_class(&node.area, name, &to_area, new_name, true, "link", &to)?;
         self.beneath.hard_link(&from, &to).map_err(io_errno)?;
         self.lookup(new_parent, new_name)
     }

@@ -618,8 +618,9 @@ fn discard(path: &Path, remove: impl FnOnce(&Path) -> std::io::Result<()>) {
     }
 }
 
-/// The lock timeout from [`LOCK_TIMEOUT_ENV`], or the default.
-fn lock_timeout_from_env() -> Duration {
+/// The lock timeout from [`LOCK_TIMEOUT_ENV`], or the default; also the
+/// bundle sequence record's (`bundle_sequences.rs`).
+pub(crate) fn lock_timeout_from_env() -> Duration {
     let Some(value) = std::env::var_os(LOCK_TIMEOUT_ENV) else {
         return DEFAULT_LOCK_TIMEOUT;
     };

@@ -61,6 +61,12 @@ impl ProviderSet {
         })
     }
 
+    /// The key store directory (which also holds the bundle sequence
+    /// record, see [`super::bundle_sequences`]).
+    pub fn keystore(&self) -> &Path {
+        &self.keystore
+    }
+
     /// This set, re-keying every VM to provider `name`.
     pub fn targeting(&self, name: &str) -> Result<Self, ProviderError> {
         self.get(name)?;
