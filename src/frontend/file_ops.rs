@@ -94,7 +94,9 @@ impl VmCryptFs {
                 ahead: (self.read_settings.ahead).resolve(self.device_readahead.of_file(&file)),
                 ..self.read_settings
             };
-            EncryptedFile::new(keyring, vm.content_layout()).with_read_settings(settings)
+            EncryptedFile::new(keyring, vm.content_layout())
+                .with_read_settings(settings)
+                .with_max_stored_len(self.max_backing_len)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);
