@@ -80,6 +80,7 @@ impl VmCryptFs {
                 file,
                 ino: node.ino,
                 passthrough: std::sync::OnceLock::new(),
+                _counted: node.area.vm().map(VmHome::handle_opened),
             });
         }
         let vm = node.area.vm().ok_or(Errno::EIO)?;
@@ -110,6 +111,7 @@ impl VmCryptFs {
             content,
             ino: node.ino,
             vm: vm.clone(),
+            _counted: vm.handle_opened(),
         })
     }
 
