@@ -599,7 +599,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider__subcmd__add__subcmd__kmip)
-            opts="-h -V --server --ca --cert --key --default --wrap --key-series --connect-timeout --request-timeout --retries --keystore --help --version"
+            opts="-h -V --server --ca --cert --key --default --wrap --key-series --connect-timeout --request-timeout --retries --operation-timeout --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -638,6 +638,10 @@ _vmcryptfs() {
                     return 0
                     ;;
                 --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --operation-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

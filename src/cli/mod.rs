@@ -196,6 +196,11 @@ pub struct AddKmipArgs {
     /// doubling).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retries: u32,
+    /// Limit of one whole provider operation (wrap, unwrap, listing,
+    /// rotation), seconds: every KMIP request it makes, with name
+    /// resolution, connects, retries and backoff, gives up by then.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub operation_timeout: f64,
 }
 
 /// How a new VM home stores its encrypted files.

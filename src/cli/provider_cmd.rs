@@ -128,6 +128,7 @@ fn add_kmip(keystore: &Path, args: AddKmipArgs) -> Result<String, CliError> {
         connect_timeout_ms: seconds_to_ms("connect-timeout", args.connect_timeout)?,
         request_timeout_ms: seconds_to_ms("request-timeout", args.request_timeout)?,
         retries: args.retries,
+        operation_timeout_ms: seconds_to_ms("operation-timeout", args.operation_timeout)?,
     };
     if !args.server.contains(':') {
         return Err(CliError::new(

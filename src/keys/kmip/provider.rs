@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 use super::client::{KmipClient, KmipError, ObjectAttributes};
 use super::config::{KmipConfig, WrapMode};
 use super::tags::{reason, state};
-use super::transport::{ClientIdentity, Endpoint, TransportError};
+use super::transport::{ClientIdentity, Deadline, Endpoint, TransportError};
 use crate::crypto::key_wrap::{self, WRAPPED_KEY_LEN, WRAP_NONCE_LEN};
 use crate::crypto::secret::{Dek, KEY_LEN};
 use crate::keys::{KekRef, KekState, KekVersionInfo, KeyProvider, ProviderError};
@@ -156,13 +156,17 @@ impl KmipProvider {
     }
 
     /// Every KEK version of our series on the server, by version.
-    fn server_versions(&self) -> Result<Vec<ServerVersion>, ProviderError> {
+    fn server_versions(&self, deadline: &Deadline) -> Result<Vec<ServerVersion>, ProviderError> {
         let client = self.client()?;
         let series = &self.config.key_series;
-        let uids = client.locate_by_group(series).map_err(|e| self.error(e))?;
+        let uids = client
+            .locate_by_group(deadline, series)
+            .map_err(|e| self.error(e))?;
         let mut versions = Vec::new();
         for uid in uids {
-            let attributes = client.get_attributes(&uid).map_err(|e| self.error(e))?;
+            let attributes = client
+                .get_attributes(deadline, &uid)
+                .map_err(|e| self.error(e))?;
             let Some(version) = attributes
                 .name
                 .as_deref()
@@ -201,7 +205,7 @@ impl KmipProvider {
     }
 
     /// The unique identifier of a version, located by name once.
-    fn uid(&self, kek: &KekRef) -> Result<String, ProviderError> {
+    fn uid(&self, kek: &KekRef, deadline: &Deadline) -> Result<String, ProviderError> {
         self.check_series(kek)?;
         if let Some(uid) = self.uids.lock().expect("uid cache lock").get(&kek.version) {
             return Ok(uid.clone());
@@ -209,7 +213,7 @@ impl KmipProvider {
         let name = version_name(&self.config.key_series, kek.version);
         let found = self
             .client()?
-            .locate_by_name(&name)
+            .locate_by_name(deadline, &name)
             .map_err(|e| self.error(e))?;
         match found.as_slice() {
             [] => Err(ProviderError::KmsKeyNotFound {
@@ -249,8 +253,14 @@ impl KmipProvider {
         Ok(())
     }
 
-    fn fetch_key(&self, uid: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, ProviderError> {
-        self.client()?.get_key(uid).map_err(|e| self.error(e))
+    fn fetch_key(
+        &self,
+        uid: &str,
+        deadline: &Deadline,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, ProviderError> {
+        self.client()?
+            .get_key(deadline, uid)
+            .map_err(|e| self.error(e))
     }
 
     fn unwrap_locally(
@@ -259,36 +269,48 @@ impl KmipProvider {
         uid: &str,
         wrapped: &[u8],
         aad: &[u8],
+        deadline: &Deadline,
     ) -> Result<Dek, ProviderError> {
-        let key = self.fetch_key(uid)?;
+        let key = self.fetch_key(uid, deadline)?;
         let dek = key_wrap::unwrap(&key, wrapped, aad)
             .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
         Ok(Dek::from_bytes(*dek))
     }
 
-    fn state_of(&self, uid: &str) -> Result<Option<u32>, ProviderError> {
+    fn state_of(&self, uid: &str, deadline: &Deadline) -> Result<Option<u32>, ProviderError> {
         Ok(self
             .client()?
-            .get_attributes(uid)
+            .get_attributes(deadline, uid)
             .map_err(|e| self.error(e))?
             .state)
     }
 
     /// Checks that the KMS answers (KMIP DiscoverVersions).
     pub fn ping(&self) -> Result<(), ProviderError> {
-        self.client()?.ping().map_err(|e| self.error(e))
+        self.client()?
+            .ping(&self.deadline())
+            .map_err(|e| self.error(e))
     }
 
     /// Makes sure the series has an Active version, creating version 1 if
     /// the series is new. Used when the provider is registered.
     pub fn ensure_current(&self) -> Result<KekRef, ProviderError> {
-        match self.current_kek() {
-            Ok(kek) => Ok(kek),
-            Err(ProviderError::KmsRefused { .. }) if self.server_versions()?.is_empty() => {
-                self.rotate()
+        let deadline = self.deadline();
+        let versions = self.server_versions(&deadline)?;
+        match self.current_of(&versions) {
+            Ok(version) => Ok(self.kek_ref(version)),
+            Err(ProviderError::KmsRefused { .. }) if versions.is_empty() => {
+                self.rotate_within(&deadline)
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// The deadline of one provider operation starting now: every KMIP
+    /// request it makes, with DNS, connects, retries and backoff, is over
+    /// by then (`operation_timeout_ms`).
+    fn deadline(&self) -> Deadline {
+        Deadline::after(Duration::from_millis(self.config.operation_timeout_ms))
     }
 
     /// The version `action` (retire, destroy) is about to change, from one
@@ -298,8 +320,9 @@ impl KmipProvider {
         &self,
         version: u32,
         action: &'static str,
+        deadline: &Deadline,
     ) -> Result<Option<ServerVersion>, ProviderError> {
-        let versions = self.server_versions()?;
+        let versions = self.server_versions(deadline)?;
         if self.current_of(&versions)? == version {
             return Err(ProviderError::CurrentKekVersion {
                 kek_id: self.config.key_series.clone(),
@@ -317,12 +340,13 @@ impl KeyProvider for KmipProvider {
     }
 
     fn current_kek(&self) -> Result<KekRef, ProviderError> {
-        let versions = self.server_versions()?;
+        let versions = self.server_versions(&self.deadline())?;
         Ok(self.kek_ref(self.current_of(&versions)?))
     }
 
     fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError> {
-        let uid = self.uid(kek)?;
+        let deadline = &self.deadline();
+        let uid = self.uid(kek, deadline)?;
         let not_active = |state: Option<u32>| ProviderError::KekNotActive {
             kek_id: kek.kek_id.clone(),
             version: kek.version,
@@ -332,16 +356,17 @@ impl KeyProvider for KmipProvider {
             WrapMode::Server => {
                 let nonce: [u8; WRAP_NONCE_LEN] = crate::crypto::random::array();
                 let client = self.client()?;
-                let (ciphertext, tag) = match client.encrypt_gcm(&uid, dek.expose(), &nonce, aad) {
-                    Ok(out) => out,
-                    Err(err) if err.reason() == Some(reason::PERMISSION_DENIED) => {
-                        match self.state_of(&uid)? {
-                            Some(state::ACTIVE) => return Err(self.error(err)),
-                            other => return Err(not_active(other)),
+                let (ciphertext, tag) =
+                    match client.encrypt_gcm(deadline, &uid, dek.expose(), &nonce, aad) {
+                        Ok(out) => out,
+                        Err(err) if err.reason() == Some(reason::PERMISSION_DENIED) => {
+                            match self.state_of(&uid, deadline)? {
+                                Some(state::ACTIVE) => return Err(self.error(err)),
+                                other => return Err(not_active(other)),
+                            }
                         }
-                    }
-                    Err(err) => return Err(self.error(err)),
-                };
+                        Err(err) => return Err(self.error(err)),
+                    };
                 if ciphertext.len() != KEY_LEN || tag.len() != 16 {
                     return Err(ProviderError::KmsRefused {
                         provider: self.name.clone(),
@@ -362,29 +387,30 @@ impl KeyProvider for KmipProvider {
             }
             WrapMode::Local => {
                 // Get does not check the key's state, so we do.
-                match self.state_of(&uid)? {
+                match self.state_of(&uid, deadline)? {
                     Some(state::ACTIVE) => {}
                     other => return Err(not_active(other)),
                 }
-                let key = self.fetch_key(&uid)?;
+                let key = self.fetch_key(&uid, deadline)?;
                 Ok(key_wrap::wrap(&key, dek.expose(), aad))
             }
         }
     }
 
     fn unwrap_dek(&self, kek: &KekRef, wrapped: &[u8], aad: &[u8]) -> Result<Dek, ProviderError> {
-        let uid = self.uid(kek)?;
+        let deadline = &self.deadline();
+        let uid = self.uid(kek, deadline)?;
         if wrapped.len() != WRAPPED_KEY_LEN {
             return Err(ProviderError::UnwrapFailed { kek: kek.clone() });
         }
         if self.config.wrap == WrapMode::Local {
-            return self.unwrap_locally(kek, &uid, wrapped, aad);
+            return self.unwrap_locally(kek, &uid, wrapped, aad, deadline);
         }
         let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
         let (ciphertext, tag) = rest.split_at(KEY_LEN);
         match self
             .client()?
-            .decrypt_gcm(&uid, ciphertext, nonce, aad, tag)
+            .decrypt_gcm(deadline, &uid, ciphertext, nonce, aad, tag)
         {
             Ok(plain) => {
                 Dek::from_slice(&plain).ok_or(ProviderError::UnwrapFailed { kek: kek.clone() })
@@ -396,18 +422,20 @@ impl KeyProvider for KmipProvider {
                 Some(reason::CRYPTOGRAPHIC_FAILURE | reason::INVALID_FIELD) => {
                     Err(ProviderError::UnwrapFailed { kek: kek.clone() })
                 }
-                Some(reason::GENERAL_FAILURE) if self.state_of(&uid)? == Some(state::ACTIVE) => {
+                Some(reason::GENERAL_FAILURE)
+                    if self.state_of(&uid, deadline)? == Some(state::ACTIVE) =>
+                {
                     log::warn!(
                         "KEK {kek}: {err}; taking it as a wrapped DEK that does not authenticate"
                     );
                     Err(ProviderError::UnwrapFailed { kek: kek.clone() })
                 }
-                Some(reason::PERMISSION_DENIED) => match self.state_of(&uid)? {
+                Some(reason::PERMISSION_DENIED) => match self.state_of(&uid, deadline)? {
                     Some(state::DEACTIVATED) => {
                         log::info!(
                             "KEK {kek} is retired and the KMS refuses Decrypt with it; unwrapping with the fetched key instead"
                         );
-                        self.unwrap_locally(kek, &uid, wrapped, aad)
+                        self.unwrap_locally(kek, &uid, wrapped, aad, deadline)
                     }
                     _ => Err(self.error(err)),
                 },
@@ -417,7 +445,7 @@ impl KeyProvider for KmipProvider {
     }
 
     fn list_versions(&self) -> Result<Vec<KekVersionInfo>, ProviderError> {
-        let versions = self.server_versions()?;
+        let versions = self.server_versions(&self.deadline())?;
         let current = self.current_of(&versions).ok();
         let highest = versions.last().map_or(0, |v| v.version);
         let mut infos = Vec::new();
@@ -446,7 +474,54 @@ impl KeyProvider for KmipProvider {
     }
 
     fn rotate(&self) -> Result<KekRef, ProviderError> {
-        let versions = self.server_versions()?;
+        self.rotate_within(&self.deadline())
+    }
+
+    fn retire(&self, version: u32) -> Result<(), ProviderError> {
+        let deadline = &self.deadline();
+        let found = self
+            .version_to_change(version, "retired", deadline)?
+            .ok_or_else(|| ProviderError::UnknownKekVersion {
+                kek_id: self.config.key_series.clone(),
+                version,
+            })?;
+        match found.attributes.state {
+            Some(state::ACTIVE) => self
+                .client()?
+                .revoke(deadline, &found.uid)
+                .map_err(|e| self.error(e)),
+            Some(state::DEACTIVATED | state::COMPROMISED) => Ok(()),
+            _ => Err(ProviderError::KekDestroyed {
+                kek_id: self.config.key_series.clone(),
+                version,
+            }),
+        }
+    }
+
+    fn destroy(&self, version: u32) -> Result<(), ProviderError> {
+        let deadline = &self.deadline();
+        // Already gone from the server: nothing left to destroy.
+        let Some(found) = self.version_to_change(version, "destroyed", deadline)? else {
+            return Ok(());
+        };
+        let client = self.client()?;
+        if found.attributes.state == Some(state::ACTIVE) {
+            client
+                .revoke(deadline, &found.uid)
+                .map_err(|e| self.error(e))?;
+        }
+        client
+            .destroy(deadline, &found.uid)
+            .map_err(|e| self.error(e))?;
+        self.uids.lock().expect("uid cache lock").remove(&version);
+        Ok(())
+    }
+}
+
+impl KmipProvider {
+    /// [`KeyProvider::rotate`] within `deadline`.
+    fn rotate_within(&self, deadline: &Deadline) -> Result<KekRef, ProviderError> {
+        let versions = self.server_versions(deadline)?;
         let client = self.client()?;
         let (version, uid) = match versions.last() {
             // Resume a rotation that created the key but did not activate it.
@@ -457,48 +532,17 @@ impl KeyProvider for KmipProvider {
                 let version = last.map_or(1, |v| v.version + 1);
                 let name = version_name(&self.config.key_series, version);
                 let uid = client
-                    .create_aes256(&name, &self.config.key_series)
+                    .create_aes256(deadline, &name, &self.config.key_series)
                     .map_err(|e| self.error(e))?;
                 (version, uid)
             }
         };
-        client.activate(&uid).map_err(|e| self.error(e))?;
+        client.activate(deadline, &uid).map_err(|e| self.error(e))?;
         self.uids
             .lock()
             .expect("uid cache lock")
             .insert(version, uid);
         Ok(self.kek_ref(version))
-    }
-
-    fn retire(&self, version: u32) -> Result<(), ProviderError> {
-        let found = self.version_to_change(version, "retired")?.ok_or_else(|| {
-            ProviderError::UnknownKekVersion {
-                kek_id: self.config.key_series.clone(),
-                version,
-            }
-        })?;
-        match found.attributes.state {
-            Some(state::ACTIVE) => self.client()?.revoke(&found.uid).map_err(|e| self.error(e)),
-            Some(state::DEACTIVATED | state::COMPROMISED) => Ok(()),
-            _ => Err(ProviderError::KekDestroyed {
-                kek_id: self.config.key_series.clone(),
-                version,
-            }),
-        }
-    }
-
-    fn destroy(&self, version: u32) -> Result<(), ProviderError> {
-        // Already gone from the server: nothing left to destroy.
-        let Some(found) = self.version_to_change(version, "destroyed")? else {
-            return Ok(());
-        };
-        let client = self.client()?;
-        if found.attributes.state == Some(state::ACTIVE) {
-            client.revoke(&found.uid).map_err(|e| self.error(e))?;
-        }
-        client.destroy(&found.uid).map_err(|e| self.error(e))?;
-        self.uids.lock().expect("uid cache lock").remove(&version);
-        Ok(())
     }
 }
 
