@@ -52,6 +52,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help,vm)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__provider,accept)
+                cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__accept"
+                ;;
             vmcryptfs__subcmd__help__subcmd__provider,add-kmip)
                 cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__add__subcmd__kmip"
                 ;;
@@ -100,6 +103,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__status"
                 ;;
+            vmcryptfs__subcmd__provider,accept)
+                cmd="vmcryptfs__subcmd__provider__subcmd__accept"
+                ;;
             vmcryptfs__subcmd__provider,add-kmip)
                 cmd="vmcryptfs__subcmd__provider__subcmd__add__subcmd__kmip"
                 ;;
@@ -129,6 +135,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__provider,set-default)
                 cmd="vmcryptfs__subcmd__provider__subcmd__set__subcmd__default"
+                ;;
+            vmcryptfs__subcmd__provider__subcmd__help,accept)
+                cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__accept"
                 ;;
             vmcryptfs__subcmd__provider__subcmd__help,add-kmip)
                 cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__add__subcmd__kmip"
@@ -275,8 +284,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__provider)
-            opts="init add-kmip set-default rotate list retire destroy export import"
+            opts="init add-kmip set-default rotate accept list retire destroy export import"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__provider__subcmd__accept)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -581,12 +604,34 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider)
-            opts="-h -V --keystore --help --version init add-kmip set-default rotate list retire destroy export import help"
+            opts="-h -V --keystore --help --version init add-kmip set-default rotate accept list retire destroy export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__provider__subcmd__accept)
+            opts="-h -V --uid --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --uid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -697,8 +742,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider__subcmd__help)
-            opts="init add-kmip set-default rotate list retire destroy export import help"
+            opts="init add-kmip set-default rotate accept list retire destroy export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__provider__subcmd__help__subcmd__accept)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
