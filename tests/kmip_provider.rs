@@ -580,3 +580,62 @@ fn a_key_named_like_a_version_by_another_client_never_becomes_the_kek() {
     fs::write(mount_b.path("vm1/vm1.nvram"), b"state").unwrap();
     assert_eq!(fs::read(mount_b.path("vm1/vm1.nvram")).unwrap(), b"state");
 }
+
+/// Every KMIP call has an overall deadline, DNS included (issue 22, item
+/// 6): a resolver that never answers (a UDP socket that reads nothing, put
+/// in /etc/resolv.conf of a private mount namespace, with a 30 s resolver
+/// timeout) holds `provider add-kmip` for its 1 s operation timeout only,
+/// and the error says so.
+#[test]
+fn a_resolver_that_never_answers_is_abandoned_at_the_deadline() {
+    use std::time::{Duration, Instant};
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    let blackhole = std::net::UdpSocket::bind("127.0.0.2:53").expect("binding 127.0.0.2:53 (root)");
+    let resolv = env.dir.path().join("resolv.conf");
+    fs::write(
+        &resolv,
+        "nameserver 127.0.0.2\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+        ])
+        .arg(&resolv)
+        .arg(common::binary())
+        .arg("--keystore")
+        .arg(&env.keystore)
+        .args([
+            "provider",
+            "add-kmip",
+            "slow",
+            "--server",
+            "kms.vmcryptfs-test.example:5696",
+            "--ca",
+            &kms.file("ca.pem"),
+            "--cert",
+            &kms.file("client.pem"),
+            "--key",
+            &kms.file("client.key"),
+            "--operation-timeout",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null());
+    let started = Instant::now();
+    let out = command.output().unwrap();
+    let waited = started.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("operation timeout"), "{err}");
+    assert!(err.contains("kms.vmcryptfs-test.example:5696"), "{err}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "gave up after {waited:?}: {err}"
+    );
+    drop(blackhole);
+}
