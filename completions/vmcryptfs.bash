@@ -52,6 +52,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help,vm)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__provider,accept)
+                cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__accept"
+                ;;
             vmcryptfs__subcmd__help__subcmd__provider,add-kmip)
                 cmd="vmcryptfs__subcmd__help__subcmd__provider__subcmd__add__subcmd__kmip"
                 ;;
@@ -103,6 +106,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__status"
                 ;;
+            vmcryptfs__subcmd__provider,accept)
+                cmd="vmcryptfs__subcmd__provider__subcmd__accept"
+                ;;
             vmcryptfs__subcmd__provider,add-kmip)
                 cmd="vmcryptfs__subcmd__provider__subcmd__add__subcmd__kmip"
                 ;;
@@ -132,6 +138,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__provider,set-default)
                 cmd="vmcryptfs__subcmd__provider__subcmd__set__subcmd__default"
+                ;;
+            vmcryptfs__subcmd__provider__subcmd__help,accept)
+                cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__accept"
                 ;;
             vmcryptfs__subcmd__provider__subcmd__help,add-kmip)
                 cmd="vmcryptfs__subcmd__provider__subcmd__help__subcmd__add__subcmd__kmip"
@@ -284,8 +293,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__provider)
-            opts="init add-kmip set-default rotate list retire destroy export import"
+            opts="init add-kmip set-default rotate accept list retire destroy export import"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__provider__subcmd__accept)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -604,7 +627,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider)
-            opts="-h -V --keystore --help --version init add-kmip set-default rotate list retire destroy export import help"
+            opts="-h -V --keystore --help --version init add-kmip set-default rotate accept list retire destroy export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -621,8 +644,30 @@ _vmcryptfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmcryptfs__subcmd__provider__subcmd__accept)
+            opts="-h -V --uid --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --uid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmcryptfs__subcmd__provider__subcmd__add__subcmd__kmip)
-            opts="-h -V --server --ca --cert --key --default --wrap --key-series --connect-timeout --request-timeout --retries --keystore --help --version"
+            opts="-h -V --server --ca --cert --key --default --wrap --key-series --connect-timeout --request-timeout --retries --operation-timeout --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -661,6 +706,10 @@ _vmcryptfs() {
                     return 0
                     ;;
                 --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --operation-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -716,8 +765,22 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__provider__subcmd__help)
-            opts="init add-kmip set-default rotate list retire destroy export import help"
+            opts="init add-kmip set-default rotate accept list retire destroy export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__provider__subcmd__help__subcmd__accept)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

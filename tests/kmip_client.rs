@@ -13,7 +13,7 @@ use common::kms::{processes_in_group, Kms};
 use vmcryptfs::crypto::secret::Dek;
 use vmcryptfs::keys::kmip::client::{KmipClient, KmipError};
 use vmcryptfs::keys::kmip::tags::{reason, state};
-use vmcryptfs::keys::kmip::transport::{ClientIdentity, Endpoint};
+use vmcryptfs::keys::kmip::transport::{ClientIdentity, Deadline, Endpoint};
 use vmcryptfs::keys::kmip::{KmipConfig, KmipProvider, WrapMode};
 use vmcryptfs::keys::{KeyProvider, ProviderError};
 
@@ -45,7 +45,13 @@ fn config(kms: &Kms, wrap: WrapMode) -> KmipConfig {
         connect_timeout_ms: 2000,
         request_timeout_ms: 5000,
         retries: 1,
+        operation_timeout_ms: 30_000,
     }
+}
+
+/// A deadline no healthy KMS comes near.
+fn soon() -> Deadline {
+    Deadline::after(Duration::from_secs(30))
 }
 
 /// PyKMIP runs its policy monitor as a second process; stopping the server
@@ -68,36 +74,42 @@ fn stopping_the_kms_leaves_no_process_behind() {
 fn every_operation_against_a_real_kms() {
     let kms = Kms::start();
     let client = client(&kms, &kms.server, Duration::from_secs(5));
-    client.ping().unwrap();
-    let uid = client.create_aes256("ops-v1", "ops").unwrap();
+    client.ping(&soon()).unwrap();
+    let uid = client.create_aes256(&soon(), "ops-v1", "ops").unwrap();
     assert_eq!(
-        client.get_attributes(&uid).unwrap().state,
+        client.get_attributes(&soon(), &uid).unwrap().state,
         Some(state::PRE_ACTIVE)
     );
-    client.activate(&uid).unwrap();
-    let attributes = client.get_attributes(&uid).unwrap();
+    client.activate(&soon(), &uid).unwrap();
+    let attributes = client.get_attributes(&soon(), &uid).unwrap();
     assert_eq!(attributes.state, Some(state::ACTIVE));
     assert_eq!(attributes.name.as_deref(), Some("ops-v1"));
-    assert_eq!(client.locate_by_name("ops-v1").unwrap(), vec![uid.clone()]);
-    assert_eq!(client.locate_by_group("ops").unwrap(), vec![uid.clone()]);
-    assert!(client.locate_by_name("ops-v2").unwrap().is_empty());
+    assert_eq!(
+        client.locate_by_name(&soon(), "ops-v1").unwrap(),
+        vec![uid.clone()]
+    );
+    assert_eq!(
+        client.locate_by_group(&soon(), "ops").unwrap(),
+        vec![uid.clone()]
+    );
+    assert!(client.locate_by_name(&soon(), "ops-v2").unwrap().is_empty());
 
     let (ciphertext, tag) = client
-        .encrypt_gcm(&uid, &[9u8; 32], &[1u8; 12], b"aad")
+        .encrypt_gcm(&soon(), &uid, &[9u8; 32], &[1u8; 12], b"aad")
         .unwrap();
     assert_eq!((ciphertext.len(), tag.len()), (32, 16));
     assert_ne!(ciphertext, vec![9u8; 32]);
     let plain = client
-        .decrypt_gcm(&uid, &ciphertext, &[1u8; 12], b"aad", &tag)
+        .decrypt_gcm(&soon(), &uid, &ciphertext, &[1u8; 12], b"aad", &tag)
         .unwrap();
     assert_eq!(plain.as_slice(), &[9u8; 32]);
     assert!(client
-        .decrypt_gcm(&uid, &ciphertext, &[1u8; 12], b"aae", &tag)
+        .decrypt_gcm(&soon(), &uid, &ciphertext, &[1u8; 12], b"aae", &tag)
         .is_err());
-    assert_eq!(client.get_key(&uid).unwrap().len(), 32);
+    assert_eq!(client.get_key(&soon(), &uid).unwrap().len(), 32);
 
     // A refused operation: Activate of an Active key.
-    let err = client.activate(&uid).unwrap_err();
+    let err = client.activate(&soon(), &uid).unwrap_err();
     assert!(matches!(err, KmipError::Refused { .. }), "{err}");
     assert!(
         err.to_string()
@@ -105,15 +117,15 @@ fn every_operation_against_a_real_kms() {
         "{err}"
     );
     // Destroy of an Active key is refused until Revoke.
-    assert!(client.destroy(&uid).is_err());
-    client.revoke(&uid).unwrap();
+    assert!(client.destroy(&soon(), &uid).is_err());
+    client.revoke(&soon(), &uid).unwrap();
     assert_eq!(
-        client.get_attributes(&uid).unwrap().state,
+        client.get_attributes(&soon(), &uid).unwrap().state,
         Some(state::DEACTIVATED)
     );
-    client.destroy(&uid).unwrap();
+    client.destroy(&soon(), &uid).unwrap();
     // An unknown key.
-    let err = client.get_key(&uid).unwrap_err();
+    let err = client.get_key(&soon(), &uid).unwrap_err();
     assert_eq!(err.reason(), Some(reason::ITEM_NOT_FOUND), "{err}");
     assert!(err.to_string().contains("Item Not Found"), "{err}");
 }
@@ -177,11 +189,63 @@ fn a_server_that_never_answers_times_out_with_the_server_named() {
     let address = silent.local_addr().unwrap().to_string();
     let client = client(&kms, &address, Duration::from_millis(500));
     let started = Instant::now();
-    let err = client.ping().unwrap_err();
+    let err = client.ping(&soon()).unwrap_err();
     let waited = started.elapsed();
     assert!(err.is_unreachable(), "{err}");
     assert!(err.to_string().contains(&address), "{err}");
     assert!(err.to_string().contains("request timeout"), "{err}");
     assert!(waited < Duration::from_secs(5), "gave up after {waited:?}");
+    drop(silent);
+}
+
+/// One overall deadline per operation: with per-step limits and retries
+/// that would add up to 40 s (10 s request timeout, 3 retries), a server
+/// that accepts TCP but never answers holds the client for the deadline
+/// only, and the error says which limit ran out.
+#[test]
+fn the_operation_deadline_bounds_retries_and_step_timeouts() {
+    let kms = Kms::start();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let endpoint = Endpoint {
+        server: address.clone(),
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+    };
+    let client = KmipClient::new(endpoint, &identity(&kms), 3).unwrap();
+    let started = Instant::now();
+    let err = client
+        .ping(&Deadline::after(Duration::from_millis(800)))
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.is_unreachable(), "{err}");
+    assert!(err.to_string().contains("operation timeout"), "{err}");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "gave up after {waited:?}"
+    );
+
+    // The same through the provider, whose operations each get the
+    // configured deadline: listing versions is several requests.
+    let provider = KmipProvider::new(
+        "silent",
+        KmipConfig {
+            server: address.clone(),
+            connect_timeout_ms: 10_000,
+            request_timeout_ms: 10_000,
+            retries: 3,
+            operation_timeout_ms: 800,
+            ..config(&kms, WrapMode::Server)
+        },
+    );
+    let started = Instant::now();
+    let err = provider.current_kek().unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, ProviderError::KmsUnreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&address), "{err}");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "gave up after {waited:?}"
+    );
     drop(silent);
 }

@@ -23,6 +23,22 @@ fn ds(env: &TestEnv) -> String {
     env.datastore.to_str().unwrap().to_string()
 }
 
+/// `provider rotate kms` on `host`, then the `provider accept` it prints
+/// on each of `others`, as an administrator would: a version another host
+/// created is used only once accepted by its KMIP identifier.
+fn rotate_and_accept(host: &TestEnv, others: &[&TestEnv]) {
+    let out = host.run_ok(&["provider", "rotate", "kms"]);
+    let accept = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("vmcryptfs provider accept "))
+        .unwrap_or_else(|| panic!("rotate prints the accept command: {out}"));
+    let mut args = vec!["provider", "accept"];
+    args.extend(accept.split_whitespace());
+    for other in others {
+        other.run_ok(&args);
+    }
+}
+
 #[test]
 fn a_kmip_provider_wraps_vms_beside_the_embedded_one() {
     let kms = Kms::start();
@@ -165,8 +181,8 @@ fn two_hosts_share_kmip_keks_through_rotation_destroy_and_rescue() {
     let secret = b"sealed vTPM secret 0123456789abcdef".repeat(300);
     fs::write(mount_a.path("vm1/vm1.nvram"), &secret).unwrap();
 
-    // Rotation on the KMS, seen by both hosts.
-    host_a.run_ok(&["provider", "rotate", "kms"]);
+    // Rotation on the KMS, seen by both hosts once B accepts it.
+    rotate_and_accept(&host_a, &[&host_b]);
     let status_b = host_b.run_ok(&["status", &ds(&host_b)]);
     assert!(status_b.contains("needs-rekey"), "{status_b}");
 
@@ -195,7 +211,7 @@ fn two_hosts_share_kmip_keks_through_rotation_destroy_and_rescue() {
     }
 
     // Failure path: rotate, skip the re-key, force-destroy the VM's KEK.
-    host_a.run_ok(&["provider", "rotate", "kms"]);
+    rotate_and_accept(&host_a, &[&host_b]);
     let out = host_a.run(&["provider", "destroy", "--provider", "kms", "2", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mount_b = host_b.mount();
@@ -444,4 +460,182 @@ fn status_read_a_thousand_times_asks_the_kms_a_bounded_number_of_times() {
         mount.log_text()
     );
     assert_eq!(read_control(&mount.path(".control"))["unlocked"], "0");
+}
+
+/// KMIP identity (issue 22, item 6): a KEK version is the KMIP object a
+/// host recorded, not whatever key bears its name. A client that may
+/// create keys (here the hosts' own shared identity, the weakest case)
+/// names Active keys like the next version and like an existing one:
+/// neither ever wraps, accepting one under a recorded version is refused
+/// naming both objects, and the legitimate rotation on host A, accepted
+/// on host B with the identifier A printed, still works.
+#[test]
+fn a_key_named_like_a_version_by_another_client_never_becomes_the_kek() {
+    use std::time::Duration;
+    use vmcryptfs::keys::kmip::client::KmipClient;
+    use vmcryptfs::keys::kmip::transport::{ClientIdentity, Deadline, Endpoint};
+
+    let kms = Kms::start();
+    let host_a = TestEnv::empty();
+    let host_b = host_a.second_host();
+    for host in [&host_a, &host_b] {
+        let out = host.run_strings(&kms.add_args("kms", &["--default"]));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    host_a.create_vm("vm1", false);
+
+    let impostor = KmipClient::new(
+        Endpoint {
+            server: kms.server.clone(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        },
+        &ClientIdentity {
+            ca: kms.file("ca.pem").into(),
+            cert: kms.file("client.pem").into(),
+            key: kms.file("client.key").into(),
+        },
+        0,
+    )
+    .unwrap();
+    let plant = |name: &str| {
+        let deadline = Deadline::after(Duration::from_secs(30));
+        let uid = impostor
+            .create_aes256(&deadline, name, "vmcryptfs-kms")
+            .unwrap();
+        impostor.activate(&deadline, &uid).unwrap();
+        uid
+    };
+    let next = plant("vmcryptfs-kms-v2");
+    let same = plant("vmcryptfs-kms-v1");
+
+    // The highest Active key named vmcryptfs-kms-vN is the impostor's v2;
+    // neither host wraps under it, nor under the second "v1".
+    host_b.create_vm("vm2", false);
+    assert_eq!(bundle_json(&host_b, "vm2")["kek_version"], 1);
+    host_a.run_ok(&["rekey", &ds(&host_a), "vm1"]);
+    assert_eq!(bundle_json(&host_a, "vm1")["kek_version"], 1);
+    let status = host_a.run_ok(&["status", &ds(&host_a)]);
+    assert!(!status.contains("needs-rekey: yes"), "{status}");
+
+    // Accepting an impostor: under a recorded version, refused naming both
+    // objects; under the wrong version, refused by its name.
+    let recorded_uids = |host: &TestEnv| -> Vec<String> {
+        let text = fs::read_to_string(host.keystore.join("kmip-versions.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let versions = json["providers"]["kms"]["versions"].as_object().unwrap();
+        versions
+            .values()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let out = host_a.run(&["provider", "accept", "kms", "1", "--uid", &same]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&same) && err.contains("recorded on this host as KMIP object"),
+        "{err}"
+    );
+    for host in [&host_a, &host_b] {
+        let recorded = recorded_uids(host);
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert!(
+            !recorded.contains(&same) && !recorded.contains(&next),
+            "{recorded:?}"
+        );
+    }
+    let out = host_a.run(&["provider", "accept", "kms", "3", "--uid", &next]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is named vmcryptfs-kms-v2, not vmcryptfs-kms-v3"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Host A rotates past the taken name; host B refuses the new version
+    // until it accepts it, with the command saying how.
+    let rotated = host_a.run_ok(&["provider", "rotate", "kms"]);
+    assert!(rotated.contains("kms:vmcryptfs-kms v3"), "{rotated}");
+    host_a.run_ok(&["rekey", &ds(&host_a), "vm1"]);
+    assert_eq!(bundle_json(&host_a, "vm1")["kek_version"], 3);
+    let out = host_b.run(&["rekey", &ds(&host_b), "vm1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("provider accept kms 3 --uid UID"), "{err}");
+    let accept = rotated
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("vmcryptfs provider accept "))
+        .unwrap_or_else(|| panic!("rotate prints the accept command: {rotated}"));
+    let uid = accept.split_whitespace().last().unwrap().to_owned();
+    assert!(uid != next && uid != same, "{accept}");
+    let mut args = vec!["provider", "accept"];
+    args.extend(accept.split_whitespace());
+    host_b.run_ok(&args);
+    host_b.run_ok(&["rekey", &ds(&host_b), "vm1"]);
+    host_b.create_vm("vm3", false);
+    assert_eq!(bundle_json(&host_b, "vm3")["kek_version"], 3);
+    assert_eq!(recorded_uids(&host_b).len(), 2);
+    assert!(recorded_uids(&host_b).contains(&uid));
+    let mount_b = host_b.mount();
+    fs::write(mount_b.path("vm1/vm1.nvram"), b"state").unwrap();
+    assert_eq!(fs::read(mount_b.path("vm1/vm1.nvram")).unwrap(), b"state");
+}
+
+/// Every KMIP call has an overall deadline, DNS included (issue 22, item
+/// 6): a resolver that never answers (a UDP socket that reads nothing, put
+/// in /etc/resolv.conf of a private mount namespace, with a 30 s resolver
+/// timeout) holds `provider add-kmip` for its 1 s operation timeout only,
+/// and the error says so.
+#[test]
+fn a_resolver_that_never_answers_is_abandoned_at_the_deadline() {
+    use std::time::{Duration, Instant};
+    let kms = Kms::start();
+    let env = TestEnv::new();
+    let blackhole = std::net::UdpSocket::bind("127.0.0.2:53").expect("binding 127.0.0.2:53 (root)");
+    let resolv = env.dir.path().join("resolv.conf");
+    fs::write(
+        &resolv,
+        "nameserver 127.0.0.2\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+        ])
+        .arg(&resolv)
+        .arg(common::binary())
+        .arg("--keystore")
+        .arg(&env.keystore)
+        .args([
+            "provider",
+            "add-kmip",
+            "slow",
+            "--server",
+            "kms.vmcryptfs-test.example:5696",
+            "--ca",
+            &kms.file("ca.pem"),
+            "--cert",
+            &kms.file("client.pem"),
+            "--key",
+            &kms.file("client.key"),
+            "--operation-timeout",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null());
+    let started = Instant::now();
+    let out = command.output().unwrap();
+    let waited = started.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("operation timeout"), "{err}");
+    assert!(err.contains("kms.vmcryptfs-test.example:5696"), "{err}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "gave up after {waited:?}: {err}"
+    );
+    drop(blackhole);
 }

@@ -102,6 +102,20 @@ pub enum ProviderCommand {
         /// The provider (default: the default provider).
         name: Option<String>,
     },
+    /// Accept KEK version VERSION of KMIP provider NAME, created by another
+    /// host sharing the KMS, as the KMIP object UID (which `provider rotate`
+    /// printed on that host). Until then this host neither wraps nor
+    /// unwraps with that version: a key name alone is not an identity.
+    Accept {
+        /// The KMIP provider.
+        name: String,
+        /// The KEK version.
+        #[arg(value_name = "VERSION")]
+        kek_version: u32,
+        /// The version's KMIP Unique Identifier.
+        #[arg(long, value_name = "UID")]
+        uid: String,
+    },
     /// List every provider: reachability, KEK versions with their state, and
     /// how many VM homes (in the datastores this key store knows) each
     /// version wraps.
@@ -196,6 +210,11 @@ pub struct AddKmipArgs {
     /// doubling).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retries: u32,
+    /// Limit of one whole provider operation (wrap, unwrap, listing,
+    /// rotation), seconds: every KMIP request it makes, with name
+    /// resolution, connects, retries and backoff, gives up by then.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub operation_timeout: f64,
 }
 
 /// How a new VM home stores its encrypted files.

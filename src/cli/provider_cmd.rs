@@ -40,6 +40,11 @@ pub fn run_with_output(
         ProviderCommand::AddKmip(args) => add_kmip(keystore, args)?,
         ProviderCommand::SetDefault { name } => set_default(keystore, &name)?,
         ProviderCommand::Rotate { name } => rotate(keystore, name.as_deref())?,
+        ProviderCommand::Accept {
+            name,
+            kek_version,
+            uid,
+        } => accept(keystore, &name, kek_version, &uid)?,
         ProviderCommand::List { json } => list(keystore, json)?,
         ProviderCommand::Retire {
             kek_version,
@@ -128,6 +133,7 @@ fn add_kmip(keystore: &Path, args: AddKmipArgs) -> Result<String, CliError> {
         connect_timeout_ms: seconds_to_ms("connect-timeout", args.connect_timeout)?,
         request_timeout_ms: seconds_to_ms("request-timeout", args.request_timeout)?,
         retries: args.retries,
+        operation_timeout_ms: seconds_to_ms("operation-timeout", args.operation_timeout)?,
     };
     if !args.server.contains(':') {
         return Err(CliError::new(
@@ -138,15 +144,17 @@ fn add_kmip(keystore: &Path, args: AddKmipArgs) -> Result<String, CliError> {
             ),
         ));
     }
-    let provider = KmipProvider::new(&args.name, config.clone());
-    provider.ping()?;
-    let current = provider.ensure_current()?;
     std::fs::create_dir_all(keystore).map_err(|e| {
         CliError::new(
             ExitKind::Io,
             format!("creating {}: {e}", keystore.display()),
         )
     })?;
+    // Registration is this host's first use of the provider: it records
+    // the KMIP objects of the versions the KMS holds now (docs/KMIP.md).
+    let provider = KmipProvider::new(&args.name, config.clone()).recording_in(keystore);
+    provider.ping()?;
+    let current = provider.ensure_current()?;
     registry
         .providers
         .insert(args.name.clone(), ProviderEntry::Kmip(config.clone()));
@@ -188,10 +196,48 @@ fn set_default(keystore: &Path, name: &str) -> Result<String, CliError> {
 
 fn rotate(keystore: &Path, name: Option<&str>) -> Result<String, CliError> {
     let kek = provider_named(keystore, name)?.rotate()?;
+    // Other hosts sharing a KMS accept the new version by its identifier.
+    let accept = match kmip_named(keystore, &kek.provider)? {
+        Some(kmip) => match kmip.recorded_uid(kek.version)? {
+            Some(uid) => format!(
+                "Its KMIP object is {uid}. On every other host that shares this KMS, run:\n\
+                 \x20 vmcryptfs provider accept {name} {version} --uid {uid}\n",
+                name = kek.provider,
+                version = kek.version,
+            ),
+            None => String::new(),
+        },
+        None => String::new(),
+    };
     Ok(format!(
         "Rotated: the current KEK is now {kek}\n\
+         {accept}\
          Existing VMs stay wrapped under their old KEK version until re-keyed \
          (`vmcryptfs rekey --all DATASTORE`; `vmcryptfs status DATASTORE` shows which).\n"
+    ))
+}
+
+/// The registered KMIP provider `name`, recording in `keystore`; `None`
+/// for another kind of provider.
+fn kmip_named(keystore: &Path, name: &str) -> Result<Option<KmipProvider>, CliError> {
+    let registry = Registry::load(keystore)?;
+    Ok(registry.providers.get(name).map(|entry| match entry {
+        ProviderEntry::Kmip(config) => {
+            KmipProvider::new(name, config.clone()).recording_in(keystore)
+        }
+    }))
+}
+
+fn accept(keystore: &Path, name: &str, version: u32, uid: &str) -> Result<String, CliError> {
+    let kmip = kmip_named(keystore, name)?.ok_or_else(|| {
+        CliError::new(
+            ExitKind::Failure,
+            format!("`{name}` is not a registered KMIP provider (`vmcryptfs provider list`)"),
+        )
+    })?;
+    let kek = kmip.accept(version, uid)?;
+    Ok(format!(
+        "Accepted: {kek} is KMIP object {uid} on this host.\n"
     ))
 }
 

@@ -240,6 +240,10 @@ pub struct EncryptedFile {
     /// where the file's stream of large reads stands; internally
     /// synchronized.
     read_ahead: ReadAheadState,
+    /// The largest backing file the backing file system accepts (see
+    /// `datastore::file_size_limit`); immutable. An extension whose stored
+    /// size would pass it fails with EFBIG before anything is written.
+    max_stored_len: u64,
 }
 
 /// A backing file's length and the plaintext size it stores.
@@ -295,7 +299,28 @@ impl EncryptedFile {
             keys: RwLock::new(None),
             read_around: ReadAroundState::new(ReadSettings::NONE.around),
             read_ahead: ReadAheadState::new(ReadSettings::NONE.ahead),
+            max_stored_len: i64::MAX as u64,
         }
+    }
+
+    /// The same state, for a backing file system that holds files of at
+    /// most `max_stored_len` bytes.
+    pub fn with_max_stored_len(self, max_stored_len: u64) -> Self {
+        Self {
+            max_stored_len,
+            ..self
+        }
+    }
+
+    /// EFBIG if a file of `new_size` plaintext bytes would be stored in a
+    /// backing file longer than the backing file system accepts. Checked
+    /// before an extension changes anything, so a size a caller chose
+    /// beyond the limit costs one comparison and leaves the file as it was.
+    pub(super) fn check_reachable(&self, new_size: u64) -> Result<(), ContentError> {
+        if self.layout.plain_size_to_cipher_size(new_size) > self.max_stored_len {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG).into());
+        }
+        Ok(())
     }
 
     /// The same state, with reads that miss the backing page cache
@@ -579,6 +604,7 @@ impl EncryptedFile {
                 return self.write_blocks(backing, &keys, offset, data, size);
             }
         }
+        self.check_reachable(end)?;
         let _size = self.size_lock.write().expect("size lock poisoned");
         let Sizes {
             stored,
@@ -612,6 +638,9 @@ impl EncryptedFile {
         } = self.sizes(backing)?;
         if new_size == size {
             return Ok(());
+        }
+        if new_size > size {
+            self.check_reachable(new_size)?;
         }
         if new_size == 0 {
             backing.set_len(0)?;
@@ -707,8 +736,9 @@ impl EncryptedFile {
     /// end can still hold an old value, left by a shrink (which keeps the
     /// tag page of the new last group) or by a crash between the data and
     /// slot writes of an extending write. Only slots inside the backing
-    /// file can be non-zero, so tag pages past its end are not written
-    /// (growing a file by 100 GiB allocates nothing).
+    /// file can be non-zero, so tag pages past its end are neither written
+    /// (growing a file by 100 GiB allocates nothing) nor visited: the work
+    /// is bounded by the backing file, not by `to`, which a caller chose.
     fn clear_stale_slots(&self, backing: &File, from: u64, to: u64) -> Result<(), ContentError> {
         if self.layout != ContentLayout::PageAligned || from >= to {
             return Ok(());
@@ -951,6 +981,85 @@ mod tests {
             use std::os::unix::fs::MetadataExt;
             assert!(file.metadata().unwrap().blocks() * 512 < 1 << 20);
             assert_eq!(enc.read(&file, 12345, 10000).unwrap(), vec![0u8; 10000]);
+        }
+    }
+
+    /// ext4's limit with 4 KiB blocks: what the mount probes on the
+    /// machines the tests run on.
+    const EXT4_MAX: u64 = (16 << 40) - 4096;
+
+    fn is_efbig(result: Result<(), ContentError>) -> bool {
+        matches!(result, Err(ContentError::Io(e)) if e.raw_os_error() == Some(libc::EFBIG))
+    }
+
+    /// Every byte of a backing file.
+    fn stored_bytes(file: &File) -> Vec<u8> {
+        let mut bytes = vec![0u8; file.metadata().unwrap().len() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    }
+
+    /// Extensions to sizes past what the backing file system holds fail at
+    /// once with EFBIG and leave the file exactly as it was: same stored
+    /// bytes, same size, same content. Format 2 with a stale tag page past
+    /// the end, whose slots an extension clears first.
+    #[test]
+    fn extensions_past_the_backing_limit_fail_at_once_and_change_nothing() {
+        for layout in LAYOUTS {
+            let file = backing();
+            let enc = EncryptedFile::new(keyring(), layout).with_max_stored_len(EXT4_MAX);
+            enc.write(&file, 0, &vec![5u8; 300 * 4096 + 5]).unwrap();
+            enc.truncate(&file, 4096 + 7).unwrap();
+            let before = stored_bytes(&file);
+            let started = std::time::Instant::now();
+            let huge = [1u64 << 62, 2 << 50, 8 << 60, EXT4_MAX, i64::MAX as u64];
+            for size in huge {
+                assert!(is_efbig(enc.truncate(&file, size)), "{layout:?} -s {size}");
+                assert!(
+                    is_efbig(enc.write(&file, size - 1, b"x")),
+                    "{layout:?} {size}"
+                );
+                assert!(is_efbig(enc.allocate(&file, size - 1, 1, false)));
+                assert!(is_efbig(enc.allocate(&file, size - 1, 1, true)));
+                assert!(is_efbig(enc.zero_range(&file, size - 1, 1, false)));
+            }
+            assert!(started.elapsed() < std::time::Duration::from_millis(100));
+            let after = stored_bytes(&file);
+            assert!(before == after, "{layout:?}: the backing file changed");
+            assert_eq!(enc.plain_size(&file).unwrap(), 4096 + 7);
+            // Within the limit, far past the end: works, and fast.
+            let started = std::time::Instant::now();
+            enc.truncate(&file, 8 << 40).unwrap();
+            enc.write(&file, (8 << 40) + 10, b"end").unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+            assert_eq!(
+                enc.read(&file, (8 << 40) - 2, 20).unwrap(),
+                b"\0\0\0\0\0\0\0\0\0\0\0\0end"
+            );
+            assert_eq!(
+                enc.read(&file, 0, 4096 + 8).unwrap()[4096..],
+                [5, 5, 5, 5, 5, 5, 5, 0]
+            );
+        }
+    }
+
+    /// Without a known limit (a file system that cannot be probed), a huge
+    /// extension still costs work in proportion to what the backing file
+    /// holds: format 2's stale slots are cleared only inside it. The
+    /// backing file system (ext4 here) refuses the size itself.
+    #[test]
+    fn growing_without_a_known_limit_visits_only_the_backing_file() {
+        for layout in LAYOUTS {
+            let file = backing();
+            let enc = EncryptedFile::new(keyring(), layout);
+            enc.write(&file, 0, &vec![6u8; 200 * 4096]).unwrap();
+            enc.truncate(&file, 4096).unwrap();
+            let started = std::time::Instant::now();
+            // 4 EiB: 2^50 groups of tag pages to visit before the clamp.
+            assert!(enc.truncate(&file, 4 << 60).is_err(), "{layout:?}");
+            assert!(enc.write(&file, 1 << 50, b"x").is_err(), "{layout:?}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+            assert_eq!(enc.read(&file, 0, 8192).unwrap(), vec![6u8; 4096]);
         }
     }
 

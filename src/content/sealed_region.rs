@@ -100,6 +100,11 @@ fn read_small(
 /// before backing offset `stored_len` (slots past the end of the backing
 /// file already read as zeros, and writing them would allocate tag pages).
 /// Format 1 has no slots: its nonces and tags go with the data.
+///
+/// Costs one write per group of slots inside the backing file, however
+/// far `end` lies past it: `end` is clamped to the blocks whose slots start
+/// before `stored_len`, so a caller that grows a file to any size does not
+/// make us walk the groups up to it.
 pub(super) fn zero_slots(
     backing: &File,
     layout: ContentLayout,
@@ -108,6 +113,7 @@ pub(super) fn zero_slots(
     stored_len: u64,
 ) -> io::Result<()> {
     let zeros = [0u8; PAGE_LEN as usize];
+    let end = end.min(layout.slotted_blocks_within(stored_len));
     for run in layout.stored_runs(first, end) {
         let Some(slot_off) = run.slot_off.filter(|&off| off < stored_len) else {
             continue;

@@ -80,6 +80,7 @@ pub fn render_vm(status: &VmStatus) -> String {
         or_dash(bundle.map(|b| format_unix_utc(b.updated_unix))),
     );
     line("open-files", status.open_files.to_string());
+    line("open-handles", status.open_handles.to_string());
     line("conversion", or_dash(status.conversion.clone()));
     line("locked-reason", or_dash(status.locked_reason.clone()));
     line("provider-error", or_dash(status.provider_error.clone()));
@@ -115,6 +116,7 @@ pub fn vm_json(status: &VmStatus) -> serde_json::Value {
         "bundle_created": bundle.map(|b| format_unix_utc(b.created_unix)),
         "bundle_updated": bundle.map(|b| format_unix_utc(b.updated_unix)),
         "open_files": status.open_files,
+        "open_handles": status.open_handles,
         "conversion": status.conversion,
         "locked_reason": status.locked_reason,
         "provider_error": status.provider_error,

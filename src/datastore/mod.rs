@@ -15,6 +15,8 @@
 //! * [`counters`]: live per-VM counters for `.stats`.
 //! * [`current_kek`]: providers' current KEK versions for status, kept
 //!   a few seconds.
+//! * [`file_size_limit`]: the largest file the datastore's file system
+//!   holds, so that a size beyond it fails before any work.
 //! * [`backing_device`]: what the block device under the datastore does by
 //!   itself (its readahead), from sysfs.
 //! * [`backing_root`]: resolving backing paths strictly beneath the root
@@ -31,6 +33,7 @@ pub mod bundle_file;
 pub mod convert;
 pub mod counters;
 pub mod current_kek;
+pub mod file_size_limit;
 pub mod inventory;
 pub mod known;
 pub mod layout;

@@ -102,6 +102,9 @@ pub struct VmStatus {
     pub dek_fingerprint: Option<String>,
     /// Open encrypted files in this mount.
     pub open_files: usize,
+    /// Open file handles of this VM in this mount, encrypted and
+    /// pass-through alike: what the conversion commands wait on.
+    pub open_handles: usize,
     /// An unfinished in-place conversion, by name, or `damaged (why)`
     /// (never the journal's own text).
     pub conversion: Option<String>,
@@ -116,6 +119,22 @@ impl VmStatus {
         let bundle = self.bundle.as_ref()?;
         let current = self.provider_current_version?;
         Some(bundle.kek.version != current)
+    }
+}
+
+/// One open file handle of a VM home, counted in its `open_handles` for
+/// as long as this lives. Why a count of its own beside `open_files`: a
+/// pass-through file (a disk of a VM without `encrypt-disks`) uses no key,
+/// yet a conversion must not rewrite it under a running VM, so every
+/// handle counts, and the count cannot be forgotten on any close path.
+pub struct OpenHandle {
+    /// The VM whose count this holds; immutable.
+    vm: Arc<VmHome>,
+}
+
+impl Drop for OpenHandle {
+    fn drop(&mut self) {
+        self.vm.open_handles.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -134,6 +153,10 @@ pub struct VmHome {
     /// while holding `keys` (read or write), so `flush_keys`, which holds
     /// `keys` for writing, sees a stable count.
     open_files: AtomicUsize,
+    /// Open file handles of the VM's files, encrypted and pass-through
+    /// (see [`OpenHandle`]); an atomic of its own, under no lock: a count
+    /// that a conversion reads, not a guard of the keys.
+    open_handles: AtomicUsize,
     /// Live counters for `.stats`; relaxed atomics, no lock.
     counters: VmCounters,
     /// This host's record of the highest bundle sequence per VM, checked
@@ -151,6 +174,7 @@ impl VmHome {
             keys: RwLock::new(KeyState::NotLoaded { peeked: None }),
             last_command: Mutex::new(None),
             open_files: AtomicUsize::new(0),
+            open_handles: AtomicUsize::new(0),
             counters: VmCounters::default(),
         }
     }
@@ -347,6 +371,18 @@ impl VmHome {
         self.open_files.load(Ordering::SeqCst)
     }
 
+    /// Counts a file handle of this VM opened in the mount, until the
+    /// returned value is dropped (with the handle).
+    pub fn handle_opened(self: &Arc<Self>) -> OpenHandle {
+        self.open_handles.fetch_add(1, Ordering::SeqCst);
+        OpenHandle { vm: self.clone() }
+    }
+
+    /// Number of open file handles of this VM, encrypted and pass-through.
+    pub fn open_handles(&self) -> usize {
+        self.open_handles.load(Ordering::SeqCst)
+    }
+
     fn lock_with(
         &self,
         state: &mut KeyState,
@@ -415,6 +451,7 @@ impl VmHome {
             name: self.display_name(),
             last_command: self.last_command.lock().expect("last command lock").clone(),
             open_files: self.open_files(),
+            open_handles: self.open_handles(),
             conversion: super::convert::pending(&self.dir()).map(|p| p.to_string()),
             ..VmStatus::default()
         };

@@ -183,6 +183,41 @@ impl ContentLayout {
         )
     }
 
+    /// How many leading blocks have a slot that starts inside a backing
+    /// file of `stored_len` bytes: block `b` does exactly when
+    /// `b < slotted_blocks_within(stored_len)`. Always 0 in format 1, whose
+    /// blocks have no slots.
+    ///
+    /// Why: only those slots can hold stale bytes; every later slot reads as
+    /// zeros. Work on slots past the end of a file (clearing them before the
+    /// file grows over them) is therefore bounded by what the backing file
+    /// holds, never by the size a caller asks it to reach.
+    pub fn slotted_blocks_within(self, stored_len: u64) -> u64 {
+        match self {
+            ContentLayout::Interleaved => 0,
+            ContentLayout::PageAligned => {
+                let in_last_group = (stored_len % GROUP_LEN).saturating_sub(SLOTS_START);
+                (stored_len / GROUP_LEN) * GROUP_BLOCKS
+                    + in_last_group.div_ceil(SLOT_LEN).min(GROUP_BLOCKS)
+            }
+        }
+    }
+
+    /// Format 2: the groups all of whose blocks lie in `[first_block,
+    /// end_block)`, except group 0 (whose tag page holds the file header):
+    /// their stored bytes, tag pages included, are
+    /// `range.start * GROUP_LEN..range.end * GROUP_LEN` and belong to those
+    /// blocks alone, so one hole punch can free them all. Empty in format 1.
+    pub fn whole_groups_within(self, first_block: u64, end_block: u64) -> Range<u64> {
+        match self {
+            ContentLayout::Interleaved => 0..0,
+            ContentLayout::PageAligned => {
+                let start = first_block.div_ceil(GROUP_BLOCKS).max(1);
+                start..(end_block / GROUP_BLOCKS).max(start)
+            }
+        }
+    }
+
     /// Splits blocks `[first_block, end_block)` into runs whose stored bytes
     /// are contiguous, in ascending order.
     pub fn stored_runs(self, first_block: u64, end_block: u64) -> impl Iterator<Item = StoredRun> {
@@ -322,6 +357,70 @@ mod tests {
             PageAligned.cipher_off_to_block_no(GROUP_LEN + 5),
             GROUP_BLOCKS
         );
+    }
+
+    /// Exhaustive over four groups: the count steps by one exactly one
+    /// byte past each block's slot offset, and never otherwise.
+    #[test]
+    fn slotted_blocks_within_counts_exactly_the_slots_that_start_inside() {
+        assert_eq!(PageAligned.slotted_blocks_within(0), 0);
+        let mut previous = 0;
+        for stored_len in 0..4 * GROUP_LEN + 2 {
+            let count = PageAligned.slotted_blocks_within(stored_len);
+            assert!(
+                count == previous || count == previous + 1,
+                "at {stored_len}"
+            );
+            if count == previous + 1 {
+                let slot = PageAligned.block_slot_off(previous).unwrap();
+                assert_eq!(
+                    stored_len,
+                    slot + 1,
+                    "block {previous} counted at {stored_len}"
+                );
+            }
+            previous = count;
+            assert_eq!(Interleaved.slotted_blocks_within(stored_len), 0);
+        }
+        assert_eq!(previous, 4 * GROUP_BLOCKS);
+        // Every block, at the edges of its slot.
+        for block in 0..4 * GROUP_BLOCKS {
+            let slot = PageAligned.block_slot_off(block).unwrap();
+            assert_eq!(PageAligned.slotted_blocks_within(slot), block);
+            assert_eq!(PageAligned.slotted_blocks_within(slot + 1), block + 1);
+        }
+        // Sizes a caller can ask for do not overflow, and the largest
+        // stored sizes stay in range.
+        for stored_len in [u64::MAX, i64::MAX as u64, 1 << 62] {
+            let count = PageAligned.slotted_blocks_within(stored_len);
+            assert!(PageAligned.block_slot_off(count - 1).unwrap() < stored_len);
+        }
+    }
+
+    #[test]
+    fn whole_groups_within_hold_only_blocks_of_the_range() {
+        let g = GROUP_BLOCKS;
+        for first in 0..4 * g {
+            for end in (first..5 * g).step_by(7).chain([5 * g, first + 2 * g]) {
+                let groups = PageAligned.whole_groups_within(first, end);
+                assert!(groups.start >= 1, "group 0 holds the header");
+                // Exactly the groups from 1 on whose blocks all lie inside.
+                for group in 0..6 {
+                    let inside = group >= 1 && group * g >= first && (group + 1) * g <= end;
+                    assert_eq!(
+                        groups.contains(&group),
+                        inside,
+                        "{first}..{end} group {group}"
+                    );
+                }
+                for block in groups.start * g..groups.end * g {
+                    assert!((first..end).contains(&block));
+                    assert!(PageAligned.block_slot_off(block).unwrap() >= groups.start * GROUP_LEN);
+                    assert!(PageAligned.block_data_off(block) < groups.end * GROUP_LEN);
+                }
+                assert!(Interleaved.whole_groups_within(first, end).is_empty());
+            }
+        }
     }
 
     #[test]

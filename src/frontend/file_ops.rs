@@ -80,6 +80,7 @@ impl VmCryptFs {
                 file,
                 ino: node.ino,
                 passthrough: std::sync::OnceLock::new(),
+                _counted: node.area.vm().map(VmHome::handle_opened),
             });
         }
         let vm = node.area.vm().ok_or(Errno::EIO)?;
@@ -94,7 +95,9 @@ impl VmCryptFs {
                 ahead: (self.read_settings.ahead).resolve(self.device_readahead.of_file(&file)),
                 ..self.read_settings
             };
-            EncryptedFile::new(keyring, policy.content_layout).with_read_settings(settings)
+            EncryptedFile::new(keyring, policy.content_layout)
+                .with_read_settings(settings)
+                .with_max_stored_len(self.max_backing_len)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);
@@ -108,6 +111,7 @@ impl VmCryptFs {
             content,
             ino: node.ino,
             vm: vm.clone(),
+            _counted: vm.handle_opened(),
         })
     }
 

@@ -11,7 +11,7 @@ use fuser::FileType;
 use super::cache_fill::CacheRole;
 use crate::content::EncryptedFile;
 use crate::control::virtual_file::VirtualFile;
-use crate::datastore::vm_home::VmHome;
+use crate::datastore::vm_home::{OpenHandle, VmHome};
 
 /// One directory entry of a directory handle's snapshot.
 pub struct DirEntry {
@@ -34,6 +34,9 @@ pub enum Handle {
         /// The node, once this handle holds its kernel passthrough backing
         /// id (set at most once, at open).
         passthrough: std::sync::OnceLock<u64>,
+        /// Its count in its VM home's open handles, if it lies in one;
+        /// immutable, given back when the handle is dropped.
+        _counted: Option<OpenHandle>,
     },
     /// An encrypted file.
     Encrypted {
@@ -50,6 +53,9 @@ pub enum Handle {
         /// Whether its reads fill the kernel's cache, or it writes (see
         /// `cache_fill`).
         role: CacheRole,
+        /// Its count in the VM home's open handles; immutable, given back
+        /// when the handle is dropped.
+        _counted: OpenHandle,
     },
     /// A virtual file: `.control`, `.control.json` or `.stats`.
     Control {

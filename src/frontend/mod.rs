@@ -33,6 +33,7 @@ use crate::control::virtual_file::{StatusAccess, VirtualFile};
 use crate::datastore::backing_device::DeviceReadahead;
 use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
+use crate::datastore::file_size_limit;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
 use crate::datastore::vm_home::{CommandRecord, StoragePolicy, VmHome};
@@ -85,6 +86,9 @@ pub struct VmCryptFs {
     /// Whether the daemon runs as root, so that new files are given to the
     /// calling user (as a kernel file system would) instead of to root.
     chown_new_files: bool,
+    /// The largest file the datastore's file system holds, probed at start
+    /// (see `datastore::file_size_limit`); immutable.
+    max_backing_len: u64,
     /// The datastore root, through which every backing file is opened and
     /// every metadata operation done, so that none can leave it (see
     /// `datastore::backing_root`). Immutable.
@@ -113,7 +117,14 @@ impl VmCryptFs {
     pub fn new(datastore: Arc<Datastore>) -> std::io::Result<Self> {
         let beneath = BackingRoot::open(datastore.root())?;
         let root = beneath.stat(Path::new(""))?;
+        let max_backing_len = file_size_limit::probe(beneath.root_fd()).unwrap_or_else(|e| {
+            log::warn!(
+                "could not find the largest file the datastore's file system holds ({e}); a size past it fails only when the backing file system refuses it"
+            );
+            file_size_limit::UNKNOWN_LIMIT
+        });
         Ok(Self {
+            max_backing_len,
             beneath,
             inodes: InodeTable::new(backing_id(&root)),
             datastore,

@@ -250,6 +250,31 @@ pub enum ProviderError {
         /// What to do about it, if we know.
         hint: &'static str,
     },
+    /// A KEK version's KMIP object is not the one this host recorded.
+    #[error("key provider `{provider}`: KEK version {version} is recorded on this host as KMIP object {recorded}, not {found}: another key was given that version's name (an impostor, or a KMS restored from another backup). The recorded object stays the version; check the KMS's audit log for who created {found}")]
+    KekIdentityMismatch {
+        /// Provider name.
+        provider: String,
+        /// The KEK version.
+        version: u32,
+        /// The Unique Identifier this host recorded.
+        recorded: String,
+        /// The other Unique Identifier.
+        found: String,
+    },
+    /// A KEK version exists by name on the KMS but this host has not
+    /// accepted its KMIP object.
+    #[error("key provider `{provider}`: KEK version {version} ({name}) is not known to this host; the KMS holds {candidates}. If another host created it (`provider rotate` there prints its identifier), accept it here with `vmcryptfs provider accept {provider} {version} --uid UID`")]
+    KekVersionNotAccepted {
+        /// Provider name.
+        provider: String,
+        /// The KEK version.
+        version: u32,
+        /// Its KMIP Name.
+        name: String,
+        /// The objects of that name on the KMS, described.
+        candidates: String,
+    },
     /// The KMS has no key of that name that this host may see.
     #[error("key provider `{provider}`: the KMS at {server} holds no key named {name} that this host's client identity may use: it was destroyed, or the KMS does not let this identity see it (hosts sharing VMs need a shared client identity or a KMS policy granting access; docs/KMIP.md)")]
     KmsKeyNotFound {

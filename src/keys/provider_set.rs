@@ -49,7 +49,9 @@ impl ProviderSet {
         }
         for (name, entry) in &registry.providers {
             let provider: Arc<dyn KeyProvider> = match entry {
-                ProviderEntry::Kmip(config) => Arc::new(KmipProvider::new(name, config.clone())),
+                ProviderEntry::Kmip(config) => {
+                    Arc::new(KmipProvider::new(name, config.clone()).recording_in(keystore))
+                }
             };
             providers.insert(name.clone(), provider);
         }

@@ -11,7 +11,8 @@
 //!   "providers": { "kms": { "type": "kmip", "server": "kms.example:5696",
 //!     "ca": "/etc/vmcryptfs/ca.pem", "cert": "...", "key": "...",
 //!     "key_series": "vmcryptfs-kms", "wrap": "server",
-//!     "connect_timeout_ms": 5000, "request_timeout_ms": 10000, "retries": 3 } } }
+//!     "connect_timeout_ms": 5000, "request_timeout_ms": 10000, "retries": 3,
+//!     "operation_timeout_ms": 30000 } } }
 //! ```
 
 use std::collections::BTreeMap;
@@ -161,6 +162,7 @@ mod tests {
             connect_timeout_ms: 1,
             request_timeout_ms: 2,
             retries: 0,
+            operation_timeout_ms: 3,
         })
     }
 

@@ -17,7 +17,9 @@ use zeroize::Zeroizing;
 
 use super::message::{decode_response, encode_request, ResponseError};
 use super::tags::{self, operation, tag};
-use super::transport::{ClientIdentity, Connection, Endpoint, IdentityError, TransportError};
+use super::transport::{
+    ClientIdentity, Connection, Deadline, Endpoint, IdentityError, TransportError,
+};
 use super::ttlv::Item;
 use crate::crypto::secret::KEY_LEN;
 
@@ -83,6 +85,7 @@ impl KmipError {
             KmipError::Transport {
                 source: TransportError::Connect(_)
                     | TransportError::Timeout(_)
+                    | TransportError::DeadlinePassed(_)
                     | TransportError::Io(_)
                     | TransportError::Resolve(_),
                 ..
@@ -159,24 +162,30 @@ impl KmipClient {
         )
     }
 
-    fn backoff(attempt: u32) {
-        std::thread::sleep(FIRST_BACKOFF * 2u32.saturating_pow(attempt));
-    }
-
-    /// Runs one operation and returns its response payload.
-    fn call(&self, op: u32, payload: Vec<Item>, repeatable: bool) -> Result<Item, KmipError> {
+    /// Runs one operation and returns its response payload; gives up at
+    /// `deadline`, retries and their backoff included.
+    fn call(
+        &self,
+        deadline: &Deadline,
+        op: u32,
+        payload: Vec<Item>,
+        repeatable: bool,
+    ) -> Result<Item, KmipError> {
         let request = encode_request(op, payload);
         let mut attempt = 0;
         loop {
             let result = if repeatable {
-                self.round_trip_cached(&request)
+                self.round_trip_cached(&request, deadline)
             } else {
-                self.round_trip_fresh(&request)
+                self.round_trip_fresh(&request, deadline)
             };
             match result {
                 Ok(bytes) => return self.decode(op, &bytes),
                 Err((err, may_retry)) => {
-                    if !(may_retry && Self::retryable(&err)) || attempt >= self.retries {
+                    let backoff = FIRST_BACKOFF * 2u32.saturating_pow(attempt);
+                    let time_left = deadline.remaining().is_ok_and(|left| left > backoff);
+                    if !(may_retry && Self::retryable(&err) && time_left) || attempt >= self.retries
+                    {
                         return Err(self.transport_error(op, attempt + 1, err));
                     }
                     log::warn!(
@@ -184,26 +193,37 @@ impl KmipClient {
                         tags::operation_name(op),
                         self.endpoint.server
                     );
-                    Self::backoff(attempt);
+                    std::thread::sleep(backoff);
                     attempt += 1;
                 }
             }
         }
     }
 
-    /// A round trip on the cached connection; any failure drops it.
+    /// A round trip on the cached connection; any failure drops it. While
+    /// another thread uses it, on a connection of its own instead: waiting
+    /// for the lock could outlast this operation's deadline.
     #[allow(clippy::type_complexity)]
     fn round_trip_cached(
         &self,
         request: &[u8],
+        deadline: &Deadline,
     ) -> Result<Zeroizing<Vec<u8>>, (TransportError, bool)> {
-        let mut cached = self.cached.lock().expect("KMIP connection lock");
+        let mut cached = match self.cached.try_lock() {
+            Ok(cached) => cached,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let mut connection = self.connect(deadline)?;
+                return connection
+                    .round_trip(request, deadline)
+                    .map_err(|e| (e, true));
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => panic!("KMIP connection lock poisoned"),
+        };
         if cached.is_none() {
-            *cached =
-                Some(Connection::open(&self.endpoint, self.tls.clone()).map_err(|e| (e, true))?);
+            *cached = Some(self.connect(deadline)?);
         }
         let connection = cached.as_mut().expect("just connected");
-        connection.round_trip(request).map_err(|err| {
+        connection.round_trip(request, deadline).map_err(|err| {
             *cached = None;
             (err, true)
         })
@@ -214,10 +234,17 @@ impl KmipClient {
     fn round_trip_fresh(
         &self,
         request: &[u8],
+        deadline: &Deadline,
     ) -> Result<Zeroizing<Vec<u8>>, (TransportError, bool)> {
-        let mut connection =
-            Connection::open(&self.endpoint, self.tls.clone()).map_err(|e| (e, true))?;
-        connection.round_trip(request).map_err(|e| (e, false))
+        let mut connection = self.connect(deadline)?;
+        connection
+            .round_trip(request, deadline)
+            .map_err(|e| (e, false))
+    }
+
+    /// A new connection; a failure to connect may be retried.
+    fn connect(&self, deadline: &Deadline) -> Result<Connection, (TransportError, bool)> {
+        Connection::open(&self.endpoint, self.tls.clone(), deadline).map_err(|e| (e, true))
     }
 
     fn missing(&self, op: u32, field: &'static str) -> KmipError {
@@ -238,14 +265,19 @@ impl KmipClient {
 
     /// Checks that the server answers: DiscoverVersions, which every KMIP
     /// server implements and which touches no object.
-    pub fn ping(&self) -> Result<(), KmipError> {
-        self.call(operation::DISCOVER_VERSIONS, Vec::new(), true)
+    pub fn ping(&self, deadline: &Deadline) -> Result<(), KmipError> {
+        self.call(deadline, operation::DISCOVER_VERSIONS, Vec::new(), true)
             .map(drop)
     }
 
     /// Creates a 256-bit AES key for encrypt and decrypt, with a Name and an
     /// Object Group; it starts Pre-Active. Returns its unique identifier.
-    pub fn create_aes256(&self, name: &str, group: &str) -> Result<String, KmipError> {
+    pub fn create_aes256(
+        &self,
+        deadline: &Deadline,
+        name: &str,
+        group: &str,
+    ) -> Result<String, KmipError> {
         let attribute = |attr_name: &str, value: Item| {
             Item::structure(
                 tag::ATTRIBUTE,
@@ -274,18 +306,18 @@ impl KmipClient {
                 ],
             ),
         ];
-        let response = self.call(operation::CREATE, payload, false)?;
+        let response = self.call(deadline, operation::CREATE, payload, false)?;
         self.unique_identifier(operation::CREATE, &response)
     }
 
     /// Pre-Active to Active.
-    pub fn activate(&self, uid: &str) -> Result<(), KmipError> {
-        self.call(operation::ACTIVATE, uid_payload(uid), false)
+    pub fn activate(&self, deadline: &Deadline, uid: &str) -> Result<(), KmipError> {
+        self.call(deadline, operation::ACTIVATE, uid_payload(uid), false)
             .map(drop)
     }
 
     /// Active to Deactivated, reason Superseded.
-    pub fn revoke(&self, uid: &str) -> Result<(), KmipError> {
+    pub fn revoke(&self, deadline: &Deadline, uid: &str) -> Result<(), KmipError> {
         let mut payload = uid_payload(uid);
         payload.push(Item::structure(
             tag::REVOCATION_REASON,
@@ -294,36 +326,51 @@ impl KmipClient {
                 tags::REVOCATION_SUPERSEDED,
             )],
         ));
-        self.call(operation::REVOKE, payload, false).map(drop)
+        self.call(deadline, operation::REVOKE, payload, false)
+            .map(drop)
     }
 
     /// Destroys the key material (the server refuses Active keys).
-    pub fn destroy(&self, uid: &str) -> Result<(), KmipError> {
-        self.call(operation::DESTROY, uid_payload(uid), false)
+    pub fn destroy(&self, deadline: &Deadline, uid: &str) -> Result<(), KmipError> {
+        self.call(deadline, operation::DESTROY, uid_payload(uid), false)
             .map(drop)
     }
 
     /// Unique identifiers of the objects with this Name.
-    pub fn locate_by_name(&self, name: &str) -> Result<Vec<String>, KmipError> {
-        self.locate(Item::structure(
-            tag::ATTRIBUTE,
-            vec![Item::text(tag::ATTRIBUTE_NAME, "Name"), name_value(name)],
-        ))
+    pub fn locate_by_name(
+        &self,
+        deadline: &Deadline,
+        name: &str,
+    ) -> Result<Vec<String>, KmipError> {
+        self.locate(
+            deadline,
+            Item::structure(
+                tag::ATTRIBUTE,
+                vec![Item::text(tag::ATTRIBUTE_NAME, "Name"), name_value(name)],
+            ),
+        )
     }
 
     /// Unique identifiers of the objects in this Object Group.
-    pub fn locate_by_group(&self, group: &str) -> Result<Vec<String>, KmipError> {
-        self.locate(Item::structure(
-            tag::ATTRIBUTE,
-            vec![
-                Item::text(tag::ATTRIBUTE_NAME, "Object Group"),
-                Item::text(tag::ATTRIBUTE_VALUE, group),
-            ],
-        ))
+    pub fn locate_by_group(
+        &self,
+        deadline: &Deadline,
+        group: &str,
+    ) -> Result<Vec<String>, KmipError> {
+        self.locate(
+            deadline,
+            Item::structure(
+                tag::ATTRIBUTE,
+                vec![
+                    Item::text(tag::ATTRIBUTE_NAME, "Object Group"),
+                    Item::text(tag::ATTRIBUTE_VALUE, group),
+                ],
+            ),
+        )
     }
 
-    fn locate(&self, attribute: Item) -> Result<Vec<String>, KmipError> {
-        let response = self.call(operation::LOCATE, vec![attribute], true)?;
+    fn locate(&self, deadline: &Deadline, attribute: Item) -> Result<Vec<String>, KmipError> {
+        let response = self.call(deadline, operation::LOCATE, vec![attribute], true)?;
         Ok(response
             .children(tag::UNIQUE_IDENTIFIER)
             .filter_map(Item::as_text)
@@ -332,12 +379,16 @@ impl KmipClient {
     }
 
     /// Name, State and Initial Date of an object.
-    pub fn get_attributes(&self, uid: &str) -> Result<ObjectAttributes, KmipError> {
+    pub fn get_attributes(
+        &self,
+        deadline: &Deadline,
+        uid: &str,
+    ) -> Result<ObjectAttributes, KmipError> {
         let mut payload = uid_payload(uid);
         for name in ["Name", "State", "Initial Date"] {
             payload.push(Item::text(tag::ATTRIBUTE_NAME, name));
         }
-        let response = self.call(operation::GET_ATTRIBUTES, payload, true)?;
+        let response = self.call(deadline, operation::GET_ATTRIBUTES, payload, true)?;
         let mut attributes = ObjectAttributes::default();
         for attribute in response.children(tag::ATTRIBUTE) {
             let name = attribute.child(tag::ATTRIBUTE_NAME).and_then(Item::as_text);
@@ -360,9 +411,13 @@ impl KmipClient {
     }
 
     /// The raw key material of a 256-bit symmetric key.
-    pub fn get_key(&self, uid: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KmipError> {
+    pub fn get_key(
+        &self,
+        deadline: &Deadline,
+        uid: &str,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, KmipError> {
         let op = operation::GET;
-        let response = self.call(op, uid_payload(uid), true)?;
+        let response = self.call(deadline, op, uid_payload(uid), true)?;
         let material = response
             .child(tag::SYMMETRIC_KEY)
             .and_then(|k| k.child(tag::KEY_BLOCK))
@@ -382,6 +437,7 @@ impl KmipClient {
     /// returns ciphertext and 16-byte tag.
     pub fn encrypt_gcm(
         &self,
+        deadline: &Deadline,
         uid: &str,
         plaintext: &[u8],
         nonce: &[u8],
@@ -395,7 +451,7 @@ impl KmipClient {
             Item::bytes(tag::IV_COUNTER_NONCE, nonce),
             Item::bytes(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad),
         ]);
-        let response = self.call(op, payload, true)?;
+        let response = self.call(deadline, op, payload, true)?;
         let data = response
             .child(tag::DATA)
             .and_then(Item::as_bytes)
@@ -411,6 +467,7 @@ impl KmipClient {
     /// checked there.
     pub fn decrypt_gcm(
         &self,
+        deadline: &Deadline,
         uid: &str,
         ciphertext: &[u8],
         nonce: &[u8],
@@ -426,7 +483,7 @@ impl KmipClient {
             Item::bytes(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad),
             Item::bytes(tag::AUTHENTICATED_ENCRYPTION_TAG, gcm_tag),
         ]);
-        let response = self.call(op, payload, true)?;
+        let response = self.call(deadline, op, payload, true)?;
         response
             .child(tag::DATA)
             .and_then(Item::as_bytes)

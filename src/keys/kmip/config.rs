@@ -34,6 +34,9 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Default retries after a failed attempt (backoff 0.1 s, 0.2 s, 0.4 s).
 pub const DEFAULT_RETRIES: u32 = 3;
+/// Default limit of one whole provider operation (every request it makes,
+/// with DNS, connects, retries and backoff).
+pub const DEFAULT_OPERATION_TIMEOUT_MS: u64 = 30_000;
 
 fn default_connect_timeout_ms() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_MS
@@ -45,6 +48,10 @@ fn default_request_timeout_ms() -> u64 {
 
 fn default_retries() -> u32 {
     DEFAULT_RETRIES
+}
+
+fn default_operation_timeout_ms() -> u64 {
+    DEFAULT_OPERATION_TIMEOUT_MS
 }
 
 /// One KMIP provider's settings.
@@ -74,4 +81,10 @@ pub struct KmipConfig {
     /// Retries of a failed connection or repeatable request.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Limit of one whole provider operation (wrap, unwrap, listing,
+    /// rotation...), milliseconds: every KMIP request it makes, with name
+    /// resolution, connects, retries and backoff, ends by then, whatever
+    /// the per-step limits above add up to.
+    #[serde(default = "default_operation_timeout_ms")]
+    pub operation_timeout_ms: u64,
 }

@@ -12,9 +12,12 @@
 //! * [`provider`]: KEK versions on the server as a
 //!   [`KeyProvider`](crate::keys::KeyProvider).
 //! * [`config`]: the stored settings of one provider.
+//! * [`known_versions`]: which KMIP object is each KEK version, as this
+//!   host recorded it.
 
 pub mod client;
 pub mod config;
+pub mod known_versions;
 pub mod message;
 pub mod provider;
 pub mod tags;

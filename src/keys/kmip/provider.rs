@@ -2,8 +2,13 @@
 //!
 //! Each KEK version is one AES-256 symmetric key on the server, named
 //! `<series>-v<N>` and placed in Object Group `<series>`; the series is the
-//! `kek_id` recorded in bundles. The current version is the highest Active
-//! one, so every host sharing the KMS agrees on it without local state.
+//! `kek_id` recorded in bundles. A version is identified by the KMIP
+//! Unique Identifier this host recorded for it (when it created the
+//! version, at its first use of the provider, or when an administrator
+//! accepted it; see [`known_versions`](super::known_versions)), never by
+//! its name alone: any identity that may create keys can name one
+//! `<series>-v<N>`. The current version is the highest Active recorded
+//! one.
 //!
 //! Wrapping (`wrap = server`, the default) is a KMIP Encrypt with AES-GCM,
 //! our random 96-bit nonce and the bundle's wrap AAD; the KEK never leaves
@@ -21,7 +26,7 @@
 //! retired version is then unwrapped with Get and a local unwrap, which is
 //! what `wrap = local` does for every version.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +34,9 @@ use zeroize::Zeroizing;
 
 use super::client::{KmipClient, KmipError, ObjectAttributes};
 use super::config::{KmipConfig, WrapMode};
+use super::known_versions::{ProviderVersions, Records};
 use super::tags::{reason, state};
-use super::transport::{ClientIdentity, Endpoint, TransportError};
+use super::transport::{ClientIdentity, Deadline, Endpoint, TransportError};
 use crate::crypto::key_wrap::{self, WRAPPED_KEY_LEN, WRAP_NONCE_LEN};
 use crate::crypto::secret::{Dek, KEY_LEN};
 use crate::keys::{KekRef, KekState, KekVersionInfo, KeyProvider, ProviderError};
@@ -52,9 +58,11 @@ pub struct KmipProvider {
     /// The client, built on first use so that a broken certificate file of
     /// one provider does not stop commands that never use it. Set once.
     client: Mutex<Option<Arc<KmipClient>>>,
-    /// Unique identifiers of KEK versions already located. An identifier
-    /// never changes for a name; entries are removed on destroy.
-    uids: Mutex<HashMap<u32, String>>,
+    /// Which KMIP object is each KEK version, as this host recorded it
+    /// (see [`known_versions`](super::known_versions)): a version is its
+    /// recorded Unique Identifier, never whatever key bears its name.
+    /// Internally synchronized.
+    records: Records,
 }
 
 /// `<series>-v<N>`: the KMIP Name of a KEK version.
@@ -78,7 +86,16 @@ impl KmipProvider {
             name: name.to_owned(),
             config,
             client: Mutex::new(None),
-            uids: Mutex::new(HashMap::new()),
+            records: Records::in_memory(),
+        }
+    }
+
+    /// The same provider, keeping its records of KEK versions in the key
+    /// store `keystore` (instead of this process's memory).
+    pub fn recording_in(self, keystore: &std::path::Path) -> Self {
+        Self {
+            records: Records::in_keystore(keystore),
+            ..self
         }
     }
 
@@ -155,14 +172,67 @@ impl KmipProvider {
         }
     }
 
-    /// Every KEK version of our series on the server, by version.
-    fn server_versions(&self) -> Result<Vec<ServerVersion>, ProviderError> {
+    /// The KEK versions of our series on the server that are the objects
+    /// this host recorded, by version. A key that bears a version's name
+    /// but is not its recorded object is left out, with a warning.
+    fn server_versions(&self, deadline: &Deadline) -> Result<Vec<ServerVersion>, ProviderError> {
+        let listed = self.listed_versions(deadline)?;
+        let known = self.known_versions(&listed)?;
+        Ok(listed
+            .into_iter()
+            .filter(|v| self.is_recorded(&known, v))
+            .collect())
+    }
+
+    /// Whether `listed` is the object recorded for its version; warns if
+    /// not, naming both objects.
+    fn is_recorded(&self, known: &ProviderVersions, listed: &ServerVersion) -> bool {
+        let name = version_name(&self.config.key_series, listed.version);
+        match known.versions.get(&listed.version) {
+            Some(uid) if *uid == listed.uid => return true,
+            Some(uid) => log::warn!(
+                "key provider `{}`: KMS object {} is named {name}, but KEK version {} is KMIP object {uid} on this host: ignoring {}",
+                self.name, listed.uid, listed.version, listed.uid
+            ),
+            None => log::warn!(
+                "key provider `{}`: KMS object {} named {name} is not a KEK version this host knows: ignoring it until `vmcryptfs provider accept {} {} --uid {}`",
+                self.name, listed.uid, self.name, listed.version, listed.uid
+            ),
+        }
+        false
+    }
+
+    /// This host's records of the provider; at its first use, the
+    /// versions `listed` holds (one object per version; a version with
+    /// several objects of its name is not trusted at all).
+    fn known_versions(&self, listed: &[ServerVersion]) -> Result<ProviderVersions, ProviderError> {
+        let mut found: BTreeMap<u32, String> = BTreeMap::new();
+        let mut ambiguous = Vec::new();
+        for v in listed {
+            if found.insert(v.version, v.uid.clone()).is_some() {
+                ambiguous.push(v.version);
+            }
+        }
+        for version in ambiguous {
+            found.remove(&version);
+        }
+        self.records
+            .first_use(&self.name, &self.config.key_series, &found)
+    }
+
+    /// Every key of our series on the server whose name is a version's,
+    /// by version: impostors included.
+    fn listed_versions(&self, deadline: &Deadline) -> Result<Vec<ServerVersion>, ProviderError> {
         let client = self.client()?;
         let series = &self.config.key_series;
-        let uids = client.locate_by_group(series).map_err(|e| self.error(e))?;
+        let uids = client
+            .locate_by_group(deadline, series)
+            .map_err(|e| self.error(e))?;
         let mut versions = Vec::new();
         for uid in uids {
-            let attributes = client.get_attributes(&uid).map_err(|e| self.error(e))?;
+            let attributes = client
+                .get_attributes(deadline, &uid)
+                .map_err(|e| self.error(e))?;
             let Some(version) = attributes
                 .name
                 .as_deref()
@@ -177,10 +247,6 @@ impl KmipProvider {
             });
         }
         versions.sort_by_key(|v| v.version);
-        let mut cache = self.uids.lock().expect("uid cache lock");
-        for v in &versions {
-            cache.insert(v.version, v.uid.clone());
-        }
         Ok(versions)
     }
 
@@ -200,38 +266,85 @@ impl KmipProvider {
             })
     }
 
-    /// The unique identifier of a version, located by name once.
-    fn uid(&self, kek: &KekRef) -> Result<String, ProviderError> {
+    /// The KMIP object of a version: the one this host recorded. A version
+    /// this host has not recorded is refused, naming the objects the KMS
+    /// holds under its name, however many there are.
+    fn uid(&self, kek: &KekRef, deadline: &Deadline) -> Result<String, ProviderError> {
         self.check_series(kek)?;
-        if let Some(uid) = self.uids.lock().expect("uid cache lock").get(&kek.version) {
+        let series = &self.config.key_series;
+        let known = match self.records.get(&self.name, series)? {
+            Some(known) => known,
+            None => self.known_versions(&self.listed_versions(deadline)?)?,
+        };
+        if let Some(uid) = known.versions.get(&kek.version) {
             return Ok(uid.clone());
         }
-        let name = version_name(&self.config.key_series, kek.version);
+        let name = version_name(series, kek.version);
         let found = self
             .client()?
-            .locate_by_name(&name)
+            .locate_by_name(deadline, &name)
             .map_err(|e| self.error(e))?;
-        match found.as_slice() {
-            [] => Err(ProviderError::KmsKeyNotFound {
-                provider: self.name.clone(),
-                server: self.config.server.clone(),
-                name,
-            }),
-            [uid, rest @ ..] => {
-                if !rest.is_empty() {
-                    log::warn!(
-                        "KMS {} holds {} keys named {name}; using the first ({uid})",
-                        self.config.server,
-                        found.len()
-                    );
-                }
-                self.uids
-                    .lock()
-                    .expect("uid cache lock")
-                    .insert(kek.version, uid.clone());
-                Ok(uid.clone())
-            }
+        if found.is_empty() {
+            return Err(self.not_found(kek));
         }
+        Err(ProviderError::KekVersionNotAccepted {
+            provider: self.name.clone(),
+            version: kek.version,
+            name,
+            candidates: format!("{} key(s) of that name: {}", found.len(), found.join(", ")),
+        })
+    }
+
+    /// A version whose key the KMS does not hold (destroyed).
+    fn not_found(&self, kek: &KekRef) -> ProviderError {
+        ProviderError::KmsKeyNotFound {
+            provider: self.name.clone(),
+            server: self.config.server.clone(),
+            name: version_name(&self.config.key_series, kek.version),
+        }
+    }
+
+    /// [`Self::error`] for a request on version `kek`'s object: an object
+    /// the KMS no longer holds is reported by the version's name.
+    fn kek_error(&self, kek: &KekRef, err: KmipError) -> ProviderError {
+        match err.reason() {
+            Some(reason::ITEM_NOT_FOUND) => self.not_found(kek),
+            _ => self.error(err),
+        }
+    }
+
+    /// Records KMIP object `uid` as KEK version `version` on this host, as
+    /// an administrator accepts a version another host created: checked to
+    /// bear the version's name in our series first. Refused if this host
+    /// already recorded another object for the version.
+    pub fn accept(&self, version: u32, uid: &str) -> Result<KekRef, ProviderError> {
+        let deadline = &self.deadline();
+        let name = version_name(&self.config.key_series, version);
+        let attributes = self
+            .client()?
+            .get_attributes(deadline, uid)
+            .map_err(|e| self.error(e))?;
+        if attributes.name.as_deref() != Some(name.as_str()) {
+            return Err(ProviderError::KmsRefused {
+                provider: self.name.clone(),
+                reason: format!(
+                    "KMS object {uid} is named {}, not {name}",
+                    attributes.name.as_deref().unwrap_or("nothing")
+                ),
+                hint: "; give the identifier that `provider rotate` printed on the host that created the version",
+            });
+        }
+        self.records
+            .record(&self.name, &self.config.key_series, version, uid)?;
+        Ok(self.kek_ref(version))
+    }
+
+    /// The KMIP object this host recorded for `version`, if any.
+    pub fn recorded_uid(&self, version: u32) -> Result<Option<String>, ProviderError> {
+        Ok(self
+            .records
+            .get(&self.name, &self.config.key_series)?
+            .and_then(|known| known.versions.get(&version).cloned()))
     }
 
     fn check_series(&self, kek: &KekRef) -> Result<(), ProviderError> {
@@ -249,8 +362,15 @@ impl KmipProvider {
         Ok(())
     }
 
-    fn fetch_key(&self, uid: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, ProviderError> {
-        self.client()?.get_key(uid).map_err(|e| self.error(e))
+    fn fetch_key(
+        &self,
+        kek: &KekRef,
+        uid: &str,
+        deadline: &Deadline,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, ProviderError> {
+        self.client()?
+            .get_key(deadline, uid)
+            .map_err(|e| self.kek_error(kek, e))
     }
 
     fn unwrap_locally(
@@ -259,36 +379,53 @@ impl KmipProvider {
         uid: &str,
         wrapped: &[u8],
         aad: &[u8],
+        deadline: &Deadline,
     ) -> Result<Dek, ProviderError> {
-        let key = self.fetch_key(uid)?;
+        let key = self.fetch_key(kek, uid, deadline)?;
         let dek = key_wrap::unwrap(&key, wrapped, aad)
             .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
         Ok(Dek::from_bytes(*dek))
     }
 
-    fn state_of(&self, uid: &str) -> Result<Option<u32>, ProviderError> {
+    fn state_of(
+        &self,
+        kek: &KekRef,
+        uid: &str,
+        deadline: &Deadline,
+    ) -> Result<Option<u32>, ProviderError> {
         Ok(self
             .client()?
-            .get_attributes(uid)
-            .map_err(|e| self.error(e))?
+            .get_attributes(deadline, uid)
+            .map_err(|e| self.kek_error(kek, e))?
             .state)
     }
 
     /// Checks that the KMS answers (KMIP DiscoverVersions).
     pub fn ping(&self) -> Result<(), ProviderError> {
-        self.client()?.ping().map_err(|e| self.error(e))
+        self.client()?
+            .ping(&self.deadline())
+            .map_err(|e| self.error(e))
     }
 
     /// Makes sure the series has an Active version, creating version 1 if
     /// the series is new. Used when the provider is registered.
     pub fn ensure_current(&self) -> Result<KekRef, ProviderError> {
-        match self.current_kek() {
-            Ok(kek) => Ok(kek),
-            Err(ProviderError::KmsRefused { .. }) if self.server_versions()?.is_empty() => {
-                self.rotate()
+        let deadline = self.deadline();
+        let versions = self.server_versions(&deadline)?;
+        match self.current_of(&versions) {
+            Ok(version) => Ok(self.kek_ref(version)),
+            Err(ProviderError::KmsRefused { .. }) if versions.is_empty() => {
+                self.rotate_within(&deadline)
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// The deadline of one provider operation starting now: every KMIP
+    /// request it makes, with DNS, connects, retries and backoff, is over
+    /// by then (`operation_timeout_ms`).
+    fn deadline(&self) -> Deadline {
+        Deadline::after(Duration::from_millis(self.config.operation_timeout_ms))
     }
 
     /// The version `action` (retire, destroy) is about to change, from one
@@ -298,8 +435,9 @@ impl KmipProvider {
         &self,
         version: u32,
         action: &'static str,
+        deadline: &Deadline,
     ) -> Result<Option<ServerVersion>, ProviderError> {
-        let versions = self.server_versions()?;
+        let versions = self.server_versions(deadline)?;
         if self.current_of(&versions)? == version {
             return Err(ProviderError::CurrentKekVersion {
                 kek_id: self.config.key_series.clone(),
@@ -317,12 +455,13 @@ impl KeyProvider for KmipProvider {
     }
 
     fn current_kek(&self) -> Result<KekRef, ProviderError> {
-        let versions = self.server_versions()?;
+        let versions = self.server_versions(&self.deadline())?;
         Ok(self.kek_ref(self.current_of(&versions)?))
     }
 
     fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError> {
-        let uid = self.uid(kek)?;
+        let deadline = &self.deadline();
+        let uid = self.uid(kek, deadline)?;
         let not_active = |state: Option<u32>| ProviderError::KekNotActive {
             kek_id: kek.kek_id.clone(),
             version: kek.version,
@@ -332,16 +471,17 @@ impl KeyProvider for KmipProvider {
             WrapMode::Server => {
                 let nonce: [u8; WRAP_NONCE_LEN] = crate::crypto::random::array();
                 let client = self.client()?;
-                let (ciphertext, tag) = match client.encrypt_gcm(&uid, dek.expose(), &nonce, aad) {
-                    Ok(out) => out,
-                    Err(err) if err.reason() == Some(reason::PERMISSION_DENIED) => {
-                        match self.state_of(&uid)? {
-                            Some(state::ACTIVE) => return Err(self.error(err)),
-                            other => return Err(not_active(other)),
+                let (ciphertext, tag) =
+                    match client.encrypt_gcm(deadline, &uid, dek.expose(), &nonce, aad) {
+                        Ok(out) => out,
+                        Err(err) if err.reason() == Some(reason::PERMISSION_DENIED) => {
+                            match self.state_of(kek, &uid, deadline)? {
+                                Some(state::ACTIVE) => return Err(self.error(err)),
+                                other => return Err(not_active(other)),
+                            }
                         }
-                    }
-                    Err(err) => return Err(self.error(err)),
-                };
+                        Err(err) => return Err(self.kek_error(kek, err)),
+                    };
                 if ciphertext.len() != KEY_LEN || tag.len() != 16 {
                     return Err(ProviderError::KmsRefused {
                         provider: self.name.clone(),
@@ -362,29 +502,30 @@ impl KeyProvider for KmipProvider {
             }
             WrapMode::Local => {
                 // Get does not check the key's state, so we do.
-                match self.state_of(&uid)? {
+                match self.state_of(kek, &uid, deadline)? {
                     Some(state::ACTIVE) => {}
                     other => return Err(not_active(other)),
                 }
-                let key = self.fetch_key(&uid)?;
+                let key = self.fetch_key(kek, &uid, deadline)?;
                 Ok(key_wrap::wrap(&key, dek.expose(), aad))
             }
         }
     }
 
     fn unwrap_dek(&self, kek: &KekRef, wrapped: &[u8], aad: &[u8]) -> Result<Dek, ProviderError> {
-        let uid = self.uid(kek)?;
+        let deadline = &self.deadline();
+        let uid = self.uid(kek, deadline)?;
         if wrapped.len() != WRAPPED_KEY_LEN {
             return Err(ProviderError::UnwrapFailed { kek: kek.clone() });
         }
         if self.config.wrap == WrapMode::Local {
-            return self.unwrap_locally(kek, &uid, wrapped, aad);
+            return self.unwrap_locally(kek, &uid, wrapped, aad, deadline);
         }
         let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
         let (ciphertext, tag) = rest.split_at(KEY_LEN);
         match self
             .client()?
-            .decrypt_gcm(&uid, ciphertext, nonce, aad, tag)
+            .decrypt_gcm(deadline, &uid, ciphertext, nonce, aad, tag)
         {
             Ok(plain) => {
                 Dek::from_slice(&plain).ok_or(ProviderError::UnwrapFailed { kek: kek.clone() })
@@ -396,28 +537,30 @@ impl KeyProvider for KmipProvider {
                 Some(reason::CRYPTOGRAPHIC_FAILURE | reason::INVALID_FIELD) => {
                     Err(ProviderError::UnwrapFailed { kek: kek.clone() })
                 }
-                Some(reason::GENERAL_FAILURE) if self.state_of(&uid)? == Some(state::ACTIVE) => {
+                Some(reason::GENERAL_FAILURE)
+                    if self.state_of(kek, &uid, deadline)? == Some(state::ACTIVE) =>
+                {
                     log::warn!(
                         "KEK {kek}: {err}; taking it as a wrapped DEK that does not authenticate"
                     );
                     Err(ProviderError::UnwrapFailed { kek: kek.clone() })
                 }
-                Some(reason::PERMISSION_DENIED) => match self.state_of(&uid)? {
+                Some(reason::PERMISSION_DENIED) => match self.state_of(kek, &uid, deadline)? {
                     Some(state::DEACTIVATED) => {
                         log::info!(
                             "KEK {kek} is retired and the KMS refuses Decrypt with it; unwrapping with the fetched key instead"
                         );
-                        self.unwrap_locally(kek, &uid, wrapped, aad)
+                        self.unwrap_locally(kek, &uid, wrapped, aad, deadline)
                     }
                     _ => Err(self.error(err)),
                 },
-                _ => Err(self.error(err)),
+                _ => Err(self.kek_error(kek, err)),
             },
         }
     }
 
     fn list_versions(&self) -> Result<Vec<KekVersionInfo>, ProviderError> {
-        let versions = self.server_versions()?;
+        let versions = self.server_versions(&self.deadline())?;
         let current = self.current_of(&versions).ok();
         let highest = versions.last().map_or(0, |v| v.version);
         let mut infos = Vec::new();
@@ -446,39 +589,22 @@ impl KeyProvider for KmipProvider {
     }
 
     fn rotate(&self) -> Result<KekRef, ProviderError> {
-        let versions = self.server_versions()?;
-        let client = self.client()?;
-        let (version, uid) = match versions.last() {
-            // Resume a rotation that created the key but did not activate it.
-            Some(last) if last.attributes.state == Some(state::PRE_ACTIVE) => {
-                (last.version, last.uid.clone())
-            }
-            last => {
-                let version = last.map_or(1, |v| v.version + 1);
-                let name = version_name(&self.config.key_series, version);
-                let uid = client
-                    .create_aes256(&name, &self.config.key_series)
-                    .map_err(|e| self.error(e))?;
-                (version, uid)
-            }
-        };
-        client.activate(&uid).map_err(|e| self.error(e))?;
-        self.uids
-            .lock()
-            .expect("uid cache lock")
-            .insert(version, uid);
-        Ok(self.kek_ref(version))
+        self.rotate_within(&self.deadline())
     }
 
     fn retire(&self, version: u32) -> Result<(), ProviderError> {
-        let found = self.version_to_change(version, "retired")?.ok_or_else(|| {
-            ProviderError::UnknownKekVersion {
+        let deadline = &self.deadline();
+        let found = self
+            .version_to_change(version, "retired", deadline)?
+            .ok_or_else(|| ProviderError::UnknownKekVersion {
                 kek_id: self.config.key_series.clone(),
                 version,
-            }
-        })?;
+            })?;
         match found.attributes.state {
-            Some(state::ACTIVE) => self.client()?.revoke(&found.uid).map_err(|e| self.error(e)),
+            Some(state::ACTIVE) => self
+                .client()?
+                .revoke(deadline, &found.uid)
+                .map_err(|e| self.error(e)),
             Some(state::DEACTIVATED | state::COMPROMISED) => Ok(()),
             _ => Err(ProviderError::KekDestroyed {
                 kek_id: self.config.key_series.clone(),
@@ -488,17 +614,58 @@ impl KeyProvider for KmipProvider {
     }
 
     fn destroy(&self, version: u32) -> Result<(), ProviderError> {
+        let deadline = &self.deadline();
         // Already gone from the server: nothing left to destroy.
-        let Some(found) = self.version_to_change(version, "destroyed")? else {
+        let Some(found) = self.version_to_change(version, "destroyed", deadline)? else {
             return Ok(());
         };
         let client = self.client()?;
         if found.attributes.state == Some(state::ACTIVE) {
-            client.revoke(&found.uid).map_err(|e| self.error(e))?;
+            client
+                .revoke(deadline, &found.uid)
+                .map_err(|e| self.error(e))?;
         }
-        client.destroy(&found.uid).map_err(|e| self.error(e))?;
-        self.uids.lock().expect("uid cache lock").remove(&version);
+        client
+            .destroy(deadline, &found.uid)
+            .map_err(|e| self.error(e))?;
         Ok(())
+    }
+}
+
+impl KmipProvider {
+    /// [`KeyProvider::rotate`] within `deadline`.
+    ///
+    /// The new version's object is recorded on this host before it is
+    /// activated, and numbered past every name in the series, impostors'
+    /// included (a name is not an identity, so sharing one would only
+    /// confuse the hosts that accept the version).
+    fn rotate_within(&self, deadline: &Deadline) -> Result<KekRef, ProviderError> {
+        let listed = self.listed_versions(deadline)?;
+        let known = self.known_versions(&listed)?;
+        let client = self.client()?;
+        let highest_name = listed.last().map_or(0, |v| v.version);
+        let ours = listed.iter().rev().find(|v| self.is_recorded(&known, v));
+        let (version, uid) = match ours {
+            // Resume a rotation that created the key but did not activate it.
+            Some(last)
+                if last.attributes.state == Some(state::PRE_ACTIVE)
+                    && last.version == highest_name =>
+            {
+                (last.version, last.uid.clone())
+            }
+            _ => {
+                let version = highest_name + 1;
+                let name = version_name(&self.config.key_series, version);
+                let uid = client
+                    .create_aes256(deadline, &name, &self.config.key_series)
+                    .map_err(|e| self.error(e))?;
+                self.records
+                    .record(&self.name, &self.config.key_series, version, &uid)?;
+                (version, uid)
+            }
+        };
+        client.activate(deadline, &uid).map_err(|e| self.error(e))?;
+        Ok(self.kek_ref(version))
     }
 }
 

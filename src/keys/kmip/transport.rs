@@ -2,13 +2,18 @@
 //! (rustls with the ring provider), timeouts, and framing of one TTLV
 //! message per request and per response.
 //!
+//! Every step (name resolution, connect, handshake, each read and write)
+//! waits at most its own limit *and* what is left of the [`Deadline`] of
+//! the operation it serves, so no server, resolver or network can hold a
+//! caller past that deadline however it misbehaves.
+//!
 //! Knows sockets and certificates; nothing of KMIP operations.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -27,6 +32,39 @@ pub struct Endpoint {
     /// Limit for each read or write of a request or response, and for the
     /// TLS handshake.
     pub request_timeout: Duration,
+}
+
+/// When one provider operation (all its KMIP requests, their retries and
+/// backoff, DNS included) must be over.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// The instant. Immutable.
+    at: Instant,
+    /// The whole allowance, for messages. Immutable.
+    budget: Duration,
+}
+
+impl Deadline {
+    /// `budget` from now.
+    pub fn after(budget: Duration) -> Self {
+        Self {
+            at: Instant::now() + budget,
+            budget,
+        }
+    }
+
+    /// What is left, or [`TransportError::DeadlinePassed`] when nothing is.
+    pub fn remaining(&self) -> Result<Duration, TransportError> {
+        match self.at.saturating_duration_since(Instant::now()) {
+            Duration::ZERO => Err(TransportError::DeadlinePassed(self.budget)),
+            left => Ok(left),
+        }
+    }
+
+    /// `limit`, cut to what is left: the wait allowed for one step.
+    pub fn cap(&self, limit: Duration) -> Result<Duration, TransportError> {
+        Ok(self.remaining()?.min(limit))
+    }
 }
 
 /// The certificate files of a KMIP client identity.
@@ -67,6 +105,10 @@ pub enum TransportError {
     /// HOST:PORT is malformed or does not resolve.
     #[error("cannot resolve {0}")]
     Resolve(String),
+    /// The operation's overall deadline passed (DNS, connect, handshake,
+    /// requests and retries together).
+    #[error("no answer within {0:?} (operation timeout, DNS, connect and retries included)")]
+    DeadlinePassed(Duration),
     /// Nothing accepted the TCP connection.
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
@@ -177,6 +219,48 @@ pub struct Connection {
     request_timeout: Duration,
 }
 
+/// The addresses of `server` (`HOST:PORT`), looked up by `lookup` on a
+/// thread of its own and waited for only until `deadline`.
+///
+/// Why a thread: `getaddrinfo` has no timeout and blocks for as long as the
+/// resolver does (a resolver that drops packets makes it wait 5 s per
+/// server and attempt, longer with `options timeout:`). A lookup still
+/// running at the deadline is left to finish on its own; its answer is
+/// dropped. A numeric address needs no lookup and no thread.
+fn resolve_with(
+    server: &str,
+    deadline: &Deadline,
+    lookup: impl FnOnce(String) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+) -> Result<Vec<SocketAddr>, TransportError> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let unresolved = || TransportError::Resolve(server.to_owned());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = server.to_owned();
+    std::thread::Builder::new()
+        .name("kmip-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(lookup(name));
+        })
+        .map_err(|_| unresolved())?;
+    match rx.recv_timeout(deadline.remaining()?) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(_)) => Err(unresolved()),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err(TransportError::DeadlinePassed(deadline.budget))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(unresolved()),
+    }
+}
+
+/// [`resolve_with`] the system resolver.
+fn resolve(server: &str, deadline: &Deadline) -> Result<Vec<SocketAddr>, TransportError> {
+    resolve_with(server, deadline, |name| {
+        name.to_socket_addrs().map(Iterator::collect)
+    })
+}
+
 fn classify_tls(err: &rustls::Error) -> TlsFailure {
     use rustls::{AlertDescription, Error};
     match err {
@@ -194,7 +278,14 @@ fn classify_tls(err: &rustls::Error) -> TlsFailure {
     }
 }
 
-fn io_error(err: std::io::Error, timeout: Duration, handshaking: bool) -> TransportError {
+/// The transport error of an I/O error of a step that was allowed `timeout`
+/// of what was left of `deadline`.
+fn io_error(
+    err: std::io::Error,
+    timeout: Duration,
+    deadline: &Deadline,
+    handshaking: bool,
+) -> TransportError {
     use std::io::ErrorKind;
     if let Some(tls) = err
         .get_ref()
@@ -203,7 +294,10 @@ fn io_error(err: std::io::Error, timeout: Duration, handshaking: bool) -> Transp
         return TransportError::Tls(classify_tls(tls));
     }
     match err.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => TransportError::Timeout(timeout),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => match deadline.remaining() {
+            Err(passed) => passed,
+            Ok(_) => TransportError::Timeout(timeout),
+        },
         ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
             if handshaking =>
         {
@@ -216,8 +310,13 @@ fn io_error(err: std::io::Error, timeout: Duration, handshaking: bool) -> Transp
 }
 
 impl Connection {
-    /// Connects, completes the TLS handshake and sets the timeouts.
-    pub fn open(endpoint: &Endpoint, config: Arc<ClientConfig>) -> Result<Self, TransportError> {
+    /// Resolves, connects and completes the TLS handshake, each step
+    /// within its limit and all of them before `deadline`.
+    pub fn open(
+        endpoint: &Endpoint,
+        config: Arc<ClientConfig>,
+        deadline: &Deadline,
+    ) -> Result<Self, TransportError> {
         let (host, _) = endpoint
             .server
             .rsplit_once(':')
@@ -225,14 +324,11 @@ impl Connection {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| TransportError::Resolve(endpoint.server.clone()))?;
-        let addrs = endpoint
-            .server
-            .to_socket_addrs()
-            .map_err(|_| TransportError::Resolve(endpoint.server.clone()))?;
+        let addrs = resolve(&endpoint.server, deadline)?;
         let mut last_err = None;
         let mut tcp = None;
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, endpoint.connect_timeout) {
+            match TcpStream::connect_timeout(&addr, deadline.cap(endpoint.connect_timeout)?) {
                 Ok(stream) => {
                     tcp = Some(stream);
                     break;
@@ -255,16 +351,13 @@ impl Connection {
             (None, None) => return Err(TransportError::Resolve(endpoint.server.clone())),
         };
         let timeout = endpoint.request_timeout;
-        tcp.set_read_timeout(Some(timeout))
-            .map_err(TransportError::Io)?;
-        tcp.set_write_timeout(Some(timeout))
-            .map_err(TransportError::Io)?;
         tcp.set_nodelay(true).map_err(TransportError::Io)?;
         let mut tls = ClientConnection::new(config, name)
             .map_err(|e| TransportError::Tls(TlsFailure::Other(e.to_string())))?;
         while tls.is_handshaking() {
+            let step = limit_socket(&tcp, timeout, deadline)?;
             tls.complete_io(&mut tcp)
-                .map_err(|e| io_error(e, timeout, true))?;
+                .map_err(|e| io_error(e, step, deadline, true))?;
         }
         Ok(Self {
             stream: StreamOwned::new(tls, tcp),
@@ -272,23 +365,106 @@ impl Connection {
         })
     }
 
-    /// Sends one request and reads exactly one response message.
-    pub fn round_trip(&mut self, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, TransportError> {
-        let timeout = self.request_timeout;
+    /// Sends one request and reads exactly one response message, before
+    /// `deadline`.
+    pub fn round_trip(
+        &mut self,
+        request: &[u8],
+        deadline: &Deadline,
+    ) -> Result<Zeroizing<Vec<u8>>, TransportError> {
+        let step = limit_socket(self.stream.get_ref(), self.request_timeout, deadline)?;
         self.stream
             .write_all(request)
             .and_then(|()| self.stream.flush())
-            .map_err(|e| io_error(e, timeout, false))?;
+            .map_err(|e| io_error(e, step, deadline, false))?;
         let mut header = [0u8; 8];
-        self.stream
-            .read_exact(&mut header)
-            .map_err(|e| io_error(e, timeout, false))?;
+        self.read_exact_before(&mut header, deadline)?;
         let total = ttlv::message_len(&header)?;
         let mut response = Zeroizing::new(vec![0u8; total]);
         response[..8].copy_from_slice(&header);
-        self.stream
-            .read_exact(&mut response[8..])
-            .map_err(|e| io_error(e, timeout, false))?;
+        self.read_exact_before(&mut response[8..], deadline)?;
         Ok(response)
+    }
+
+    /// `read_exact`, with the socket's limit cut to what is left of
+    /// `deadline` before every read: a server that drips a byte at a time
+    /// cannot stretch a request past it.
+    fn read_exact_before(
+        &mut self,
+        buf: &mut [u8],
+        deadline: &Deadline,
+    ) -> Result<(), TransportError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let step = limit_socket(self.stream.get_ref(), self.request_timeout, deadline)?;
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return Err(io_error(eof, step, deadline, false));
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(e, step, deadline, false)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets the socket's read and write limits to `limit` cut to what is left
+/// of `deadline`; the limit set.
+fn limit_socket(
+    tcp: &TcpStream,
+    limit: Duration,
+    deadline: &Deadline,
+) -> Result<Duration, TransportError> {
+    let step = deadline.cap(limit)?;
+    tcp.set_read_timeout(Some(step))
+        .and_then(|()| tcp.set_write_timeout(Some(step)))
+        .map_err(TransportError::Io)?;
+    Ok(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lookup that never returns in time is abandoned at the deadline;
+    /// numeric addresses need no lookup; a failed one names the server.
+    #[test]
+    fn resolution_stops_waiting_at_the_deadline() {
+        let deadline = Deadline::after(Duration::from_millis(200));
+        let started = Instant::now();
+        let err = resolve_with("kms.example:5696", &deadline, |_| {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(Vec::new())
+        })
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(matches!(err, TransportError::DeadlinePassed(_)), "{err}");
+        assert!(err.to_string().contains("operation timeout"), "{err}");
+
+        let never = Deadline::after(Duration::from_secs(30));
+        let addrs = resolve_with("127.0.0.1:5696", &never, |_| unreachable!()).unwrap();
+        assert_eq!(addrs, ["127.0.0.1:5696".parse().unwrap()]);
+        let err = resolve_with("kms.example:5696", &never, |_| {
+            Err(std::io::Error::other("NXDOMAIN"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "cannot resolve kms.example:5696");
+    }
+
+    #[test]
+    fn deadlines_cap_steps_and_pass() {
+        let deadline = Deadline::after(Duration::from_millis(50));
+        assert!(deadline.cap(Duration::from_secs(10)).unwrap() <= Duration::from_millis(50));
+        assert_eq!(
+            deadline.cap(Duration::from_millis(1)).unwrap(),
+            Duration::from_millis(1)
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            matches!(deadline.remaining(), Err(TransportError::DeadlinePassed(d)) if d == Duration::from_millis(50))
+        );
     }
 }
