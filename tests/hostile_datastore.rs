@@ -91,7 +91,10 @@ enum Plant {
     SymlinkToSecret,
     /// A symlink to the key store's `master.key`.
     SymlinkToMasterKey,
-    /// A symlink to `outside/outdir`, a directory outside the datastore.
+    /// A symlink to `outside/outdir`, a directory outside the datastore
+    /// that looks like a VM home this host can unlock (a copy of vm2's
+    /// bundle and of its encrypted `vm.vmx`): the most an adversary can
+    /// make of a directory symlink.
     SymlinkToDir,
     /// A FIFO (nobody ever opens its other end).
     Fifo,
@@ -167,6 +170,27 @@ impl Name {
         }
     }
 
+    /// The outcome a plant at this name must have (docs/RELIABILITY.md).
+    fn expected(self) -> Expected {
+        match self {
+            Name::Bundle => Expected::Damaged,
+            // A content plant is one file of the VM; a VM home plant
+            // leaves the other VM alone.
+            Name::EncryptedFile | Name::PassThroughDisk | Name::EncryptedDisk | Name::VmHome => {
+                Expected::Works
+            }
+            // A conversion that refuses a planted temp or journal (a
+            // bundle update that cannot clear a stale bundle temp ends
+            // one, too) may leave its journal behind: the VM is then
+            // locked, and says why.
+            Name::BundleTemp
+            | Name::Journal
+            | Name::JournalTemp
+            | Name::ConvertTemp
+            | Name::ConvertTempInSubdir => Expected::WorksOrDamaged,
+        }
+    }
+
     /// A content file: a planted one is data to the VM (a 2 GiB sparse
     /// disk is a disk), which a conversion legitimately reads whole.
     fn is_content(self) -> bool {
@@ -196,6 +220,17 @@ impl Name {
         }
         vms.into_iter().map(|vm| self.rel_in(vm)).collect()
     }
+}
+
+/// What must become of the VM that holds the planted name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expected {
+    /// A file of it that was not planted over reads back.
+    Works,
+    /// It is reported as damaged, naming it.
+    Damaged,
+    /// Either.
+    WorksOrDamaged,
 }
 
 /// The content a file of the setup holds (several blocks, distinct per
@@ -392,7 +427,8 @@ fn outside_state(outside: &Path, master_key: &Path) -> Vec<String> {
         outside.to_path_buf(),
         outside.join("secret.txt"),
         outside.join("outdir"),
-        outside.join("outdir/inside.txt"),
+        outside.join("outdir/.vmcryptfs-bundle"),
+        outside.join("outdir/vm.vmx"),
     ]
     .iter()
     .map(|p| entry(p, true))
@@ -458,7 +494,13 @@ impl Case {
             format!("{token} a secret outside the datastore\n"),
         )
         .unwrap();
-        fs::write(outside.join("outdir/inside.txt"), "outside, untouched\n").unwrap();
+        for file in [".vmcryptfs-bundle", "vm.vmx"] {
+            fs::copy(
+                env.datastore.join("vm2").join(file),
+                outside.join("outdir").join(file),
+            )
+            .unwrap();
+        }
         let master = fs::read_to_string(env.keystore.join("master.key")).unwrap();
         let master_hex = master.lines().nth(1).unwrap().to_ascii_lowercase();
         assert_eq!(master_hex.len(), 64, "master.key format changed");
@@ -933,7 +975,29 @@ impl Case {
             "dd if=\"$1\" iflag=nofollow status=none",
             &[&mnt.join(&witness)],
         );
-        if read.success() && read.stdout.as_bytes() == original(&witness) {
+        let works = read.success() && read.stdout.as_bytes() == original(&witness);
+        let expected = self.name.expected();
+        if works {
+            if expected == Expected::Damaged {
+                self.fail(
+                    "verdict",
+                    format!("{witness} read back although the VM's bundle is gone"),
+                );
+            }
+            return;
+        }
+        if expected == Expected::Works {
+            self.fail(
+                "verdict",
+                format!(
+                    "the VM must keep working, but {witness} read back {}",
+                    if read.success() {
+                        "other bytes"
+                    } else {
+                        "nothing"
+                    }
+                ),
+            );
             return;
         }
         let vm = witness.split('/').next().unwrap().to_string();
