@@ -16,10 +16,15 @@
 //! - it returned within 5 s (it is killed and the case fails otherwise),
 //!   and the mount answered a `stat` (from a child process, every ~100 ms)
 //!   within 1 s throughout;
-//! - and at the end, the VM either works (a file of it that was not
-//!   planted over reads back) or is reported as damaged with a message that
-//!   names it (`locked-reason` in its `.control`, or a `vm status` error
-//!   naming it).
+//! - neither the mount nor a command read a planted file whole (`rchar`);
+//! - and at the end, the VM has the outcome its name expects
+//!   ([`Name::expected`], the table in docs/RELIABILITY.md): it works (a
+//!   file of it that was not planted over reads back), or it is reported as
+//!   damaged with a message that names it (`locked-reason` in its
+//!   `.control`, or a `vm status` error naming it), or either.
+//!
+//! A request that hangs aborts the mount's FUSE connection, so a failing
+//! case can neither hang the suite nor leave a mount behind.
 //!
 //! One `#[test]` per name, each running all six plants in fresh
 //! environments (a hang or a destroyed key store in one case cannot leak
@@ -262,7 +267,9 @@ fn read_chars(io: &str) -> u64 {
 struct Outcome {
     /// `None` if it was killed at the limit.
     status: Option<ExitStatus>,
+    /// Its standard output (lossy UTF-8, at most 4 MiB).
     stdout: String,
+    /// Its standard error, likewise.
     stderr: String,
 }
 
@@ -275,8 +282,11 @@ impl Outcome {
 /// The worst `stat` latency seen by the prober, and whether one hung.
 #[derive(Default)]
 struct ProbeRecord {
+    /// The slowest `stat`, killed ones counting as their time to the kill.
     worst: Duration,
+    /// How many ran.
     probes: usize,
+    /// Whether one was killed at [`STAT_LIMIT`].
     hung: bool,
 }
 
@@ -284,8 +294,12 @@ struct ProbeRecord {
 /// answer from its cache) from a child process every ~100 ms, recording
 /// the worst latency; a child past [`STAT_LIMIT`] is killed.
 struct Prober {
+    /// Set by [`Prober::finish`]; read by the probing thread (relaxed:
+    /// the join orders the rest).
     stop: Arc<AtomicBool>,
+    /// Written by the probing thread after each probe, under its mutex.
     record: Arc<Mutex<ProbeRecord>>,
+    /// The probing thread, joined by [`Prober::finish`].
     thread: Option<JoinHandle<()>>,
 }
 
@@ -449,20 +463,28 @@ fn sha_like(bytes: &[u8]) -> (usize, u64) {
 }
 
 /// One (name, plant) case: a fresh environment with the plant in place,
-/// the operations' transcript and the failures found.
+/// and the failures found. Owned by one test thread; no locking.
 struct Case {
+    /// Where the plant is.
     name: Name,
+    /// What is planted.
     plant: Plant,
+    /// Key store, datastore and mount point of this case alone.
     env: TestEnv,
+    /// `outside/`: the secret file and the directory the plants point at.
     outside: PathBuf,
     /// The unique marker at the start of the secret file.
     token: String,
     /// The master key in lowercase hex.
     master_hex: String,
-    /// The outside state before any operation.
+    /// The outside state after the last operation that changed it (each
+    /// change is reported once, by the operation that made it).
     outside_before: Vec<String>,
+    /// `[name × plant] operation: what`, in the order found.
     failures: Vec<String>,
+    /// Operations killed at [`COMMAND_LIMIT`] so far.
     hangs: usize,
+    /// The mount, once up; kept (unmounted) to the end of the test.
     mount: Option<Mount>,
     /// How much of the mount log was already checked.
     log_checked: usize,
@@ -745,18 +767,27 @@ impl Case {
         self.env.mnt.clone()
     }
 
-    /// Runs everything and returns the failures (the case still holds
-    /// the mount, so that its log checks on drop run only after ours).
+    /// Mounts, runs every operation (mounted, then unmounted) and records
+    /// the failures in `self.failures`.
     fn run_all(&mut self) {
         let ds = self.ds();
         let vm = self.name.vm();
         match self.env.try_mount_within(&[], COMMAND_LIMIT) {
             Ok(mount) => {
-                let _ = Command::new("prlimit")
-                    .arg("--pid")
-                    .arg(mount.pid().to_string())
-                    .arg(format!("--data={DATA_LIMIT}"))
-                    .status();
+                let limit = libc::rlimit {
+                    rlim_cur: DATA_LIMIT,
+                    rlim_max: DATA_LIMIT,
+                };
+                // SAFETY: plain syscall on a child of ours, valid pointer.
+                let rc = unsafe {
+                    libc::prlimit(
+                        mount.pid() as libc::pid_t,
+                        libc::RLIMIT_DATA,
+                        &limit,
+                        std::ptr::null_mut(),
+                    )
+                };
+                assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
                 self.mount = Some(mount);
             }
             Err(e) => self.fail("vmcryptfs mount", e),
@@ -965,8 +996,9 @@ impl Case {
         self.cli_on_vm(&["vm", "convert-format", &vm_dir], vm);
     }
 
-    /// At the end, through the mount: the VM works (its witness file
-    /// reads back) or is reported as damaged, naming it.
+    /// At the end, through the mount: the VM's outcome is the one its name
+    /// expects ([`Name::expected`]): it works (its witness file reads
+    /// back), or it is reported as damaged, naming it.
     fn verdict_mounted(&mut self) {
         let mnt = self.mnt();
         let witness = self.name.witness();
