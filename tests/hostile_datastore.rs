@@ -85,6 +85,10 @@ const SPARSE_SIZE: u64 = 2 << 30;
 /// read of the 2 GiB plant (which [`READ_LIMIT`] then reports), not for a
 /// runaway.
 const DATA_LIMIT: u64 = 3 << 30;
+const DATA_RLIMIT: libc::rlimit = libc::rlimit {
+    rlim_cur: DATA_LIMIT,
+    rlim_max: DATA_LIMIT,
+};
 /// Content written through the mount beside the planted name; must never
 /// reach an encrypted VM home in clear.
 const NEW_FILE_MARKER: &str = "hostile-suite-new-file-plaintext";
@@ -387,11 +391,7 @@ fn limit_data(cmd: &mut Command) {
     // fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: DATA_LIMIT,
-                rlim_max: DATA_LIMIT,
-            };
-            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+            if libc::setrlimit(libc::RLIMIT_DATA, &DATA_RLIMIT) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -510,7 +510,7 @@ impl Case {
 
         let outside = env.dir.path().join("outside");
         fs::create_dir_all(outside.join("outdir")).unwrap();
-        let token = format!("SECRET{:016x}", rand_u64());
+        let token = format!("SECRET{:016x}", common::rand_suffix());
         fs::write(
             outside.join("secret.txt"),
             format!("{token} a secret outside the datastore\n"),
@@ -774,16 +774,12 @@ impl Case {
         let vm = self.name.vm();
         match self.env.try_mount_within(&[], COMMAND_LIMIT) {
             Ok(mount) => {
-                let limit = libc::rlimit {
-                    rlim_cur: DATA_LIMIT,
-                    rlim_max: DATA_LIMIT,
-                };
                 // SAFETY: plain syscall on a child of ours, valid pointer.
                 let rc = unsafe {
                     libc::prlimit(
                         mount.pid() as libc::pid_t,
                         libc::RLIMIT_DATA,
-                        &limit,
+                        &DATA_RLIMIT,
                         std::ptr::null_mut(),
                     )
                 };
@@ -1037,19 +1033,13 @@ impl Case {
         let status = self.cli(&["vm", "status", &format!("{ds}/{vm}")]);
         let cli_reports = status.status.is_some()
             && ((!status.success() && status.stderr.contains(&vm))
-                || status
-                    .stdout
-                    .lines()
-                    .any(|l| l.starts_with("locked-reason: ") && l != "locked-reason: -"));
+                || gives_locked_reason(&status.stdout));
         let control = self.shell(
             &format!("cat MNT/{vm}/.control (is the damage reported?)"),
             "cat \"$1\"",
             &[&mnt.join(&vm).join(".control")],
         );
-        let mount_reports = control
-            .stdout
-            .lines()
-            .any(|l| l.starts_with("locked-reason: ") && l != "locked-reason: -");
+        let mount_reports = gives_locked_reason(&control.stdout);
         if !(cli_reports || mount_reports) {
             self.fail(
                 "verdict",
@@ -1090,16 +1080,12 @@ impl Case {
     }
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
+/// Whether a status text (`.control`, `vm status`) says why the VM is
+/// locked.
+fn gives_locked_reason(status: &str) -> bool {
+    status
+        .lines()
+        .any(|l| l.starts_with("locked-reason: ") && l != "locked-reason: -")
 }
 
 /// Runs every plant at `name`; fails naming every (name, plant, operation)

@@ -283,7 +283,8 @@ impl TestEnv {
     }
 }
 
-fn rand_suffix() -> u64 {
+/// A random number (for unique names and markers).
+pub fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
