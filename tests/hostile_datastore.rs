@@ -350,6 +350,14 @@ impl Prober {
     }
 }
 
+impl Drop for Prober {
+    /// Stops the thread if the case ends early (a panic): it must not
+    /// outlive the mount it probes.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Waits for `child` up to `limit`; kills it past that (`None`).
 fn wait_limited(mut child: Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
