@@ -1166,3 +1166,46 @@ fn encrypted_disk() {
 fn vm_home() {
     suite(Name::VmHome);
 }
+
+/// The harness itself can fail: a command that prints the secret and reads
+/// it through its symlink, one that hangs, and a mount that stops
+/// answering are each reported. (Without this, a suite that passes could
+/// be one whose checks never fire.)
+#[test]
+fn harness_reports_leaks_changes_hangs_and_a_stalled_mount() {
+    let mut case = Case::new(Name::Journal, Plant::SymlinkToSecret);
+    let link = case.env.datastore.join(Name::Journal.rel_in("vm1"));
+    case.shell("cat through the plant", "cat \"$1\"", &[&link]);
+    case.shell("hang", "sleep 30", &[]);
+    let reported = case.failures.join("\n");
+    for expected in [
+        "[Journal × SymlinkToSecret] cat through the plant: the secret file's marker appears",
+        "[Journal × SymlinkToSecret] cat through the plant: changed something outside the datastore",
+        "[Journal × SymlinkToSecret] hang: did not return within 5s (killed)",
+    ] {
+        assert!(reported.contains(expected), "{expected:?} not in:\n{reported}");
+    }
+
+    let mount = case.env.mount();
+    let prober = Prober::start(&mount.mnt);
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(mount.pid() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    std::thread::sleep(STAT_LIMIT * 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(mount.pid() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let record = prober.finish();
+    assert!(
+        record.hung && record.worst >= STAT_LIMIT,
+        "a stopped mount went unnoticed: worst {:?}, hung {}",
+        record.worst,
+        record.hung
+    );
+    assert!(mount.unmount().success());
+}
