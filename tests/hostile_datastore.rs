@@ -620,8 +620,10 @@ impl Case {
             self.fail(op, format!("{what} appears in its output:\n{excerpt}"));
         }
         if let Some(mount) = &self.mount {
-            let log = mount.log_text();
-            let new = log.get(self.log_checked..).unwrap_or("").to_string();
+            // Bytes, not text: a log that is not UTF-8 must still be read.
+            let log = fs::read(&mount.log).unwrap_or_default();
+            let new = String::from_utf8_lossy(log.get(self.log_checked..).unwrap_or_default())
+                .into_owned();
             self.log_checked = log.len();
             if let Some(what) = self.leaks_in(&new) {
                 self.fail(op, format!("{what} appears in the mount's log"));
@@ -750,7 +752,7 @@ impl Case {
     /// error must name the VM.
     fn cli_on_vm(&mut self, args: &[&str], vm: &str) -> Outcome {
         let outcome = self.cli(args);
-        if outcome.status.is_some() && !outcome.success() && !outcome.stderr.contains(vm) {
+        if outcome.status.is_some() && !outcome.success() && !names(&outcome.stderr, vm) {
             let op = format!("vmcryptfs {}", args.join(" "));
             self.fail(
                 &op,
@@ -1040,7 +1042,7 @@ impl Case {
         let ds = self.ds();
         let status = self.cli(&["vm", "status", &format!("{ds}/{vm}")]);
         let cli_reports = status.status.is_some()
-            && ((!status.success() && status.stderr.contains(&vm))
+            && ((!status.success() && names(&status.stderr, &vm))
                 || gives_locked_reason(&status.stdout));
         let control = self.shell(
             &format!("cat MNT/{vm}/.control (is the damage reported?)"),
@@ -1086,6 +1088,16 @@ impl Case {
             }
         }
     }
+}
+
+/// Whether the error in a command's stderr names `vm`: its own message,
+/// not the trace log lines around it (`[time LEVEL target] ...`), which
+/// name every path they touch.
+fn names(stderr: &str, vm: &str) -> bool {
+    stderr
+        .lines()
+        .filter(|line| !line.starts_with('['))
+        .any(|line| line.contains(vm))
 }
 
 /// Whether a status text (`.control`, `vm status`) says why the VM is
