@@ -423,7 +423,7 @@ fn outside_state(outside: &Path, master_key: &Path) -> Vec<String> {
                 .open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .unwrap();
-            format!("{:x?}", sha_like(&bytes))
+            format!("{:x?}", fingerprint(&bytes))
         } else {
             String::new()
         };
@@ -462,7 +462,7 @@ fn outside_state(outside: &Path, master_key: &Path) -> Vec<String> {
 
 /// A cheap fingerprint of a small file's content (length and a
 /// position-weighted sum), enough to see any change the suite can cause.
-fn sha_like(bytes: &[u8]) -> (usize, u64) {
+fn fingerprint(bytes: &[u8]) -> (usize, u64) {
     let sum = bytes.iter().enumerate().fold(0u64, |acc, (i, &b)| {
         acc.wrapping_mul(1_000_003)
             .wrapping_add(b as u64 ^ i as u64)
