@@ -246,6 +246,23 @@ impl TestEnv {
 
     /// Mounts the datastore at `mnt` with extra `mount` arguments.
     pub fn mount_at(&self, mnt: &Path, extra: &[&str]) -> Mount {
+        let mut mount = self.spawn_mount(mnt, extra);
+        if let Err(e) = mount.wait_mounted(Duration::from_secs(20)) {
+            panic!("{e}");
+        }
+        mount
+    }
+
+    /// Mounts at the default mount point, giving up after `limit`: for a
+    /// test where a mount that does not come up is a finding to report,
+    /// not a broken harness. The `Err` holds the reason and the log.
+    pub fn try_mount_within(&self, extra: &[&str], limit: Duration) -> Result<Mount, String> {
+        let mut mount = self.spawn_mount(&self.mnt.clone(), extra);
+        mount.wait_mounted(limit).map(|()| mount)
+    }
+
+    /// Starts `mount --foreground` at `mnt`, logging at trace level.
+    fn spawn_mount(&self, mnt: &Path, extra: &[&str]) -> Mount {
         let log = self.dir.path().join(format!("mount-{}.log", rand_suffix()));
         let log_file = fs::File::create(&log).unwrap();
         let mut cmd = self.cmd(&["mount", "--foreground"]);
@@ -257,18 +274,17 @@ impl TestEnv {
             .stdout(Stdio::null())
             .stderr(log_file);
         let child = cmd.spawn().expect("spawning mount");
-        let mut mount = Mount {
+        Mount {
             child: Some(child),
             mnt: mnt.to_path_buf(),
             log,
             keystore: self.keystore.clone(),
-        };
-        mount.wait_until_mounted();
-        mount
+        }
     }
 }
 
-fn rand_suffix() -> u64 {
+/// A random number (for unique names and markers).
+pub fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
@@ -296,24 +312,51 @@ pub struct Mount {
 }
 
 impl Mount {
-    fn wait_until_mounted(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    fn wait_mounted(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if is_mounted(&self.mnt) {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                return Err(format!(
                     "mount process exited with {status} before mounting; log:\n{}",
                     self.log_text()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "mount did not appear within 20 s; log:\n{}",
+        Err(format!(
+            "mount did not appear within {limit:?}; log:\n{}",
             self.log_text()
-        );
+        ))
+    }
+
+    /// Aborts the mount's FUSE connection through
+    /// `/sys/fs/fuse/connections/DEV/abort`: every pending and later
+    /// request fails with ENOTCONN, so a daemon stuck in a request can no
+    /// longer hang its callers, and teardown cannot hang either. Found
+    /// from mountinfo, never by a `stat` of the (possibly hung) mount.
+    pub fn abort_connection(&self) {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let target = self.mnt.to_string_lossy();
+        let minor = info.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&target.as_ref()))
+                .then(|| fields.get(2)?.split_once(':').map(|(_, m)| m.to_string()))
+                .flatten()
+        });
+        let Some(minor) = minor else { return };
+        let abort = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
+        if !abort.exists() {
+            // fusectl is not always mounted (containers); mounting it is
+            // harmless and needs root, as these tests do.
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = fs::write(abort, "1");
     }
 
     /// A path inside the mount.
