@@ -14,7 +14,6 @@ use fuser::{
 
 use super::attr::ATTR_TTL;
 use super::cache_mode::CacheMode;
-use super::lock_ops::apply_lock;
 use super::VmCryptFs;
 
 /// Largest read/write request we ask the kernel for (it caps this at
@@ -303,7 +302,7 @@ impl Filesystem for VmCryptFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -314,21 +313,15 @@ impl Filesystem for VmCryptFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let file = match self.lock_owner_file(ino.0, fh.0, lock_owner.0) {
-            Ok(file) => file,
-            Err(e) => return reply.error(e),
-        };
-        if !sleep {
-            return reply_empty(reply, apply_lock(&file, start, end, typ, false));
-        }
-        // A blocking lock waits in its own thread, so waiters never use up
-        // the FUSE worker threads.
-        let spawned = std::thread::Builder::new()
-            .name("lock-wait".into())
-            .spawn(move || reply_empty(reply, apply_lock(&file, start, end, typ, true)));
-        if let Err(e) = spawned {
-            log::error!("cannot start a lock-wait thread: {e}");
-        }
+        self.setlk(
+            ino.0,
+            fh.0,
+            lock_owner.0,
+            (start, end, typ),
+            sleep,
+            req.pid(),
+            move |result| reply_empty(reply, result),
+        );
     }
 
     fn release(
