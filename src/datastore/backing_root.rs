@@ -100,44 +100,48 @@ impl BackingRoot {
     /// with raw open(2) `flags`: the access mode, O_CREAT and O_EXCL, and
     /// the flags listed in [`PASSED_FLAGS`]; others are dropped. `mode`
     /// applies with O_CREAT. A symlink as the last component is refused too
-    /// (ELOOP), and so is anything but a regular file (ENXIO).
+    /// (ELOOP), a directory is EISDIR, and anything else that is not a
+    /// regular file (FIFO, socket, device) is ENXIO.
     ///
     /// The name was a regular file when the kernel looked it up, but it can
     /// be swapped for a FIFO or a device behind the mount before the open.
-    /// So the open always carries O_NONBLOCK and O_NOCTTY: a FIFO then opens
-    /// (or fails with ENXIO) at once instead of holding a worker until a
-    /// writer comes, and a terminal never becomes our controlling one. One
-    /// fstat then refuses anything that is not a regular file before a byte
-    /// is read or written, and O_NONBLOCK is cleared again unless the caller
-    /// asked for it. A device's own `open` can still run in that race (only
-    /// an `O_PATH` open and a reopen would avoid it, at two more system
-    /// calls on every open); a datastore that may hold device nodes should
-    /// be mounted `nodev`, and `owned_file` uses the `O_PATH` way for the
-    /// files vmcryptfs itself reads.
+    /// So an existing name is first opened `O_PATH`, which opens nothing (no
+    /// driver `open` runs for a device, no FIFO open waits for a writer),
+    /// its `fstat` says what it is, and only a regular file is opened for
+    /// real, through `/proc/self/fd/N` ([`reopen`]), which reopens the very
+    /// inode held rather than looking the name up again. That is one system
+    /// call more than a plain open and an `fstat`, against a FUSE round trip
+    /// per open. An exclusive create needs none of it: it can only make a
+    /// new regular file.
     pub fn open_file(&self, rel: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
-        let creating = flags & libc::O_CREAT != 0;
         let flags = (flags & (libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | PASSED_FLAGS))
             | libc::O_NOFOLLOW;
-        let mode = if creating { mode & 0o7777 } else { 0 };
-        let fd = self.resolve(
-            rel,
-            OFlags::from_bits_retain((flags | libc::O_NONBLOCK | libc::O_NOCTTY) as u32),
-            Mode::from_raw_mode(mode),
-        )?;
-        let stat = rustix::fs::fstat(&fd)?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-            log::warn!(
-                "backing file {} is not a regular file (it was swapped behind the mount); refused",
-                rel.display()
-            );
-            return Err(Errno::NXIO.into());
+        let creating = flags & libc::O_CREAT != 0;
+        let create = |flags: i32| -> std::io::Result<File> {
+            let flags = OFlags::from_bits_retain((flags | libc::O_EXCL) as u32);
+            Ok(File::from(self.resolve(
+                rel,
+                flags,
+                Mode::from_raw_mode(mode & 0o7777),
+            )?))
+        };
+        if creating && flags & libc::O_EXCL != 0 {
+            return create(flags);
         }
-        if flags & libc::O_NONBLOCK == 0 {
-            // F_SETFL changes only the status flags (O_NONBLOCK among them);
-            // the others given here are the ones the file was opened with.
-            rustix::fs::fcntl_setfl(&fd, OFlags::from_bits_retain(flags as u32))?;
+        // A name that appears between the O_PATH lookup and the exclusive
+        // create is looked at again; a datastore writer racing us forever
+        // gets EEXIST, never an open of what it planted.
+        for _ in 0..3 {
+            match self.resolve(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) {
+                Ok(pinned) => return open_pinned_regular(&pinned, rel, flags),
+                Err(Errno::NOENT) if creating => match create(flags) {
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => continue,
+                    result => return result,
+                },
+                Err(errno) => return Err(errno.into()),
+            }
         }
-        Ok(File::from(fd))
+        Err(Errno::EXIST.into())
     }
 
     /// Opens directory `rel` for reading its entries (or syncing it). The
@@ -247,6 +251,38 @@ impl BackingRoot {
         self.no_openat2.store(true, Ordering::Relaxed);
         self
     }
+}
+
+/// Opens, with `flags` (access mode and [`PASSED_FLAGS`]), the file that
+/// the `O_PATH` descriptor `pinned` of `rel` holds, if it is a regular
+/// file; see [`BackingRoot::open_file`].
+fn open_pinned_regular(pinned: &OwnedFd, rel: &Path, flags: i32) -> std::io::Result<File> {
+    let stat = rustix::fs::fstat(pinned)?;
+    let refused = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+        rustix::fs::FileType::RegularFile => None,
+        rustix::fs::FileType::Directory => Some(Errno::ISDIR),
+        rustix::fs::FileType::Symlink => Some(Errno::LOOP),
+        _ => Some(Errno::NXIO),
+    };
+    if let Some(errno) = refused {
+        log::warn!(
+            "backing file {} is not a regular file (it was swapped behind the mount); refused",
+            crate::format::untrusted::path(rel)
+        );
+        return Err(errno.into());
+    }
+    let flags = flags & (libc::O_ACCMODE | PASSED_FLAGS) & !libc::O_NOFOLLOW;
+    Ok(reopen(pinned, OFlags::from_bits_retain(flags as u32))?)
+}
+
+/// Opens the file an `O_PATH` descriptor holds, with `flags`, through
+/// `/proc/self/fd/N`: that reopens the inode itself, so no name is looked
+/// up again (`O_NOFOLLOW` must not be in `flags`: the magic link is the
+/// way in).
+pub(crate) fn reopen(pinned: &OwnedFd, flags: OFlags) -> rustix::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let link = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    rustix::fs::open(link.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map(File::from)
 }
 
 #[cfg(test)]
@@ -385,6 +421,21 @@ mod tests {
                 );
             }
         }
+        // Nothing planted is opened for real, not even for a moment: a
+        // writer blocked in open(2) on the FIFO would be let through by
+        // any reader's open (a device's driver `open` would run likewise).
+        let fifo = root.join("fifo");
+        let writer = std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(fifo));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        for access in [libc::O_RDONLY, libc::O_RDONLY | libc::O_NONBLOCK] {
+            beneath
+                .open_file(Path::new("fifo"), access, 0)
+                .expect_err("a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the FIFO was opened for reading");
+        drop(std::fs::File::open(root.join("fifo")).unwrap());
+        writer.join().unwrap().unwrap();
         // O_NONBLOCK stays only where the caller asked for it.
         for (asked, kept) in [(0, false), (libc::O_NONBLOCK, true)] {
             let file = beneath

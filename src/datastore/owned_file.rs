@@ -28,7 +28,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
@@ -293,11 +293,13 @@ pub fn open_regular_at(
     Ok((file, stat))
 }
 
-/// Opens the file an `O_PATH` descriptor holds, with `access`.
+/// Opens the file an `O_PATH` descriptor holds, with only the access
+/// mode of `access`.
 fn reopen(pinned: &OwnedFd, access: OFlags) -> rustix::io::Result<File> {
-    let link = format!("/proc/self/fd/{}", pinned.as_raw_fd());
-    let access = access & (OFlags::RDONLY | OFlags::WRONLY | OFlags::RDWR);
-    rustix::fs::open(link.as_str(), access | OFlags::CLOEXEC, Mode::empty()).map(File::from)
+    super::backing_root::reopen(
+        pinned,
+        access & (OFlags::RDONLY | OFlags::WRONLY | OFlags::RDWR),
+    )
 }
 
 /// Creates `name` in `dir` read-write with mode `mode`, failing if anything
