@@ -317,3 +317,74 @@ fn a_kmip_only_host_refuses_a_rolled_back_bundle_too() {
     env.run_ok(&["vm", "accept-rollback", env.vm_dir("vm1").to_str().unwrap()]);
     assert_eq!(fs::read(mount.path("vm1/vm.vmx")).unwrap(), b"config");
 }
+
+/// A bundle deleted behind a running mount is the cheapest downgrade a
+/// datastore writer has: a directory then taken for plain would store the
+/// hypervisor's next writes in clear. A VM home the mount has seen (every
+/// one, from the scan at mount; vm1 is never touched before the deletion)
+/// stays encrypted and locked instead, its `locked-reason` naming the
+/// missing bundle: creating, writing and renaming into it fail with
+/// ENOKEY and nothing lands in clear. Put back, the bundle unlocks it
+/// again and the file reads as before.
+#[test]
+fn a_bundle_deleted_behind_the_mount_locks_the_vm_and_never_turns_it_plain() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let secret = b"vTPM state, sealed 0123456789".repeat(50);
+    {
+        let mount = env.mount();
+        fs::write(mount.path("vm1/vm1.nvram"), &secret).unwrap();
+    }
+    let mount = env.mount();
+    let bundle = fs::read(bundle_path(&env, "vm1")).unwrap();
+    fs::remove_file(bundle_path(&env, "vm1")).unwrap();
+
+    let marker = b"PLAINTEXT-AFTER-DELETE-3c1d7e".repeat(100);
+    let path = |name: &str| mount.path(&format!("vm1/{name}"));
+    let create = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path("vmware.log"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &marker));
+    assert_eq!(errno(create), Some(libc::ENOKEY), "create");
+    let rewrite = fs::OpenOptions::new()
+        .write(true)
+        .open(path("vm1.nvram"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &marker));
+    assert_eq!(errno(rewrite), Some(libc::ENOKEY), "write vm1.nvram");
+    fs::create_dir(mount.path("elsewhere")).unwrap();
+    fs::write(mount.path("elsewhere/moved.log"), &marker).unwrap();
+    // Across VM homes a rename is EXDEV (then `mv` copies, and the copy's
+    // create is refused as above); within one, ENOKEY.
+    let renamed = errno(fs::rename(
+        mount.path("elsewhere/moved.log"),
+        path("moved.log"),
+    ));
+    assert!(
+        [Some(libc::EXDEV), Some(libc::ENOKEY)].contains(&renamed),
+        "rename into: {renamed:?}"
+    );
+    assert_eq!(
+        errno(fs::rename(path("vm1.nvram"), path("moved.vmdk"))),
+        Some(libc::ENOKEY),
+        "rename within"
+    );
+    fs::remove_file(env.datastore.join("elsewhere/moved.log")).unwrap();
+    let status = read_control(&path(".control"));
+    assert_eq!(status["state"], "locked", "{status:?}");
+    assert!(
+        status["locked-reason"].contains(".vmcryptfs-bundle is missing"),
+        "{status:?}"
+    );
+    assert_eq!(
+        tree_contains(&env.datastore, &marker[..64]),
+        None,
+        "no plaintext in the datastore"
+    );
+    assert!(!env.vm_dir("vm1").join("vmware.log").exists());
+
+    fs::write(bundle_path(&env, "vm1"), &bundle).unwrap();
+    assert_eq!(fs::read(path("vm1.nvram")).unwrap(), secret);
+    fs::write(path("vmware.log"), &marker).unwrap();
+    assert_eq!(tree_contains(&env.datastore, &marker[..64]), None);
+}

@@ -59,14 +59,21 @@ impl Datastore {
 
     /// The VM home named `name` (a direct subdirectory of the root), if that
     /// directory holds a key bundle (a symlink to a directory is never a VM
-    /// home, nor is a symlink a bundle; see `bundle_file::has_bundle`). The bundle is checked on every call,
-    /// so a VM created by `vmcryptfs vm create` while mounted appears, and a
-    /// directory whose bundle vanished stops being treated as encrypted.
+    /// home, nor is a symlink a bundle; see `bundle_file::has_bundle`), or
+    /// if this mount has seen it as one. The bundle is checked on every
+    /// call, so a VM created by `vmcryptfs vm create` while mounted appears.
+    ///
+    /// A VM home once seen stays one when its bundle vanishes behind the
+    /// mount: deleting the bundle is the cheapest downgrade a datastore
+    /// writer has, and a directory taken for plain from then on would
+    /// store the hypervisor's next writes (a new log, a rewritten `.nvram`)
+    /// in clear. It stays locked instead, its `locked-reason` naming the
+    /// missing bundle ([`VmHome`]), until the bundle is put back or the VM
+    /// home is removed or renamed through the mount.
     pub fn vm_home(&self, name: &OsStr) -> Option<Arc<VmHome>> {
         let dir = self.root.join(name);
         if !bundle_file::has_bundle(&dir) {
-            self.vms.write().expect("vms lock").remove(name);
-            return None;
+            return self.vms.read().expect("vms lock").get(name).cloned();
         }
         if let Some(vm) = self.vms.read().expect("vms lock").get(name) {
             return Some(vm.clone());

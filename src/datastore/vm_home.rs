@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::convert::Pending;
 use super::counters::VmCounters;
 use super::current_kek::CurrentKekCache;
+use super::layout::BUNDLE_FILE_NAME;
 use super::vm_keys::{self, Authenticated, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
@@ -318,6 +319,14 @@ impl VmHome {
         let dir = self.dir();
         let bundle = match bundle_file::read(&dir) {
             Ok(bundle) => bundle,
+            // Only a VM home this mount saw with a bundle gets here without
+            // one (see `Datastore::vm_home`).
+            Err(DatastoreError::NotAVmHome { .. }) => {
+                let reason = format!(
+                    "its key bundle {BUNDLE_FILE_NAME} is missing (it was removed from the datastore while mounted); put it back, e.g. from a backup: until then the VM stays locked and nothing is created in it, in clear or otherwise"
+                );
+                return Err(self.lock_with(&mut state, reason, None));
+            }
             Err(err) => return Err(self.lock_with(&mut state, err.to_string(), None)),
         };
         if let Some(pending) = super::convert::pending(&dir) {

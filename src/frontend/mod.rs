@@ -123,6 +123,13 @@ impl VmCryptFs {
             );
             file_size_limit::UNKNOWN_LIMIT
         });
+        // Learn every VM home now rather than at its first lookup, so that
+        // a bundle deleted behind the mount later locks its VM home instead
+        // of turning it plain (see `Datastore::vm_home`).
+        match datastore.scan_vm_homes() {
+            Ok(vms) => log::info!("{} encrypted VM homes", vms.len()),
+            Err(e) => log::warn!("could not list the VM homes at mount: {e}"),
+        }
         Ok(Self {
             max_backing_len,
             beneath,
