@@ -326,7 +326,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     hygiene::harden_process();
     let keystore = match cli.keystore {
         Some(dir) => dir,
-        None => crate::keys::keystore_path::default_keystore_dir()?,
+        None => crate::keys::keystore_path::default_keystore_dir()
+            .map_err(|err| CliError::new(ExitKind::Usage, err.to_string()))?,
     };
     match cli.command {
         Command::Provider(cmd) => provider_cmd::run(cmd, &keystore),

@@ -15,7 +15,7 @@
 use sha2::{Digest, Sha256};
 
 use super::content_layout::ContentLayout;
-use crate::keys::KekRef;
+use super::kek_ref::KekRef;
 
 /// Bundle magic.
 pub const MAGIC: [u8; 8] = *b"VMCRYPTB";

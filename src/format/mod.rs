@@ -13,5 +13,6 @@
 pub mod bundle;
 pub mod content_layout;
 pub mod file_header;
+pub mod kek_ref;
 pub mod offsets;
 pub mod untrusted;

@@ -8,17 +8,20 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::cli::{CliError, ExitKind};
-
 /// The key store directory of root.
 pub const SYSTEM_KEYSTORE_DIR: &str = "/var/lib/vmcryptfs";
 
 /// Name of the per-user key store directory under the XDG data directory.
 const USER_KEYSTORE_NAME: &str = "vmcryptfs";
 
+/// Neither `XDG_DATA_HOME` nor `HOME` gives a place for a user's key store.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("cannot determine the key store directory: neither XDG_DATA_HOME nor HOME is set to an absolute path; pass --keystore DIR or set VMCRYPTFS_KEYSTORE")]
+pub struct NoKeystoreDir;
+
 /// The default key store directory: [`SYSTEM_KEYSTORE_DIR`] for root (euid
 /// 0), else `$XDG_DATA_HOME/vmcryptfs`, else `$HOME/.local/share/vmcryptfs`.
-pub fn default_keystore_dir() -> Result<PathBuf, CliError> {
+pub fn default_keystore_dir() -> Result<PathBuf, NoKeystoreDir> {
     resolve(
         nix::unistd::geteuid().is_root(),
         std::env::var_os("XDG_DATA_HOME"),
@@ -32,7 +35,7 @@ fn resolve(
     is_root: bool,
     xdg_data_home: Option<OsString>,
     home: Option<OsString>,
-) -> Result<PathBuf, CliError> {
+) -> Result<PathBuf, NoKeystoreDir> {
     if is_root {
         return Ok(PathBuf::from(SYSTEM_KEYSTORE_DIR));
     }
@@ -44,11 +47,7 @@ fn resolve(
     if let Some(home) = absolute(home) {
         return Ok(home.join(".local/share").join(USER_KEYSTORE_NAME));
     }
-    Err(CliError::new(
-        ExitKind::Usage,
-        "cannot determine the key store directory: neither XDG_DATA_HOME nor HOME \
-         is set to an absolute path; pass --keystore DIR or set VMCRYPTFS_KEYSTORE",
-    ))
+    Err(NoKeystoreDir)
 }
 
 fn absolute(value: Option<OsString>) -> Option<PathBuf> {
@@ -84,9 +83,9 @@ mod tests {
     }
 
     #[test]
-    fn user_without_any_location_gets_a_usage_error() {
+    fn user_without_any_location_is_told_what_to_pass() {
         let err = resolve(false, None, os("")).unwrap_err();
-        assert_eq!(err.kind, ExitKind::Usage);
-        assert!(err.message.contains("--keystore"), "{}", err.message);
+        assert_eq!(err, NoKeystoreDir);
+        assert!(err.to_string().contains("--keystore"), "{err}");
     }
 }

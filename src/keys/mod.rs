@@ -15,36 +15,13 @@ pub mod master_key;
 pub mod provider_set;
 pub mod registry;
 
-use std::fmt;
 use std::path::PathBuf;
 
 use crate::crypto::secret::Dek;
 
-/// Which KEK wraps a bundle: provider name, the provider's KEK id, version.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct KekRef {
-    /// Provider name as recorded in bundles (`local` for the embedded one).
-    pub provider: String,
-    /// The provider's identifier of the KEK series. For the embedded provider
-    /// it is the key store's random id, so bundles from another store are
-    /// recognised as foreign rather than failing to unwrap mysteriously.
-    pub kek_id: String,
-    /// The KEK version, starting at 1, incremented by each rotation.
-    pub version: u32,
-}
-
-impl fmt::Display for KekRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Both strings come from a bundle, possibly before it authenticated.
-        write!(
-            f,
-            "{}:{} v{}",
-            crate::format::untrusted::field(&self.provider),
-            crate::format::untrusted::field(&self.kek_id),
-            self.version
-        )
-    }
-}
+/// A bundle's reference to its KEK lives with the bundle's format (the
+/// format layer sits below the providers); providers take it as is.
+pub use crate::format::kek_ref::KekRef;
 
 /// Lifecycle state of one KEK version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
