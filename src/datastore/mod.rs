@@ -71,7 +71,7 @@ pub enum DatastoreError {
         path: PathBuf,
     },
     /// `vm create` on a directory that holds files.
-    #[error("{} is not empty; encrypting existing VMs is not supported yet, so create the VM home empty and copy files in through the mount", untrusted::path(.path))]
+    #[error("{} is not empty; to encrypt a VM home that already holds files, run `vmcryptfs vm encrypt {}` (it converts them in place)", untrusted::path(.path), untrusted::path(.path))]
     NotEmpty {
         /// The directory.
         path: PathBuf,
