@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::stderr;
+
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -38,10 +40,6 @@ fn edit_bundle(env: &TestEnv, vm: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<
 
 fn errno(result: std::io::Result<impl Sized>) -> Option<i32> {
     result.err().and_then(|e| e.raw_os_error())
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A VM with encrypted disks whose `encrypt_disks` bit was cleared on disk

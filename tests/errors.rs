@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::stderr;
+
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::process::Output;
@@ -11,10 +13,6 @@ use common::{is_mounted, read_control, TestEnv};
 
 const KEY_ERROR: i32 = 3;
 const MOUNT_ERROR: i32 = 5;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn mount_args(env: &TestEnv) -> Vec<String> {
     vec![

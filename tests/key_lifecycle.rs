@@ -4,13 +4,11 @@
 
 mod common;
 
+use common::stderr;
+
 use std::fs;
 
 use common::{read_control, write_control, TestEnv};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn ds(env: &TestEnv) -> String {
     env.datastore.to_str().unwrap().to_string()

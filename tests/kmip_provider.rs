@@ -5,14 +5,12 @@
 
 mod common;
 
+use common::stderr;
+
 use std::fs;
 
 use common::kms::Kms;
 use common::{read_control, snapshot_tree, write_control, TestEnv};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn bundle_json(env: &TestEnv, vm: &str) -> serde_json::Value {
     let path = env.vm_dir(vm);

@@ -1,5 +1,9 @@
 //! `vmcryptfs provider ...` through the real binary.
 
+mod common;
+
+use common::stderr;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -32,10 +36,6 @@ fn run_ok(keystore: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The table rows of `provider list`, as (version, state, is_current).

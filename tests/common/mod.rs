@@ -52,6 +52,12 @@ pub fn cached_pages(file: &fs::File, pages: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// A command's standard error, as text (lossy), for assertions and
+/// failure messages.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `command` (an external tool: qemu-img, qemu-io, ...) to the end
 /// and asserts that it succeeded, naming it and showing its output if not.
 pub fn run_checked(command: &mut Command) -> Output {
