@@ -206,7 +206,9 @@ pub fn run(
             })
         }
     };
-    if let Operation::EncryptHome {
+    // Every field the final bundle keeps comes from `bundle`, which
+    // authenticated here; each rewrite checks the bundle on disk against it.
+    let (mut bundle, mut keyring) = if let Operation::EncryptHome {
         encrypt_disks,
         content_layout,
     } = operation
@@ -220,17 +222,20 @@ pub fn run(
         if !bundle_file::has_bundle_in(&vm) {
             vm_keys::create_bundle(vm_dir, provider, encrypt_disks, content_layout)?;
         }
+        vm_keys::unlock_vm(&vm, provider, sequences)?
     } else {
         if !bundle_file::has_bundle_in(&vm) {
             return Err(DatastoreError::NotAVmHome {
                 path: vm_dir.into(),
             });
         }
+        // Unlocked before the journal is written: a VM whose key cannot be
+        // had (KEK destroyed, provider down, bundle rolled back) is refused
+        // with nothing left behind, rather than left "unfinished".
+        let unlocked = vm_keys::unlock_vm(&vm, provider, sequences)?;
         write_journal(&vm, operation)?;
-    }
-    // Every field the final bundle keeps comes from `bundle`, which
-    // authenticated here; each rewrite checks the bundle on disk against it.
-    let (mut bundle, mut keyring) = vm_keys::unlock_vm(&vm, provider, sequences)?;
+        unlocked
+    };
     if operation == Operation::DeepRekey && bundle.deks.len() == 1 {
         let added = add_generation(&keyring);
         bundle = vm_keys::rewrite_bundle(
@@ -607,6 +612,32 @@ mod tests {
             assert!(!message.contains("0123456789"), "{message}");
         }
         assert_eq!(outside.snapshot(), before, "nothing outside changed");
+    }
+
+    #[test]
+    fn a_conversion_refused_for_want_of_the_key_leaves_no_journal() {
+        use crate::keys::KeyProvider;
+        let outside = Outside::new();
+        let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
+            .unwrap()
+            .0;
+        let sequences = BundleSequences::in_keystore(&outside.base.path().join("ks"));
+        let vm = outside.base.path().join("ds/vm");
+        vm_keys::create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
+        provider.rotate().unwrap();
+        provider.destroy(1).unwrap();
+        for operation in all_operations()
+            .into_iter()
+            .filter(|op| op.name() != "encrypt")
+        {
+            let err = run(&vm, &provider, &sequences, operation, &mut Quiet).unwrap_err();
+            assert!(
+                matches!(err, DatastoreError::Provider { .. }),
+                "{}: {err}",
+                operation.name()
+            );
+            assert_eq!(pending(&vm), None, "{}", operation.name());
+        }
     }
 
     #[test]
