@@ -1,4 +1,6 @@
-//! Small durable-file helpers shared by the master key file and exports.
+//! Small durable-file helpers shared by the master key file, exports and
+//! the key store's records, and the flock that serializes a record's
+//! read-modify-write across processes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -49,4 +51,36 @@ pub(crate) fn replace_private_file(path: &Path, contents: &[u8]) -> io::Result<(
     create_private_file(temp, contents)?;
     std::fs::rename(temp, path)?;
     fsync_parent_dir(path)
+}
+
+/// Takes an exclusive flock on the lock file `path` (created 0600, never
+/// through a symlink), retrying every `retry` until `timeout` has passed.
+/// `Ok(Err(waited))` says another holder kept it that long.
+pub(crate) fn lock_exclusive_within(
+    path: &Path,
+    timeout: std::time::Duration,
+    retry: std::time::Duration,
+) -> io::Result<Result<nix::fcntl::Flock<File>, std::time::Duration>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let started = std::time::Instant::now();
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(PRIVATE_FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Ok(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let waited = started.elapsed();
+                if waited >= timeout {
+                    return Ok(Err(waited));
+                }
+                std::thread::sleep(retry.min(timeout - waited));
+            }
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
 }

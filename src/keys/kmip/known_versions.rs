@@ -16,11 +16,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::fsutil::replace_private_file;
+use crate::keys::fsutil::{lock_exclusive_within, replace_private_file};
 use crate::keys::ProviderError;
 
 /// The file's name in the key store.
 pub const FILE_NAME: &str = "kmip-versions.json";
+/// The lock file that serializes updates of the records across processes
+/// (a mount recording a first use while `provider rotate` records a new
+/// version would otherwise lose one of the two).
+const LOCK_FILE_NAME: &str = "kmip-versions.json.lock";
 /// The only format this build reads and writes.
 const FORMAT: u32 = 1;
 
@@ -139,6 +143,7 @@ impl Records {
         series: &str,
         change: impl FnOnce(&mut ProviderVersions) -> Result<(), ProviderError>,
     ) -> Result<(), ProviderError> {
+        let _lock = self.lock()?;
         let mut file = self.load()?;
         let entry = file
             .providers
@@ -152,6 +157,30 @@ impl Records {
         }
         change(entry)?;
         self.store(file)
+    }
+
+    /// Holds the records' lock file for an update (nothing for records in
+    /// memory, whose mutex `load` and `store` take).
+    fn lock(&self) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ProviderError> {
+        let Records::KeyStore(path) = self else {
+            return Ok(None);
+        };
+        let lock_path = path.with_file_name(LOCK_FILE_NAME);
+        match lock_exclusive_within(
+            &lock_path,
+            crate::keys::embedded::lock_timeout_from_env(),
+            std::time::Duration::from_millis(20),
+        ) {
+            Ok(Ok(lock)) => Ok(Some(lock)),
+            Ok(Err(waited)) => Err(ProviderError::StoreBusy {
+                keystore: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            }),
+            Err(source) => Err(ProviderError::Io {
+                context: format!("locking {}", lock_path.display()),
+                source,
+            }),
+        }
     }
 
     fn load(&self) -> Result<RecordsFile, ProviderError> {
@@ -220,6 +249,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let records = [Records::in_keystore(dir.path()), Records::in_memory()];
         (dir, records)
+    }
+
+    #[test]
+    fn concurrent_records_from_many_writers_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            for version in 1..=16u32 {
+                let path = dir.path();
+                // One Records each, as separate processes would have.
+                scope.spawn(move || {
+                    Records::in_keystore(path)
+                        .record("kms", "s", version, &format!("uid-{version}"))
+                        .unwrap()
+                });
+            }
+        });
+        let kept = Records::in_keystore(dir.path())
+            .get("kms", "s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.versions.len(), 16, "{kept:?}");
     }
 
     #[test]
