@@ -1,7 +1,8 @@
 //! Micro-benchmark of the block codec: sealing and opening 4 KiB blocks
 //! and 1 MiB requests through `EncryptedFile`, the hot path of every read
-//! and write. Run with `cargo bench --bench block_codec`; numbers go into
-//! docs/PERFORMANCE.md to catch regressions.
+//! and write. Run with `cargo bench --bench block_codec`; the reference
+//! numbers are in docs/PERFORMANCE.md ("The block codec micro-benchmark"),
+//! to catch regressions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -357,9 +357,9 @@ const READAHEAD_KB: u32 = 1024;
 /// 1 MiB, each request carries 256 blocks for `content::parallel` to
 /// decrypt on every core, and fewer round trips: a warm 1 GiB sequential
 /// read measured 1398 -> 1590 MiB/s (medians of 6 alternating rounds,
-/// docs/PERFORMANCE.md). The window is a property of this mount's
-/// backing-device entry in sysfs, so this needs root; without it the
-/// kernel's default stays, which is only slower.
+/// docs/PERFORMANCE.md, "Mount readahead window"). The window is a
+/// property of this mount's backing-device entry in sysfs, so this needs
+/// root; without it the kernel's default stays, which is only slower.
 fn widen_readahead(datastore: &Path, mountpoint: &Path) {
     let source = super::mountinfo::fsname_for(datastore);
     let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());

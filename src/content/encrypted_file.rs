@@ -434,7 +434,8 @@ impl EncryptedFile {
         // takes a truncation to 0 for the first half of replacing a file's
         // contents and writes the file back when it is closed
         // (`auto_da_alloc`), which would cost every newly created file a
-        // writeback of its own (docs/PERFORMANCE.md, thirteenth session).
+        // writeback of its own (docs/PERFORMANCE.md, "New files are not
+        // truncated").
         if stored_len != 0 {
             backing.set_len(0)?;
         }

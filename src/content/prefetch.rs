@@ -1,18 +1,20 @@
 //! Starting the reads of the backing pages a store covers only in part.
 //!
-//! Why: a sealed block is 4,128 bytes, so storing one 4 KiB block writes
-//! into two pages of the backing file without covering either. When those
-//! pages are not cached, the backing filesystem must read them before it
-//! can merge the write, and ext4 does that inside `pwrite`, one page after
-//! the other, **holding the backing inode's lock**: every writer of the
-//! file waits behind each read. Asking for the pages with
-//! `POSIX_FADV_WILLNEED` before sealing starts both reads at once, without
-//! the lock, overlapping the encryption; `pwrite` then finds them in the
-//! cache or in flight. Cold 4 KiB random writes on a 1 GiB disk measured
-//! 7.5 k -> 11.7 k IOPS with one fio job and 7.9 k -> 24.5 k with four
-//! (medians of 4 alternating rounds, docs/PERFORMANCE.md). Pages a store
-//! covers whole are not read by the kernel, so they are not asked for; on
-//! cached pages the advice costs a page-cache lookup.
+//! Why: in content format 1 a sealed block is 4,128 bytes, so storing one
+//! 4 KiB block writes into two pages of the backing file without covering
+//! either (in format 2, only a tag page and a short last data page are
+//! covered in part). When those pages are not cached, the backing
+//! filesystem must read them before it can merge the write, and ext4 does
+//! that inside `pwrite`, one page after the other, **holding the backing
+//! inode's lock**: every writer of the file waits behind each read. Asking
+//! for the pages with `POSIX_FADV_WILLNEED` before sealing starts both
+//! reads at once, without the lock, overlapping the encryption; `pwrite`
+//! then finds them in the cache or in flight. Cold 4 KiB random writes on
+//! a 1 GiB disk in format 1 measured 7.5 k -> 11.7 k IOPS with one fio job
+//! and 7.9 k -> 24.5 k with four (medians of 4 alternating rounds;
+//! docs/PERFORMANCE.md, "Write prefetch"). Pages a store covers whole are
+//! not read by the kernel, so they are not asked for; on cached pages the
+//! advice costs a page-cache lookup.
 //!
 //! The same advice starts the read of the window around a read that
 //! misses the backing page cache, when [`super::read_around`] says to, and

@@ -14,7 +14,7 @@
 //! it is the other way round (0.71x: the advice's reads replace the
 //! kernel's asynchronous ones), so by default it is used only where the
 //! device reads ahead less ([`ReadAhead::resolve`]). docs/PERFORMANCE.md
-//! ("Eleventh session") has the numbers.
+//! ("Read-ahead") has the numbers.
 //!
 //! A file's [`ReadAheadState`] sees only its large reads (at least
 //! [`MIN_READ_LEN`]): those are what the kernel sends for a sequential
@@ -71,8 +71,8 @@ impl ReadAhead {
     pub const MAX_MIB: u64 = 64;
     /// The distance `auto` reads ahead, when it does.
     pub const AUTO_DISTANCE: u64 = 4 << 20;
-    /// What a mount gets without the option (docs/PERFORMANCE.md gives the
-    /// measurements behind the choice).
+    /// What a mount gets without the option (docs/PERFORMANCE.md,
+    /// "Read-ahead", gives the measurements behind the choice).
     pub const DEFAULT: Self = Self::Auto;
 
     /// Parses the option's value: `auto`, `off` or `0`, or a distance in
@@ -102,8 +102,9 @@ impl ReadAhead {
     /// reads are asynchronous, and marked so that it knows when to read
     /// more). Reading ahead on top of a device that reads 8 MiB ahead
     /// measured 0.71x the throughput; under a device that reads 128 KiB
-    /// ahead (the kernel's default), 1.28x (docs/PERFORMANCE.md). A
-    /// device that cannot be found is taken to have the kernel's default.
+    /// ahead (the kernel's default), 1.28x (docs/PERFORMANCE.md,
+    /// "Read-ahead"). A device that cannot be found is taken to have the
+    /// kernel's default.
     pub fn resolve(self, device_readahead: Option<u64>) -> Self {
         match self {
             Self::Auto if device_readahead.is_some_and(|ra| ra >= Self::AUTO_DISTANCE) => Self::Off,

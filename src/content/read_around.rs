@@ -135,8 +135,8 @@ impl ReadAround {
     pub const AUTO: Self = Self::Adaptive(Window {
         bytes: Window::DEFAULT_KIB * 1024,
     });
-    /// What a mount gets without the option (docs/DESIGN.md §2.2 and
-    /// docs/PERFORMANCE.md give the measurements behind the choice).
+    /// What a mount gets without the option (docs/DESIGN.md §2.2 gives the
+    /// rule, docs/PERFORMANCE.md "Read-around" the measurements behind it).
     pub const DEFAULT: Self = Self::AUTO;
 
     /// Parses the option's value: `auto` (adaptive, with the default

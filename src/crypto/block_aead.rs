@@ -36,10 +36,10 @@ pub struct AuthenticationFailed;
 /// read and write. AWS-LC's AES-GCM uses VAES and VPCLMULQDQ on the CPUs
 /// that have them and seals a 4 KiB block with a 128-bit nonce at about
 /// 8 GB/s on one core here, against 3.4 GB/s for OpenSSL 3.0 and 2.1 GB/s
-/// for the RustCrypto `aes-gcm` 0.11 (docs/PERFORMANCE.md,
-/// `cargo bench --bench block_codec`). The safe wrappers (`aws-lc-rs`,
-/// `ring`) accept only 96-bit nonces, and the content formats store
-/// 128-bit ones, so this module binds the C interface itself. The bytes
+/// for the RustCrypto `aes-gcm` 0.11 (docs/PERFORMANCE.md, "Block cipher:
+/// AWS-LC"; `cargo bench --bench block_codec`). The safe wrappers
+/// (`aws-lc-rs`, `ring`) accept only 96-bit nonces, and the content formats
+/// store 128-bit ones, so this module binds the C interface itself. The bytes
 /// are the same standard AES-256-GCM; the unit tests below check every
 /// length against the RustCrypto implementation in both directions, which
 /// stays the reference (and the key wrapper's AEAD, off the hot path).
