@@ -78,14 +78,6 @@ impl ContentError {
                 | ContentError::FormatMismatch { .. }
         )
     }
-
-    /// The errno a FUSE reply should carry.
-    pub fn errno(&self) -> i32 {
-        match self {
-            ContentError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            _ => libc::EIO,
-        }
-    }
 }
 
 /// The header and content cipher of a non-empty file.

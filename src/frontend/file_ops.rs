@@ -226,7 +226,7 @@ impl VmCryptFs {
 
     fn log_content_error(rel: &Path, what: &str, err: &ContentError) -> Errno {
         log::error!("{what} {}: {err}", untrusted::path(rel));
-        Errno::from_i32(err.errno())
+        Errno::from_i32(errno_of(err))
     }
 
     /// [`Self::log_content_error`] for a file of `vm`, counting
@@ -578,4 +578,15 @@ fn read_plain(file: &File, offset: u64, size: usize, out: &mut Vec<u8>) -> std::
         }
     }
     Ok(filled)
+}
+
+/// The errno a FUSE reply carries for a content error: the backing file's
+/// own for an I/O error, EIO for anything that failed to authenticate or
+/// parse (the mapping lives here, at the kernel's edge, so the content
+/// layer speaks only in its own errors).
+fn errno_of(err: &ContentError) -> i32 {
+    match err {
+        ContentError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        _ => libc::EIO,
+    }
 }
