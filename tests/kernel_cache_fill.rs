@@ -70,6 +70,18 @@ fn wait_for_pages(file: &fs::File, pages: &[u64]) -> Vec<u64> {
     }
 }
 
+/// Writes `content` to `path` through the mount, then waits out the
+/// attribute timeout and stats the file: the kernel's first attribute
+/// refresh after a write may invalidate the file's cached pages (its
+/// mtime differs from the one the kernel kept), and it must happen before
+/// a test looks at what a read cached, not in the middle (on a loaded
+/// machine it came seconds later and emptied the cache under the check).
+fn write_and_settle(path: &Path, content: &[u8]) {
+    fs::write(path, content).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::metadata(path).unwrap();
+}
+
 /// Page `page` of `file`, checked to be 4 KiB.
 fn read_page(file: &fs::File, page: u64) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];
@@ -113,7 +125,7 @@ fn a_cached_read_fills_its_window_and_the_neighbours_never_reach_the_daemon() {
             env.create_vm_in_format("vm1", true, format);
             let mount = env.mount_with(options);
             let path = mount.path("vm1/disk-flat.vmdk");
-            fs::write(&path, &content).unwrap();
+            write_and_settle(&path, &content);
             let disk = open_random_reader(&path);
 
             let read = filled * PAGES_PER_WINDOW + 2;
@@ -179,7 +191,7 @@ fn a_file_open_for_writing_is_not_filled() {
     env.create_vm("vm1", true);
     let mount = env.mount_with(ALWAYS);
     let path = mount.path("vm1/disk-flat.vmdk");
-    fs::write(&path, &content).unwrap();
+    write_and_settle(&path, &content);
     let disk = open_random_reader(&path);
     read_page(&disk, first * PAGES_PER_WINDOW);
     assert_eq!(wait_for_pages(&disk, &pages_of(first)), pages_of(first));
