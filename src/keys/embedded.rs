@@ -13,7 +13,7 @@
 //! The database is opened only for the duration of one key operation (see
 //! `store.rs`), so the CLI and several mounts can share one store.
 
-mod backup;
+pub(crate) mod backup;
 mod record;
 mod restore;
 mod store;

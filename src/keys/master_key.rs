@@ -100,7 +100,7 @@ fn read_bounded(file: &mut File) -> io::Result<Zeroizing<Vec<u8>>> {
 
 /// Parses the file contents. The error explains what is wrong without ever
 /// quoting the contents (they may be a key).
-fn parse(contents: &[u8]) -> Result<MasterKey, String> {
+pub(crate) fn parse(contents: &[u8]) -> Result<MasterKey, String> {
     let rest = contents
         .strip_prefix(HEADER.as_bytes())
         .and_then(|rest| rest.strip_prefix(b"\n"))

@@ -9,6 +9,7 @@
 pub mod bundle_sequences;
 pub mod embedded;
 mod fsutil;
+pub mod fuzzing;
 pub mod keystore_path;
 pub mod kmip;
 pub mod master_key;

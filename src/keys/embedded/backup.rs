@@ -235,6 +235,21 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Whether `text` parses as a backup; one that does must re-encode to a
+/// text that parses to the same encoding again (one encoding per backup).
+/// The property the `backup_parse` fuzz target checks.
+pub(crate) fn parses_and_round_trips(text: &str) -> bool {
+    let file = Path::new("fuzz-input");
+    let Ok(backup) = Backup::parse(file, text) else {
+        return false;
+    };
+    let encoded = backup.to_text();
+    let again =
+        Backup::parse(file, &encoded).expect("a parsed backup re-encodes to a parsable one");
+    assert_eq!(again.to_text(), encoded, "backup encoding is not stable");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
