@@ -1,7 +1,8 @@
 //! POSIX file semantics through the mount, on encrypted files (and where
 //! noted pass-through disks and plain directories): open flags, I/O at any
-//! offset against an in-memory model, truncate, rename, links, metadata,
-//! sync, mmap, and EXDEV across encryption domains.
+//! offset against an in-memory model, rename, links, metadata, sync, and
+//! ioctls. Truncation and shared mmap are covered, on every kind of file,
+//! by `posix_semantics.rs`.
 
 mod common;
 
@@ -129,29 +130,6 @@ fn random_io_matches_a_model_and_persists() {
             fs::read(mount.path(&format!("vm1/{name}"))).unwrap(),
             model,
             "{name} after remount"
-        );
-    }
-}
-
-#[test]
-fn truncate_shrinks_and_grows_with_zeros() {
-    let env = TestEnv::new();
-    env.create_vm("vm1", false);
-    let mount = env.mount();
-    let path = mount.path("vm1/t.bin");
-    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199 + 1) as u8).collect();
-    for size in [0u64, 1, 4095, 4096, 4097, 8191, 8192, 8193, 20_000, 3] {
-        fs::write(&path, &data).unwrap();
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(size).unwrap();
-        drop(f);
-        let got = fs::read(&path).unwrap();
-        assert_eq!(got.len() as u64, size);
-        let keep = (size as usize).min(data.len());
-        assert_eq!(&got[..keep], &data[..keep], "size {size}");
-        assert!(
-            got[keep..].iter().all(|&b| b == 0),
-            "size {size}: growth reads zeros"
         );
     }
 }
@@ -318,38 +296,6 @@ fn metadata_sync_and_sizes() {
             .len(),
         5000
     );
-}
-
-#[test]
-fn shared_writable_mmap_reaches_the_datastore() {
-    let env = TestEnv::new();
-    env.create_vm("vm1", false);
-    let mount = env.mount();
-    let path = mount.path("vm1/vm1.vmem");
-    fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
-    {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let mut map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
-        map[10] = 0xaa;
-        map[4096 + 7] = 0xbb;
-        map[3 * 4096 - 1] = 0xcc;
-        map.flush().unwrap();
-    }
-    let check = |data: Vec<u8>| {
-        assert_eq!(
-            (data[10], data[4096 + 7], data[3 * 4096 - 1]),
-            (0xaa, 0xbb, 0xcc)
-        );
-        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 3);
-    };
-    check(fs::read(&path).unwrap());
-    drop(mount);
-    let mount = env.mount();
-    check(fs::read(mount.path("vm1/vm1.vmem")).unwrap());
 }
 
 /// ioctls get ENOTTY, quietly: Python's `open()` asks every file whether
