@@ -17,6 +17,7 @@
 //! * [`sealed_region`]: the stored form of a run of blocks in either
 //!   content format, and its backing I/O.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
+//! * [`xattr_value`]: sealing and opening extended attribute values.
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
 
@@ -29,6 +30,7 @@ pub mod read_ahead;
 pub mod read_around;
 mod sealed_region;
 pub mod transcode;
+pub mod xattr_value;
 
 pub use allocation::SeekTarget;
 pub use encrypted_file::{ContentError, EncryptedFile};

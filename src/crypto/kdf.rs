@@ -14,6 +14,9 @@ pub const LABEL_FILE_CONTENT: &[u8] = b"vmcryptfs v1 file content";
 pub const LABEL_FILE_HEADER_MAC: &[u8] = b"vmcryptfs v1 file header mac";
 /// `info` label for the public DEK fingerprint.
 pub const LABEL_DEK_FINGERPRINT: &[u8] = b"vmcryptfs v1 dek fingerprint";
+/// `info` label for the key that seals one object's extended attribute
+/// values of one namespace.
+pub const LABEL_XATTR_VALUE: &[u8] = b"vmcryptfs v1 xattr value";
 
 fn expand(dek: &Dek, salt: &[u8], label: &[u8], context: &[u8]) -> DerivedKey {
     let hk = Hkdf::<Sha256>::new(Some(salt), dek.expose());
@@ -37,6 +40,13 @@ pub fn file_header_mac_key(dek: &Dek, vm_id: &[u8; 16], file_id: &[u8; 16]) -> D
     expand(dek, vm_id, LABEL_FILE_HEADER_MAC, file_id)
 }
 
+/// The AES-256-GCM key for the sealed attribute values of one namespace of
+/// one file or directory, named by its attribute id (docs/FORMAT.md §7):
+/// a value moved to another object is opened under another key and fails.
+pub fn xattr_value_key(dek: &Dek, vm_id: &[u8; 16], attribute_id: &[u8; 16]) -> DerivedKey {
+    expand(dek, vm_id, LABEL_XATTR_VALUE, attribute_id)
+}
+
 /// A short public fingerprint of a DEK: the first 8 bytes of an HKDF output,
 /// in hex. HKDF is a PRF, so the fingerprint reveals nothing about the key,
 /// yet it lets an operator see whether two hosts hold the same DEK.
@@ -57,6 +67,8 @@ mod tests {
         let content = file_content_key(&dek, &vm, &file);
         let mac = file_header_mac_key(&dek, &vm, &file);
         assert_ne!(content.expose(), mac.expose());
+        assert_ne!(xattr_value_key(&dek, &vm, &file).expose(), content.expose());
+        assert_ne!(xattr_value_key(&dek, &vm, &file).expose(), mac.expose());
         assert_ne!(
             file_content_key(&dek, &vm, &[3u8; 16]).expose(),
             content.expose()

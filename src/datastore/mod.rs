@@ -25,6 +25,8 @@
 //!   VM home (no symlink followed, only regular files read, reads bounded).
 //! * [`backing_meta`]: metadata operations on backing entries (stat,
 //!   chmod, unlink, rename, ...) as `*at` calls beneath the root.
+//! * [`xattrs`]: extended attributes of backing objects by descriptor,
+//!   sealed in encrypted VM homes.
 
 pub mod backing_device;
 pub mod backing_meta;
@@ -41,6 +43,7 @@ pub mod owned_file;
 pub mod registry;
 pub mod vm_home;
 pub mod vm_keys;
+pub mod xattrs;
 
 use std::path::PathBuf;
 

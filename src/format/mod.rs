@@ -9,6 +9,7 @@
 //! * [`bundle`]: the per-VM key bundle.
 //! * [`untrusted`]: showing names and fields read from the datastore,
 //!   escaped and bounded.
+//! * [`xattr`]: extended attribute namespaces and the sealed value layout.
 
 pub mod bundle;
 pub mod content_layout;
@@ -16,3 +17,4 @@ pub mod file_header;
 pub mod kek_ref;
 pub mod offsets;
 pub mod untrusted;
+pub mod xattr;
