@@ -50,6 +50,7 @@ const SAME_PACKAGE_AS: &[(&str, &str)] = &[
     ("qemu-io", "qemu-img"),
     ("swtpm_ioctl", "swtpm_setup"),
     ("fusermount3", "fusermount3"),
+    ("getfattr", "setfattr"),
 ];
 
 /// String literals that follow `prefix` in `text`, up to the closing quote.

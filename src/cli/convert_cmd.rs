@@ -40,13 +40,14 @@ pub fn run(
         &mut ConsoleProgress::new(),
     )?;
     println!(
-        "{}: {} of VM home {} done: {} file(s) converted ({:.1} MiB), {} already in place",
+        "{}: {} of VM home {} done: {} file(s) converted ({:.1} MiB), {} already in place, {} extended attribute value(s) rewritten",
         operation.name(),
         operation.name(),
         crate::format::untrusted::path(&vm_dir),
         report.files,
         report.bytes as f64 / 1048576.0,
-        report.skipped
+        report.skipped,
+        report.attributes
     );
     if let Some(mnt) = mount {
         flush_mount_keys(&mnt)?;

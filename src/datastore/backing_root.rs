@@ -151,6 +151,14 @@ impl BackingRoot {
         Ok(self.resolve(rel, flags, Mode::empty())?)
     }
 
+    /// An `O_PATH | O_NOFOLLOW` descriptor of entry `rel` itself (a symlink
+    /// there is the link, never followed), for calls that act on the object
+    /// by descriptor, such as its extended attributes
+    /// (`datastore::xattrs`).
+    pub fn open_object(&self, rel: &Path) -> rustix::io::Result<OwnedFd> {
+        self.resolve(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
+    }
+
     /// The parent directory of entry `rel`, opened beneath the root, and
     /// the entry's name in it, for a `*at` call that acts on that name
     /// without following it. For the root itself (`rel` empty) that is the

@@ -13,6 +13,14 @@
 //! and names its DEK generation).
 //!
 //! Hard links inside the VM home are replaced by independent copies.
+//!
+//! Extended attributes go with each file (copied as stored onto its temp
+//! file), and after the last file one pass brings the `user.*` and
+//! `trusted.*` values of every directory and regular file to the form the
+//! VM home's final policy gives them (docs/FORMAT.md §7.4): sealed under
+//! the current DEK generation where the object's attributes are sealed,
+//! plaintext where they are not. A value's form is recognised by whether
+//! it opens under the VM's keyring, so that pass is repeatable too.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -32,6 +40,7 @@ use super::owned_file::{
     OwnedFileError, VmDir,
 };
 use super::vm_keys::{self, Authenticated};
+use super::xattrs::{self, BackingObject, XattrError};
 use super::DatastoreError;
 use crate::content::transcode::{transcode, Destination, Source};
 use crate::crypto::kdf;
@@ -116,6 +125,8 @@ pub struct Report {
     pub skipped: usize,
     /// Plaintext bytes converted.
     pub bytes: u64,
+    /// Extended attribute values sealed, re-sealed or unsealed.
+    pub attributes: usize,
 }
 
 /// An unfinished conversion, as its journal records it. Never carries the
@@ -307,6 +318,10 @@ pub fn run(
             crash_point("convert-first-file-done");
         }
     }
+    // While the journal still stands, so that a crash here is finished by
+    // the next run; before a deep re-key's last bundle rewrite drops the
+    // old generation its values may still be sealed under.
+    report.attributes = reform_attributes(&vm, &keyring, encrypt_disks)?;
     // A new VM home's bundle already has its final form; every other
     // operation ends by rewriting it (final disk policy and content format;
     // for a deep re-key, only the new DEK generation).
@@ -382,13 +397,46 @@ fn copy_keyring(keyring: &VmKeyring) -> VmKeyring {
 }
 
 /// Calls `visit` with (directory, name, path relative to the VM home) for
-/// every regular file in the VM home, internal files excluded. Each
-/// directory is opened beneath the VM home with no symlink followed and
-/// listed through that descriptor; a symlink, FIFO, device or socket is
-/// never visited, and a symlink to a directory is not descended into.
+/// every regular file in the VM home, internal files excluded (see
+/// [`walk`]).
 fn walk_regular_files(
     vm: &VmDir,
     mut visit: impl FnMut(BorrowedFd<'_>, &OsStr, &Path) -> Result<(), DatastoreError>,
+) -> Result<(), DatastoreError> {
+    walk(vm, |entry| match entry {
+        Visited::RegularFile { dir, name, rel } => visit(dir, name, rel),
+        Visited::Directory { .. } => Ok(()),
+    })
+}
+
+/// What [`walk`] visits.
+enum Visited<'a> {
+    /// A directory (the VM home itself first), opened for reading.
+    Directory {
+        /// The directory's own descriptor.
+        fd: BorrowedFd<'a>,
+        /// Its path relative to the VM home (empty for the VM home).
+        rel: &'a Path,
+    },
+    /// A regular file, named in its directory.
+    RegularFile {
+        /// Its directory's descriptor.
+        dir: BorrowedFd<'a>,
+        /// Its name there.
+        name: &'a OsStr,
+        /// Its path relative to the VM home.
+        rel: &'a Path,
+    },
+}
+
+/// Calls `visit` for every directory and regular file in the VM home,
+/// internal files excluded. Each directory is opened beneath the VM home
+/// with no symlink followed and listed through that descriptor; a
+/// symlink, FIFO, device or socket is never visited, and a symlink to a
+/// directory is not descended into.
+fn walk(
+    vm: &VmDir,
+    mut visit: impl FnMut(Visited<'_>) -> Result<(), DatastoreError>,
 ) -> Result<(), DatastoreError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -397,6 +445,10 @@ fn walk_regular_files(
             .beneath()
             .open_dir(&rel)
             .map_err(io(format!("opening directory {}", path.display())))?;
+        visit(Visited::Directory {
+            fd: dir.as_fd(),
+            rel: &rel,
+        })?;
         for (name, kind) in list_dir(dir.as_fd(), &path)? {
             if layout::is_internal_name(&name) {
                 if name == TEMP_FILE_NAME {
@@ -407,12 +459,74 @@ fn walk_regular_files(
             }
             match kind {
                 EntryKind::Directory => stack.push(rel.join(&name)),
-                EntryKind::RegularFile => visit(dir.as_fd(), &name, &rel.join(&name))?,
+                EntryKind::RegularFile => visit(Visited::RegularFile {
+                    dir: dir.as_fd(),
+                    name: &name,
+                    rel: &rel.join(&name),
+                })?,
                 EntryKind::Other => {}
             }
         }
     }
     Ok(())
+}
+
+/// Brings the `user.*` and `trusted.*` values of every directory and
+/// regular file of `vm` to their final form: sealed under `keyring`'s
+/// current generation for directories and for files whose class under
+/// `encrypt_disks` is encrypted, plaintext for the others. Returns how
+/// many values were rewritten.
+fn reform_attributes(
+    vm: &VmDir,
+    keyring: &VmKeyring,
+    encrypt_disks: bool,
+) -> Result<usize, DatastoreError> {
+    let mut rewritten = 0;
+    walk(vm, |entry| {
+        let (fd, sealed, rel) = match entry {
+            Visited::Directory { fd, rel } => (fd.try_clone_to_owned(), true, rel),
+            Visited::RegularFile { dir, name, rel } => {
+                // By descriptor, never following what is at the name now.
+                let opened = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .and_then(|fd| Ok((rustix::fs::fstat(&fd)?, fd)));
+                let fd = match opened {
+                    Ok((stat, fd))
+                        if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                            == rustix::fs::FileType::RegularFile =>
+                    {
+                        fd
+                    }
+                    // Removed or swapped since it was listed: not ours to change.
+                    Ok(_) | Err(rustix::io::Errno::NOENT) => return Ok(()),
+                    Err(e) => {
+                        return Err(DatastoreError::io(
+                            format!("opening {}", vm.display_path(rel).display()),
+                            e.into(),
+                        ))
+                    }
+                };
+                let sealed =
+                    layout::class_in_vm_home(name, encrypt_disks) == ContentClass::Encrypted;
+                (Ok(fd), sealed, rel)
+            }
+        };
+        let path = vm.display_path(rel);
+        let context = || format!("sealing the extended attributes of {}", path.display());
+        let fd = fd.map_err(|e| DatastoreError::io(context(), e))?;
+        rewritten += BackingObject::new(fd.as_fd())
+            .reform(keyring, sealed)
+            .map_err(|e| match e {
+                XattrError::Backing(errno) => DatastoreError::io(context(), errno.into()),
+                other => DatastoreError::io(context(), std::io::Error::other(other.to_string())),
+            })?;
+        Ok(())
+    })?;
+    Ok(rewritten)
 }
 
 /// How a file is stored now.
@@ -516,6 +630,8 @@ fn convert_file(
     dest.sync_all()
         .map_err(io(format!("fsyncing {}", temp.display())))?;
     copy_metadata(&dest, &meta, &temp)?;
+    // As stored; `reform_attributes` then gives them their final form.
+    xattrs::copy_all(&source, &dest, &path)?;
     drop(dest);
     rustix::fs::renameat(&dir, temp_name, &dir, name).map_err(|e| {
         DatastoreError::io(

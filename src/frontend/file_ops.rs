@@ -238,7 +238,7 @@ impl VmCryptFs {
         Self::log_content_error(&self.handle_path(ino), what, err)
     }
 
-    fn handle_path(&self, ino: u64) -> std::path::PathBuf {
+    pub(super) fn handle_path(&self, ino: u64) -> std::path::PathBuf {
         self.inodes
             .get(ino)
             .and_then(|n| n.path)

@@ -9,12 +9,14 @@ use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::attr::ATTR_TTL;
 use super::cache_mode::CacheMode;
+use super::xattr_ops::caller_may_see_trusted;
 use super::VmCryptFs;
+use crate::format::xattr::{sized_reply, SizedReply};
 
 /// Largest read/write request we ask the kernel for (it caps this at
 /// `/proc/sys/fs/fuse/max_pages_limit` pages, 1 MiB by default).
@@ -413,6 +415,38 @@ impl Filesystem for VmCryptFs {
         reply_empty(reply, self.fsyncdir(ino.0));
     }
 
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.setxattr(ino.0, name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.getxattr(ino.0, name) {
+            Ok(value) => reply_sized(reply, &value, size),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let show_trusted = caller_may_see_trusted(req.pid(), req.uid());
+        match self.listxattr(ino.0, show_trusted) {
+            Ok(names) => reply_sized(reply, &names, size),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.removexattr(ino.0, name));
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.statfs() {
             Ok(s) => reply.statfs(
@@ -534,6 +568,17 @@ impl VmCryptFs {
                 send();
             }
         }
+    }
+}
+
+/// Answers a get or list of `bytes` for a caller whose buffer holds
+/// `size` bytes: the length alone for a size probe (0), the bytes if they
+/// fit, ERANGE if not.
+fn reply_sized(reply: ReplyXattr, bytes: &[u8], size: u32) {
+    match sized_reply(bytes.len(), size) {
+        SizedReply::Size(len) => reply.size(len),
+        SizedReply::Data => reply.data(bytes),
+        SizedReply::TooSmall => reply.error(Errno::ERANGE),
     }
 }
 

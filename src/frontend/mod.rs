@@ -4,7 +4,8 @@
 //! [`VmCryptFs`] holds the mount's state. Its operations live in
 //! [`node_ops`] (names and attributes), [`dir_ops`] (listing directories),
 //! [`file_ops`] (open, read, write), [`lock_ops`] (byte-range locks) and
-//! [`control_ops`] (`.control` files), each returning
+//! [`control_ops`] (`.control` files) and [`xattr_ops`] (extended
+//! attributes), each returning
 //! `Result<_, Errno>`. [`fuse_adapter`] implements `fuser::Filesystem` by
 //! calling them and sending the reply, and nothing else.
 
@@ -19,6 +20,7 @@ pub mod handles;
 pub mod inodes;
 pub mod lock_ops;
 pub mod node_ops;
+pub mod xattr_ops;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
