@@ -50,7 +50,7 @@ const COUNTERS: &[CounterFamily] = &[
     ),
     (
         "authentication_failures_total",
-        "Blocks, file headers or wrapped DEKs that failed authentication.",
+        "Blocks, file headers, extended attribute values or wrapped DEKs that failed authentication.",
         |c| c.auth_failures,
     ),
     (
