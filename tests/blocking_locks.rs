@@ -203,45 +203,15 @@ fn stress_ng_lock_stressors_end_on_time_in_an_encrypted_vm_home() {
     let (mount, _) = mounted_vm_file(&env);
     let dir = mount.path("vm1");
     for stressor in ["lockf", "fcntl", "flock"] {
-        let started = Instant::now();
-        let mut child = Command::new("stress-ng")
-            .arg(format!("--{stressor}"))
-            .args(["4", "--timeout", "4", "--temp-path"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = started + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                // Free whatever hangs on the mount, so that the run ends.
-                if let Some(abort) = fuse_abort_file(&mount.mnt) {
-                    let _ = std::fs::write(abort, "1");
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "stress-ng --{stressor} still runs after 30 s: its processes hang on the mount"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = child.wait_with_output().unwrap();
+        let (status, output, took) = common::stress_ng_on(&mount, stressor, &dir);
         assert!(
             status.success(),
-            "stress-ng --{stressor} failed ({status}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "stress-ng --{stressor} failed ({status}): {output}"
         );
         // 4 s of stressing, and the time to stop (on ext4: well under 1 s).
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "stress-ng --{stressor} took {:?}",
-            started.elapsed()
+            took < Duration::from_secs(10),
+            "stress-ng --{stressor} took {took:?}"
         );
     }
     assert!(

@@ -11,8 +11,7 @@ mod common;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::{run_checked, Mount, TestEnv};
 
@@ -33,21 +32,33 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
-/// `getxattr(2)` with a `size`-byte buffer: the length it returns and the
+/// Calls `call` (a `getxattr`/`listxattr`-style system call) with a
+/// `size`-byte buffer (a null one for 0): the length it returns and the
 /// bytes, or the errno.
-fn get(path: &Path, name: &str, size: usize) -> Result<(usize, Vec<u8>), i32> {
+fn sized(
+    size: usize,
+    call: impl FnOnce(*mut libc::c_void, usize) -> isize,
+) -> Result<(usize, Vec<u8>), i32> {
     let mut buf = vec![0u8; size];
     let ptr = if size == 0 {
         std::ptr::null_mut()
     } else {
         buf.as_mut_ptr().cast()
     };
-    let n = unsafe { libc::getxattr(cpath(path).as_ptr(), cname(name).as_ptr(), ptr, size) };
+    let n = call(ptr, size);
     if n < 0 {
         return Err(errno());
     }
     buf.truncate(if size == 0 { 0 } else { n as usize });
     Ok((n as usize, buf))
+}
+
+/// `getxattr(2)` with a `size`-byte buffer.
+fn get(path: &Path, name: &str, size: usize) -> Result<(usize, Vec<u8>), i32> {
+    let (path, name) = (cpath(path), cname(name));
+    sized(size, |ptr, size| unsafe {
+        libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, size)
+    })
 }
 
 /// The whole value of `name`.
@@ -83,18 +94,10 @@ fn remove(path: &Path, name: &str) -> Result<(), i32> {
 
 /// `listxattr(2)` with a `size`-byte buffer.
 fn list(path: &Path, size: usize) -> Result<(usize, Vec<u8>), i32> {
-    let mut buf = vec![0u8; size];
-    let ptr = if size == 0 {
-        std::ptr::null_mut()
-    } else {
-        buf.as_mut_ptr().cast()
-    };
-    let n = unsafe { libc::listxattr(cpath(path).as_ptr(), ptr, size) };
-    if n < 0 {
-        return Err(errno());
-    }
-    buf.truncate(if size == 0 { 0 } else { n as usize });
-    Ok((n as usize, buf))
+    let path = cpath(path);
+    sized(size, |ptr, size| unsafe {
+        libc::listxattr(path.as_ptr(), ptr.cast(), size)
+    })
 }
 
 /// The names `listxattr` gives for `path`.
@@ -841,39 +844,7 @@ fn conversions_seal_and_unseal_attributes_as_the_class_changes() {
 fn stress_ng_xattr_stressor_ends_on_an_encrypted_vm_home() {
     let env = env_with_homes();
     let mount = env.mount();
-    let started = Instant::now();
-    let mut child = Command::new("stress-ng")
-        .args([
-            "--xattr",
-            "4",
-            "--timeout",
-            "4",
-            "--metrics-brief",
-            "--temp-path",
-        ])
-        .arg(mount.path("vm1"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = started + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("stress-ng --xattr still runs after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, text, _) = common::stress_ng_on(&mount, "xattr", &mount.path("vm1"));
     assert!(
         status.success(),
         "stress-ng --xattr failed ({status}): {text}"

@@ -100,6 +100,40 @@ pub fn ciphertext_byte_offset(n: u64, i: u64) -> u64 {
     }
 }
 
+/// Runs `stress-ng --STRESSOR 4 --timeout 4 --metrics-brief --temp-path
+/// DIR` (a directory of `mount`) under a hard limit of 30 s: past it, the
+/// mount's FUSE connection is aborted (so that nothing stays hung on it),
+/// stress-ng is killed and the test fails. Returns its exit status, its
+/// output, and how long it ran.
+pub fn stress_ng_on(mount: &Mount, stressor: &str, dir: &Path) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new("stress-ng")
+        .arg(format!("--{stressor}"))
+        .args(["4", "--timeout", "4", "--metrics-brief", "--temp-path"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run stress-ng: {e}"));
+    let deadline = started + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            mount.abort_connection();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stress-ng --{stressor} still runs after 30 s: its processes hang on the mount");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text, started.elapsed())
+}
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_vmcryptfs")
