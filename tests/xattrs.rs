@@ -864,3 +864,53 @@ fn stress_ng_xattr_stressor_ends_on_an_encrypted_vm_home() {
     let log = mount.log_text();
     assert!(!log.contains("ERROR vmcryptfs"), "{log}");
 }
+
+/// `getfattr -d -m -` (every name, with values) of `path` as `nobody`.
+fn dump_as_nobody(path: &Path) -> String {
+    let out = run_checked(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["getfattr", "--absolute-names", "-d", "-m", "-"])
+            .arg(path),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Drop the `# file: PATH` header; the rest must match.
+    text.lines()
+        .filter(|line| !line.starts_with("# file:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_unprivileged_caller_sees_what_it_would_see_on_the_backing_file_system() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env_with_homes();
+    let reference = env.dir.path().join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    let mount = env.mount_with(&["-o", "allow_other"]);
+    for dir in [
+        env.dir.path(),
+        &env.mnt,
+        &env.datastore,
+        &env.vm_dir("vm1"),
+        &reference,
+    ] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let through_mount = mount.path("vm1/f.vmx");
+    let on_backing = reference.join("f.vmx");
+    for path in [&through_mount, &on_backing] {
+        std::fs::write(path, b"x").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        set(path, "user.visible", b"to all readers", 0).unwrap();
+        set(path, "trusted.hidden", b"root only", 0).unwrap();
+    }
+    let expected = dump_as_nobody(&on_backing);
+    assert!(
+        expected.contains("user.visible") && !expected.contains("trusted"),
+        "{expected}"
+    );
+    assert_eq!(dump_as_nobody(&through_mount), expected);
+    // Root sees both, through the mount as on the backing file system.
+    assert_eq!(names(&through_mount), names(&on_backing));
+}
