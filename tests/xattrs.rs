@@ -865,15 +865,35 @@ fn stress_ng_xattr_stressor_ends_on_an_encrypted_vm_home() {
     assert!(!log.contains("ERROR vmcryptfs"), "{log}");
 }
 
-/// `getfattr -d -m -` (every name, with values) of `path` as `nobody`.
-fn dump_as_nobody(path: &Path) -> String {
+/// Runs `program` with `args` as `nobody` (uid and gid 65534, no groups),
+/// which must succeed.
+fn as_nobody(program: &str, args: &[&std::ffi::OsStr]) -> String {
     let out = run_checked(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["getfattr", "--absolute-names", "-d", "-m", "-"])
-            .arg(path),
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                program,
+            ])
+            .args(args),
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `getfattr -d -m -` (every name, with values) of `path` as `nobody`.
+fn dump_as_nobody(path: &Path) -> String {
+    let text = as_nobody(
+        "getfattr",
+        &[
+            "--absolute-names".as_ref(),
+            "-d".as_ref(),
+            "-m".as_ref(),
+            "-".as_ref(),
+            path.as_os_str(),
+        ],
+    );
     // Drop the `# file: PATH` header; the rest must match.
     text.lines()
         .filter(|line| !line.starts_with("# file:"))
@@ -881,27 +901,32 @@ fn dump_as_nobody(path: &Path) -> String {
         .join("\n")
 }
 
+/// Opens `dirs` to everyone, so that `nobody` reaches what is in them.
+fn open_up(dirs: &[&Path]) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in dirs {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
 #[test]
 fn an_unprivileged_caller_sees_what_it_would_see_on_the_backing_file_system() {
-    use std::os::unix::fs::PermissionsExt;
     let env = env_with_homes();
     let reference = env.dir.path().join("reference");
     std::fs::create_dir(&reference).unwrap();
     let mount = env.mount_with(&["-o", "allow_other"]);
-    for dir in [
+    open_up(&[
         env.dir.path(),
         &env.mnt,
         &env.datastore,
         &env.vm_dir("vm1"),
         &reference,
-    ] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    ]);
     let through_mount = mount.path("vm1/f.vmx");
     let on_backing = reference.join("f.vmx");
     for path in [&through_mount, &on_backing] {
         std::fs::write(path, b"x").unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        chmod(path, 0o644);
         set(path, "user.visible", b"to all readers", 0).unwrap();
         set(path, "trusted.hidden", b"root only", 0).unwrap();
     }
@@ -913,4 +938,98 @@ fn an_unprivileged_caller_sees_what_it_would_see_on_the_backing_file_system() {
     assert_eq!(dump_as_nobody(&through_mount), expected);
     // Root sees both, through the mount as on the backing file system.
     assert_eq!(names(&through_mount), names(&on_backing));
+}
+
+/// The permission bits (set-id bits included) of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Sets the permission bits of `path` (as root).
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The mount clears set-id bits on a write or truncate by a process
+/// without CAP_FSETID itself (the kernel leaves it to the mount under
+/// FUSE_HANDLE_KILLPRIV_V2, which spares every write a lookup of
+/// `security.capability`): each file ends with the mode the same calls
+/// leave on the backing file system.
+#[test]
+fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backing_file_system() {
+    let env = env_with_homes();
+    let reference = env.dir.path().join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    let mount = env.mount_with(&["-o", "allow_other"]);
+    open_up(&[
+        env.dir.path(),
+        &env.mnt,
+        &env.datastore,
+        &env.vm_dir("vm1"),
+        &env.datastore.join("plain"),
+        &reference,
+    ]);
+    let files = [
+        reference.join("f"),
+        mount.path("vm1/f.vmx"),
+        mount.path("vm1/disk.vmdk"),
+        mount.path("plain/f"),
+    ];
+    for file in &files {
+        std::fs::write(file, b"0123456789").unwrap();
+        // The writer is in the file's group, so the backing file system
+        // keeps set-group-id without group execute (as FUSE's rule does
+        // for everyone; ext4 drops it for a writer outside the group).
+        std::os::unix::fs::chown(file, None, Some(65534)).unwrap();
+    }
+    let write = |file: &Path| {
+        let of = format!("of={}", file.display());
+        let args = [
+            "if=/dev/zero",
+            &of,
+            "bs=1",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ];
+        as_nobody("dd", &args.map(std::ffi::OsStr::new));
+    };
+    let truncate = |file: &Path| {
+        as_nobody("truncate", &["-s".as_ref(), "3".as_ref(), file.as_os_str()]);
+    };
+    let root_write = |file: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .and_then(|f| std::os::unix::fs::FileExt::write_at(&f, b"r", 0))
+            .unwrap();
+    };
+    type Step<'a> = (&'a str, u32, &'a dyn Fn(&Path));
+    let steps: [Step; 5] = [
+        ("write, set-uid and set-gid", 0o6777, &write),
+        ("truncate, set-uid and set-gid", 0o6777, &truncate),
+        ("write, set-gid without group execute", 0o2766, &write),
+        ("truncate, set-uid", 0o4777, &truncate),
+        ("write by root", 0o6777, &root_write),
+    ];
+    for (what, mode, step) in steps {
+        let mut modes = Vec::new();
+        for file in &files {
+            chmod(file, mode);
+            step(file);
+            modes.push(mode_of(file));
+        }
+        let shown: Vec<String> = modes.iter().map(|m| format!("{m:o}")).collect();
+        assert!(
+            modes.iter().all(|m| *m == modes[0]),
+            "{what}: modes {shown:?} (reference, encrypted, pass-through disk, plain)"
+        );
+        if what.ends_with("root") || what.contains("without") {
+            assert_eq!(modes[0], mode, "{what}");
+        } else {
+            assert_ne!(modes[0], mode, "{what}: the reference must clear a bit");
+        }
+    }
 }

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use fuser::BackingId;
 
 use fuser::{Errno, FileAttr};
+use rustix::fs::Mode;
 
 use super::attr;
 use super::cache_fill::{CacheRole, FillGate, FillJob};
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
+use super::caller;
 use super::handles::Handle;
 use super::inodes::NodeInfo;
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
@@ -336,8 +338,23 @@ impl VmCryptFs {
     }
 
     /// Writes to an open file.
-    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Writes `data` at `offset` through an open handle; `clear_setid`
+    /// (the kernel's FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID)
+    /// then clears the file's set-id bits as a local file system would.
+    pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        clear_setid: bool,
+    ) -> FsResult<u32> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
+        if clear_setid {
+            if let Some(file) = handle.backing_file() {
+                clear_setid_bits(file)?;
+            }
+        }
         match &*handle {
             Handle::Plain { file, .. } => file.write_all_at(data, offset).map_err(io_errno)?,
             Handle::Encrypted {
@@ -503,12 +520,31 @@ impl VmCryptFs {
         else {
             return None;
         };
-        match self.inodes.acquire_passthrough(ino, || open_backing(file)) {
+        // A file with set-id bits is served through FUSE: the kernel leaves
+        // clearing them on an unprivileged write to the mount
+        // (FUSE_HANDLE_KILLPRIV_V2), and a passthrough write never reaches
+        // it. The kernel refuses (EIO) a passthrough open of an inode that
+        // has FUSE-served opens, and the reverse, so this is decided only
+        // by an inode's first open; a file made set-id while open through
+        // passthrough keeps its bits on writes until its last close.
+        let mut declined = false;
+        let acquired = self.inodes.acquire_passthrough(ino, || {
+            let set_id = rustix::fs::fstat(file)
+                .map(|stat| stat.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+                .unwrap_or(true);
+            if set_id || self.handles.has_other_open_file(ino, fh) {
+                declined = true;
+                return Err(std::io::ErrorKind::Other.into());
+            }
+            open_backing(file)
+        });
+        match acquired {
             Ok(Some(id)) => {
                 let _ = passthrough.set(ino);
                 Some(id)
             }
             Ok(None) => None,
+            Err(_) if declined => None,
             Err(e) => {
                 log::warn!("kernel passthrough refused ({e}); serving unencrypted files through FUSE instead");
                 self.passthrough.store(false, Ordering::Relaxed);
@@ -589,4 +625,16 @@ fn errno_of(err: &ContentError) -> i32 {
         ContentError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         _ => libc::EIO,
     }
+}
+
+/// Clears the set-id bits of the open backing file `file` as a write or
+/// truncate by a process without CAP_FSETID does (see
+/// [`caller::mode_without_setid`]): one `fstat`, and an `fchmod` only if a
+/// bit is set.
+pub(super) fn clear_setid_bits(file: &File) -> FsResult<()> {
+    let stat = rustix::fs::fstat(file).map_err(sys_errno)?;
+    if let Some(mode) = caller::mode_without_setid(stat.st_mode) {
+        rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o7777)).map_err(sys_errno)?;
+    }
+    Ok(())
 }

@@ -77,6 +77,11 @@ pub enum Handle {
 }
 
 impl Handle {
+    /// Whether this is an open regular file of node `ino`.
+    fn is_open_file_of(&self, ino: u64) -> bool {
+        matches!(self, Handle::Plain { ino: i, .. } | Handle::Encrypted { ino: i, .. } if *i == ino)
+    }
+
     /// The backing file of a plain or encrypted file's handle.
     pub fn backing_file(&self) -> Option<&File> {
         match self {
@@ -118,8 +123,19 @@ impl HandleTable {
             .read()
             .expect("handle lock")
             .values()
-            .find(|h| matches!(&***h, Handle::Plain { ino: i, .. } | Handle::Encrypted { ino: i, .. } if *i == ino))
+            .find(|h| h.is_open_file_of(ino))
             .cloned()
+    }
+
+    /// Whether node `ino` has an open file handle besides `fh`. A linear
+    /// scan, used only when the first kernel passthrough open of a file is
+    /// decided.
+    pub fn has_other_open_file(&self, ino: u64, fh: u64) -> bool {
+        self.handles
+            .read()
+            .expect("handle lock")
+            .iter()
+            .any(|(id, h)| *id != fh && h.is_open_file_of(ino))
     }
 
     /// Removes and returns the handle.

@@ -12,6 +12,7 @@
 pub mod attr;
 pub mod cache_fill;
 pub mod cache_mode;
+pub mod caller;
 pub mod control_ops;
 pub mod dir_ops;
 pub mod file_ops;

@@ -11,6 +11,8 @@ use fuser::{Errno, FileAttr, RenameFlags, TimeOrNow};
 use rustix::fs::{Mode, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 
 use super::attr;
+use super::caller;
+use super::file_ops::clear_setid_bits;
 use super::handles::Handle;
 use super::inodes::{Area, NodeInfo};
 use super::{backing_id, io_errno, sys_errno, FsResult, VmCryptFs};
@@ -163,7 +165,10 @@ impl VmCryptFs {
         Ok(attr::from_stat(node.ino, &stat, encrypted))
     }
 
-    /// chmod, chown, truncate and utimens.
+    /// chmod, chown, truncate and utimens. A truncate with `keep_setid`
+    /// false (the caller lacks CAP_FSETID) clears the file's set-id bits,
+    /// as the kernel leaves that to the mount (`FUSE_HANDLE_KILLPRIV_V2`);
+    /// a chown's are cleared by the backing file system's own chown.
     #[allow(clippy::too_many_arguments)]
     pub fn setattr(
         &self,
@@ -175,6 +180,7 @@ impl VmCryptFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<u64>,
+        keep_setid: bool,
     ) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
@@ -214,6 +220,9 @@ impl VmCryptFs {
         }
         if let Some(size) = size {
             self.truncate(&node, size, fh)?;
+            if !keep_setid {
+                self.clear_setid_of(&target)?;
+            }
         }
         if atime.is_some() || mtime.is_some() {
             let times = Timestamps {
@@ -230,6 +239,21 @@ impl VmCryptFs {
             }
         }
         self.getattr(ino, fh)
+    }
+
+    /// Clears the set-id bits of `target` as a truncate by a process
+    /// without CAP_FSETID does.
+    fn clear_setid_of(&self, target: &MetadataTarget) -> FsResult<()> {
+        match target {
+            MetadataTarget::Entry(rel) => {
+                let stat = self.beneath.stat(rel).map_err(io_errno)?;
+                match caller::mode_without_setid(stat.st_mode) {
+                    Some(mode) => self.beneath.chmod(rel, mode & 0o7777).map_err(io_errno),
+                    None => Ok(()),
+                }
+            }
+            MetadataTarget::Open(handle) => clear_setid_bits(open_file(handle)?),
+        }
     }
 
     /// Where metadata changes of `node` go: its backing entry (changed

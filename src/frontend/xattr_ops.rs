@@ -227,23 +227,3 @@ impl VmCryptFs {
         Errno::from_i32(err.errno())
     }
 }
-
-/// Whether process `pid` (user `uid`) may see `trusted.*` names: it has
-/// CAP_SYS_ADMIN in its effective set, which is what ext4 asks. Read from
-/// `/proc/<pid>/status`; if that is gone (the caller exited), by whether
-/// it is root.
-pub fn caller_may_see_trusted(pid: u32, uid: u32) -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    let effective = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        });
-    match effective {
-        Some(caps) => caps & (1 << CAP_SYS_ADMIN) != 0,
-        None => uid == 0,
-    }
-}
