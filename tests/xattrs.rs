@@ -1033,3 +1033,71 @@ fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backin
         }
     }
 }
+
+/// A conversion killed in the middle of its attribute pass, with some
+/// values re-sealed and others not, is finished by running it again: every
+/// value reads back, each in its final form.
+#[test]
+fn a_conversion_killed_among_the_attributes_is_finished_by_running_it_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = env_with_homes();
+    let mount = env.mount();
+    make_objects(&mount);
+    set_all(&mount);
+    drop(mount);
+    let ds = env.datastore.to_str().unwrap();
+    let generation = |object: &str| {
+        sealed_generation(&value(&env.datastore.join(object), "user.h7.note").unwrap())
+    };
+    let before = generation("vm1/f.vmx");
+    let status = env
+        .cmd(&["rekey", "--deep", ds, "vm1"])
+        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-attributes-done")
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "killed at the crash point");
+    let sealed: Vec<&str> = objects().iter().filter(|o| o.1).map(|o| o.0).collect();
+    let generations: Vec<u32> = sealed.iter().map(|o| generation(o)).collect();
+    assert!(
+        generations.contains(&before) && generations.contains(&(before + 1)),
+        "killed halfway: {generations:?}"
+    );
+    env.run_ok(&["rekey", "--deep", ds, "vm1"]);
+    for object in &sealed {
+        assert_eq!(generation(object), before + 1, "{object}");
+    }
+    let mount = env.mount();
+    check_all(&mount, &env);
+    drop(mount);
+
+    // The same for an in-place encryption of a plain VM home.
+    let vm = env.datastore.join("vm2");
+    std::fs::create_dir_all(vm.join("a/b")).unwrap();
+    std::fs::write(vm.join("a/b/f.vmx"), b"x").unwrap();
+    for object in ["", "a", "a/b", "a/b/f.vmx"] {
+        set(&vm.join(object), "user.origin", object.as_bytes(), 0).unwrap();
+    }
+    let vm_arg = vm.to_str().unwrap();
+    let status = env
+        .cmd(&["vm", "encrypt", vm_arg])
+        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-attributes-done")
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "killed at the crash point");
+    env.run_ok(&["vm", "encrypt", vm_arg]);
+    let mount = env.mount();
+    for object in ["", "a", "a/b", "a/b/f.vmx"] {
+        let stored = value(&vm.join(object), "user.origin").unwrap();
+        assert_eq!(
+            stored.len(),
+            object.len() + SEALED_OVERHEAD,
+            "{object} sealed"
+        );
+        let path = mount.path(&format!("vm2/{object}"));
+        assert_eq!(
+            value(&path, "user.origin").unwrap(),
+            object.as_bytes(),
+            "{object}"
+        );
+    }
+}

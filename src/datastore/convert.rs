@@ -524,6 +524,9 @@ fn reform_attributes(
                 XattrError::Backing(errno) => DatastoreError::io(context(), errno.into()),
                 other => DatastoreError::io(context(), std::io::Error::other(other.to_string())),
             })?;
+        if rewritten > 0 {
+            crash_point("convert-first-attributes-done");
+        }
         Ok(())
     })?;
     Ok(rewritten)
