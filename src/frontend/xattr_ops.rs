@@ -214,9 +214,10 @@ impl VmCryptFs {
         })
     }
 
-    /// The errno for `err`; a value that fails authentication is logged
-    /// naming the object and attribute and counted for `.stats`, as a
-    /// tampered block is.
+    /// The errno for `err` (the backing file system's own, E2BIG for a
+    /// value too large to seal, EIO for tampering); a value that fails
+    /// authentication is logged naming the object and attribute and counted
+    /// for `.stats`, as a tampered block is.
     fn xattr_errno(&self, target: &BackingTarget, what: &str, err: XattrError) -> Errno {
         if let XattrError::Tampered { .. } = &err {
             if let Some(vm) = &target.sealing_vm {
@@ -224,6 +225,10 @@ impl VmCryptFs {
             }
             log::error!("{what} {}: {err}", untrusted::path(&target.rel));
         }
-        Errno::from_i32(err.errno())
+        Errno::from_i32(match err {
+            XattrError::Backing(errno) => errno.raw_os_error(),
+            XattrError::TooLarge { .. } => libc::E2BIG,
+            XattrError::Tampered { .. } => libc::EIO,
+        })
     }
 }
