@@ -127,7 +127,7 @@ impl FileKeys {
 
     /// Opens one stored block into `plain` (as long as its ciphertext). A
     /// hole reads as zeros.
-    fn open_block(
+    pub(super) fn open_block(
         &self,
         block_no: u64,
         sealed: &SealedBlock<'_>,

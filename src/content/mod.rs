@@ -18,6 +18,7 @@
 //!   content format, and its backing I/O.
 //! * [`transcode`]: whole-file conversion between plain and encrypted forms.
 //! * [`xattr_value`]: sealing and opening extended attribute values.
+//! * [`verify`]: checking every block of a stored file (`vmcryptfs fsck`).
 //! * [`encrypted_file`]: the per-inode state and the read/write/truncate
 //!   algorithms, with their locking rules.
 
@@ -30,6 +31,7 @@ pub mod read_ahead;
 pub mod read_around;
 mod sealed_region;
 pub mod transcode;
+pub mod verify;
 pub mod xattr_value;
 
 pub use allocation::SeekTarget;

@@ -1,0 +1,375 @@
+//! Checking a stored encrypted file without serving it: which plaintext
+//! byte ranges fail to authenticate (the core of `vmcryptfs fsck`).
+//!
+//! Reuses the read path's pieces instead of a second codec: the header is
+//! loaded and authenticated by [`EncryptedFile`]'s own key loading, the
+//! stored bytes of a run of blocks are read by [`SealedRegion`], and each
+//! block is opened by the same [`FileKeys`] that serve reads, so fsck
+//! accepts exactly what the mount accepts. Holes of a sparse backing file
+//! are found with SEEK_DATA/SEEK_HOLE ([`EncryptedFile::seek`]) and never
+//! read.
+//!
+//! Reads are large (up to [`CHUNK_BLOCKS`] blocks at a time, sequential),
+//! the read of the next chunk is started before the current one is
+//! decrypted, and decryption runs on every core
+//! ([`super::parallel::try_for_each_block`]), so that checking runs at
+//! about the backing file system's sequential read rate.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::unistd::{lseek, Whence};
+
+use super::encrypted_file::{ContentError, EncryptedFile, FileKeys};
+use super::parallel::try_for_each_block;
+use super::prefetch;
+use super::sealed_region::{SealedBlock, SealedRegion};
+use super::SeekTarget;
+use crate::crypto::keyring::VmKeyring;
+use crate::format::content_layout::{ContentLayout, SLOT_LEN};
+use crate::format::offsets::{
+    block_no_to_plain_off, plain_len_of_block, plain_size_to_block_count, PLAIN_BLOCK_LEN,
+};
+
+/// Blocks read and checked at a time: 4 MiB of plaintext, large enough for
+/// the backing file system's sequential read rate.
+const CHUNK_BLOCKS: u64 = 1024;
+
+/// What checking one stored file found. Ranges are plaintext byte ranges,
+/// ascending, merged, and inside `0..plain_size`.
+#[derive(Debug, Default)]
+pub struct ContentCheck {
+    /// Plaintext size from the stored size (without a trailing fragment).
+    pub plain_size: u64,
+    /// Why the header is unusable, if it is; then every byte is damaged.
+    pub header_error: Option<ContentError>,
+    /// Bytes of a trailing fragment too short to be a block (format 1).
+    pub trailing_fragment: Option<u64>,
+    /// Plaintext ranges whose blocks fail to authenticate (or could not
+    /// be read from the backing file).
+    pub damaged: Vec<Range<u64>>,
+    /// Plaintext ranges of full blocks stored as zero bytes in allocated
+    /// backing space: they read as zeros (holes, docs/FORMAT.md §3.5), and
+    /// whether they were zeroed by damage or are discarded blocks on a
+    /// backing file system that did not free them cannot be told.
+    pub zeroed: Vec<Range<u64>>,
+    /// Plaintext bytes of the blocks that were read and checked.
+    pub checked_bytes: u64,
+}
+
+impl ContentCheck {
+    /// Whether nothing is wrong (zeroed blocks are not counted: they are
+    /// valid holes as far as the format can tell).
+    pub fn is_clean(&self) -> bool {
+        self.header_error.is_none() && self.trailing_fragment.is_none() && self.damaged.is_empty()
+    }
+}
+
+/// Appends `range` to ascending ranges `ranges`, merging it with the last
+/// one when they touch.
+pub fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
+    if range.is_empty() {
+        return;
+    }
+    match ranges.last_mut() {
+        Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
+        _ => ranges.push(range),
+    }
+}
+
+/// The plaintext bytes of blocks `blocks` in a file of `plain_size` bytes.
+pub fn blocks_to_plain_range(blocks: Range<u64>, plain_size: u64) -> Range<u64> {
+    let start = block_no_to_plain_off(blocks.start).min(plain_size);
+    start..block_no_to_plain_off(blocks.end).min(plain_size)
+}
+
+/// How one block fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockState {
+    Authentic,
+    /// All zero bytes: reads as a hole.
+    Zero,
+    Damaged,
+}
+
+/// Checks every block of the encrypted file `backing` of a VM home with
+/// `keyring` and content format `layout`, calling `progress` with the
+/// plaintext bytes of each checked chunk. Only an I/O error that stops the
+/// whole check (the size cannot be read) is an `Err`; damage and unreadable
+/// blocks are in the result.
+pub fn check_content(
+    backing: &File,
+    keyring: Arc<VmKeyring>,
+    layout: ContentLayout,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<ContentCheck> {
+    let stored_len = backing.metadata()?.len();
+    let (plain_size, trailing_fragment) = match layout.cipher_size_to_plain_size(stored_len) {
+        Ok(size) => (size, None),
+        Err(fragment) => {
+            let size = fragment.plain_size_without_fragment;
+            let whole = layout.plain_size_to_cipher_size(size).max(44);
+            (size, Some(stored_len - whole))
+        }
+    };
+    let mut check = ContentCheck {
+        plain_size,
+        trailing_fragment,
+        ..ContentCheck::default()
+    };
+    if plain_size == 0 {
+        // A header without data is discarded by the next write (FORMAT.md
+        // §3.7): nothing in it is read.
+        return Ok(check);
+    }
+    let file = EncryptedFile::new(keyring, layout);
+    let keys = match file.keys(backing) {
+        Ok(keys) => keys,
+        Err(ContentError::Io(err)) if err.kind() != io::ErrorKind::UnexpectedEof => {
+            return Err(err)
+        }
+        Err(err) => {
+            check.header_error = Some(err);
+            check.damaged.push(0..plain_size);
+            return Ok(check);
+        }
+    };
+    let data = if trailing_fragment.is_some() {
+        // The size does not parse, so the file's own SEEK_DATA cannot run:
+        // every block is read.
+        vec![0..plain_size_to_block_count(plain_size)]
+    } else {
+        data_blocks(&file, backing, plain_size)?
+    };
+    let mut next_hole = 0;
+    for blocks in data {
+        check_hole_slots(
+            backing,
+            layout,
+            next_hole..blocks.start,
+            plain_size,
+            &mut check,
+        );
+        next_hole = blocks.end;
+        check_blocks(
+            backing, layout, &keys, blocks, plain_size, &mut check, progress,
+        );
+    }
+    let end = plain_size_to_block_count(plain_size);
+    check_hole_slots(backing, layout, next_hole..end, plain_size, &mut check);
+    Ok(check)
+}
+
+/// The block ranges of `backing` that hold data, by the file's own
+/// SEEK_DATA/SEEK_HOLE (exact at block granularity); the rest are holes.
+fn data_blocks(file: &EncryptedFile, backing: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    let as_io = |err: ContentError| match err {
+        ContentError::Io(err) => err,
+        other => io::Error::other(other.to_string()),
+    };
+    let mut ranges = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let start = match file.seek(backing, offset, SeekTarget::Data) {
+            Ok(start) => start,
+            Err(ContentError::Io(err)) if err.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(err) => return Err(as_io(err)),
+        };
+        let end = file.seek(backing, start, SeekTarget::Hole).map_err(as_io)?;
+        ranges.push(start / PLAIN_BLOCK_LEN..plain_size_to_block_count(end));
+        offset = end.max(start + 1);
+    }
+    Ok(ranges)
+}
+
+/// Format 2: the blocks `blocks` lie in holes of the backing file's data
+/// pages, so they are holes only if their slots are zero too (a slot
+/// without its data page fails authentication when read). Slots in a hole
+/// of the backing file are not read. Format 1 keeps nonce and tag with the
+/// data, so a hole there is whole.
+fn check_hole_slots(
+    backing: &File,
+    layout: ContentLayout,
+    blocks: Range<u64>,
+    plain_size: u64,
+    check: &mut ContentCheck,
+) {
+    for run in layout.stored_runs(blocks.start, blocks.end) {
+        let Some(slot_off) = run.slot_off else {
+            continue;
+        };
+        let len = run.block_count * SLOT_LEN;
+        match lseek(backing.as_raw_fd(), slot_off as i64, Whence::SeekData) {
+            Ok(data) if (data as u64) < slot_off + len => {}
+            Ok(_) | Err(Errno::ENXIO) => continue,
+            Err(_) => {}
+        }
+        let mut slots = vec![0u8; len as usize];
+        let read = std::os::unix::fs::FileExt::read_at(backing, &mut slots, slot_off).unwrap_or(0);
+        let slots = &slots[..read];
+        for (index, slot) in slots.chunks(SLOT_LEN as usize).enumerate() {
+            if slot.iter().any(|&b| b != 0) {
+                let block = run.first_block + index as u64;
+                push_range(
+                    &mut check.damaged,
+                    blocks_to_plain_range(block..block + 1, plain_size),
+                );
+            }
+        }
+    }
+}
+
+/// Reads and checks blocks `blocks` in chunks, starting the read of the
+/// next chunk before decrypting the current one.
+fn check_blocks(
+    backing: &File,
+    layout: ContentLayout,
+    keys: &FileKeys,
+    blocks: Range<u64>,
+    plain_size: u64,
+    check: &mut ContentCheck,
+    progress: &mut dyn FnMut(u64),
+) {
+    let mut buf = Vec::new();
+    let mut first = blocks.start;
+    while first < blocks.end {
+        let count = (blocks.end - first).min(CHUNK_BLOCKS);
+        let next = first + count;
+        if next < blocks.end {
+            let ahead = layout.stored_span(next, (next + CHUNK_BLOCKS).min(blocks.end));
+            prefetch::start_reading(backing, ahead.start, ahead.end - ahead.start);
+        }
+        let states = check_chunk(backing, layout, keys, first, count, plain_size, &mut buf);
+        for (index, state) in states.into_iter().enumerate() {
+            let block = first + index as u64;
+            let range = blocks_to_plain_range(block..block + 1, plain_size);
+            match state {
+                BlockState::Authentic => {}
+                BlockState::Zero => push_range(&mut check.zeroed, range),
+                BlockState::Damaged => push_range(&mut check.damaged, range),
+            }
+        }
+        let bytes = blocks_to_plain_range(first..next, plain_size);
+        check.checked_bytes += bytes.end - bytes.start;
+        progress(bytes.end - bytes.start);
+        first = next;
+    }
+}
+
+/// The state of each of blocks `first..first + count`. A chunk that cannot
+/// be read in one go (a bad sector) is read block by block, and a block
+/// that cannot be read is damaged.
+fn check_chunk(
+    backing: &File,
+    layout: ContentLayout,
+    keys: &FileKeys,
+    first: u64,
+    count: u64,
+    plain_size: u64,
+    buf: &mut Vec<u8>,
+) -> Vec<BlockState> {
+    let region = SealedRegion::new(
+        layout,
+        first,
+        count,
+        plain_len_of_block(first + count - 1, plain_size),
+    );
+    buf.resize(region.buffer_len(), 0);
+    if region.read(backing, buf, None).is_err() {
+        if count == 1 {
+            return vec![BlockState::Damaged];
+        }
+        return (first..first + count)
+            .flat_map(|block| check_chunk(backing, layout, keys, block, 1, plain_size, buf))
+            .collect();
+    }
+    let mut states = vec![BlockState::Authentic; count as usize];
+    let work = region
+        .blocks(buf)
+        .zip(first..first + count)
+        .zip(states.iter_mut());
+    let _ = try_for_each_block(work, |((sealed, block), state)| {
+        *state = block_state(keys, block, &sealed);
+        Ok::<(), ()>(())
+    });
+    states
+}
+
+/// Whether one stored block authenticates, is a hole, or is damaged.
+fn block_state(keys: &FileKeys, block: u64, sealed: &SealedBlock<'_>) -> BlockState {
+    if sealed.is_hole() {
+        return BlockState::Zero;
+    }
+    let mut plain = [0u8; PLAIN_BLOCK_LEN as usize];
+    let plain = &mut plain[..sealed.ciphertext.len()];
+    match keys.open_block(block, sealed, plain) {
+        Ok(()) => BlockState::Authentic,
+        Err(_) => BlockState::Damaged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn keyring() -> Arc<VmKeyring> {
+        use crate::crypto::secret::Dek;
+        let mut deks = std::collections::BTreeMap::new();
+        deks.insert(1, Dek::generate());
+        Arc::new(VmKeyring::new([7; 16], 1, deks))
+    }
+
+    fn backing() -> File {
+        tempfile::tempfile_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap()
+    }
+
+    #[test]
+    fn ranges_merge_when_they_touch() {
+        let mut ranges = Vec::new();
+        push_range(&mut ranges, 0..4096);
+        push_range(&mut ranges, 4096..8192);
+        push_range(&mut ranges, 12288..12300);
+        push_range(&mut ranges, 5..5);
+        assert_eq!(ranges, vec![0..8192, 12288..12300]);
+        assert_eq!(blocks_to_plain_range(2..4, 10_000), 8192..10_000);
+    }
+
+    /// Every block of a file in either format is checked; a flipped byte
+    /// in one block is that block's range and nothing else, and holes are
+    /// not damage.
+    #[test]
+    fn a_flipped_byte_is_exactly_its_block_and_holes_are_clean() {
+        for layout in [ContentLayout::Interleaved, ContentLayout::PageAligned] {
+            let keyring = keyring();
+            let file = EncryptedFile::new(keyring.clone(), layout);
+            let backing = backing();
+            let size = 300 * PLAIN_BLOCK_LEN + 100;
+            file.write(&backing, 0, &vec![0x5a; 10 * 4096]).unwrap();
+            file.write(
+                &backing,
+                200 * 4096,
+                &vec![0x33; (size - 200 * 4096) as usize],
+            )
+            .unwrap();
+            let mut seen = 0;
+            let clean =
+                check_content(&backing, keyring.clone(), layout, &mut |b| seen += b).unwrap();
+            assert!(clean.is_clean(), "{layout:?}: {clean:?}");
+            assert!(clean.zeroed.is_empty(), "{layout:?}: {:?}", clean.zeroed);
+            assert_eq!(clean.plain_size, size);
+            // The holes (blocks 10..200) were not read.
+            assert_eq!(seen, 10 * 4096 + (size - 200 * 4096), "{layout:?}");
+            let off = layout.block_data_off(250) + 40;
+            let mut byte = [0u8];
+            backing.read_exact_at(&mut byte, off).unwrap();
+            backing.write_all_at(&[byte[0] ^ 1], off).unwrap();
+            let damaged = check_content(&backing, keyring, layout, &mut |_| {}).unwrap();
+            assert_eq!(damaged.damaged, vec![250 * 4096..251 * 4096], "{layout:?}");
+        }
+    }
+}
