@@ -17,6 +17,12 @@ pub enum ExitKind {
     Io,
     /// Mounting failed: no /dev/fuse, no fusermount3, busy mountpoint (exit 5).
     Mount,
+    /// `fsck` found damage or leftovers (exit 6).
+    Damaged,
+    /// `fsck` could not check everything (a KEK missing, a provider that
+    /// cannot be reached, a file that cannot be read) and found no damage
+    /// in the rest (exit 7).
+    Unchecked,
 }
 
 impl ExitKind {
@@ -28,6 +34,8 @@ impl ExitKind {
             ExitKind::Key => 3,
             ExitKind::Io => 4,
             ExitKind::Mount => 5,
+            ExitKind::Damaged => 6,
+            ExitKind::Unchecked => 7,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod convert_cmd;
 pub mod exit;
+pub mod fsck_cmd;
 pub mod hygiene;
 pub mod lifecycle_cmd;
 pub mod mount_cmd;
@@ -79,7 +80,38 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
     },
+    /// Check an unmounted datastore after a storage incident: each VM
+    /// home's key bundle, conversion journal and stray temp files, and
+    /// every block of every encrypted file. Reports each damaged file with
+    /// its damaged plaintext byte ranges and each VM home with its state.
+    /// Only reads: nothing is repaired.
+    #[command(after_long_help = FSCK_EXIT_STATUS)]
+    Fsck {
+        /// The datastore directory (not mounted).
+        datastore: PathBuf,
+        /// VM home names to check (directory names in the datastore);
+        /// default: every one.
+        vms: Vec<std::ffi::OsString>,
+        /// Print JSON instead of the report (docs/JSON.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// The exit status section of `vmcryptfs fsck --help` and its man page.
+const FSCK_EXIT_STATUS: &str = "Exit status:
+  0  clean: every VM home was checked and nothing was found
+  6  damaged: a damaged file, bundle or journal, a missing bundle, or a
+     stray temp file was found (the report names each)
+  7  could not check: a KEK missing, a provider that cannot be reached,
+     a file that cannot be read; nothing damaged was found in the rest
+  2  bad arguments, or the datastore is mounted (unmount it first)
+  4  the datastore cannot be listed
+Damage wins over could-not-check: 6 is returned when both happened.
+Pass-through files (disks when encrypt_disks is clear) carry no
+authentication and are not checked. A full block zeroed in the backing
+file reads as a hole and is not damage as far as the format can tell;
+fsck lists such blocks when they sit in allocated space.";
 
 /// `vmcryptfs provider ...`
 #[derive(Debug, Subcommand)]
@@ -348,6 +380,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             deep: true,
             provider,
         } => lifecycle_cmd::deep_rekey(&datastore, &vms, all, provider.as_deref(), &keystore),
+        Command::Fsck {
+            datastore,
+            vms,
+            json,
+        } => fsck_cmd::run(&datastore, &vms, json, &keystore),
     }
 }
 

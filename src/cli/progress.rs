@@ -1,5 +1,5 @@
-//! Progress of long conversions: a bar with throughput and ETA on a
-//! terminal, plain lines (at most one every two seconds) in a log.
+//! Progress of long conversions and checks: a bar with throughput and ETA
+//! on a terminal, plain lines (at most one every two seconds) in a log.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -9,8 +9,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::datastore::convert::Progress;
 
-/// Reports to stderr: a bar on a terminal, lines otherwise.
+/// Reports to stderr: a bar on a terminal, lines otherwise. Single-threaded:
+/// one command owns it, so its fields need no lock.
 pub struct ConsoleProgress {
+    /// What the work is: `(to do, done)`, e.g. `("to convert", "converted")`.
+    verbs: (&'static str, &'static str),
+    /// Whether lines are written when stderr is not a terminal.
+    lines: bool,
     bar: Option<ProgressBar>,
     files: usize,
     files_done: usize,
@@ -24,6 +29,8 @@ impl ConsoleProgress {
     /// A reporter for the current stderr.
     pub fn new() -> Self {
         Self {
+            verbs: ("to convert", "converted"),
+            lines: true,
             bar: None,
             files: 0,
             files_done: 0,
@@ -31,6 +38,16 @@ impl ConsoleProgress {
             done: 0,
             started: Instant::now(),
             last_line: Instant::now(),
+        }
+    }
+
+    /// A reporter for `vmcryptfs fsck`: a bar on a terminal, nothing
+    /// otherwise (its report goes to stdout, and a log gets the report).
+    pub fn for_check() -> Self {
+        Self {
+            verbs: ("to check", "checked"),
+            lines: false,
+            ..Self::new()
         }
     }
 
@@ -43,7 +60,8 @@ impl ConsoleProgress {
             0.0
         };
         format!(
-            "converted {}/{} files, {:.1}/{:.1} MiB, {:.0} MiB/s, ETA {:.0} s",
+            "{} {}/{} files, {:.1}/{:.1} MiB, {:.0} MiB/s, ETA {:.0} s",
+            self.verbs.1,
             self.files_done,
             self.files,
             self.done as f64 / 1048576.0,
@@ -74,10 +92,11 @@ impl Progress for ConsoleProgress {
                 .expect("a valid template"),
             );
             self.bar = Some(bar);
-        } else {
+        } else if self.lines {
             eprintln!(
-                "{} files to convert ({:.1} MiB)",
+                "{} files {} ({:.1} MiB)",
                 files,
+                self.verbs.0,
                 bytes as f64 / 1048576.0
             );
         }
@@ -87,7 +106,7 @@ impl Progress for ConsoleProgress {
         self.done += bytes;
         match &self.bar {
             Some(bar) => bar.inc(bytes),
-            None if self.last_line.elapsed() >= Duration::from_secs(2) => {
+            None if self.lines && self.last_line.elapsed() >= Duration::from_secs(2) => {
                 eprintln!("{}", self.line());
                 self.last_line = Instant::now();
             }
@@ -110,7 +129,8 @@ impl Progress for ConsoleProgress {
     fn finish(&mut self) {
         match self.bar.take() {
             Some(bar) => bar.finish_and_clear(),
-            None => eprintln!("{}", self.line()),
+            None if self.lines => eprintln!("{}", self.line()),
+            None => {}
         }
     }
 }

@@ -158,7 +158,8 @@ impl BundleLock {
     }
 }
 
-fn is_temp_name(name: &OsStr) -> bool {
+/// Whether `name` is a bundle temp file's (FORMAT.md §1).
+pub(super) fn is_temp_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
 }
 

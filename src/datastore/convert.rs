@@ -54,8 +54,8 @@ use crate::keys::KeyProvider;
 /// The journal: present exactly while a conversion is unfinished.
 pub const JOURNAL_FILE_NAME: &str = ".vmcryptfs-convert-journal";
 /// The journal while it is written; renamed over [`JOURNAL_FILE_NAME`].
-const JOURNAL_TEMP_FILE_NAME: &str = ".vmcryptfs-convert-journal.tmp";
-const TEMP_FILE_NAME: &str = ".vmcryptfs-convert.tmp";
+pub(super) const JOURNAL_TEMP_FILE_NAME: &str = ".vmcryptfs-convert-journal.tmp";
+pub(super) const TEMP_FILE_NAME: &str = ".vmcryptfs-convert.tmp";
 /// The most a journal legitimately holds: one operation name and a newline.
 const MAX_JOURNAL_LEN: u64 = 64;
 /// Every name [`Operation::name`] gives, the only texts a journal may hold.
@@ -405,11 +405,11 @@ fn walk_regular_files(
 ) -> Result<(), DatastoreError> {
     walk(vm, |entry| match entry {
         Visited::RegularFile { dir, name, rel } => visit(dir, name, rel),
-        Visited::Directory { .. } => Ok(()),
+        Visited::Directory { .. } | Visited::Internal { .. } => Ok(()),
     })
 }
 
-/// What [`walk`] visits.
+/// What [`walk`] and [`walk_all`] visit.
 enum Visited<'a> {
     /// A directory (the VM home itself first), opened for reading.
     Directory {
@@ -427,14 +427,66 @@ enum Visited<'a> {
         /// Its path relative to the VM home.
         rel: &'a Path,
     },
+    /// Anything at an internal name (`.vmcryptfs*`), of any kind, named
+    /// in its directory: never followed or descended into. Only
+    /// [`walk_all`] visits these.
+    Internal {
+        /// Its directory's descriptor.
+        dir: BorrowedFd<'a>,
+        /// Its name there.
+        name: &'a OsStr,
+        /// Its path relative to the VM home.
+        rel: &'a Path,
+    },
 }
 
 /// Calls `visit` for every directory and regular file in the VM home,
-/// internal files excluded. Each directory is opened beneath the VM home
-/// with no symlink followed and listed through that descriptor; a
-/// symlink, FIFO, device or socket is never visited, and a symlink to a
-/// directory is not descended into.
+/// internal files excluded, removing the conversion temps an interrupted
+/// run left (the originals are intact).
 fn walk(
+    vm: &VmDir,
+    mut visit: impl FnMut(Visited<'_>) -> Result<(), DatastoreError>,
+) -> Result<(), DatastoreError> {
+    walk_all(vm, |entry| match entry {
+        Visited::Internal { dir, name, rel } => {
+            if name == TEMP_FILE_NAME {
+                remove_at(dir, name, &vm.display_path(rel))?;
+            }
+            Ok(())
+        }
+        entry => visit(entry),
+    })
+}
+
+/// What [`walk_vm_home`] found at a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WalkEntry {
+    /// A regular file with an ordinary name.
+    RegularFile,
+    /// Anything with an internal name (`.vmcryptfs*`), of any kind.
+    Internal,
+}
+
+/// [`walk_all`] without the directories: `visit` gets (directory, name,
+/// path relative to the VM home, what it is) for every regular file and
+/// every internal name, as fsck walks a VM home.
+pub(super) fn walk_vm_home(
+    vm: &VmDir,
+    mut visit: impl FnMut(BorrowedFd<'_>, &OsStr, &Path, WalkEntry) -> Result<(), DatastoreError>,
+) -> Result<(), DatastoreError> {
+    walk_all(vm, |entry| match entry {
+        Visited::Directory { .. } => Ok(()),
+        Visited::RegularFile { dir, name, rel } => visit(dir, name, rel, WalkEntry::RegularFile),
+        Visited::Internal { dir, name, rel } => visit(dir, name, rel, WalkEntry::Internal),
+    })
+}
+
+/// Calls `visit` for every directory, regular file and internal name in
+/// the VM home, each directory's entries in name order. Each directory is
+/// opened beneath the VM home with no symlink followed and listed through
+/// that descriptor; a symlink, FIFO, device or socket at an ordinary name
+/// is never visited, and a symlink to a directory is not descended into.
+fn walk_all(
     vm: &VmDir,
     mut visit: impl FnMut(Visited<'_>) -> Result<(), DatastoreError>,
 ) -> Result<(), DatastoreError> {
@@ -449,20 +501,25 @@ fn walk(
             fd: dir.as_fd(),
             rel: &rel,
         })?;
-        for (name, kind) in list_dir(dir.as_fd(), &path)? {
-            if layout::is_internal_name(&name) {
-                if name == TEMP_FILE_NAME {
-                    // Left by an interrupted run; the original is intact.
-                    remove_at(dir.as_fd(), &name, &path.join(&name))?;
-                }
+        let mut entries = list_dir(dir.as_fd(), &path)?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in entries {
+            let entry_rel = rel.join(&name);
+            let (dir, name, rel_ref) = (dir.as_fd(), name.as_os_str(), entry_rel.as_path());
+            if layout::is_internal_name(name) {
+                visit(Visited::Internal {
+                    dir,
+                    name,
+                    rel: rel_ref,
+                })?;
                 continue;
             }
             match kind {
-                EntryKind::Directory => stack.push(rel.join(&name)),
+                EntryKind::Directory => stack.push(entry_rel.clone()),
                 EntryKind::RegularFile => visit(Visited::RegularFile {
-                    dir: dir.as_fd(),
-                    name: &name,
-                    rel: &rel.join(&name),
+                    dir,
+                    name,
+                    rel: rel_ref,
                 })?,
                 EntryKind::Other => {}
             }
@@ -485,6 +542,8 @@ fn reform_attributes(
     walk(vm, |entry| {
         let (fd, sealed, rel) = match entry {
             Visited::Directory { fd, rel } => (fd.try_clone_to_owned(), true, rel),
+            // Never passed by `walk`, which handles internal names itself.
+            Visited::Internal { .. } => return Ok(()),
             Visited::RegularFile { dir, name, rel } => {
                 // By descriptor, never following what is at the name now.
                 let opened = rustix::fs::openat(
@@ -533,7 +592,7 @@ fn reform_attributes(
 }
 
 /// How a file is stored now.
-enum StoredForm {
+pub(super) enum StoredForm {
     Empty,
     Plain,
     /// Encrypted under DEK generation `generation`, in content format
@@ -546,7 +605,7 @@ enum StoredForm {
 
 /// A file (`len` bytes long) is encrypted exactly when it starts with a
 /// header that authenticates under this VM's keyring.
-fn stored_form(file: &File, len: u64, keyring: &VmKeyring) -> StoredForm {
+pub(super) fn stored_form(file: &File, len: u64, keyring: &VmKeyring) -> StoredForm {
     if len == 0 {
         return StoredForm::Empty;
     }

@@ -10,6 +10,8 @@
 //! * [`registry`]: all VM homes of a mounted datastore.
 //! * [`convert`]: in-place conversions (encrypting a VM home or its disks,
 //!   decrypting disks, deep re-key), file by file and resumable.
+//! * [`fsck`]: checking an unmounted datastore: bundles, journals, stray
+//!   temps and every block of every encrypted file.
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 //! * [`counters`]: live per-VM counters for `.stats`.
@@ -36,6 +38,7 @@ pub mod convert;
 pub mod counters;
 pub mod current_kek;
 pub mod file_size_limit;
+pub mod fsck;
 pub mod inventory;
 pub mod known;
 pub mod layout;

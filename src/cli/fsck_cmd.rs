@@ -1,0 +1,203 @@
+//! `vmcryptfs fsck DATASTORE [VM…] [--json]`: the report of
+//! [`crate::datastore::fsck`], as text or JSON, and its exit code.
+
+use std::ffi::OsString;
+use std::ops::Range;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::mountinfo::vmcryptfs_mount_of;
+use super::progress::ConsoleProgress;
+use super::{open_provider, CliError, ExitKind};
+use crate::datastore::fsck::{self, FileReport, FsckError, VmReport, VmState};
+use crate::keys::bundle_sequences::BundleSequences;
+
+/// Runs fsck and prints its report; the exit kind says clean, damaged or
+/// could not check (see `FSCK_EXIT_STATUS` in `cli/mod.rs`).
+pub fn run(
+    datastore: &Path,
+    vms: &[OsString],
+    as_json: bool,
+    keystore: &Path,
+) -> Result<(), CliError> {
+    if let Some(mnt) = vmcryptfs_mount_of(datastore) {
+        return Err(CliError::new(
+            ExitKind::Usage,
+            format!(
+                "datastore {} is mounted at {}: fsck reads an unmounted datastore; unmount it first",
+                datastore.display(),
+                mnt.display()
+            ),
+        ));
+    }
+    // Without the key store nothing can be unlocked: could not check.
+    let provider =
+        open_provider(keystore).map_err(|err| CliError::new(ExitKind::Unchecked, err.message))?;
+    let sequences = BundleSequences::in_keystore(keystore);
+    let reports = fsck::fsck(
+        datastore,
+        vms,
+        provider.as_ref(),
+        &sequences,
+        &mut ConsoleProgress::for_check(),
+    )
+    .map_err(|err| {
+        let kind = match err {
+            FsckError::NoSuchVm { .. } => ExitKind::Usage,
+            FsckError::Datastore { .. } => ExitKind::Io,
+        };
+        CliError::new(kind, err.to_string())
+    })?;
+    let verdict = overall(&reports);
+    if as_json {
+        let doc = json!({
+            "datastore": datastore,
+            "state": verdict.as_str(),
+            "vms": reports.iter().map(vm_json).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON of plain values")
+        );
+    } else {
+        print_text(datastore, &reports);
+    }
+    let count = |state| reports.iter().filter(|r| r.state == state).count();
+    match verdict {
+        VmState::Damaged => Err(CliError::new(
+            ExitKind::Damaged,
+            format!(
+                "{} VM home(s) of {} damaged (see the report)",
+                count(VmState::Damaged),
+                datastore.display()
+            ),
+        )),
+        VmState::Unchecked => Err(CliError::new(
+            ExitKind::Unchecked,
+            format!(
+                "{} VM home(s) of {} could not be checked (see the report)",
+                count(VmState::Unchecked),
+                datastore.display()
+            ),
+        )),
+        VmState::Clean | VmState::Plain => Ok(()),
+    }
+}
+
+/// The datastore's verdict: damaged if any VM home is, else unchecked if
+/// any is, else clean.
+fn overall(reports: &[VmReport]) -> VmState {
+    let any = |state| reports.iter().any(|r| r.state == state);
+    if any(VmState::Damaged) {
+        VmState::Damaged
+    } else if any(VmState::Unchecked) {
+        VmState::Unchecked
+    } else {
+        VmState::Clean
+    }
+}
+
+/// `a..b, c..d`: half-open plaintext byte ranges.
+fn ranges_text(ranges: &[Range<u64>]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{}..{}", r.start, r.end))
+        .collect();
+    parts.join(", ")
+}
+
+fn print_text(datastore: &Path, reports: &[VmReport]) {
+    println!("datastore: {}", datastore.display());
+    for vm in reports {
+        match vm.state {
+            VmState::Plain if vm.findings.is_empty() => {
+                println!(
+                    "{}: plain (no key bundle; passed through, not checked)",
+                    vm.name
+                );
+                continue;
+            }
+            _ => {}
+        }
+        let format = vm
+            .content_format
+            .map(|f| format!("content format {f}, "))
+            .unwrap_or_default();
+        println!(
+            "{}: {} ({format}{} encrypted file(s) checked, {} bytes authenticated, {} pass-through file(s) not checked)",
+            vm.name,
+            vm.state.as_str(),
+            vm.files_checked,
+            vm.bytes_checked,
+            vm.files_pass_through
+        );
+        if let Some(why) = &vm.unchecked {
+            println!("  unchecked: {why}");
+        }
+        for finding in &vm.findings {
+            match &finding.path {
+                Some(path) => println!("  {} {path}: {}", finding.kind, finding.detail),
+                None => println!("  {}: {}", finding.kind, finding.detail),
+            }
+        }
+        for file in &vm.files {
+            print_file(file);
+        }
+    }
+}
+
+fn print_file(file: &FileReport) {
+    let path = &file.path;
+    if let Some(why) = &file.unchecked {
+        println!("  file {path}: unchecked: {why}");
+    }
+    if let Some(why) = &file.header {
+        println!("  file {path}: header does not authenticate: {why}");
+    }
+    if let Some(bytes) = file.trailing_fragment {
+        println!(
+            "  file {path}: ends in a {bytes}-byte fragment after byte {}: truncated inside a block",
+            file.size
+        );
+    }
+    if !file.damaged.is_empty() {
+        println!("  file {path}: damaged {}", ranges_text(&file.damaged));
+    }
+    if !file.zeroed.is_empty() {
+        println!(
+            "  file {path}: zeroed {} (read as zeros; damage or a discarded block, fsck cannot tell)",
+            ranges_text(&file.zeroed)
+        );
+    }
+}
+
+fn ranges_json(ranges: &[Range<u64>]) -> serde_json::Value {
+    ranges.iter().map(|r| json!([r.start, r.end])).collect()
+}
+
+fn vm_json(vm: &VmReport) -> serde_json::Value {
+    json!({
+        "name": vm.name,
+        "state": vm.state.as_str(),
+        "content_format": vm.content_format,
+        "unchecked": vm.unchecked,
+        "files_checked": vm.files_checked,
+        "files_pass_through": vm.files_pass_through,
+        "bytes_checked": vm.bytes_checked,
+        "findings": vm.findings.iter().map(|f| json!({
+            "kind": f.kind,
+            "path": f.path,
+            "detail": f.detail,
+        })).collect::<Vec<_>>(),
+        "files": vm.files.iter().map(|f| json!({
+            "path": f.path,
+            "size": f.size,
+            "header": f.header,
+            "trailing_fragment": f.trailing_fragment,
+            "damaged": ranges_json(&f.damaged),
+            "zeroed": ranges_json(&f.zeroed),
+            "unchecked": f.unchecked,
+        })).collect::<Vec<_>>(),
+    })
+}

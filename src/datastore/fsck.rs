@@ -1,0 +1,460 @@
+//! `vmcryptfs fsck`: which VM homes and files of an unmounted datastore
+//! are damaged, and which plaintext byte ranges of each file.
+//!
+//! Per VM home it checks the key bundle (it parses, unwraps under the
+//! provider, is not rolled back: [`vm_keys::unlock_vm`]), the conversion
+//! journal ([`convert::pending_in`]), stray temp files, the disk policy
+//! against the disks' stored form, and every block of every encrypted file
+//! ([`crate::content::verify`]). It only reads: nothing is repaired.
+//!
+//! Everything here is reached through [`VmDir`] descriptors (issue 22): no
+//! symlink is followed, only regular files are opened, and the bundle and
+//! journal reads are bounded. Nothing read from the datastore is echoed
+//! into the report: names are escaped ([`untrusted`]) and every finding is
+//! a fixed text.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::bundle_file;
+use super::convert::{
+    self, stored_form, walk_vm_home, Pending, Progress, StoredForm, WalkEntry, JOURNAL_FILE_NAME,
+    JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
+};
+use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
+use super::owned_file::VmDir;
+use super::{vm_keys, DatastoreError};
+use crate::content::verify::{check_content, ContentCheck};
+use crate::crypto::keyring::VmKeyring;
+use crate::format::content_layout::ContentLayout;
+use crate::format::file_header::{self, UnverifiedHeader};
+use crate::format::untrusted;
+use crate::keys::bundle_sequences::BundleSequences;
+use crate::keys::{KeyProvider, ProviderError};
+
+/// The verdict on one VM home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Everything checked, nothing found.
+    Clean,
+    /// Something is damaged or left over (see the findings and files).
+    Damaged,
+    /// The VM home could not be checked (in whole or in part): its KEK is
+    /// missing, the provider cannot be reached, a file cannot be opened.
+    Unchecked,
+    /// No key bundle and no file that looks encrypted: a plain directory,
+    /// passed through and not checked.
+    Plain,
+}
+
+impl VmState {
+    /// The state's name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Clean => "clean",
+            VmState::Damaged => "damaged",
+            VmState::Unchecked => "unchecked",
+            VmState::Plain => "plain",
+        }
+    }
+}
+
+/// A finding about a VM home as a whole, or one of its internal files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What kind: `bundle`, `bundle-missing`, `journal`, `stray-temp`,
+    /// `policy` (docs/JSON.md).
+    pub kind: &'static str,
+    /// The file concerned, relative to the VM home, escaped; if any.
+    pub path: Option<String>,
+    /// What is wrong and what to do. Built from fixed words, escaped
+    /// names and our own errors, never from file content.
+    pub detail: String,
+}
+
+/// What fsck found in one encrypted file with any finding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileReport {
+    /// The file, relative to its VM home, escaped.
+    pub path: String,
+    /// Plaintext size.
+    pub size: u64,
+    /// Why the header does not authenticate, if it does not (then the
+    /// whole file is damaged).
+    pub header: Option<String>,
+    /// Bytes of a trailing fragment (truncated inside a block).
+    pub trailing_fragment: Option<u64>,
+    /// Damaged plaintext byte ranges, ascending.
+    pub damaged: Vec<Range<u64>>,
+    /// Full blocks stored as zeros in allocated space: they read as zeros;
+    /// fsck cannot tell damage from a discarded block (not damage).
+    pub zeroed: Vec<Range<u64>>,
+    /// Why the file could not be checked, if it could not.
+    pub unchecked: Option<String>,
+}
+
+impl FileReport {
+    fn is_damaged(&self) -> bool {
+        self.header.is_some() || self.trailing_fragment.is_some() || !self.damaged.is_empty()
+    }
+}
+
+/// What fsck found in one VM home.
+#[derive(Debug, Clone)]
+pub struct VmReport {
+    /// The VM home's directory name, escaped.
+    pub name: String,
+    /// The verdict.
+    pub state: VmState,
+    /// Content format the bundle names, once it parsed.
+    pub content_format: Option<u16>,
+    /// Findings about the VM home and its internal files.
+    pub findings: Vec<Finding>,
+    /// Why the VM home's content could not be checked, if it could not.
+    pub unchecked: Option<String>,
+    /// Encrypted files with a finding, by path.
+    pub files: Vec<FileReport>,
+    /// Encrypted files checked.
+    pub files_checked: usize,
+    /// Pass-through files (disks with `encrypt_disks` clear): not checked,
+    /// they carry no authentication.
+    pub files_pass_through: usize,
+    /// Plaintext bytes read and authenticated (holes excluded).
+    pub bytes_checked: u64,
+}
+
+impl VmReport {
+    fn new(name: &OsStr) -> Self {
+        Self {
+            name: untrusted::name(name),
+            state: VmState::Clean,
+            content_format: None,
+            findings: Vec::new(),
+            unchecked: None,
+            files: Vec::new(),
+            files_checked: 0,
+            files_pass_through: 0,
+            bytes_checked: 0,
+        }
+    }
+
+    fn finding(&mut self, kind: &'static str, path: Option<&Path>, detail: impl Into<String>) {
+        self.findings.push(Finding {
+            kind,
+            path: path.map(untrusted::path),
+            detail: detail.into(),
+        });
+    }
+
+    /// The state from the findings: damage wins over unchecked parts, as
+    /// damage found is certain and the rest is reported as unchecked.
+    fn settle(&mut self) {
+        let damaged = !self.findings.is_empty() || self.files.iter().any(FileReport::is_damaged);
+        let unchecked =
+            self.unchecked.is_some() || self.files.iter().any(|f| f.unchecked.is_some());
+        self.state = match (damaged, unchecked) {
+            (true, _) => VmState::Damaged,
+            (false, true) => VmState::Unchecked,
+            (false, false) => VmState::Clean,
+        };
+    }
+}
+
+/// Why `vmcryptfs fsck` could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    /// The datastore directory cannot be listed.
+    #[error("cannot list datastore {}: {source}", .path.display())]
+    Datastore {
+        /// The datastore.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A VM home named on the command line is not in the datastore.
+    #[error("{} is not a directory in datastore {}: name a VM home of the datastore (see `vmcryptfs status DATASTORE`)", untrusted::name(.name), .datastore.display())]
+    NoSuchVm {
+        /// The name given.
+        name: OsString,
+        /// The datastore.
+        datastore: PathBuf,
+    },
+}
+
+/// Checks the VM homes `only` of `datastore` (every direct subdirectory if
+/// empty), unlocking bundles with `provider` and checking them against this
+/// host's rollback record `sequences`. The datastore must not be mounted
+/// (the caller checks): files are read as they are on disk.
+pub fn fsck(
+    datastore: &Path,
+    only: &[OsString],
+    provider: &dyn KeyProvider,
+    sequences: &BundleSequences,
+    progress: &mut dyn Progress,
+) -> Result<Vec<VmReport>, FsckError> {
+    let entries = std::fs::read_dir(datastore).map_err(|source| FsckError::Datastore {
+        path: datastore.into(),
+        source,
+    })?;
+    // A symlink is never a VM home (FORMAT.md §1): only directory entries.
+    let mut names: Vec<OsString> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    if let Some(missing) = only.iter().find(|name| !names.contains(name)) {
+        return Err(FsckError::NoSuchVm {
+            name: missing.clone(),
+            datastore: datastore.into(),
+        });
+    }
+    if !only.is_empty() {
+        names.retain(|name| only.contains(name));
+    }
+    Ok(names
+        .iter()
+        .map(|name| check_vm(&datastore.join(name), name, provider, sequences, progress))
+        .collect())
+}
+
+/// Checks one VM home.
+fn check_vm(
+    path: &Path,
+    name: &OsStr,
+    provider: &dyn KeyProvider,
+    sequences: &BundleSequences,
+    progress: &mut dyn Progress,
+) -> VmReport {
+    let mut report = VmReport::new(name);
+    let vm = match VmDir::open(path) {
+        Ok(vm) => vm,
+        Err(err) => {
+            report.unchecked = Some(err.to_string());
+            report.settle();
+            return report;
+        }
+    };
+    if !bundle_file::has_bundle_in(&vm) {
+        check_plain_dir(&vm, &mut report);
+        return report;
+    }
+    match convert::pending_in(&vm) {
+        None => {}
+        Some(Pending::Operation(operation)) => report.finding(
+            "journal",
+            Some(Path::new(JOURNAL_FILE_NAME)),
+            format!("an interrupted `{operation}` conversion: run it again to finish it ({}); until then files may be in either form", rerun_command(operation)),
+        ),
+        Some(Pending::Damaged(why)) => report.finding(
+            "journal",
+            Some(Path::new(JOURNAL_FILE_NAME)),
+            format!("damaged conversion journal ({why}): remove it, then, if a conversion of this VM was interrupted, run that conversion again"),
+        ),
+    }
+    let unlocked = match vm_keys::unlock_vm(&vm, provider, sequences) {
+        Ok((bundle, keyring)) => Some((bundle, Arc::new(keyring))),
+        Err(err) => {
+            if bundle_is_damaged(&err) {
+                report.finding("bundle", Some(Path::new(BUNDLE_FILE_NAME)), err.to_string());
+                report.unchecked =
+                    Some("the key bundle does not authenticate, so no file was checked".into());
+            } else {
+                report.unchecked = Some(format!("{err}; no file was checked"));
+            }
+            None
+        }
+    };
+    let mut plan = Vec::new();
+    let walked = walk_vm_home(&vm, |_dir, name, rel, entry| {
+        match entry {
+            WalkEntry::Internal => internal_finding(name, rel, &mut report),
+            WalkEntry::RegularFile => {
+                let Some((bundle, keyring)) = &unlocked else {
+                    return Ok(());
+                };
+                match layout::class_in_vm_home(name, bundle.encrypt_disks) {
+                    ContentClass::Encrypted => plan.push(rel.to_path_buf()),
+                    ContentClass::Plain => {
+                        report.files_pass_through += 1;
+                        check_pass_through(&vm, rel, keyring, &mut report);
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(err) = walked {
+        report.unchecked = Some(format!("{err}; the VM home was not walked to the end"));
+    }
+    if let Some((bundle, keyring)) = &unlocked {
+        report.content_format = Some(bundle.content_layout.format_version());
+        check_files(
+            &vm,
+            &plan,
+            keyring,
+            bundle.content_layout,
+            &mut report,
+            progress,
+        );
+    }
+    report.settle();
+    report
+}
+
+/// The command that finishes an interrupted conversion.
+fn rerun_command(operation: &str) -> &'static str {
+    match operation {
+        "encrypt" => "`vmcryptfs vm encrypt VM_HOME`",
+        "encrypt-disks" => "`vmcryptfs vm encrypt-disks VM_HOME`",
+        "decrypt-disks" => "`vmcryptfs vm decrypt-disks VM_HOME`",
+        "deep-rekey" => "`vmcryptfs rekey --deep DATASTORE VM`",
+        _ => "`vmcryptfs vm convert-format VM_HOME`",
+    }
+}
+
+/// Whether an unlock failure is the bundle's fault (it is damaged, planted,
+/// tampered with or rolled back) rather than this host's (its KEK is not
+/// here, the provider cannot be reached, the rollback record is unusable).
+fn bundle_is_damaged(err: &DatastoreError) -> bool {
+    match err {
+        DatastoreError::BadBundle { .. }
+        | DatastoreError::Owned(_)
+        | DatastoreError::RolledBack { .. } => true,
+        DatastoreError::Provider { source, .. } => {
+            matches!(source, ProviderError::UnwrapFailed { .. })
+        }
+        _ => false,
+    }
+}
+
+/// A finding for internal name `name` at `rel`, unless it is the bundle or
+/// the journal in the VM home itself (checked on their own).
+fn internal_finding(name: &OsStr, rel: &Path, report: &mut VmReport) {
+    let at_top = rel.parent() == Some(Path::new(""));
+    let what = if at_top && (name == BUNDLE_FILE_NAME || name == JOURNAL_FILE_NAME) {
+        return;
+    } else if at_top && bundle_file::is_temp_name(name) {
+        "a bundle temp file left by an interrupted bundle update; the bundle itself is intact. Remove it (the next bundle update also does)"
+    } else if at_top && name == JOURNAL_TEMP_FILE_NAME {
+        "a journal temp file left by a conversion killed while starting; remove it (the next conversion also does)"
+    } else if name == TEMP_FILE_NAME {
+        "a conversion temp file left by an interrupted conversion; the original beside it is intact. Remove it (rerunning the conversion also does)"
+    } else {
+        "an internal name vmcryptfs does not write here; it was planted or left by another version: inspect and remove it"
+    };
+    report.finding("stray-temp", Some(rel), what);
+}
+
+/// A pass-through file (a disk with `encrypt_disks` clear) that holds a
+/// header authenticating under the VM's keys contradicts the bundle's disk
+/// policy: the mount would show its ciphertext.
+fn check_pass_through(vm: &VmDir, rel: &Path, keyring: &VmKeyring, report: &mut VmReport) {
+    let Ok(file) = vm.beneath().open_file(rel, libc::O_RDONLY, 0) else {
+        return;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if let StoredForm::Encrypted { .. } = stored_form(&file, len, keyring) {
+        report.finding(
+            "policy",
+            Some(rel),
+            "a disk stored encrypted although the key bundle says disks pass through (encrypt_disks clear): an interrupted `vm decrypt-disks`? Run `vmcryptfs vm decrypt-disks VM_HOME` or `vm encrypt-disks VM_HOME` to settle the policy",
+        );
+    }
+}
+
+/// No bundle: a plain directory, unless files in it start with a content
+/// header, which means its bundle was deleted (FORMAT.md §6: the VM home
+/// then turns plain, and files written to it would be stored in clear).
+fn check_plain_dir(vm: &VmDir, report: &mut VmReport) {
+    let mut encrypted = 0usize;
+    let _ = walk_vm_home(vm, |_, _, rel, entry| {
+        if entry == WalkEntry::RegularFile && looks_encrypted(vm, rel) {
+            encrypted += 1;
+        }
+        Ok(())
+    });
+    report.state = VmState::Plain;
+    if encrypted > 0 {
+        report.finding(
+            "bundle-missing",
+            Some(Path::new(BUNDLE_FILE_NAME)),
+            format!("no key bundle, but {encrypted} file(s) start with a vmcryptfs content header: the bundle was deleted, and a mount shows this VM home as plain (files written to it would be stored in clear). Put the bundle back from a backup before mounting"),
+        );
+        report.unchecked = Some("the key bundle is missing, so no file was checked".into());
+        report.settle();
+    }
+}
+
+/// Whether the file `rel` starts with a header that parses (magic, a known
+/// content format, no flags).
+fn looks_encrypted(vm: &VmDir, rel: &Path) -> bool {
+    let Ok(file) = vm.beneath().open_file(rel, libc::O_RDONLY, 0) else {
+        return false;
+    };
+    let mut raw = [0u8; file_header::LEN];
+    file.read_exact_at(&mut raw, 0).is_ok() && UnverifiedHeader::parse(&raw).is_ok()
+}
+
+/// Checks every encrypted file of `plan` (paths relative to the VM home).
+fn check_files(
+    vm: &VmDir,
+    plan: &[PathBuf],
+    keyring: &Arc<VmKeyring>,
+    layout: ContentLayout,
+    report: &mut VmReport,
+    progress: &mut dyn Progress,
+) {
+    let opened: Vec<(PathBuf, std::io::Result<File>)> = plan
+        .iter()
+        .map(|rel| (rel.clone(), vm.beneath().open_file(rel, libc::O_RDONLY, 0)))
+        .collect();
+    let total: u64 = opened
+        .iter()
+        .filter_map(|(_, file)| file.as_ref().ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    progress.start(plan.len(), total);
+    for (rel, file) in opened {
+        let mut file_report = FileReport {
+            path: untrusted::path(&rel),
+            ..FileReport::default()
+        };
+        let checked = file.and_then(|file| {
+            check_content(&file, keyring.clone(), layout, &mut |bytes| {
+                progress.advance(bytes)
+            })
+        });
+        match checked {
+            Ok(check) => {
+                report.files_checked += 1;
+                report.bytes_checked += check.checked_bytes;
+                fill_file_report(&mut file_report, check);
+            }
+            Err(err) => {
+                file_report.unchecked = Some(format!("cannot be read: {err}"));
+            }
+        }
+        progress.file_done(&vm.display_path(&rel));
+        let any = file_report.is_damaged()
+            || file_report.unchecked.is_some()
+            || !file_report.zeroed.is_empty();
+        if any {
+            report.files.push(file_report);
+        }
+    }
+    progress.finish();
+}
+
+fn fill_file_report(report: &mut FileReport, check: ContentCheck) {
+    report.size = check.plain_size;
+    report.header = check.header_error.map(|err| err.to_string());
+    report.trailing_fragment = check.trailing_fragment;
+    report.damaged = check.damaged;
+    report.zeroed = check.zeroed;
+}
