@@ -10,7 +10,9 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{read_control, stored_block_pieces, TestEnv};
+use common::{
+    flip_byte, patch, read_block, read_control, stored_block_pieces, write_block, TestEnv,
+};
 
 const FORMATS: [u16; 2] = [1, 2];
 
@@ -28,42 +30,6 @@ fn setup(format: u16) -> TestEnv {
     }
     assert!(mount.unmount().success());
     env
-}
-
-fn patch(path: &Path, offset: u64, bytes: &[u8]) {
-    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(bytes, offset).unwrap();
-}
-
-fn flip_byte(path: &Path, offset: u64) {
-    let mut byte = [0u8];
-    fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut byte, offset)
-        .unwrap();
-    patch(path, offset, &[byte[0] ^ 0x04]);
-}
-
-/// All stored bytes of block `n` (every piece, concatenated).
-fn read_block(path: &Path, format: u16, n: u64) -> Vec<u8> {
-    let file = fs::File::open(path).unwrap();
-    let mut out = Vec::new();
-    for (offset, len) in stored_block_pieces(format, n) {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset).unwrap();
-        out.extend_from_slice(&buf);
-    }
-    out
-}
-
-/// Stores `bytes` (as returned by [`read_block`]) as block `n`.
-fn write_block(path: &Path, format: u16, n: u64, bytes: &[u8]) {
-    let mut rest = bytes;
-    for (offset, len) in stored_block_pieces(format, n) {
-        let (piece, tail) = rest.split_at(len as usize);
-        patch(path, offset, piece);
-        rest = tail;
-    }
 }
 
 /// Backing offset where block `n`'s data starts (its nonce in format 1, its

@@ -141,7 +141,7 @@ pub fn check_content(
     let data = if trailing_fragment.is_some() {
         // The size does not parse, so the file's own SEEK_DATA cannot run:
         // every block is read.
-        vec![0..plain_size_to_block_count(plain_size)]
+        std::iter::once(0..plain_size_to_block_count(plain_size)).collect()
     } else {
         data_blocks(&file, backing, plain_size)?
     };
@@ -249,7 +249,10 @@ fn check_blocks(
             let range = blocks_to_plain_range(block..block + 1, plain_size);
             match state {
                 BlockState::Authentic => {}
-                BlockState::Zero => push_range(&mut check.zeroed, range),
+                BlockState::Zero if fully_allocated(backing, layout, block) => {
+                    push_range(&mut check.zeroed, range)
+                }
+                BlockState::Zero => {}
                 BlockState::Damaged => push_range(&mut check.damaged, range),
             }
         }
@@ -257,6 +260,19 @@ fn check_blocks(
         check.checked_bytes += bytes.end - bytes.start;
         progress(bytes.end - bytes.start);
         first = next;
+    }
+}
+
+/// Whether every stored byte of block `block`'s data lies in allocated
+/// backing space. A zero block that does not is a hole punched (or never
+/// written) in part, which is what holes look like; only one stored as
+/// zeros throughout is worth listing, as it may have been zeroed.
+fn fully_allocated(backing: &File, layout: ContentLayout, block: u64) -> bool {
+    let start = layout.block_data_off(block);
+    let end = start + layout.inline_len(PLAIN_BLOCK_LEN);
+    match lseek(backing.as_raw_fd(), start as i64, Whence::SeekHole) {
+        Ok(hole) => hole as u64 >= end,
+        Err(_) => false,
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod kms;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +88,48 @@ pub fn stored_block_pieces(format: u16, n: u64) -> Vec<(u64, u64)> {
         1 => vec![(44 + n * 4128, 4128)],
         2 => vec![(4096 + n * 4096, 4096), (64 + n * 32, 32)],
         other => panic!("unknown content format {other}"),
+    }
+}
+
+/// Writes `bytes` at `offset` of the backing file `path`.
+#[allow(dead_code)]
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Flips one bit of the byte at `offset` of the backing file `path`.
+#[allow(dead_code)]
+pub fn flip_byte(path: &Path, offset: u64) {
+    let mut byte = [0u8];
+    fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut byte, offset)
+        .unwrap();
+    patch(path, offset, &[byte[0] ^ 0x04]);
+}
+
+/// All stored bytes of block `n` (every piece, concatenated).
+#[allow(dead_code)]
+pub fn read_block(path: &Path, format: u16, n: u64) -> Vec<u8> {
+    let file = fs::File::open(path).unwrap();
+    let mut out = Vec::new();
+    for (offset, len) in stored_block_pieces(format, n) {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, offset).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+/// Stores `bytes` (as returned by [`read_block`]) as block `n`.
+#[allow(dead_code)]
+pub fn write_block(path: &Path, format: u16, n: u64, bytes: &[u8]) {
+    let mut rest = bytes;
+    for (offset, len) in stored_block_pieces(format, n) {
+        let (piece, tail) = rest.split_at(len as usize);
+        patch(path, offset, piece);
+        rest = tail;
     }
 }
 
