@@ -16,6 +16,9 @@ _vmcryptfs() {
             ",$1")
                 cmd="vmcryptfs"
                 ;;
+            vmcryptfs,fsck)
+                cmd="vmcryptfs__subcmd__fsck"
+                ;;
             vmcryptfs,help)
                 cmd="vmcryptfs__subcmd__help"
                 ;;
@@ -33,6 +36,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs,vm)
                 cmd="vmcryptfs__subcmd__vm"
+                ;;
+            vmcryptfs__subcmd__help,fsck)
+                cmd="vmcryptfs__subcmd__help__subcmd__fsck"
                 ;;
             vmcryptfs__subcmd__help,help)
                 cmd="vmcryptfs__subcmd__help__subcmd__help"
@@ -233,7 +239,7 @@ _vmcryptfs() {
 
     case "${cmd}" in
         vmcryptfs)
-            opts="-h -V --keystore --help --version provider vm mount status rekey help"
+            opts="-h -V --keystore --help --version provider vm mount status rekey fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -250,9 +256,41 @@ _vmcryptfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        vmcryptfs__subcmd__help)
-            opts="provider vm mount status rekey help"
+        vmcryptfs__subcmd__fsck)
+            opts="-h -V --json --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help)
+            opts="provider vm mount status rekey fsck help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__fsck)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -21,6 +21,7 @@ pub fn run(
     as_json: bool,
     keystore: &Path,
 ) -> Result<(), CliError> {
+    let datastore = &super::lifecycle_cmd::absolute(datastore)?;
     if let Some(mnt) = vmcryptfs_mount_of(datastore) {
         return Err(CliError::new(
             ExitKind::Usage,

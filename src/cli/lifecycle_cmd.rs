@@ -16,7 +16,8 @@ use crate::keys::provider_set::ProviderSet;
 use crate::keys::{KekVersionInfo, KeyProvider};
 use std::collections::HashMap;
 
-fn absolute(path: &Path) -> Result<PathBuf, CliError> {
+/// `path` made absolute, for reports and for matching mounts.
+pub(super) fn absolute(path: &Path) -> Result<PathBuf, CliError> {
     std::path::absolute(path)
         .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
 }
