@@ -38,6 +38,9 @@ use crate::format::offsets::{
 /// Blocks read and checked at a time: 4 MiB of plaintext, large enough for
 /// the backing file system's sequential read rate.
 const CHUNK_BLOCKS: u64 = 1024;
+/// Chunks whose backing reads are kept in flight ahead of the one being
+/// checked, so the disk never waits for the decryption.
+const CHUNKS_AHEAD: u64 = 4;
 
 /// What checking one stored file found. Ranges are plaintext byte ranges,
 /// ascending, merged, and inside `0..plain_size`.
@@ -239,8 +242,15 @@ fn check_blocks(
     while first < blocks.end {
         let count = (blocks.end - first).min(CHUNK_BLOCKS);
         let next = first + count;
-        if next < blocks.end {
-            let ahead = layout.stored_span(next, (next + CHUNK_BLOCKS).min(blocks.end));
+        // The first time the whole window, then the chunk entering it.
+        let window_start = if first == blocks.start {
+            next
+        } else {
+            next + (CHUNKS_AHEAD - 1) * CHUNK_BLOCKS
+        };
+        let window_end = (next + CHUNKS_AHEAD * CHUNK_BLOCKS).min(blocks.end);
+        if window_start < window_end {
+            let ahead = layout.stored_span(window_start, window_end);
             prefetch::start_reading(backing, ahead.start, ahead.end - ahead.start);
         }
         let states = check_chunk(backing, layout, keys, first, count, plain_size, &mut buf);
