@@ -260,7 +260,7 @@ fn a_file_truncated_inside_a_block_is_damaged_from_that_block_on() {
 }
 
 #[test]
-fn a_corrupt_or_deleted_bundle_is_damage_and_nothing_is_unlocked() {
+fn a_corrupt_deleted_or_rolled_back_bundle_is_damage_and_nothing_is_unlocked() {
     let env = setup(2);
     let bundle = env.vm_dir("vm1").join(".vmcryptfs-bundle");
     let original = fs::read(&bundle).unwrap();
@@ -277,6 +277,14 @@ fn a_corrupt_or_deleted_bundle_is_damage_and_nothing_is_unlocked() {
     assert!(text.contains("bundle was deleted"), "{text}");
     fs::write(&bundle, &original).unwrap();
     expect(&env, 0, &[]);
+    // Re-keyed under a new KEK version (sequence 2, recorded by this
+    // host), then the old bundle put back: rolled back.
+    env.run_ok(&["provider", "rotate"]);
+    env.run_ok(&["vm", "rekey", env.vm_dir("vm1").to_str().unwrap()]);
+    expect(&env, 0, &[]);
+    fs::write(&bundle, &original).unwrap();
+    let text = expect(&env, 6, &["vm1 bundle .vmcryptfs-bundle", "vm1 unchecked"]);
+    assert!(text.contains("rolled back"), "{text}");
 }
 
 #[test]
