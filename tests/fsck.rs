@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 
 use common::{flip_byte, read_block, stored_block_pieces, write_block, TestEnv};
 use serde_json::Value;
@@ -44,9 +45,15 @@ fn setup(format: u16) -> TestEnv {
 /// and that every finding of the JSON is in the text. Returns the exit
 /// code, the findings as sorted lines and the text.
 fn fsck(env: &TestEnv) -> (i32, Vec<String>, String) {
+    fsck_with(env, &[])
+}
+
+/// [`fsck`] with extra arguments (`--repair`): the text run comes first,
+/// so a repair is seen done by the JSON run.
+fn fsck_with(env: &TestEnv, extra: &[&str]) -> (i32, Vec<String>, String) {
     let ds = env.datastore.to_str().unwrap();
-    let text_out = env.run(&["fsck", ds]);
-    let json_out = env.run(&["fsck", ds, "--json"]);
+    let text_out = env.run(&[&["fsck", ds], extra].concat());
+    let json_out = env.run(&[&["fsck", ds, "--json"], extra].concat());
     let code = text_out.status.code().expect("exit code");
     assert_eq!(
         json_out.status.code(),
@@ -301,16 +308,36 @@ fn a_stale_journal_and_stray_temps_are_named() {
     fs::write(vm1.join(".vmcryptfs-convert-journal.tmp"), b"").unwrap();
     // Planted, not followed: a symlink at a temp name is still just named.
     std::os::unix::fs::symlink("/etc/shadow", vm1.join("logs/.vmcryptfs-other")).unwrap();
-    expect(
-        &env,
-        6,
-        &[
-            "vm1 stray-temp .vmcryptfs-bundle.tmp.42.0123456789abcdef",
-            "vm1 stray-temp .vmcryptfs-convert-journal.tmp",
-            "vm1 stray-temp logs/.vmcryptfs-convert.tmp",
-            "vm1 stray-temp logs/.vmcryptfs-other",
-        ],
-    );
+    let temps = [
+        "vm1 stray-temp .vmcryptfs-bundle.tmp.42.0123456789abcdef",
+        "vm1 stray-temp .vmcryptfs-convert-journal.tmp",
+        "vm1 stray-temp logs/.vmcryptfs-convert.tmp",
+    ];
+    let other = "vm1 stray-temp logs/.vmcryptfs-other";
+    expect(&env, 6, &[&temps[..], &[other]].concat());
+    // --repair removes exactly vmcryptfs's own temps, says so, and leaves
+    // the unknown name (and every other file) alone.
+    let before = common::snapshot_tree(&env.datastore);
+    let (code, found, text) = fsck_with(&env, &["--repair"]);
+    assert_eq!(code, 6, "{text}");
+    assert!(found.iter().any(|f| f == other), "{text}");
+    for temp in temps {
+        let rel = temp.rsplit(' ').next().unwrap();
+        assert!(text.contains(&format!("{rel}: removed: ")), "{text}");
+        assert!(!vm1.join(rel).exists(), "{rel} removed");
+    }
+    let after = common::snapshot_tree(&env.datastore);
+    let mut expected = before;
+    for temp in temps {
+        let rel = temp.rsplit(' ').next().unwrap();
+        assert!(
+            expected.remove(&Path::new("vm1").join(rel)).is_some(),
+            "{rel}"
+        );
+    }
+    assert_eq!(after, expected, "nothing but the temps changed");
+    assert!(fs::symlink_metadata(vm1.join("logs/.vmcryptfs-other")).is_ok());
+    expect(&env, 6, &[other]);
 }
 
 #[test]

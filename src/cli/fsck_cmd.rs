@@ -19,6 +19,7 @@ pub fn run(
     datastore: &Path,
     vms: &[OsString],
     as_json: bool,
+    repair: bool,
     keystore: &Path,
 ) -> Result<(), CliError> {
     let datastore = &super::lifecycle_cmd::absolute(datastore)?;
@@ -39,6 +40,7 @@ pub fn run(
     let reports = fsck::fsck(
         datastore,
         vms,
+        repair,
         provider.as_ref(),
         &sequences,
         &mut ConsoleProgress::for_check(),
@@ -137,9 +139,10 @@ fn print_text(datastore: &Path, reports: &[VmReport]) {
             println!("  unchecked: {why}");
         }
         for finding in &vm.findings {
+            let removed = if finding.repaired { "removed: " } else { "" };
             match &finding.path {
-                Some(path) => println!("  {} {path}: {}", finding.kind, finding.detail),
-                None => println!("  {}: {}", finding.kind, finding.detail),
+                Some(path) => println!("  {} {path}: {removed}{}", finding.kind, finding.detail),
+                None => println!("  {}: {removed}{}", finding.kind, finding.detail),
             }
         }
         for file in &vm.files {
@@ -190,6 +193,7 @@ fn vm_json(vm: &VmReport) -> serde_json::Value {
             "kind": f.kind,
             "path": f.path,
             "detail": f.detail,
+            "repaired": f.repaired,
         })).collect::<Vec<_>>(),
         "files": vm.files.iter().map(|f| json!({
             "path": f.path,

@@ -84,7 +84,7 @@ pub enum Command {
     /// home's key bundle, conversion journal and stray temp files, and
     /// every block of every encrypted file. Reports each damaged file with
     /// its damaged plaintext byte ranges and each VM home with its state.
-    /// Only reads: nothing is repaired.
+    /// Only reads, unless `--repair` is given.
     #[command(after_long_help = FSCK_EXIT_STATUS)]
     Fsck {
         /// The datastore directory (not mounted).
@@ -95,6 +95,12 @@ pub enum Command {
         /// Print JSON instead of the report (docs/JSON.md).
         #[arg(long)]
         json: bool,
+        /// Remove the stray temp files vmcryptfs leaves (bundle, journal
+        /// and conversion temps of interrupted runs; each is listed as
+        /// removed). Never touches content, a bundle, a journal or any other
+        /// name. Run it on an idle datastore: no conversion running.
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -102,7 +108,8 @@ pub enum Command {
 const FSCK_EXIT_STATUS: &str = "Exit status:
   0  clean: every VM home was checked and nothing was found
   6  damaged: a damaged file, bundle or journal, a missing bundle, or a
-     stray temp file was found (the report names each)
+     stray temp file (not removed by --repair) was found (the report
+     names each)
   7  could not check: a KEK missing, a provider that cannot be reached,
      a file that cannot be read; nothing damaged was found in the rest
   2  bad arguments, or the datastore is mounted (unmount it first)
@@ -384,7 +391,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             datastore,
             vms,
             json,
-        } => fsck_cmd::run(&datastore, &vms, json, &keystore),
+            repair,
+        } => fsck_cmd::run(&datastore, &vms, json, repair, &keystore),
     }
 }
 

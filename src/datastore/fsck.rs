@@ -5,7 +5,9 @@
 //! provider, is not rolled back: [`vm_keys::unlock_vm`]), the conversion
 //! journal ([`convert::pending_in`]), stray temp files, the disk policy
 //! against the disks' stored form, and every block of every encrypted file
-//! ([`crate::content::verify`]). It only reads: nothing is repaired.
+//! ([`crate::content::verify`]). It only reads, except that with `repair`
+//! it removes the temp files vmcryptfs itself leaves; content, bundles,
+//! journals and unknown names are never changed.
 //!
 //! Everything here is reached through [`VmDir`] descriptors (issue 22): no
 //! symlink is followed, only regular files are opened, and the bundle and
@@ -26,7 +28,7 @@ use super::convert::{
     JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
 };
 use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
-use super::owned_file::VmDir;
+use super::owned_file::{remove_at, VmDir};
 use super::{vm_keys, DatastoreError};
 use crate::content::verify::{check_content, ContentCheck};
 use crate::crypto::keyring::VmKeyring;
@@ -74,6 +76,8 @@ pub struct Finding {
     /// What is wrong and what to do. Built from fixed words, escaped
     /// names and our own errors, never from file content.
     pub detail: String,
+    /// Whether `--repair` removed the file (then it is no longer damage).
+    pub repaired: bool,
 }
 
 /// What fsck found in one encrypted file with any finding.
@@ -147,13 +151,15 @@ impl VmReport {
             kind,
             path: path.map(untrusted::path),
             detail: detail.into(),
+            repaired: false,
         });
     }
 
     /// The state from the findings: damage wins over unchecked parts, as
     /// damage found is certain and the rest is reported as unchecked.
     fn settle(&mut self) {
-        let damaged = !self.findings.is_empty() || self.files.iter().any(FileReport::is_damaged);
+        let damaged = self.findings.iter().any(|f| !f.repaired)
+            || self.files.iter().any(FileReport::is_damaged);
         let unchecked =
             self.unchecked.is_some() || self.files.iter().any(|f| f.unchecked.is_some());
         self.state = match (damaged, unchecked) {
@@ -189,10 +195,13 @@ pub enum FsckError {
 /// Checks the VM homes `only` of `datastore` (every direct subdirectory if
 /// empty), unlocking bundles with `provider` and checking them against this
 /// host's rollback record `sequences`. The datastore must not be mounted
-/// (the caller checks): files are read as they are on disk.
+/// (the caller checks): files are read as they are on disk. With `repair`,
+/// stray temp files vmcryptfs itself leaves (bundle, journal and
+/// conversion temps) are removed; nothing else is ever changed.
 pub fn fsck(
     datastore: &Path,
     only: &[OsString],
+    repair: bool,
     provider: &dyn KeyProvider,
     sequences: &BundleSequences,
     progress: &mut dyn Progress,
@@ -219,7 +228,10 @@ pub fn fsck(
     }
     Ok(names
         .iter()
-        .map(|name| check_vm(&datastore.join(name), name, provider, sequences, progress))
+        .map(|name| {
+            let path = datastore.join(name);
+            check_vm(&path, name, repair, provider, sequences, progress)
+        })
         .collect())
 }
 
@@ -227,6 +239,7 @@ pub fn fsck(
 fn check_vm(
     path: &Path,
     name: &OsStr,
+    repair: bool,
     provider: &dyn KeyProvider,
     sequences: &BundleSequences,
     progress: &mut dyn Progress,
@@ -271,9 +284,16 @@ fn check_vm(
         }
     };
     let mut plan = Vec::new();
-    let walked = walk_vm_home(&vm, |_dir, name, rel, entry| {
+    let walked = walk_vm_home(&vm, |dir, name, rel, entry| {
         match entry {
-            WalkEntry::Internal => internal_finding(name, rel, &mut report),
+            WalkEntry::Internal => {
+                let removable = internal_finding(name, rel, &mut report);
+                if removable && repair {
+                    remove_at(dir, name, &vm.display_path(rel))?;
+                    let finding = report.findings.last_mut().expect("just pushed");
+                    finding.repaired = true;
+                }
+            }
             WalkEntry::RegularFile => {
                 let Some((bundle, keyring)) = &unlocked else {
                     return Ok(());
@@ -334,11 +354,12 @@ fn bundle_is_damaged(err: &DatastoreError) -> bool {
 }
 
 /// A finding for internal name `name` at `rel`, unless it is the bundle or
-/// the journal in the VM home itself (checked on their own).
-fn internal_finding(name: &OsStr, rel: &Path, report: &mut VmReport) {
+/// the journal in the VM home itself (checked on their own); whether it is
+/// a temp file vmcryptfs leaves, which `--repair` may remove.
+fn internal_finding(name: &OsStr, rel: &Path, report: &mut VmReport) -> bool {
     let at_top = rel.parent() == Some(Path::new(""));
     let what = if at_top && (name == BUNDLE_FILE_NAME || name == JOURNAL_FILE_NAME) {
-        return;
+        return false;
     } else if at_top && bundle_file::is_temp_name(name) {
         "a bundle temp file left by an interrupted bundle update; the bundle itself is intact. Remove it (the next bundle update also does)"
     } else if at_top && name == JOURNAL_TEMP_FILE_NAME {
@@ -346,9 +367,11 @@ fn internal_finding(name: &OsStr, rel: &Path, report: &mut VmReport) {
     } else if name == TEMP_FILE_NAME {
         "a conversion temp file left by an interrupted conversion; the original beside it is intact. Remove it (rerunning the conversion also does)"
     } else {
-        "an internal name vmcryptfs does not write here; it was planted or left by another version: inspect and remove it"
+        report.finding("stray-temp", Some(rel), "an internal name vmcryptfs does not write here; it was planted or left by another version: inspect and remove it (--repair leaves it)");
+        return false;
     };
     report.finding("stray-temp", Some(rel), what);
+    true
 }
 
 /// A pass-through file (a disk with `encrypt_disks` clear) that holds a
