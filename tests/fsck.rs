@@ -284,6 +284,12 @@ fn a_corrupt_deleted_or_rolled_back_bundle_is_damage_and_nothing_is_unlocked() {
     assert!(text.contains("bundle was deleted"), "{text}");
     fs::write(&bundle, &original).unwrap();
     expect(&env, 0, &[]);
+    // A disk stored encrypted (here: a copy of an encrypted file) in a VM
+    // whose disks pass through contradicts the bundle's policy.
+    let vm1 = env.vm_dir("vm1");
+    fs::copy(vm1.join("a.bin"), vm1.join("copy.vmdk")).unwrap();
+    expect(&env, 6, &["vm1 policy copy.vmdk"]);
+    fs::remove_file(vm1.join("copy.vmdk")).unwrap();
     // Re-keyed under a new KEK version (sequence 2, recorded by this
     // host), then the old bundle put back: rolled back.
     env.run_ok(&["provider", "rotate"]);

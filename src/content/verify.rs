@@ -394,8 +394,23 @@ mod tests {
             let mut byte = [0u8];
             backing.read_exact_at(&mut byte, off).unwrap();
             backing.write_all_at(&[byte[0] ^ 1], off).unwrap();
-            let damaged = check_content(&backing, keyring, layout, &mut |_| {}).unwrap();
+            let damaged = check_content(&backing, keyring.clone(), layout, &mut |_| {}).unwrap();
             assert_eq!(damaged.damaged, vec![250 * 4096..251 * 4096], "{layout:?}");
+            // Format 2: a slot written over a block whose data page is a
+            // hole (reads fail: the block is no longer a hole) is damage,
+            // though SEEK_DATA skips the block.
+            if let Some(slot) = layout.block_slot_off(100) {
+                backing.write_all_at(&[9u8; 32], slot).unwrap();
+                let found = check_content(&backing, keyring.clone(), layout, &mut |_| {}).unwrap();
+                assert_eq!(
+                    found.damaged,
+                    vec![100 * 4096..101 * 4096, 250 * 4096..251 * 4096]
+                );
+                assert!(
+                    file.read(&backing, 100 * 4096, 4096).is_err(),
+                    "reads fail too"
+                );
+            }
         }
     }
 }
