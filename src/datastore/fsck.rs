@@ -31,6 +31,7 @@ use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
 use super::owned_file::{remove_at, VmDir};
 use super::{vm_keys, DatastoreError};
 use crate::content::verify::{check_content, ContentCheck};
+use crate::content::EncryptedFile;
 use crate::crypto::keyring::VmKeyring;
 use crate::format::content_layout::ContentLayout;
 use crate::format::file_header::{self, UnverifiedHeader};
@@ -440,8 +441,9 @@ fn check_files(
     let total: u64 = opened
         .iter()
         .filter_map(|(_, file)| file.as_ref().ok()?.metadata().ok())
-        .map(|m| m.len())
+        .map(|m| EncryptedFile::plain_size_for_stat(layout, m.len()))
         .sum();
+    // Plaintext bytes: checked ones as they go, holes when a file is done.
     progress.start(plan.len(), total);
     for (rel, file) in opened {
         let mut file_report = FileReport {
@@ -455,6 +457,7 @@ fn check_files(
         });
         match checked {
             Ok(check) => {
+                progress.advance(check.plain_size.saturating_sub(check.checked_bytes));
                 report.files_checked += 1;
                 report.bytes_checked += check.checked_bytes;
                 fill_file_report(&mut file_report, check);
