@@ -864,6 +864,8 @@ impl Case {
 
         // Unmounted: the CLI reads the datastore directly.
         self.cli_surveys(&ds, vm);
+        self.cli_on_vm(&["fsck", &ds], vm);
+        self.cli_on_vm(&["fsck", "--json", &ds], vm);
         self.cli_on_vm(&["rekey", &ds, vm], vm);
         let plain3 = format!("{ds}/plain3");
         self.cli_on_vm(&["vm", "encrypt", &plain3], "plain3");

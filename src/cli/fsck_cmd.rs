@@ -66,22 +66,34 @@ pub fn run(
     } else {
         print_text(datastore, &reports);
     }
-    let count = |state| reports.iter().filter(|r| r.state == state).count();
+    // The VM homes by name, so that a log of stderr alone says which.
+    let names = |state| {
+        let names: Vec<&str> = reports
+            .iter()
+            .filter(|r| r.state == state)
+            .map(|r| r.name.as_str())
+            .collect();
+        names.join(", ")
+    };
+    let unchecked = match names(VmState::Unchecked) {
+        none if none.is_empty() => String::new(),
+        some => format!("; could not check: {some}"),
+    };
     match verdict {
         VmState::Damaged => Err(CliError::new(
             ExitKind::Damaged,
             format!(
-                "{} VM home(s) of {} damaged (see the report)",
-                count(VmState::Damaged),
-                datastore.display()
+                "damaged VM homes in {}: {}{unchecked} (see the report)",
+                datastore.display(),
+                names(VmState::Damaged)
             ),
         )),
         VmState::Unchecked => Err(CliError::new(
             ExitKind::Unchecked,
             format!(
-                "{} VM home(s) of {} could not be checked (see the report)",
-                count(VmState::Unchecked),
-                datastore.display()
+                "VM homes of {} that could not be checked: {} (see the report)",
+                datastore.display(),
+                names(VmState::Unchecked)
             ),
         )),
         VmState::Clean | VmState::Plain => Ok(()),
