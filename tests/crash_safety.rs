@@ -190,3 +190,158 @@ fn sigkill_during_writes_renames_and_rekeys_loses_nothing_durable() {
     assert!(checked >= KILLS, "the workload must have produced files");
     eprintln!("{KILLS} kills, {checked} file checks, {torn_blocks} blocks torn by a kill mid-write (allowed: in flight)");
 }
+
+/// The KEK version of every VM home, from `vmcryptfs status --json`
+/// (which reads bundles without unwrapping), by name.
+fn kek_versions(env: &TestEnv) -> BTreeMap<String, u64> {
+    let out = env.run_ok(&["status", "--json", env.datastore.to_str().unwrap()]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| {
+            let name = vm["name"].as_str().unwrap().to_owned();
+            let version = vm["kek_version"].as_u64();
+            (
+                name.clone(),
+                version.unwrap_or_else(|| panic!("{name}: {vm}")),
+            )
+        })
+        .collect()
+}
+
+/// A re-key of every VM home (a batch on a pool of workers: several
+/// bundles in flight at once, sequence record written at the end) killed
+/// with SIGKILL at pseudo-random moments, through the CLI unmounted and
+/// through a mount's `.control` in turn, and once by the crash hook at
+/// the first bundle rename (other workers then mid-update): every VM ends
+/// under either the KEK version it had or the new one, never anything
+/// else and never unreadable; the next re-key of them all succeeds (no
+/// leftover temp file or sequence record blocks it, no false rollback);
+/// and every file reads back through a mount.
+#[test]
+fn sigkill_during_a_rekey_of_every_vm_leaves_each_vm_under_its_old_or_new_kek() {
+    const VMS: usize = 160;
+    let env = TestEnv::new();
+    let names: Vec<String> = (0..VMS).map(|i| format!("vm{i:03}")).collect();
+    for name in &names {
+        env.create_vm(name, false);
+    }
+    {
+        let mount = env.mount();
+        for name in &names {
+            fs::write(
+                mount.path(&format!("{name}/{name}.nvram")),
+                content(name, 1),
+            )
+            .unwrap();
+        }
+    }
+    let datastore = env.datastore.to_str().unwrap().to_owned();
+    // How long a whole re-key takes here each way, process start (CLI) or
+    // the write to `.control` (mount) included: the kills are spread over
+    // the later part of it, where the bundles are being rewritten.
+    let timed = |rekey: &dyn Fn()| {
+        env.run_ok(&["provider", "rotate"]);
+        let started = std::time::Instant::now();
+        rekey();
+        started.elapsed()
+    };
+    let whole_cli = timed(&|| {
+        env.run_ok(&["rekey", "--all", &datastore]);
+    });
+    let whole_mount = {
+        let mount = env.mount();
+        timed(&|| write_control(&mount.path(".control"), "rekey-all").unwrap())
+    };
+    let mut before = kek_versions(&env);
+    let (mut mixed_rounds, mut new_version) = (0, 3);
+    for round in 0..8u64 {
+        env.run_ok(&["provider", "rotate"]);
+        new_version += 1;
+        let whole = if round % 3 == 1 {
+            whole_cli
+        } else {
+            whole_mount
+        };
+        let delay = whole.mul_f64(0.3 + 0.8 * ((round * 37) % 100) as f64 / 100.0);
+        match round % 3 {
+            0 => {
+                let status = env
+                    .cmd(&["rekey", "--all", &datastore])
+                    .env("VMCRYPTFS_TEST_CRASH_AT", "bundle-renamed")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.signal(), Some(9), "the crash hook must have fired");
+            }
+            1 => {
+                let mut child = env
+                    .cmd(&["rekey", "--all", &datastore])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(delay);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            _ => {
+                let mount = env.mount();
+                let control = mount.path(".control");
+                let writer = std::thread::spawn(move || write_control(&control, "rekey-all"));
+                std::thread::sleep(delay);
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &mount.pid().to_string()])
+                    .status();
+                drop(mount);
+                let _ = writer.join();
+            }
+        }
+        let after = kek_versions(&env);
+        assert_eq!(
+            after.len(),
+            VMS,
+            "round {round}: every VM home still is one"
+        );
+        for (name, version) in &after {
+            assert!(
+                *version == before[name] || *version == new_version,
+                "round {round}: {name} is under v{version}, neither its old v{} nor the new v{new_version}",
+                before[name]
+            );
+        }
+        let moved = after.values().filter(|v| **v == new_version).count();
+        let how = match round % 3 {
+            0 => "killed at the first bundle rename".to_owned(),
+            _ => format!("killed after {delay:?} of about {whole:?}"),
+        };
+        eprintln!("round {round}: {how}: {moved} of {VMS} VMs re-keyed");
+        if moved > 0 && moved < VMS {
+            mixed_rounds += 1;
+        }
+        if round % 3 == 0 {
+            assert!(
+                moved > 0 && moved < VMS,
+                "round {round}: the hook kills mid-batch ({moved} moved)"
+            );
+        }
+        before = after;
+    }
+    eprintln!("{mixed_rounds} of 8 kills left some VMs re-keyed and others not");
+    // Everything still works: a complete re-key, then every file.
+    env.run_ok(&["rekey", "--all", &datastore]);
+    assert!(kek_versions(&env).values().all(|v| *v == new_version));
+    let mount = env.mount();
+    for name in &names {
+        assert_eq!(
+            fs::read(mount.path(&format!("{name}/{name}.nvram"))).unwrap(),
+            content(name, 1),
+            "{name}"
+        );
+    }
+    write_control(&mount.path(".control"), "rekey-all").expect("re-key of all after the kills");
+}

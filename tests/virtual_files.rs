@@ -238,3 +238,74 @@ fn hostile_vm_home_names_are_shown_escaped() {
         );
     }
 }
+
+/// The root `.control` keeps what it read from disk between reads (see
+/// `datastore::status_view`) but follows every change made behind the
+/// mount, also once its view has settled: a VM home created, a bundle
+/// replaced, a conversion journal appearing, a bundle removed.
+#[test]
+fn the_root_status_follows_changes_made_behind_the_mount() {
+    use std::time::Duration;
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let mount = env.mount();
+    let root_json = || -> serde_json::Value {
+        serde_json::from_slice(&fs::read(mount.path(".control.json")).unwrap()).unwrap()
+    };
+    let vm_of = |doc: &serde_json::Value, name: &str| -> serde_json::Value {
+        doc["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|vm| vm["vm"] == name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let first = root_json();
+    let vm1_id = vm_of(&first, "vm1")["vm_id"].clone();
+    assert!(vm1_id.is_string(), "{first}");
+    env.create_vm("vm2", false);
+    assert_eq!(read_control(&mount.path(".control"))["vms"], "2");
+    // Past the window in which a directory's stamp is not trusted.
+    std::thread::sleep(Duration::from_millis(1500));
+    let settled = root_json();
+    let vm2_id = vm_of(&settled, "vm2")["vm_id"].clone();
+    assert_eq!(vm_of(&settled, "vm1")["vm_id"], vm1_id);
+    assert_eq!(
+        vm_of(&settled, "vm1")["conversion"],
+        serde_json::Value::Null
+    );
+
+    // vm1's bundle replaced (as another host or an intruder could): a VM
+    // not unlocked shows the bundle now on disk.
+    let bundle = ".vmcryptfs-bundle";
+    fs::copy(
+        env.vm_dir("vm2").join(bundle),
+        env.vm_dir("vm1").join("copy"),
+    )
+    .unwrap();
+    fs::rename(
+        env.vm_dir("vm1").join("copy"),
+        env.vm_dir("vm1").join(bundle),
+    )
+    .unwrap();
+    assert_eq!(vm_of(&root_json(), "vm1")["vm_id"], vm2_id);
+    // A conversion journal appears in vm2.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        vm_of(&root_json(), "vm2")["conversion"],
+        serde_json::Value::Null
+    );
+    fs::write(
+        env.vm_dir("vm2").join(".vmcryptfs-convert-journal"),
+        "encrypt\n",
+    )
+    .unwrap();
+    assert_eq!(vm_of(&root_json(), "vm2")["conversion"], "encrypt");
+    // vm2 stops being a VM home.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read_control(&mount.path(".control"))["vms"], "2");
+    fs::remove_file(env.vm_dir("vm2").join(bundle)).unwrap();
+    assert_eq!(read_control(&mount.path(".control"))["vms"], "1");
+    assert_eq!(vm_of(&root_json(), "vm2"), serde_json::Value::Null);
+}

@@ -10,7 +10,7 @@ use super::mountinfo::vmcryptfs_mount_of;
 use super::{open_provider, open_provider_targeting, CliError, ExitKind};
 use crate::datastore::inventory::{scan_datastore, wrap_health, VmRecord, WrapHealth};
 use crate::datastore::known::KnownDatastores;
-use crate::datastore::vm_keys;
+use crate::datastore::{rekey_batch, vm_keys};
 use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::provider_set::ProviderSet;
 use crate::keys::{KekVersionInfo, KeyProvider};
@@ -184,15 +184,20 @@ pub fn rekey(
     KnownDatastores::new(keystore).record(&datastore)?;
     let mount = vmcryptfs_mount_of(&datastore);
     let sequences = BundleSequences::in_keystore(keystore);
-    let mut failures = Vec::new();
-    for name in &names {
-        let shown = untrusted::escape(name.as_bytes(), untrusted::NAME_LIMIT);
-        let result = match &mount {
-            Some(mnt) => rekey_through_mount(&mnt.join(name), target),
-            None => vm_keys::shallow_rekey(&datastore.join(name), &*provider, &sequences)
+    let results: Vec<Result<String, String>> = match &mount {
+        Some(mnt) => names
+            .iter()
+            .map(|name| rekey_through_mount(&mnt.join(name), target))
+            .collect(),
+        None => rekey_batch::rekey_each(&names, &provider, &sequences, |name, provider, seq| {
+            vm_keys::shallow_rekey(&datastore.join(name), provider, seq)
                 .map(|o| format!("DEK rewrapped under {} (was v{})", o.to, o.from.version))
-                .map_err(|e| e.to_string()),
-        };
+                .map_err(|e| e.to_string())
+        }),
+    };
+    let mut failures = Vec::new();
+    for (name, result) in names.iter().zip(results) {
+        let shown = untrusted::escape(name.as_bytes(), untrusted::NAME_LIMIT);
         match result {
             Ok(done) => println!("{shown}: {done}"),
             Err(err) => {

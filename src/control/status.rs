@@ -3,6 +3,7 @@
 //! Keys are stable and lower-case; a value that is unknown is shown as `-`
 //! rather than omitted, so scripts can rely on every key being present.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::timefmt::format_unix_utc;
@@ -95,34 +96,73 @@ pub fn render_vm(status: &VmStatus) -> String {
     out
 }
 
+/// One VM home's status as JSON: the fields of [`render_vm`], in the
+/// alphabetical order a `serde_json` map writes them in (schema:
+/// docs/JSON.md). A struct rather than a `json!` map: the root
+/// `.control.json` writes ten thousand of them straight into its text,
+/// without building a map of owned keys and values for each first.
+#[derive(serde::Serialize)]
+struct VmJson<'a> {
+    bundle_created: Option<String>,
+    bundle_sequence: Option<u64>,
+    bundle_updated: Option<String>,
+    content_format: Option<u16>,
+    conversion: &'a Option<String>,
+    current_dek_generation: Option<u32>,
+    dek_fingerprint: &'a Option<String>,
+    dek_generations: Option<Vec<u32>>,
+    encrypt_disks: Option<bool>,
+    kek_id: Option<Cow<'a, str>>,
+    kek_version: Option<u32>,
+    last_command: Option<&'a str>,
+    last_result: Option<&'a str>,
+    locked_reason: &'a Option<String>,
+    needs_rekey: Option<bool>,
+    open_files: usize,
+    open_handles: usize,
+    provider: Option<Cow<'a, str>>,
+    provider_current_version: Option<u32>,
+    provider_error: &'a Option<String>,
+    state: &'a str,
+    vm: &'a str,
+    vm_id: Option<String>,
+}
+
+impl<'a> VmJson<'a> {
+    fn of(status: &'a VmStatus) -> Self {
+        let bundle = status.bundle.as_ref();
+        let last = status.last_command.as_ref();
+        Self {
+            bundle_created: bundle.map(|b| format_unix_utc(b.created_unix)),
+            bundle_sequence: bundle.map(|b| b.sequence),
+            bundle_updated: bundle.map(|b| format_unix_utc(b.updated_unix)),
+            content_format: bundle.map(|b| b.content_layout.format_version()),
+            conversion: &status.conversion,
+            current_dek_generation: bundle.map(|b| b.current_generation),
+            dek_fingerprint: &status.dek_fingerprint,
+            dek_generations: bundle.map(|b| b.deks.iter().map(|d| d.generation).collect()),
+            encrypt_disks: bundle.map(|b| b.encrypt_disks),
+            kek_id: bundle.map(|b| untrusted::field(&b.kek.kek_id)),
+            kek_version: bundle.map(|b| b.kek.version),
+            last_command: last.map(|c| c.command.as_str()),
+            last_result: last.map(|c| c.result.as_str()),
+            locked_reason: &status.locked_reason,
+            needs_rekey: status.needs_rekey(),
+            open_files: status.open_files,
+            open_handles: status.open_handles,
+            provider: bundle.map(|b| untrusted::field(&b.kek.provider)),
+            provider_current_version: status.provider_current_version,
+            provider_error: &status.provider_error,
+            state: status.state,
+            vm: &status.name,
+            vm_id: bundle.map(|b| hex::encode(b.vm_id)),
+        }
+    }
+}
+
 /// The same fields as [`render_vm`], as JSON (schema: docs/JSON.md).
 pub fn vm_json(status: &VmStatus) -> serde_json::Value {
-    let bundle = status.bundle.as_ref();
-    serde_json::json!({
-        "vm": status.name,
-        "vm_id": bundle.map(|b| hex::encode(b.vm_id)),
-        "state": status.state,
-        "provider": bundle.map(|b| untrusted::field(&b.kek.provider)),
-        "kek_id": bundle.map(|b| untrusted::field(&b.kek.kek_id)),
-        "kek_version": bundle.map(|b| b.kek.version),
-        "provider_current_version": status.provider_current_version,
-        "needs_rekey": status.needs_rekey(),
-        "encrypt_disks": bundle.map(|b| b.encrypt_disks),
-        "content_format": bundle.map(|b| b.content_layout.format_version()),
-        "dek_fingerprint": status.dek_fingerprint,
-        "dek_generations": bundle.map(|b| b.deks.iter().map(|d| d.generation).collect::<Vec<_>>()),
-        "current_dek_generation": bundle.map(|b| b.current_generation),
-        "bundle_sequence": bundle.map(|b| b.sequence),
-        "bundle_created": bundle.map(|b| format_unix_utc(b.created_unix)),
-        "bundle_updated": bundle.map(|b| format_unix_utc(b.updated_unix)),
-        "open_files": status.open_files,
-        "open_handles": status.open_handles,
-        "conversion": status.conversion,
-        "locked_reason": status.locked_reason,
-        "provider_error": status.provider_error,
-        "last_command": status.last_command.as_ref().map(|c| c.command.clone()),
-        "last_result": status.last_command.as_ref().map(|c| c.result.clone()),
-    })
+    serde_json::to_value(VmJson::of(status)).expect("JSON of plain values")
 }
 
 /// The summary shown by the datastore root's `.control`.
@@ -139,21 +179,41 @@ pub struct DatastoreSummary<'a> {
     pub last_command: Option<crate::datastore::vm_home::CommandRecord>,
 }
 
-/// The root `.control` as JSON (`.control.json`): the summary fields,
-/// and every VM home as in [`vm_json`].
-pub fn datastore_json(summary: &DatastoreSummary<'_>) -> serde_json::Value {
+/// The root `.control.json`, keys in alphabetical order as
+/// [`VmJson`]'s.
+#[derive(serde::Serialize)]
+struct DatastoreJson<'a> {
+    datastore: &'a str,
+    last_command: Option<&'a str>,
+    last_result: Option<&'a str>,
+    locked: usize,
+    needs_rekey: usize,
+    provider: &'a str,
+    provider_current_version: Option<u32>,
+    unlocked: usize,
+    vms: Vec<VmJson<'a>>,
+}
+
+/// The root `.control` as JSON (`.control.json`), pretty-printed with a
+/// final newline: the summary fields, and every VM home as in
+/// [`vm_json`].
+pub fn datastore_json_text(summary: &DatastoreSummary<'_>) -> Vec<u8> {
     let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
-    serde_json::json!({
-        "datastore": summary.root,
-        "provider": summary.provider,
-        "provider_current_version": summary.provider_current_version,
-        "unlocked": count(&|s| s.state == "unlocked"),
-        "locked": count(&|s| s.state == "locked"),
-        "needs_rekey": count(&|s| s.needs_rekey() == Some(true)),
-        "last_command": summary.last_command.as_ref().map(|c| c.command.clone()),
-        "last_result": summary.last_command.as_ref().map(|c| c.result.clone()),
-        "vms": summary.vms.iter().map(vm_json).collect::<Vec<_>>(),
-    })
+    let last = summary.last_command.as_ref();
+    let doc = DatastoreJson {
+        datastore: &summary.root,
+        last_command: last.map(|c| c.command.as_str()),
+        last_result: last.map(|c| c.result.as_str()),
+        locked: count(&|s| s.state == "locked"),
+        needs_rekey: count(&|s| s.needs_rekey() == Some(true)),
+        provider: summary.provider,
+        provider_current_version: summary.provider_current_version,
+        unlocked: count(&|s| s.state == "unlocked"),
+        vms: summary.vms.iter().map(VmJson::of).collect(),
+    };
+    let mut text = serde_json::to_vec_pretty(&doc).expect("JSON of plain values");
+    text.push(b'\n');
+    text
 }
 
 /// The status text of the root `.control`.

@@ -1,6 +1,7 @@
 //! A VM's unwrapped DEKs: what a mount caches per unlocked VM.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use super::kdf;
 use super::secret::Dek;
@@ -12,6 +13,11 @@ pub struct VmKeyring {
     vm_id: [u8; 16],
     current_generation: u32,
     deks: BTreeMap<u32, Dek>,
+    /// [`VmKeyring::current_fingerprint`], derived on first use and kept:
+    /// every status read shows it for every unlocked VM, and an HKDF per
+    /// VM per read was a tenth of a root `.control` read at ten thousand
+    /// VMs. Set once (its own synchronisation); public, like the value.
+    fingerprint: OnceLock<String>,
 }
 
 impl VmKeyring {
@@ -25,6 +31,7 @@ impl VmKeyring {
             vm_id,
             current_generation,
             deks,
+            fingerprint: OnceLock::new(),
         }
     }
 
@@ -50,7 +57,9 @@ impl VmKeyring {
 
     /// Public fingerprint of the current DEK (reveals nothing about it).
     pub fn current_fingerprint(&self) -> String {
-        kdf::dek_fingerprint(&self.deks[&self.current_generation], &self.vm_id)
+        self.fingerprint
+            .get_or_init(|| kdf::dek_fingerprint(&self.deks[&self.current_generation], &self.vm_id))
+            .clone()
     }
 }
 

@@ -44,6 +44,8 @@ pub mod known;
 pub mod layout;
 pub mod owned_file;
 pub mod registry;
+pub mod rekey_batch;
+pub mod status_view;
 pub mod vm_home;
 pub mod vm_keys;
 pub mod xattrs;

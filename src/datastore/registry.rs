@@ -1,12 +1,18 @@
 //! The VM homes of one mounted datastore.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use super::bundle_file;
+use super::convert;
 use super::current_kek::CurrentKekCache;
+use super::rekey_batch;
+use super::status_view::{DirStamp, SeenVm, StatusView};
 use super::vm_home::{VmHome, VmStatus};
 use super::vm_keys::RekeyOutcome;
 use super::DatastoreError;
@@ -32,6 +38,11 @@ pub struct Datastore {
     /// Providers' current KEK versions as status shows them; its own
     /// locks, never held with `vms`.
     current_keks: CurrentKekCache,
+    /// What the last status read of every VM home found on disk. Held for
+    /// a whole such read (so two readers do not both re-read what
+    /// changed); `vms` and a VM home's own locks are taken inside it,
+    /// never the other way round.
+    status_view: Mutex<StatusView>,
 }
 
 impl Datastore {
@@ -44,6 +55,7 @@ impl Datastore {
             provider,
             vms: RwLock::new(HashMap::new()),
             current_keks: CurrentKekCache::new(),
+            status_view: Mutex::new(StatusView::default()),
         }
     }
 
@@ -115,6 +127,15 @@ impl Datastore {
     /// Every VM home in the datastore, by scanning the root (bundles are the
     /// source of truth), sorted by name.
     pub fn scan_vm_homes(&self) -> Result<Vec<Arc<VmHome>>, DatastoreError> {
+        Ok(self
+            .subdirectories()?
+            .iter()
+            .filter_map(|n| self.vm_home(n))
+            .collect())
+    }
+
+    /// Names of the root's subdirectories (not symlinks), sorted.
+    fn subdirectories(&self) -> Result<Vec<OsString>, DatastoreError> {
         let entries = std::fs::read_dir(&self.root).map_err(|e| {
             DatastoreError::io(format!("listing datastore {}", self.root.display()), e)
         })?;
@@ -124,17 +145,66 @@ impl Datastore {
             .map(|e| e.file_name())
             .collect();
         names.sort();
-        Ok(names.iter().filter_map(|n| self.vm_home(n)).collect())
+        Ok(names)
     }
 
     /// Status of every VM home. Unwraps nothing, and asks providers at
     /// most once per KEK series every few seconds (see [`VmHome::status`]).
+    /// What it needs from disk is read again only for VM homes that
+    /// changed since the last call (see [`StatusView`]): one `lstat` per
+    /// VM home otherwise.
     pub fn statuses(&self) -> Result<Vec<VmStatus>, DatastoreError> {
-        Ok(self
-            .scan_vm_homes()?
-            .iter()
-            .map(|vm| self.status_of(vm))
-            .collect())
+        let mut view = self.status_view.lock().expect("status view lock");
+        let root_now = DirStamp::of(&self.root);
+        if !view.listing_holds(root_now) {
+            let taken = SystemTime::now();
+            view.names = self.subdirectories()?;
+            view.root = root_now.map(|stamp| (stamp, taken));
+            let StatusView { names, vms, .. } = &mut *view;
+            let listed: HashSet<&OsString> = names.iter().collect();
+            vms.retain(|name, _| listed.contains(name));
+        }
+        let root = std::fs::File::open(&self.root).map_err(|e| {
+            DatastoreError::io(format!("opening datastore {}", self.root.display()), e)
+        })?;
+        let StatusView { names, vms, .. } = &mut *view;
+        let mut statuses = Vec::with_capacity(names.len());
+        for name in names.iter() {
+            let now = DirStamp::of_entry(root.as_fd(), name);
+            let seen = match vms.entry(name.clone()) {
+                Entry::Occupied(seen) if seen.get().still_holds(now) => seen.into_mut(),
+                entry => {
+                    let Some(stamp) = now else {
+                        if let Entry::Occupied(gone) = entry {
+                            gone.remove();
+                        }
+                        continue;
+                    };
+                    let taken = SystemTime::now();
+                    let vm = self.vm_home(name);
+                    let conversion = vm.as_ref().and_then(|vm| {
+                        vm.forget_peeked();
+                        convert::pending(&vm.dir()).map(|p| p.to_string())
+                    });
+                    let seen = SeenVm::new(vm, conversion, stamp, taken);
+                    match entry {
+                        Entry::Occupied(mut old) => {
+                            old.insert(seen);
+                            old.into_mut()
+                        }
+                        Entry::Vacant(new) => new.insert(seen),
+                    }
+                }
+            };
+            if let Some(vm) = &seen.vm {
+                statuses.push(vm.status_with(
+                    self.provider(),
+                    &self.current_keks,
+                    seen.conversion.clone(),
+                ));
+            }
+        }
+        Ok(statuses)
     }
 
     /// Status of one VM home, as [`Datastore::statuses`].
@@ -177,13 +247,18 @@ impl Datastore {
         (flushed, kept)
     }
 
-    /// Shallow re-key of every VM home; one result per VM.
+    /// Shallow re-key of every VM home, as one batch (see
+    /// [`rekey_batch`](super::rekey_batch)); one result per VM.
     pub fn rekey_all(&self) -> Result<Vec<VmRekeyResult>, DatastoreError> {
-        Ok(self
-            .scan_vm_homes()?
-            .iter()
-            .map(|vm| (vm.name(), self.rekey(vm, &self.provider)))
-            .collect())
+        let vms = self.scan_vm_homes()?;
+        let results = rekey_batch::rekey_each(
+            &vms,
+            &self.provider,
+            &self.sequences,
+            |vm, provider, sequences| (vm.name(), vm.rekey_with(provider, sequences)),
+        );
+        self.current_keks.forget();
+        Ok(results)
     }
 }
 

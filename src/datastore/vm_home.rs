@@ -15,7 +15,7 @@ use crate::crypto::keyring::VmKeyring;
 use crate::format::bundle::KeyBundle;
 use crate::format::content_layout::ContentLayout;
 use crate::format::untrusted;
-use crate::keys::bundle_sequences::BundleSequences;
+use crate::keys::bundle_sequences::{BundleSequences, SequenceCheck};
 use crate::keys::KeyProvider;
 
 /// The key cache state of one VM home.
@@ -258,6 +258,14 @@ impl VmHome {
         Some(bundle)
     }
 
+    /// Forgets the bundle peeked for status while the keys are not loaded:
+    /// the VM home changed on disk, so the next status reads it again.
+    pub fn forget_peeked(&self) {
+        if let KeyState::NotLoaded { peeked } = &mut *self.keys.write().expect("keys lock") {
+            *peeked = None;
+        }
+    }
+
     /// The VM's keyring, unwrapping through the provider on first use.
     pub fn keyring(&self, provider: &dyn KeyProvider) -> Result<Arc<VmKeyring>, VmLocked> {
         Ok(self.keyring_counting(provider, false)?.0)
@@ -344,7 +352,7 @@ impl VmHome {
         match vm_keys::unlock(&bundle, provider) {
             Ok(keyring) => {
                 // Authentic, but maybe older than a bundle this host saw.
-                if let Err(err) = vm_keys::check_sequence(&dir, &bundle, &self.sequences) {
+                if let Err(err) = vm_keys::check_sequence(&dir, &bundle, &*self.sequences) {
                     return Err(self.lock_with(&mut state, err.to_string(), Some(bundle)));
                 }
                 let keyring = Arc::new(keyring);
@@ -417,6 +425,17 @@ impl VmHome {
     /// keyring is kept (the DEKs do not change), so open files are not
     /// disturbed.
     pub fn rekey(&self, provider: &dyn KeyProvider) -> Result<RekeyOutcome, DatastoreError> {
+        self.rekey_with(provider, &*self.sequences)
+    }
+
+    /// [`VmHome::rekey`] checking and raising the bundle's sequence in
+    /// `sequences`: this mount's record, or a batch over it (re-key of
+    /// every VM home, see `rekey_batch`).
+    pub fn rekey_with(
+        &self,
+        provider: &dyn KeyProvider,
+        sequences: &dyn SequenceCheck,
+    ) -> Result<RekeyOutcome, DatastoreError> {
         let mut state = self.keys.write().expect("keys lock");
         // Only an unlocked VM's bundle authenticated here; a locked one's
         // was merely parsed and must never be re-wrapped from memory.
@@ -424,8 +443,7 @@ impl VmHome {
             KeyState::Unlocked { keyring, bundle } => Some(Authenticated { bundle, keyring }),
             _ => None,
         };
-        let outcome =
-            vm_keys::shallow_rekey_with_cache(&self.dir(), provider, &self.sequences, known)?;
+        let outcome = vm_keys::shallow_rekey_with_cache(&self.dir(), provider, sequences, known)?;
         let keyring = match &*state {
             KeyState::Unlocked { keyring, .. }
                 if keyring.current_fingerprint() == outcome.keyring.current_fingerprint() =>
@@ -456,12 +474,25 @@ impl VmHome {
     /// KEK series every few seconds; a provider failure is reported, not
     /// fatal.
     pub fn status(&self, provider: &dyn KeyProvider, versions: &CurrentKekCache) -> VmStatus {
+        let conversion = super::convert::pending(&self.dir()).map(|p| p.to_string());
+        self.status_with(provider, versions, conversion)
+    }
+
+    /// [`VmHome::status`] with the unfinished conversion as the caller
+    /// read it (the root's status view, which reads it only when the VM
+    /// home changed).
+    pub fn status_with(
+        &self,
+        provider: &dyn KeyProvider,
+        versions: &CurrentKekCache,
+        conversion: Option<String>,
+    ) -> VmStatus {
         let mut status = VmStatus {
             name: self.display_name(),
             last_command: self.last_command.lock().expect("last command lock").clone(),
             open_files: self.open_files(),
             open_handles: self.open_handles(),
-            conversion: super::convert::pending(&self.dir()).map(|p| p.to_string()),
+            conversion,
             ..VmStatus::default()
         };
         let not_loaded = match &*self.keys.read().expect("keys lock") {

@@ -16,7 +16,7 @@ use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
 use crate::format::bundle::{KeyBundle, WrappedDek};
 use crate::format::content_layout::ContentLayout;
-use crate::keys::bundle_sequences::{BundleSequences, SequenceError};
+use crate::keys::bundle_sequences::{BundleSequences, SequenceCheck, SequenceError};
 use crate::keys::{KekRef, KeyProvider, ProviderError};
 
 /// Seconds since the Unix epoch.
@@ -134,7 +134,7 @@ pub struct Authenticated<'a> {
 pub fn check_sequence(
     vm_dir: &Path,
     bundle: &KeyBundle,
-    sequences: &BundleSequences,
+    sequences: &dyn SequenceCheck,
 ) -> Result<(), DatastoreError> {
     sequences
         .observe(&bundle.vm_id, bundle.sequence)
@@ -153,7 +153,7 @@ pub fn check_sequence(
 
 /// Records the sequence of a bundle this host just wrote. The bundle is on
 /// disk already, so a failure only warns: the next unlock records it.
-fn record_written(vm_dir: &Path, bundle: &KeyBundle, sequences: &BundleSequences) {
+fn record_written(vm_dir: &Path, bundle: &KeyBundle, sequences: &dyn SequenceCheck) {
     if let Err(err) = check_sequence(vm_dir, bundle, sequences) {
         log::warn!("the key bundle was rewritten, but its sequence was not recorded: {err}");
     }
@@ -200,7 +200,7 @@ fn read_authenticated(
     lock: &BundleLock,
     vm_dir: &Path,
     provider: &dyn KeyProvider,
-    sequences: &BundleSequences,
+    sequences: &dyn SequenceCheck,
     known: Option<Authenticated<'_>>,
 ) -> Result<(KeyBundle, VmKeyring), DatastoreError> {
     let on_disk = bundle_file::read_in(lock.vm())?;
@@ -294,7 +294,7 @@ fn write_successor(
     lock: &BundleLock,
     vm_dir: &Path,
     provider: &dyn KeyProvider,
-    sequences: &BundleSequences,
+    sequences: &dyn SequenceCheck,
     old: &KeyBundle,
     keyring: &VmKeyring,
     change: impl FnOnce(&mut KeyBundle),
@@ -341,7 +341,7 @@ pub struct RekeyOutcome {
 pub fn shallow_rekey(
     vm_dir: &Path,
     provider: &dyn KeyProvider,
-    sequences: &BundleSequences,
+    sequences: &dyn SequenceCheck,
 ) -> Result<RekeyOutcome, DatastoreError> {
     shallow_rekey_with_cache(vm_dir, provider, sequences, None)
 }
@@ -353,7 +353,7 @@ pub fn shallow_rekey(
 pub fn shallow_rekey_with_cache(
     vm_dir: &Path,
     provider: &dyn KeyProvider,
-    sequences: &BundleSequences,
+    sequences: &dyn SequenceCheck,
     known: Option<Authenticated<'_>>,
 ) -> Result<RekeyOutcome, DatastoreError> {
     let lock = BundleLock::acquire(vm_dir)?;

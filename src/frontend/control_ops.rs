@@ -106,9 +106,9 @@ impl VmCryptFs {
                 let json = status::vm_json(&self.datastore.status_of(vm));
                 format!("{json:#}\n").into_bytes()
             }
-            (VirtualFile::ControlJson(_), _) => self.with_datastore_summary(|summary, _| {
-                format!("{:#}\n", status::datastore_json(summary)).into_bytes()
-            }),
+            (VirtualFile::ControlJson(_), _) => {
+                self.with_datastore_summary(|summary, _| status::datastore_json_text(summary))
+            }
             (VirtualFile::Stats, _) => self.stats_text(),
         }
     }

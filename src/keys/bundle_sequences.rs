@@ -271,6 +271,129 @@ impl BundleSequences {
     }
 }
 
+/// Where an authenticated bundle's sequence is checked against this host's
+/// record and raised: the record itself ([`BundleSequences`], one rewrite
+/// per raise) or a [`SequenceBatch`] (one rewrite per batch).
+pub trait SequenceCheck: Sync {
+    /// As [`BundleSequences::observe`]: refuses a sequence lower than
+    /// recorded, and raises the record to it.
+    fn observe(&self, vm_id: &[u8; 16], sequence: u64) -> Result<(), SequenceError>;
+}
+
+impl SequenceCheck for BundleSequences {
+    fn observe(&self, vm_id: &[u8; 16], sequence: u64) -> Result<(), SequenceError> {
+        BundleSequences::observe(self, vm_id, sequence)
+    }
+}
+
+/// Identity and version of the record file as last read: a change of
+/// inode (every update replaces the file), size or modification time
+/// means another process updated it.
+type FileStamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn stamp_of(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some((
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len(),
+    ))
+}
+
+/// A batch of checks and raises (a re-key of every VM home): each check
+/// compares with the record as on disk, read again whenever another
+/// process has replaced it since, and with the raises of this batch; the
+/// raises are written in one update by [`SequenceBatch::commit`], which the
+/// batch must call before it reports success. Rollback detection is that
+/// of [`BundleSequences::observe`]; only the write is deferred, and a crash
+/// before it leaves what a failed write of `observe` leaves: bundles newer
+/// than the record, which the next unlock records.
+pub struct SequenceBatch<'a> {
+    /// The record. Immutable.
+    record: &'a BundleSequences,
+    /// What was read and raised; held for each check.
+    state: Mutex<BatchState>,
+}
+
+/// The mutable part of a [`SequenceBatch`].
+struct BatchState {
+    /// The record as last read.
+    read: BTreeMap<[u8; 16], u64>,
+    /// The record file's stamp when `read` was taken (taken before).
+    stamp: FileStamp,
+    /// Raises of this batch, not written yet.
+    raised: BTreeMap<[u8; 16], u64>,
+}
+
+impl BundleSequences {
+    /// A batch over this record; fails if the record cannot be read (the
+    /// callers then check one VM at a time, each failing as it would).
+    pub fn batch(&self) -> Result<SequenceBatch<'_>, SequenceError> {
+        let stamp = stamp_of(&self.path());
+        Ok(SequenceBatch {
+            record: self,
+            state: Mutex::new(BatchState {
+                read: self.load()?,
+                stamp,
+                raised: BTreeMap::new(),
+            }),
+        })
+    }
+}
+
+impl SequenceCheck for SequenceBatch<'_> {
+    fn observe(&self, vm_id: &[u8; 16], sequence: u64) -> Result<(), SequenceError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let stamp = stamp_of(&self.record.path());
+        if stamp != state.stamp {
+            state.read = self.record.load()?;
+            state.stamp = stamp;
+        }
+        let recorded = state.read.get(vm_id).max(state.raised.get(vm_id)).copied();
+        match recorded {
+            Some(recorded) if recorded > sequence => Err(SequenceError::RolledBack {
+                recorded,
+                found: sequence,
+            }),
+            Some(recorded) if recorded == sequence => Ok(()),
+            _ => {
+                state.raised.insert(*vm_id, sequence);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl SequenceBatch<'_> {
+    /// Writes every raise of the batch in one update of the record (never
+    /// lowering a sequence another process recorded meanwhile). Returns how
+    /// many VMs were raised.
+    pub fn commit(self) -> Result<usize, SequenceError> {
+        let raised = self
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .raised;
+        if raised.is_empty() {
+            return Ok(0);
+        }
+        self.record.update(|records| {
+            let mut changed = false;
+            for (vm_id, &sequence) in &raised {
+                if records.get(vm_id).is_none_or(|&r| r < sequence) {
+                    records.insert(*vm_id, sequence);
+                    changed = true;
+                }
+            }
+            Ok(changed)
+        })?;
+        Ok(raised.len())
+    }
+}
+
 /// The record's text: the header, one `<vm id hex> <sequence>` line per VM
 /// in ascending VM id order, and the checksum line.
 fn encode(records: &BTreeMap<[u8; 16], u64>) -> String {
@@ -334,6 +457,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = BundleSequences::in_keystore(dir.path());
         (dir, record)
+    }
+
+    /// A batch refuses what `observe` refuses, sees what another process
+    /// recorded meanwhile, writes nothing until its commit, and its commit
+    /// never lowers a record.
+    #[test]
+    fn a_batch_checks_like_observe_and_writes_once_at_commit() {
+        let (_dir, record) = record();
+        record.observe(&VM_A, 5).unwrap();
+        let batch = record.batch().unwrap();
+        assert!(matches!(
+            SequenceCheck::observe(&batch, &VM_A, 4),
+            Err(SequenceError::RolledBack {
+                recorded: 5,
+                found: 4
+            })
+        ));
+        SequenceCheck::observe(&batch, &VM_A, 6).unwrap();
+        SequenceCheck::observe(&batch, &VM_B, 1).unwrap();
+        // Its own raises count for its later checks...
+        assert!(matches!(
+            SequenceCheck::observe(&batch, &VM_B, 0),
+            Err(SequenceError::RolledBack {
+                recorded: 1,
+                found: 0
+            })
+        ));
+        // ...but are not written yet.
+        assert_eq!(record.recorded(&VM_A).unwrap(), Some(5));
+        assert_eq!(record.recorded(&VM_B).unwrap(), None);
+        // Another process records a newer sequence during the batch.
+        record.observe(&VM_A, 9).unwrap();
+        assert!(matches!(
+            SequenceCheck::observe(&batch, &VM_A, 7),
+            Err(SequenceError::RolledBack {
+                recorded: 9,
+                found: 7
+            })
+        ));
+        assert_eq!(batch.commit().unwrap(), 2);
+        assert_eq!(record.recorded(&VM_A).unwrap(), Some(9), "never lowered");
+        assert_eq!(record.recorded(&VM_B).unwrap(), Some(1));
+    }
+
+    /// A batch over a damaged record cannot start: its VMs are then checked
+    /// one at a time and each fails as it would.
+    #[test]
+    fn a_batch_over_a_damaged_record_is_refused() {
+        let (_dir, record) = record();
+        record.observe(&VM_A, 1).unwrap();
+        std::fs::write(record.path(), "vmcryptfs-bundle-sequences v1\nsha256 00\n").unwrap();
+        assert!(matches!(record.batch(), Err(SequenceError::Corrupt { .. })));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! `store.rs`), so the CLI and several mounts can share one store.
 
 pub(crate) mod backup;
+mod batch;
 mod record;
 mod restore;
 mod store;
@@ -21,6 +22,7 @@ mod store;
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::record::{check_value_matches, new_check_value, KekRecord, KeystoreId};
@@ -117,7 +119,7 @@ pub struct EmbeddedProvider {
 }
 
 /// What a KEK is being fetched for: only active versions wrap.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum KekUse {
     Wrap,
     Unwrap,
@@ -272,7 +274,26 @@ impl EmbeddedProvider {
     /// The plaintext KEK of `kek`, if its state allows `usage`.
     fn kek_for(&self, kek: &KekRef, usage: KekUse) -> Result<Kek, ProviderError> {
         self.check_owner(kek)?;
+        self.kek_in(&self.session()?, kek, usage)
+    }
+
+    /// The current KEK and its plaintext for wrapping, from one opening of
+    /// the store: what a batch asks first (see `batch.rs`), since every
+    /// create or re-key wraps under the current KEK next.
+    fn current_for_wrap(&self) -> Result<(KekRef, Kek), ProviderError> {
         let session = self.session()?;
+        let current = self.kek_ref(session.current_version()?);
+        let plain = self.kek_in(&session, &current, KekUse::Wrap)?;
+        Ok((current, plain))
+    }
+
+    /// [`EmbeddedProvider::kek_for`] within an open `session`.
+    fn kek_in(
+        &self,
+        session: &Session<'_>,
+        kek: &KekRef,
+        usage: KekUse,
+    ) -> Result<Kek, ProviderError> {
         let record = session.record(kek.version)?;
         let record = record.ok_or_else(|| self.unknown_version(kek.version))?;
         match (record.state, usage) {
@@ -282,7 +303,7 @@ impl EmbeddedProvider {
                 version: kek.version,
                 state: record.state.as_str(),
             }),
-            _ => self.unwrap_kek(&self.master(&session)?, kek.version, &record),
+            _ => self.unwrap_kek(&self.master(session)?, kek.version, &record),
         }
     }
 
@@ -345,6 +366,23 @@ impl EmbeddedProvider {
     }
 }
 
+/// Wraps `dek` under the plaintext KEK `kek_key`.
+fn wrap_under(kek_key: &Kek, dek: &Dek, aad: &[u8]) -> Vec<u8> {
+    key_wrap::wrap(kek_key.expose(), dek.expose(), aad)
+}
+
+/// Unwraps a DEK wrapped under `kek`, whose plaintext is `kek_key`.
+fn unwrap_under(
+    kek_key: &Kek,
+    kek: &KekRef,
+    wrapped: &[u8],
+    aad: &[u8],
+) -> Result<Dek, ProviderError> {
+    let dek = key_wrap::unwrap(kek_key.expose(), wrapped, aad)
+        .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
+    Ok(Dek::from_bytes(*dek))
+}
+
 impl KeyProvider for EmbeddedProvider {
     fn name(&self) -> &str {
         EMBEDDED_PROVIDER_NAME
@@ -356,15 +394,11 @@ impl KeyProvider for EmbeddedProvider {
     }
 
     fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError> {
-        let kek_key = self.kek_for(kek, KekUse::Wrap)?;
-        Ok(key_wrap::wrap(kek_key.expose(), dek.expose(), aad))
+        Ok(wrap_under(&self.kek_for(kek, KekUse::Wrap)?, dek, aad))
     }
 
     fn unwrap_dek(&self, kek: &KekRef, wrapped: &[u8], aad: &[u8]) -> Result<Dek, ProviderError> {
-        let kek_key = self.kek_for(kek, KekUse::Unwrap)?;
-        let dek = key_wrap::unwrap(kek_key.expose(), wrapped, aad)
-            .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
-        Ok(Dek::from_bytes(*dek))
+        unwrap_under(&self.kek_for(kek, KekUse::Unwrap)?, kek, wrapped, aad)
     }
 
     fn list_versions(&self) -> Result<Vec<KekVersionInfo>, ProviderError> {
@@ -423,6 +457,10 @@ impl KeyProvider for EmbeddedProvider {
         crash_here_if_testing("rotate");
         drop(session);
         Ok(self.kek_ref(next))
+    }
+
+    fn batch(self: Arc<Self>) -> Option<Arc<dyn KeyProvider>> {
+        Some(Arc::new(batch::EmbeddedBatch::new(self)))
     }
 }
 
@@ -527,6 +565,56 @@ mod tests {
     fn assert_unwraps(provider: &EmbeddedProvider, kek: &KekRef, dek: &Dek, wrapped: &[u8]) {
         let unwrapped = provider.unwrap_dek(kek, wrapped, AAD).unwrap();
         assert_eq!(unwrapped.expose(), dek.expose());
+    }
+
+    /// A batch wraps and unwraps interchangeably with the provider, reads
+    /// the master key once per KEK version (it still works with
+    /// `master.key` gone, where the provider no longer does), still
+    /// refuses a retired version for wrapping, and asks the store again
+    /// once dropped.
+    #[test]
+    fn a_batch_fetches_each_kek_once_and_wraps_like_the_provider() {
+        let (_dir, keystore, provider) = new_store();
+        let provider = Arc::new(provider);
+        let v1 = version(&provider, 1);
+        provider.rotate().unwrap();
+        provider.retire(1).unwrap();
+        let v2 = version(&provider, 2);
+        let (dek, wrapped) = wrap_random_dek(&provider, &v2);
+        let batch = provider
+            .clone()
+            .batch()
+            .expect("the embedded provider batches");
+        assert_eq!(batch.current_kek().unwrap(), v2);
+        let rewrapped = batch.wrap_dek(&v2, &dek, AAD).unwrap();
+        assert_unwraps(&provider, &v2, &dek, &rewrapped);
+        assert_eq!(
+            batch.unwrap_dek(&v2, &wrapped, AAD).unwrap().expose(),
+            dek.expose()
+        );
+        assert!(matches!(
+            batch.wrap_dek(&v1, &dek, AAD),
+            Err(ProviderError::KekNotActive { .. })
+        ));
+        let master = fs::read(master_key_path(&keystore)).unwrap();
+        fs::remove_file(master_key_path(&keystore)).unwrap();
+        assert!(batch.wrap_dek(&v2, &dek, AAD).is_ok(), "fetched once");
+        assert!(matches!(
+            batch.unwrap_dek(&v2, &rewrapped[..rewrapped.len() - 1], AAD),
+            Err(ProviderError::UnwrapFailed { .. })
+        ));
+        assert!(matches!(
+            provider.wrap_dek(&v2, &dek, AAD),
+            Err(ProviderError::MasterKeyMissing { .. })
+        ));
+        drop(batch);
+        let batch = provider.clone().batch().unwrap();
+        assert!(matches!(
+            batch.wrap_dek(&v2, &dek, AAD),
+            Err(ProviderError::MasterKeyMissing { .. })
+        ));
+        fs::write(master_key_path(&keystore), master).unwrap();
+        assert!(batch.wrap_dek(&v2, &dek, AAD).is_ok());
     }
 
     /// DESIGN.md §2.6: an open provider holds no key; each operation reads

@@ -324,4 +324,14 @@ pub trait KeyProvider: Send + Sync {
     /// raw operation: callers check first that no bundle still uses the
     /// version (see `datastore::inventory`).
     fn destroy(&self, version: u32) -> Result<(), ProviderError>;
+
+    /// This provider for one batch of wraps and unwraps (a re-key of every
+    /// VM home), or `None` if it has no cheaper way than one operation at
+    /// a time. A batch may keep what it fetched for a KEK version (the
+    /// embedded store keeps the plaintext KEK, in a zeroizing type) until
+    /// it is dropped, so it must be dropped when the batch ends; it sees
+    /// the provider's state as of its first use of each version.
+    fn batch(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn KeyProvider>> {
+        None
+    }
 }

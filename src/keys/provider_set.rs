@@ -78,6 +78,24 @@ impl ProviderSet {
         })
     }
 
+    /// This set for one batch of operations (a re-key of every VM home):
+    /// each provider that can batch ([`KeyProvider::batch`]) replaced by
+    /// its batch. Drop it when the batch ends: the embedded provider's
+    /// batch holds plaintext KEKs until then.
+    pub fn batched(&self) -> Self {
+        Self {
+            providers: self
+                .providers
+                .iter()
+                .map(|(name, provider)| {
+                    let batch = provider.clone().batch();
+                    (name.clone(), batch.unwrap_or_else(|| provider.clone()))
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The provider named `name`.
     pub fn get(&self, name: &str) -> Result<Arc<dyn KeyProvider>, ProviderError> {
         if let Some(provider) = self.providers.get(name) {
