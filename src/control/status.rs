@@ -194,10 +194,13 @@ struct DatastoreJson<'a> {
     vms: Vec<VmJson<'a>>,
 }
 
-/// The root `.control` as JSON (`.control.json`), pretty-printed with a
-/// final newline: the summary fields, and every VM home as in
-/// [`vm_json`].
-pub fn datastore_json_text(summary: &DatastoreSummary<'_>) -> Vec<u8> {
+/// Writes the root `.control` as JSON (`.control.json`) to `out`,
+/// pretty-printed with a final newline: the summary fields, and every VM
+/// home as in [`vm_json`].
+pub fn write_datastore_json(
+    summary: &DatastoreSummary<'_>,
+    mut out: impl std::io::Write,
+) -> std::io::Result<()> {
     let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
     let last = summary.last_command.as_ref();
     let doc = DatastoreJson {
@@ -211,9 +214,8 @@ pub fn datastore_json_text(summary: &DatastoreSummary<'_>) -> Vec<u8> {
         unlocked: count(&|s| s.state == "unlocked"),
         vms: summary.vms.iter().map(VmJson::of).collect(),
     };
-    let mut text = serde_json::to_vec_pretty(&doc).expect("JSON of plain values");
-    text.push(b'\n');
-    text
+    serde_json::to_writer_pretty(&mut out, &doc)?;
+    out.write_all(b"\n")
 }
 
 /// The status text of the root `.control`.

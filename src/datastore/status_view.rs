@@ -32,9 +32,13 @@ use rustix::fs::{AtFlags, FileType};
 
 use super::vm_home::VmHome;
 
-/// How long after a directory's last change its stamp is not trusted: far
-/// more than any file system's timestamp granularity.
-const RACY: Duration = Duration::from_secs(1);
+/// How long after a directory's last change its stamp is not trusted.
+/// Local file systems stamp changes with the kernel's coarse clock, one
+/// tick (1 to 10 ms) behind the clock `SystemTime` reads: ten ticks of
+/// margin. (At ten thousand VM homes, a re-key of them all makes every one
+/// of them looked at again by each read within this window, about 0.1 s a
+/// read, so it is not made longer than it needs to be.)
+const RACY: Duration = Duration::from_millis(100);
 
 /// A directory's identity and last change, as `lstat` shows them.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use fuser::Errno;
 
-use super::handles::Handle;
+use super::handles::{Handle, Snapshot};
 use super::inodes::NodeInfo;
 use super::{FsResult, VmCryptFs};
 use crate::control::command::{self, ControlCommand, ControlScope};
@@ -60,7 +60,45 @@ impl VmCryptFs {
 
     /// Builds the root `.control` summary (every VM's status) and hands it
     /// to `render`, with the error if the datastore could not be scanned.
-    fn with_datastore_summary<R>(
+    ///
+    /// This runs on a thread of its own, started for the read: the status
+    /// of ten thousand VM homes is a hundred thousand small allocations,
+    /// and glibc serves each FUSE thread from its own arena and keeps
+    /// what was freed there, so reads landing on different FUSE threads
+    /// grew the mount by one full set per thread (tens of MiB at ten
+    /// thousand VMs). A thread that has exited leaves its arena free, and
+    /// the next one started takes it again, so these allocations stay in
+    /// one arena. Starting a thread costs tens of microseconds, against
+    /// tens of milliseconds for such a read.
+    fn with_datastore_summary<R: Send>(
+        &self,
+        render: impl FnOnce(&DatastoreSummary<'_>, Option<String>) -> R + Send,
+    ) -> R {
+        // Taken by the thread, or here if no thread could be started.
+        let job = Mutex::new(Some(render));
+        let take = || {
+            job.lock()
+                .expect("status job lock")
+                .take()
+                .expect("one taker")
+        };
+        std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name("vmcryptfs-status".into())
+                .spawn_scoped(scope, || self.build_datastore_summary(take()));
+            match thread {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(err) => {
+                    log::warn!("no thread for a status read ({err}); reading it here");
+                    self.build_datastore_summary(take())
+                }
+            }
+        })
+    }
+
+    fn build_datastore_summary<R>(
         &self,
         render: impl FnOnce(&DatastoreSummary<'_>, Option<String>) -> R,
     ) -> R {
@@ -99,17 +137,19 @@ impl VmCryptFs {
     }
 
     /// What reading a virtual file shows now.
-    fn virtual_text(&self, file: VirtualFile, vm: Option<&Arc<VmHome>>) -> Vec<u8> {
+    fn virtual_text(&self, file: VirtualFile, vm: Option<&Arc<VmHome>>) -> Snapshot {
         match (file, vm) {
-            (VirtualFile::Control(scope), _) => self.control_text(scope, vm),
+            (VirtualFile::Control(scope), _) => Snapshot::from(&self.control_text(scope, vm)[..]),
             (VirtualFile::ControlJson(ControlScope::VmHome), Some(vm)) => {
                 let json = status::vm_json(&self.datastore.status_of(vm));
-                format!("{json:#}\n").into_bytes()
+                Snapshot::from(format!("{json:#}\n").as_bytes())
             }
-            (VirtualFile::ControlJson(_), _) => {
-                self.with_datastore_summary(|summary, _| status::datastore_json_text(summary))
-            }
-            (VirtualFile::Stats, _) => self.stats_text(),
+            (VirtualFile::ControlJson(_), _) => self.with_datastore_summary(|summary, _| {
+                let mut snapshot = Snapshot::default();
+                status::write_datastore_json(summary, &mut snapshot).expect("writing to memory");
+                snapshot
+            }),
+            (VirtualFile::Stats, _) => Snapshot::from(&self.stats_text()[..]),
         }
     }
 

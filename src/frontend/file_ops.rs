@@ -17,7 +17,7 @@ use super::attr;
 use super::cache_fill::{CacheRole, FillGate, FillJob};
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::caller;
-use super::handles::Handle;
+use super::handles::{Handle, Snapshot};
 use super::inodes::NodeInfo;
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::content::encrypted_file::ReadSettings;
@@ -289,14 +289,10 @@ impl VmCryptFs {
                 vm.counters().read_ahead(content.take_read_ahead_bytes());
                 Ok(n)
             }
-            Handle::Control { snapshot, .. } => {
-                let snapshot = snapshot.lock().expect("snapshot lock");
-                let start = (offset as usize).min(snapshot.len());
-                let end = (start + size as usize).min(snapshot.len());
-                out.clear();
-                out.extend_from_slice(&snapshot[start..end]);
-                Ok(end - start)
-            }
+            Handle::Control { snapshot, .. } => Ok(snapshot
+                .lock()
+                .expect("snapshot lock")
+                .read_at(offset, size as usize, out)),
             Handle::Dir { .. } => Err(Errno::EISDIR),
         }
     }
@@ -375,7 +371,8 @@ impl VmCryptFs {
                     return Err(Errno::EBADF);
                 };
                 self.control_write(scope, vm.as_ref(), pending, data)?;
-                *snapshot.lock().expect("snapshot lock") = self.control_text(scope, vm.as_ref());
+                *snapshot.lock().expect("snapshot lock") =
+                    Snapshot::from(&self.control_text(scope, vm.as_ref())[..]);
             }
             Handle::Dir { .. } => return Err(Errno::EISDIR),
         }

@@ -64,7 +64,7 @@ pub enum Handle {
         /// The VM home, for a VM `.control`.
         vm: Option<Arc<VmHome>>,
         /// Status text taken at open; reads are served from it.
-        snapshot: Mutex<Vec<u8>>,
+        snapshot: Mutex<Snapshot>,
         /// Written bytes not yet ending in a newline: a command split over
         /// several writes runs once its line is complete, or at close.
         pending: Mutex<Vec<u8>>,
@@ -88,6 +88,108 @@ impl Handle {
             Handle::Plain { file, .. } => Some(file),
             Handle::Encrypted { file, .. } => Some(file),
             Handle::Control { .. } | Handle::Dir { .. } => None,
+        }
+    }
+}
+
+/// Largest piece of a [`Snapshot`]: below glibc's initial mmap threshold
+/// (128 KiB), so pieces come from the allocator's free lists and return
+/// there.
+const SNAPSHOT_PIECE: usize = 64 << 10;
+
+/// The text a virtual file shows, as taken at open, in pieces of at most
+/// [`SNAPSHOT_PIECE`] bytes. Why pieces: the root `.control.json` of ten
+/// thousand VM homes is about 10 MB, and glibc serves one allocation that
+/// large with its own mapping, then raises its mmap threshold to that size
+/// when it is freed; the next ones then came from the heap of whichever
+/// FUSE thread built them, and stayed there, one per thread: tens of MiB
+/// of the mount's peak RSS. Pieces are reused by the next snapshot instead.
+#[derive(Default)]
+pub struct Snapshot {
+    /// The text, in order; every piece but the last is full.
+    pieces: Vec<Vec<u8>>,
+    /// Total length.
+    len: usize,
+}
+
+impl Snapshot {
+    /// Copies up to `size` bytes from `offset` into `out` (cleared first);
+    /// returns how many.
+    pub fn read_at(&self, offset: u64, size: usize, out: &mut Vec<u8>) -> usize {
+        out.clear();
+        let mut at = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len);
+        let end = at.saturating_add(size).min(self.len);
+        while at < end {
+            let piece = &self.pieces[at / SNAPSHOT_PIECE];
+            let from = at % SNAPSHOT_PIECE;
+            let take = (end - at).min(piece.len() - from);
+            out.extend_from_slice(&piece[from..from + take]);
+            at += take;
+        }
+        out.len()
+    }
+}
+
+impl std::io::Write for Snapshot {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let written = data.len();
+        while !data.is_empty() {
+            if self.pieces.last().is_none_or(|p| p.len() == SNAPSHOT_PIECE) {
+                self.pieces.push(Vec::with_capacity(SNAPSHOT_PIECE));
+            }
+            let piece = self.pieces.last_mut().expect("a piece with room");
+            let take = data.len().min(SNAPSHOT_PIECE - piece.len());
+            piece.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        self.len += written;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl From<&[u8]> for Snapshot {
+    fn from(text: &[u8]) -> Self {
+        let mut snapshot = Snapshot::default();
+        std::io::Write::write_all(&mut snapshot, text).expect("writing to memory");
+        snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads at every offset and size across piece boundaries give the
+    /// text's own bytes.
+    #[test]
+    fn a_snapshot_reads_back_its_text_across_pieces() {
+        let text: Vec<u8> = (0..3 * SNAPSHOT_PIECE + 123)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let snapshot = Snapshot::from(&text[..]);
+        assert_eq!(snapshot.pieces.len(), 4);
+        let mut out = Vec::new();
+        for offset in [
+            0,
+            1,
+            SNAPSHOT_PIECE - 1,
+            SNAPSHOT_PIECE,
+            2 * SNAPSHOT_PIECE + 5,
+            text.len() - 1,
+            text.len(),
+            text.len() + 9,
+        ] {
+            for size in [0, 1, 4096, SNAPSHOT_PIECE + 3, 3 * SNAPSHOT_PIECE] {
+                let n = snapshot.read_at(offset as u64, size, &mut out);
+                let start = offset.min(text.len());
+                let end = (start + size).min(text.len());
+                assert_eq!(n, end - start, "offset {offset} size {size}");
+                assert_eq!(out, &text[start..end], "offset {offset} size {size}");
+            }
         }
     }
 }
