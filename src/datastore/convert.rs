@@ -768,15 +768,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_damaged_journal_stops_every_conversion_naming_the_vm_home() {
+    /// A key store outside any datastore, with its provider and record.
+    fn key_store() -> (Outside, EmbeddedProvider, BundleSequences) {
         let outside = Outside::new();
-        let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
-            .unwrap()
-            .0;
-        let sequences = BundleSequences::in_keystore(&outside.base.path().join("ks"));
+        let keystore = outside.base.path().join("ks");
+        let provider = EmbeddedProvider::init(&keystore).unwrap().0;
+        (outside, provider, BundleSequences::in_keystore(&keystore))
+    }
+
+    /// [`key_store`] and an empty encrypted VM home `ds/vm` beside it.
+    fn new_vm_home() -> (Outside, EmbeddedProvider, BundleSequences, PathBuf) {
+        let (outside, provider, sequences) = key_store();
         let vm = outside.base.path().join("ds/vm");
         vm_keys::create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
+        (outside, provider, sequences, vm)
+    }
+
+    #[test]
+    fn a_damaged_journal_stops_every_conversion_naming_the_vm_home() {
+        let (outside, provider, sequences, vm) = new_vm_home();
         std::os::unix::fs::symlink(outside.secret(), vm.join(JOURNAL_FILE_NAME)).unwrap();
         let before = outside.snapshot();
         for operation in all_operations() {
@@ -795,13 +805,7 @@ mod tests {
     #[test]
     fn a_conversion_refused_for_want_of_the_key_leaves_no_journal() {
         use crate::keys::KeyProvider;
-        let outside = Outside::new();
-        let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
-            .unwrap()
-            .0;
-        let sequences = BundleSequences::in_keystore(&outside.base.path().join("ks"));
-        let vm = outside.base.path().join("ds/vm");
-        vm_keys::create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
+        let (_outside, provider, sequences, vm) = new_vm_home();
         provider.rotate().unwrap();
         provider.destroy(1).unwrap();
         for operation in all_operations()
@@ -820,11 +824,7 @@ mod tests {
 
     #[test]
     fn conversions_never_follow_a_planted_temp_source_or_directory() {
-        let outside = Outside::new();
-        let provider = EmbeddedProvider::init(&outside.base.path().join("ks"))
-            .unwrap()
-            .0;
-        let sequences = BundleSequences::in_keystore(&outside.base.path().join("ks"));
+        let (outside, provider, sequences) = key_store();
         let vm = outside.base.path().join("ds/vm");
         fs::create_dir_all(vm.join("sub")).unwrap();
         fs::write(vm.join("vm.nvram"), b"nvram content").unwrap();

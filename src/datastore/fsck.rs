@@ -207,17 +207,11 @@ pub fn fsck(
     sequences: &BundleSequences,
     progress: &mut dyn Progress,
 ) -> Result<Vec<VmReport>, FsckError> {
-    let entries = std::fs::read_dir(datastore).map_err(|source| FsckError::Datastore {
-        path: datastore.into(),
-        source,
-    })?;
-    // A symlink is never a VM home (FORMAT.md §1): only directory entries.
-    let mut names: Vec<OsString> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
+    let mut names =
+        super::registry::subdirectory_names(datastore).map_err(|source| FsckError::Datastore {
+            path: datastore.into(),
+            source,
+        })?;
     if let Some(missing) = only.iter().find(|name| !names.contains(name)) {
         return Err(FsckError::NoSuchVm {
             name: missing.clone(),

@@ -136,16 +136,9 @@ impl Datastore {
 
     /// Names of the root's subdirectories (not symlinks), sorted.
     fn subdirectories(&self) -> Result<Vec<OsString>, DatastoreError> {
-        let entries = std::fs::read_dir(&self.root).map_err(|e| {
+        subdirectory_names(&self.root).map_err(|e| {
             DatastoreError::io(format!("listing datastore {}", self.root.display()), e)
-        })?;
-        let mut names: Vec<OsString> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        Ok(names)
+        })
     }
 
     /// Status of every VM home. Unwraps nothing, and asks providers at
@@ -260,6 +253,19 @@ impl Datastore {
         self.current_keks.forget();
         Ok(results)
     }
+}
+
+/// Names of the subdirectories of `datastore`, sorted: the candidates for
+/// VM homes. A symlink is never one (FORMAT.md §1), so only entries that
+/// are directories themselves count.
+pub fn subdirectory_names(datastore: &std::path::Path) -> std::io::Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = std::fs::read_dir(datastore)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(test)]

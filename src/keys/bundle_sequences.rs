@@ -22,12 +22,12 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
-use super::fsutil::{replace_private_file, PRIVATE_FILE_MODE};
+use super::fsutil::{lock_exclusive_within, replace_private_file};
 
 /// File name of the record inside the key store directory.
 pub const SEQUENCES_FILE_NAME: &str = "bundle-sequences";
@@ -200,38 +200,16 @@ impl BundleSequences {
     /// Takes the flock on the lock file, retrying until the lock timeout.
     fn lock(&self) -> Result<Flock<File>, SequenceError> {
         let path = self.keystore.join(LOCK_FILE_NAME);
-        let started = Instant::now();
-        loop {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(PRIVATE_FILE_MODE)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|source| SequenceError::Io {
-                    context: format!("opening {}", path.display()),
-                    source,
-                })?;
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(lock),
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    let waited = started.elapsed();
-                    if waited >= self.lock_timeout {
-                        return Err(SequenceError::Busy {
-                            path: self.path(),
-                            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-                        });
-                    }
-                    std::thread::sleep(LOCK_RETRY_INTERVAL.min(self.lock_timeout - waited));
-                }
-                Err((_, errno)) => {
-                    return Err(SequenceError::Io {
-                        context: format!("locking {}", path.display()),
-                        source: errno.into(),
-                    })
-                }
-            }
+        match lock_exclusive_within(&path, self.lock_timeout, LOCK_RETRY_INTERVAL) {
+            Ok(Ok(lock)) => Ok(lock),
+            Ok(Err(waited)) => Err(SequenceError::Busy {
+                path: self.path(),
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            }),
+            Err(source) => Err(SequenceError::Io {
+                context: format!("locking {}", path.display()),
+                source,
+            }),
         }
     }
 
@@ -449,6 +427,8 @@ fn decode(text: &str) -> Result<BTreeMap<[u8; 16], u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::fcntl::FlockArg;
+    use std::time::Instant;
 
     const VM_A: [u8; 16] = [0xaa; 16];
     const VM_B: [u8; 16] = [0x0b; 16];
