@@ -909,19 +909,24 @@ fn open_up(dirs: &[&Path]) {
     }
 }
 
-#[test]
-fn an_unprivileged_caller_sees_what_it_would_see_on_the_backing_file_system() {
-    let env = env_with_homes();
+/// `env` mounted with allow_other, and a reference directory on the
+/// backing file system beside it, both open to every user (with `extra`).
+fn mounted_for_everyone(env: &TestEnv, extra: &[&Path]) -> (PathBuf, Mount) {
     let reference = env.dir.path().join("reference");
     std::fs::create_dir(&reference).unwrap();
     let mount = env.mount_with(&["-o", "allow_other"]);
-    open_up(&[
-        env.dir.path(),
-        &env.mnt,
-        &env.datastore,
-        &env.vm_dir("vm1"),
-        &reference,
-    ]);
+    let mut dirs = vec![env.dir.path(), &env.mnt, &env.datastore, &reference];
+    let vm1 = env.vm_dir("vm1");
+    dirs.push(&vm1);
+    dirs.extend_from_slice(extra);
+    open_up(&dirs);
+    (reference, mount)
+}
+
+#[test]
+fn an_unprivileged_caller_sees_what_it_would_see_on_the_backing_file_system() {
+    let env = env_with_homes();
+    let (reference, mount) = mounted_for_everyone(&env, &[]);
     let through_mount = mount.path("vm1/f.vmx");
     let on_backing = reference.join("f.vmx");
     for path in [&through_mount, &on_backing] {
@@ -960,17 +965,7 @@ fn chmod(path: &Path, mode: u32) {
 #[test]
 fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backing_file_system() {
     let env = env_with_homes();
-    let reference = env.dir.path().join("reference");
-    std::fs::create_dir(&reference).unwrap();
-    let mount = env.mount_with(&["-o", "allow_other"]);
-    open_up(&[
-        env.dir.path(),
-        &env.mnt,
-        &env.datastore,
-        &env.vm_dir("vm1"),
-        &env.datastore.join("plain"),
-        &reference,
-    ]);
+    let (reference, mount) = mounted_for_everyone(&env, &[&env.datastore.join("plain")]);
     let files = [
         reference.join("f"),
         mount.path("vm1/f.vmx"),
