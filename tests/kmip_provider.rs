@@ -162,18 +162,25 @@ fn rekey_provider_moves_a_vm_and_only_its_bundle_changes() {
     assert_eq!(without_bundle(&env), before);
 }
 
-/// The lifecycle issue's two-host scenario, with the KEKs in the KMS:
-/// host A and host B have separate key stores (B has no embedded store at
-/// all) and share the KMS through one client identity.
-#[test]
-fn two_hosts_share_kmip_keks_through_rotation_destroy_and_rescue() {
-    let kms = Kms::start();
+/// Two hosts with separate key stores (the second has no embedded store)
+/// that share `kms`, registered as each one's default provider `kms`.
+fn two_hosts_of(kms: &Kms) -> (TestEnv, TestEnv) {
     let host_a = TestEnv::empty();
     let host_b = host_a.second_host();
     for host in [&host_a, &host_b] {
         let out = host.run_strings(&kms.add_args("kms", &["--default"]));
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    (host_a, host_b)
+}
+
+/// The lifecycle issue's two-host scenario, with the KEKs in the KMS:
+/// host A and host B have separate key stores (B has no embedded store at
+/// all) and share the KMS through one client identity.
+#[test]
+fn two_hosts_share_kmip_keks_through_rotation_destroy_and_rescue() {
+    let kms = Kms::start();
+    let (host_a, host_b) = two_hosts_of(&kms);
     host_a.create_vm("vm1", false);
     let mount_a = host_a.mount();
     let secret = b"sealed vTPM secret 0123456789abcdef".repeat(300);
@@ -474,12 +481,7 @@ fn a_key_named_like_a_version_by_another_client_never_becomes_the_kek() {
     use vmcryptfs::keys::kmip::transport::{ClientIdentity, Deadline, Endpoint};
 
     let kms = Kms::start();
-    let host_a = TestEnv::empty();
-    let host_b = host_a.second_host();
-    for host in [&host_a, &host_b] {
-        let out = host.run_strings(&kms.add_args("kms", &["--default"]));
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    let (host_a, host_b) = two_hosts_of(&kms);
     host_a.create_vm("vm1", false);
 
     let impostor = KmipClient::new(
