@@ -557,6 +557,9 @@ fn flags_errors_and_size_limits_match_the_backing_file_system() {
     );
 }
 
+/// A change made to a stored value on disk, as a datastore writer would.
+type ValueChange<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+
 /// The stored value of `user.x` of backing file `path`, changed by
 /// `change`, and what reading it through the mount gives.
 fn tampered_read(
@@ -610,7 +613,7 @@ fn every_tampered_field_of_a_sealed_value_is_detected_and_logged() {
     let y = value(&a, "user.y").unwrap();
     let t = value(&a, "trusted.x").unwrap();
     let from_b = value(&b, "user.x").unwrap();
-    let changes: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 5] = [
+    let changes: [(&str, ValueChange); 5] = [
         ("cut", Box::new(|v| v.truncate(36))),
         ("extended", Box::new(|v| v.push(0))),
         ("other name", Box::new(|v| *v = y.clone())),
