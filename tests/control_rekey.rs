@@ -247,3 +247,51 @@ fn a_crash_right_after_the_bundle_rename_leaves_a_working_vm() {
     let mount = env.mount();
     assert_eq!(fs::read(mount.path("vm1/vm1.vmx")).unwrap(), b"config");
 }
+
+/// `vmcryptfs rekey --all` on a mounted datastore hands the whole job to
+/// the mount as one `rekey-all` (a batch), then reports each VM from its
+/// own `.control`: every VM moves to the current KEK version, each gets its
+/// line, and a VM the batch could not re-key is named as failed, never
+/// reported with an earlier run's result.
+#[test]
+fn cli_rekey_all_on_a_mounted_datastore_is_one_batch_with_a_line_per_vm() {
+    let env = TestEnv::new();
+    for vm in ["vm1", "vm2", "vm3"] {
+        env.create_vm(vm, vm == "vm2");
+    }
+    let mount = env.mount();
+    env.run_ok(&["provider", "rotate"]);
+    let ds = env.datastore.to_str().unwrap().to_string();
+    let out = env.run_ok(&["rekey", "--all", &ds]);
+    for vm in ["vm1", "vm2", "vm3"] {
+        assert!(
+            out.contains(&format!("{vm}: shallow re-key: DEK rewrapped under")),
+            "{out}"
+        );
+        let status = read_control(&mount.path(&format!("{vm}/.control")));
+        assert_eq!(status["kek-version"], "2", "{vm}: {status:?}");
+        assert_eq!(status["last-command"], "rekey-all", "{vm}: one batch");
+    }
+    assert!(out.contains("re-keyed through the mount"), "{out}");
+
+    // vm3's bundle swapped for a FIFO behind the mount: the batch cannot
+    // re-key it, and its earlier `rekey-all` success must not be reported.
+    env.run_ok(&["provider", "rotate"]);
+    let bundle = env.vm_dir("vm3").join(BUNDLE);
+    fs::remove_file(&bundle).unwrap();
+    nix::unistd::mkfifo(&bundle, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let failed = env.run(&["rekey", "--all", &ds]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains("vm3: re-key failed"), "{stderr}");
+    assert!(
+        stderr.contains("1 of 3 VM homes could not be re-keyed: vm3"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert!(!stdout.contains("vm3:"), "{stdout}");
+    for vm in ["vm1", "vm2"] {
+        let status = read_control(&mount.path(&format!("{vm}/.control")));
+        assert_eq!(status["kek-version"], "3", "{vm}: {status:?}");
+    }
+}

@@ -69,6 +69,14 @@ fn rekey_of_a_mounted_datastore_goes_through_the_mount() {
     assert!(out.contains("through the mount"), "{out}");
     let status = read_control(&mount.path("vm1/.control"));
     assert_eq!(status["kek-version"], "2");
+    // --all is one batch through the root `.control`; named VMs go through
+    // their own.
+    assert_eq!(status["last-command"], "rekey-all");
+    env.run_ok(&["provider", "rotate"]);
+    let out = env.run_ok(&["rekey", &ds(&env), "vm1"]);
+    assert!(out.contains("through the mount"), "{out}");
+    let status = read_control(&mount.path("vm1/.control"));
+    assert_eq!(status["kek-version"], "3");
     assert_eq!(status["last-command"], "rekey");
 }
 

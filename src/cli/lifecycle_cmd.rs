@@ -185,6 +185,7 @@ pub fn rekey(
     let mount = vmcryptfs_mount_of(&datastore);
     let sequences = BundleSequences::in_keystore(keystore);
     let results: Vec<Result<String, String>> = match &mount {
+        Some(mnt) if all && target.is_none() => rekey_all_through_mount(mnt, &names),
         Some(mnt) => names
             .iter()
             .map(|name| rekey_through_mount(&mnt.join(name), target))
@@ -222,6 +223,54 @@ pub fn rekey(
             ),
         ))
     }
+}
+
+/// Re-keys every VM of a mounted datastore with one `rekey-all` written to
+/// the mount's root `.control`: the mount re-keys them as one batch
+/// (parallel, one rollback-record update), where a write to each VM's
+/// `.control` would re-key them one after another. Each VM's result is
+/// then read from its own `.control`, and counts only if its bundle
+/// sequence moved past the one read before: a `rekey-all` result left by
+/// an earlier run is never taken for this one's.
+fn rekey_all_through_mount(mnt: &Path, names: &[String]) -> Vec<Result<String, String>> {
+    let control_of = |name: &str| {
+        mnt.join(name)
+            .join(crate::datastore::layout::CONTROL_FILE_NAME)
+    };
+    let field = |status: &str, key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ").map(str::to_owned))
+    };
+    let sequence =
+        |status: &str| field(status, "bundle-sequence").and_then(|s| s.parse::<u64>().ok());
+    let before: Vec<Option<u64>> = names
+        .iter()
+        .map(|name| sequence(&std::fs::read_to_string(control_of(name)).unwrap_or_default()))
+        .collect();
+    let root = mnt.join(crate::datastore::layout::CONTROL_FILE_NAME);
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&root)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"rekey-all\n"));
+    names
+        .iter()
+        .zip(before)
+        .map(|(name, before)| {
+            let status = std::fs::read_to_string(control_of(name)).unwrap_or_default();
+            let ours = field(&status, "last-command").as_deref() == Some("rekey-all");
+            let result = field(&status, "last-result").unwrap_or_default();
+            let moved = matches!((before, sequence(&status)), (Some(b), Some(a)) if a > b);
+            match (ours, result.strip_prefix("ok: ")) {
+                (true, Some(done)) if moved => Ok(done.to_owned()),
+                (true, None) if result.starts_with("error") => Err(result),
+                _ => Err(match &write {
+                    Err(e) => format!("{}: {e}", root.display()),
+                    Ok(()) => "the mount's rekey-all did not re-key it".to_owned(),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// Re-keys one VM of a mounted datastore by writing to its `.control`, so
