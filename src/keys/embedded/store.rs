@@ -298,16 +298,26 @@ mod tests {
         assert!(!is_lock_held(&sled::Error::Unsupported("x".into())));
     }
 
+    /// A dropped database gives its lock back promptly, so the next
+    /// operation's open (one per operation, by design) does not wait out
+    /// the lock timeout. Not always at the very instant of the drop: sled's
+    /// own threads may hold the database a moment longer (seen once in CI),
+    /// which the store's open absorbs by retrying; here, within 1 s.
     #[test]
-    fn dropped_db_releases_its_lock_at_once() {
+    fn dropped_db_releases_its_lock_promptly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         for _ in 0..5 {
-            let db = sled::Config::new()
-                .path(&path)
-                .flush_every_ms(None)
-                .open()
-                .unwrap();
+            let started = std::time::Instant::now();
+            let db = loop {
+                match sled::Config::new().path(&path).flush_every_ms(None).open() {
+                    Ok(db) => break db,
+                    Err(err) if is_lock_held(&err) && started.elapsed().as_secs() < 1 => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(err) => panic!("{err:?} after {:?}", started.elapsed()),
+                }
+            };
             drop(db);
         }
     }
