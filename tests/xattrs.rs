@@ -719,6 +719,17 @@ fn sealed_values_are_only_ciphertext_on_disk() {
     }
 }
 
+/// [`env_with_homes`] with every object made and every attribute set
+/// through a mount, then unmounted.
+fn env_with_attributes() -> TestEnv {
+    let env = env_with_homes();
+    let mount = env.mount();
+    make_objects(&mount);
+    set_all(&mount);
+    drop(mount);
+    env
+}
+
 /// The DEK generation a sealed backing value names (§7.2).
 fn sealed_generation(stored: &[u8]) -> u32 {
     assert_eq!(stored[0], 1, "sealed layout version");
@@ -727,11 +738,7 @@ fn sealed_generation(stored: &[u8]) -> u32 {
 
 #[test]
 fn re_keys_keep_attributes_and_a_deep_re_key_re_seals_them() {
-    let env = env_with_homes();
-    let mount = env.mount();
-    make_objects(&mount);
-    set_all(&mount);
-    drop(mount);
+    let env = env_with_attributes();
     let ds = env.datastore.to_str().unwrap();
     let before = sealed_generation(&value(&env.vm_dir("vm1/f.vmx"), "user.h7.note").unwrap());
     env.run_ok(&["rekey", ds, "vm1"]);
@@ -1028,11 +1035,7 @@ fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backin
 #[test]
 fn a_conversion_killed_among_the_attributes_is_finished_by_running_it_again() {
     use std::os::unix::process::ExitStatusExt;
-    let env = env_with_homes();
-    let mount = env.mount();
-    make_objects(&mount);
-    set_all(&mount);
-    drop(mount);
+    let env = env_with_attributes();
     let ds = env.datastore.to_str().unwrap();
     let generation = |object: &str| {
         sealed_generation(&value(&env.datastore.join(object), "user.h7.note").unwrap())
