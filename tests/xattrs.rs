@@ -53,11 +53,14 @@ fn sized(
     Ok((n as usize, buf))
 }
 
-/// `getxattr(2)` with a `size`-byte buffer.
+// Every call acts on the object at the path itself, a symlink included
+// (the l* calls), as the mount must.
+
+/// `lgetxattr(2)` with a `size`-byte buffer.
 fn get(path: &Path, name: &str, size: usize) -> Result<(usize, Vec<u8>), i32> {
     let (path, name) = (cpath(path), cname(name));
     sized(size, |ptr, size| unsafe {
-        libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, size)
+        libc::lgetxattr(path.as_ptr(), name.as_ptr(), ptr, size)
     })
 }
 
@@ -68,7 +71,7 @@ fn value(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
 
 fn set(path: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
     let rc = unsafe {
-        libc::setxattr(
+        libc::lsetxattr(
             cpath(path).as_ptr(),
             cname(name).as_ptr(),
             value.as_ptr().cast(),
@@ -84,7 +87,7 @@ fn set(path: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
 }
 
 fn remove(path: &Path, name: &str) -> Result<(), i32> {
-    let rc = unsafe { libc::removexattr(cpath(path).as_ptr(), cname(name).as_ptr()) };
+    let rc = unsafe { libc::lremovexattr(cpath(path).as_ptr(), cname(name).as_ptr()) };
     if rc < 0 {
         Err(errno())
     } else {
@@ -92,11 +95,11 @@ fn remove(path: &Path, name: &str) -> Result<(), i32> {
     }
 }
 
-/// `listxattr(2)` with a `size`-byte buffer.
+/// `llistxattr(2)` with a `size`-byte buffer.
 fn list(path: &Path, size: usize) -> Result<(usize, Vec<u8>), i32> {
     let path = cpath(path);
     sized(size, |ptr, size| unsafe {
-        libc::listxattr(path.as_ptr(), ptr.cast(), size)
+        libc::llistxattr(path.as_ptr(), ptr.cast(), size)
     })
 }
 
@@ -137,7 +140,7 @@ fn env_with_homes() -> TestEnv {
 fn setfattr(path: &Path, name: &str, value: &str) {
     run_checked(
         Command::new("setfattr")
-            .args(["-n", name, "-v", value])
+            .args(["--no-dereference", "-n", name, "-v", value])
             .arg(path),
     );
 }
@@ -145,7 +148,13 @@ fn setfattr(path: &Path, name: &str, value: &str) {
 fn getfattr(path: &Path, name: &str) -> String {
     let out = run_checked(
         Command::new("getfattr")
-            .args(["--only-values", "--absolute-names", "-n", name])
+            .args([
+                "--no-dereference",
+                "--only-values",
+                "--absolute-names",
+                "-n",
+                name,
+            ])
             .arg(path),
     );
     String::from_utf8(out.stdout).unwrap()
@@ -158,16 +167,28 @@ const ACL: &str =
     "0x0200000001000600ffffffff02000400e803000004000400ffffffff10000400ffffffff20000400ffffffff";
 
 /// (mount path, whether its user/trusted values are sealed)
-fn objects() -> [(&'static str, bool); 7] {
+fn objects() -> [(&'static str, bool); 11] {
     [
         ("vm1", true),
         ("vm1/f.vmx", true),
         ("vm1/empty.nvram", true),
         ("vm1/d", true),
         ("vm1/disk-flat.vmdk", false),
+        ("vm1/link", true),
+        ("vm1/fifo", true),
+        ("vm1/null", true),
         ("plain/f", false),
         ("plain/d", false),
+        ("plain/link", false),
     ]
+}
+
+/// Whether `object` is a symlink, a FIFO or a device, which the kernel
+/// lets carry `trusted.*` and `security.*` attributes but not `user.*`.
+fn is_special(object: &str) -> bool {
+    ["link", "fifo", "null"]
+        .iter()
+        .any(|special| object.ends_with(special))
 }
 
 fn make_objects(mount: &Mount) {
@@ -177,18 +198,41 @@ fn make_objects(mount: &Mount) {
     std::fs::write(mount.path("vm1/disk-flat.vmdk"), b"disk").unwrap();
     std::fs::write(mount.path("plain/f"), b"plain").unwrap();
     std::fs::create_dir(mount.path("plain/d")).unwrap();
+    for link in ["vm1/link", "plain/link"] {
+        std::os::unix::fs::symlink("f.vmx", mount.path(link)).unwrap();
+    }
+    nix::unistd::mkfifo(&mount.path("vm1/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // A device node like /dev/null (1:3), never opened.
+    nix::sys::stat::mknod(
+        &mount.path("vm1/null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
 }
 
-/// Every namespace, with a value that names its object.
+/// Every namespace `object` can carry, with a value that names it.
 fn attributes(object: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("user.h7.note", format!("user value of {object}")),
+    let user = ("user.h7.note", format!("user value of {object}"));
+    let mut all = if is_special(object) {
+        vec![]
+    } else {
+        vec![user]
+    };
+    all.extend([
         (
             "trusted.libvirt.security.dac",
             format!("+107:+107 of {object}"),
         ),
         ("security.h7test", format!("label of {object}")),
-    ]
+    ]);
+    all
+}
+
+/// Whether `object` can carry an ACL (a symlink cannot).
+fn takes_acl(object: &str) -> bool {
+    !object.ends_with("link")
 }
 
 /// Sets [`attributes`] and an ACL on every one of [`objects`] with
@@ -199,7 +243,9 @@ fn set_all(mount: &Mount) {
         for (name, value) in attributes(object) {
             setfattr(&path, name, &value);
         }
-        setfattr(&path, "system.posix_acl_access", ACL);
+        if takes_acl(object) {
+            setfattr(&path, "system.posix_acl_access", ACL);
+        }
     }
 }
 
@@ -233,11 +279,13 @@ fn check_all(mount: &Mount, env: &TestEnv) {
                 );
             }
         }
-        assert_eq!(
-            value(&path, "system.posix_acl_access").map(|v| v.len()),
-            Ok(44),
-            "{object}: the ACL passes through"
-        );
+        if takes_acl(object) {
+            assert_eq!(
+                value(&path, "system.posix_acl_access").map(|v| v.len()),
+                Ok(44),
+                "{object}: the ACL passes through"
+            );
+        }
         let mut shown = names(&path);
         shown.sort();
         assert!(
@@ -509,6 +557,52 @@ fn largest_value(path: &Path) -> (usize, i32) {
     (fits, errno)
 }
 
+/// Symlinks, FIFOs and devices answer `user.*` calls as on ext4 (EPERM,
+/// from the kernel) and keep `trusted.*` values, which in an encrypted VM
+/// home are sealed like any other.
+#[test]
+fn special_objects_answer_as_ext4_would() {
+    let env = env_with_homes();
+    let reference = env.dir.path().join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    std::os::unix::fs::symlink("f.vmx", reference.join("link")).unwrap();
+    nix::unistd::mkfifo(&reference.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mount = env.mount();
+    make_objects(&mount);
+    let calls = |path: &Path| {
+        vec![
+            set(path, "user.a", b"1", 0),
+            set(path, "trusted.a", b"1", XATTR_CREATE),
+            set(path, "trusted.a", b"2", XATTR_CREATE),
+            remove(path, "user.a"),
+            get(path, "trusted.missing", 64).map(|_| ()),
+            value(path, "trusted.a").map(|v| assert_eq!(v, b"1")),
+            remove(path, "trusted.a"),
+        ]
+    };
+    for (special, on_mount) in [
+        ("link", "vm1/link"),
+        ("link", "plain/link"),
+        ("fifo", "vm1/fifo"),
+    ] {
+        let expected = calls(&reference.join(special));
+        assert_eq!(
+            expected[0],
+            Err(libc::EPERM),
+            "ext4 refuses user.* on a {special}"
+        );
+        assert_eq!(calls(&mount.path(on_mount)), expected, "{on_mount}");
+    }
+    // The symlink's attributes are its own, not its target's.
+    set(&mount.path("vm1/link"), "trusted.own", b"link", 0).unwrap();
+    assert_eq!(
+        value(&mount.path("vm1/f.vmx"), "trusted.own"),
+        Err(libc::ENODATA)
+    );
+    let stored = value(&env.datastore.join("vm1/link"), "trusted.own").unwrap();
+    assert_eq!(stored.len(), 4 + SEALED_OVERHEAD, "sealed in the VM home");
+}
+
 #[test]
 fn flags_errors_and_size_limits_match_the_backing_file_system() {
     let env = env_with_homes();
@@ -748,7 +842,10 @@ fn re_keys_keep_attributes_and_a_deep_re_key_re_seals_them() {
     env.run_ok(&["rekey", "--deep", ds, "vm1"]);
     for (object, sealed) in objects() {
         if sealed {
-            for name in ["user.h7.note", "trusted.libvirt.security.dac"] {
+            for (name, _) in attributes(object) {
+                if name.starts_with("security.") {
+                    continue;
+                }
                 let stored = value(&env.datastore.join(object), name).unwrap();
                 assert_eq!(sealed_generation(&stored), before + 1, "{object} {name}");
             }
@@ -865,20 +962,9 @@ fn stress_ng_xattr_stressor_ends_on_an_encrypted_vm_home() {
     assert!(!log.contains("ERROR vmcryptfs"), "{log}");
 }
 
-/// Runs `program` with `args` as `nobody` (uid and gid 65534, no groups),
-/// which must succeed.
+/// Runs `program` with `args` as `nobody`, which must succeed.
 fn as_nobody(program: &str, args: &[&std::ffi::OsStr]) -> String {
-    let out = run_checked(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-                program,
-            ])
-            .args(args),
-    );
+    let out = run_checked(common::as_nobody(program).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -901,14 +987,6 @@ fn dump_as_nobody(path: &Path) -> String {
         .join("\n")
 }
 
-/// Opens `dirs` to everyone, so that `nobody` reaches what is in them.
-fn open_up(dirs: &[&Path]) {
-    use std::os::unix::fs::PermissionsExt;
-    for dir in dirs {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
-
 /// `env` mounted with allow_other, and a reference directory on the
 /// backing file system beside it, both open to every user (with `extra`).
 fn mounted_for_everyone(env: &TestEnv, extra: &[&Path]) -> (PathBuf, Mount) {
@@ -919,7 +997,7 @@ fn mounted_for_everyone(env: &TestEnv, extra: &[&Path]) -> (PathBuf, Mount) {
     let vm1 = env.vm_dir("vm1");
     dirs.push(&vm1);
     dirs.extend_from_slice(extra);
-    open_up(&dirs);
+    common::open_up(&dirs);
     (reference, mount)
 }
 
@@ -974,10 +1052,6 @@ fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backin
     ];
     for file in &files {
         std::fs::write(file, b"0123456789").unwrap();
-        // The writer is in the file's group, so the backing file system
-        // keeps set-group-id without group execute (as FUSE's rule does
-        // for everyone; ext4 drops it for a writer outside the group).
-        std::os::unix::fs::chown(file, None, Some(65534)).unwrap();
     }
     let write = |file: &Path| {
         let of = format!("of={}", file.display());
@@ -1001,17 +1075,39 @@ fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backin
             .and_then(|f| std::os::unix::fs::FileExt::write_at(&f, b"r", 0))
             .unwrap();
     };
-    type Step<'a> = (&'a str, u32, &'a dyn Fn(&Path));
-    let steps: [Step; 5] = [
-        ("write, set-uid and set-gid", 0o6777, &write),
-        ("truncate, set-uid and set-gid", 0o6777, &truncate),
-        ("write, set-gid without group execute", 0o2766, &write),
-        ("truncate, set-uid", 0o4777, &truncate),
-        ("write by root", 0o6777, &root_write),
+    // The files' group: nobody's own (65534), or root's, which nobody is
+    // outside of. ext4 keeps set-group-id without group execute for a
+    // writer in the file's group and drops it for anyone else.
+    const NOBODYS: u32 = 65534;
+    type Step<'a> = (&'a str, u32, u32, &'a dyn Fn(&Path));
+    let steps: [Step; 7] = [
+        ("write, set-uid and set-gid", 0o6777, NOBODYS, &write),
+        ("truncate, set-uid and set-gid", 0o6777, NOBODYS, &truncate),
+        (
+            "write, set-gid without group execute, kept",
+            0o2766,
+            NOBODYS,
+            &write,
+        ),
+        (
+            "write, set-gid without group execute, writer outside the group",
+            0o2766,
+            0,
+            &write,
+        ),
+        (
+            "truncate, set-gid without group execute, writer outside the group",
+            0o2766,
+            0,
+            &truncate,
+        ),
+        ("truncate, set-uid", 0o4777, NOBODYS, &truncate),
+        ("write by root", 0o6777, NOBODYS, &root_write),
     ];
-    for (what, mode, step) in steps {
+    for (what, mode, group, step) in steps {
         let mut modes = Vec::new();
         for file in &files {
+            std::os::unix::fs::chown(file, None, Some(group)).unwrap();
             chmod(file, mode);
             step(file);
             modes.push(mode_of(file));
@@ -1021,7 +1117,7 @@ fn set_id_bits_are_cleared_by_unprivileged_writes_and_truncates_as_on_the_backin
             modes.iter().all(|m| *m == modes[0]),
             "{what}: modes {shown:?} (reference, encrypted, pass-through disk, plain)"
         );
-        if what.ends_with("root") || what.contains("without") {
+        if what.ends_with("root") || what.ends_with("kept") {
             assert_eq!(modes[0], mode, "{what}");
         } else {
             assert_ne!(modes[0], mode, "{what}: the reference must clear a bit");
@@ -1038,7 +1134,8 @@ fn a_conversion_killed_among_the_attributes_is_finished_by_running_it_again() {
     let env = env_with_attributes();
     let ds = env.datastore.to_str().unwrap();
     let generation = |object: &str| {
-        sealed_generation(&value(&env.datastore.join(object), "user.h7.note").unwrap())
+        let stored = value(&env.datastore.join(object), "trusted.libvirt.security.dac");
+        sealed_generation(&stored.unwrap())
     };
     let before = generation("vm1/f.vmx");
     let status = env

@@ -26,12 +26,12 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::OFlags;
+use rustix::fs::{FileType, OFlags};
 
 use super::bundle_file::{self, crash_point};
 use super::layout::{self, ContentClass};
@@ -405,7 +405,7 @@ fn walk_regular_files(
 ) -> Result<(), DatastoreError> {
     walk(vm, |entry| match entry {
         Visited::RegularFile { dir, name, rel } => visit(dir, name, rel),
-        Visited::Directory { .. } | Visited::Internal { .. } => Ok(()),
+        Visited::Directory { .. } | Visited::Special { .. } | Visited::Internal { .. } => Ok(()),
     })
 }
 
@@ -427,6 +427,16 @@ enum Visited<'a> {
         /// Its path relative to the VM home.
         rel: &'a Path,
     },
+    /// A symlink, FIFO, device or socket at an ordinary name, named in its
+    /// directory: never followed or opened.
+    Special {
+        /// Its directory's descriptor.
+        dir: BorrowedFd<'a>,
+        /// Its name there.
+        name: &'a OsStr,
+        /// Its path relative to the VM home.
+        rel: &'a Path,
+    },
     /// Anything at an internal name (`.vmcryptfs*`), of any kind, named
     /// in its directory: never followed or descended into. Only
     /// [`walk_all`] visits these.
@@ -440,8 +450,8 @@ enum Visited<'a> {
     },
 }
 
-/// Calls `visit` for every directory and regular file in the VM home,
-/// internal files excluded, removing the conversion temps an interrupted
+/// Calls `visit` for every directory, regular file and special object in
+/// the VM home, internal files excluded, removing the conversion temps an interrupted
 /// run left (the originals are intact).
 fn walk(
     vm: &VmDir,
@@ -475,17 +485,17 @@ pub(super) fn walk_vm_home(
     mut visit: impl FnMut(BorrowedFd<'_>, &OsStr, &Path, WalkEntry) -> Result<(), DatastoreError>,
 ) -> Result<(), DatastoreError> {
     walk_all(vm, |entry| match entry {
-        Visited::Directory { .. } => Ok(()),
+        Visited::Directory { .. } | Visited::Special { .. } => Ok(()),
         Visited::RegularFile { dir, name, rel } => visit(dir, name, rel, WalkEntry::RegularFile),
         Visited::Internal { dir, name, rel } => visit(dir, name, rel, WalkEntry::Internal),
     })
 }
 
-/// Calls `visit` for every directory, regular file and internal name in
-/// the VM home, each directory's entries in name order. Each directory is
-/// opened beneath the VM home with no symlink followed and listed through
-/// that descriptor; a symlink, FIFO, device or socket at an ordinary name
-/// is never visited, and a symlink to a directory is not descended into.
+/// Calls `visit` for every entry of the VM home, each directory's entries
+/// in name order. Each directory is opened beneath the VM home with no
+/// symlink followed and listed through that descriptor; a symlink, FIFO,
+/// device or socket is visited by name only, and a symlink to a directory
+/// is not descended into.
 fn walk_all(
     vm: &VmDir,
     mut visit: impl FnMut(Visited<'_>) -> Result<(), DatastoreError>,
@@ -521,18 +531,22 @@ fn walk_all(
                     name,
                     rel: rel_ref,
                 })?,
-                EntryKind::Other => {}
+                EntryKind::Other => visit(Visited::Special {
+                    dir,
+                    name,
+                    rel: rel_ref,
+                })?,
             }
         }
     }
     Ok(())
 }
 
-/// Brings the `user.*` and `trusted.*` values of every directory and
-/// regular file of `vm` to their final form: sealed under `keyring`'s
-/// current generation for directories and for files whose class under
-/// `encrypt_disks` is encrypted, plaintext for the others. Returns how
-/// many values were rewritten.
+/// Brings the `user.*` and `trusted.*` values of every object of `vm` to
+/// their final form: sealed under `keyring`'s current generation for
+/// directories, symlinks, FIFOs, devices and sockets, and for files whose
+/// class under `encrypt_disks` is encrypted; plaintext for the other
+/// files. Returns how many values were rewritten.
 fn reform_attributes(
     vm: &VmDir,
     keyring: &VmKeyring,
@@ -544,34 +558,23 @@ fn reform_attributes(
             Visited::Directory { fd, rel } => (fd.try_clone_to_owned(), true, rel),
             // Never passed by `walk`, which handles internal names itself.
             Visited::Internal { .. } => return Ok(()),
+            Visited::Special { dir, name, rel } => {
+                match open_listed(vm, dir, name, rel, |kind| {
+                    !matches!(kind, FileType::RegularFile | FileType::Directory)
+                })? {
+                    Some(fd) => (Ok(fd), true, rel),
+                    None => return Ok(()),
+                }
+            }
             Visited::RegularFile { dir, name, rel } => {
-                // By descriptor, never following what is at the name now.
-                let opened = rustix::fs::openat(
-                    dir,
-                    name,
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .and_then(|fd| Ok((rustix::fs::fstat(&fd)?, fd)));
-                let fd = match opened {
-                    Ok((stat, fd))
-                        if rustix::fs::FileType::from_raw_mode(stat.st_mode)
-                            == rustix::fs::FileType::RegularFile =>
-                    {
-                        fd
+                match open_listed(vm, dir, name, rel, |kind| kind == FileType::RegularFile)? {
+                    Some(fd) => {
+                        let sealed = layout::class_in_vm_home(name, encrypt_disks)
+                            == ContentClass::Encrypted;
+                        (Ok(fd), sealed, rel)
                     }
-                    // Removed or swapped since it was listed: not ours to change.
-                    Ok(_) | Err(rustix::io::Errno::NOENT) => return Ok(()),
-                    Err(e) => {
-                        return Err(DatastoreError::io(
-                            format!("opening {}", vm.display_path(rel).display()),
-                            e.into(),
-                        ))
-                    }
-                };
-                let sealed =
-                    layout::class_in_vm_home(name, encrypt_disks) == ContentClass::Encrypted;
-                (Ok(fd), sealed, rel)
+                    None => return Ok(()),
+                }
             }
         };
         let path = vm.display_path(rel);
@@ -589,6 +592,34 @@ fn reform_attributes(
         Ok(())
     })?;
     Ok(rewritten)
+}
+
+/// An `O_PATH` descriptor of `name` in `dir` (listed at `rel`), opened
+/// without following a symlink, if what is there now is of a kind
+/// `expected` accepts; `None` if it was removed or swapped since it was
+/// listed (not ours to change).
+fn open_listed(
+    vm: &VmDir,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    rel: &Path,
+    expected: impl FnOnce(FileType) -> bool,
+) -> Result<Option<OwnedFd>, DatastoreError> {
+    let opened = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|fd| Ok((rustix::fs::fstat(&fd)?, fd)));
+    match opened {
+        Ok((stat, fd)) if expected(FileType::from_raw_mode(stat.st_mode)) => Ok(Some(fd)),
+        Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(DatastoreError::io(
+            format!("opening {}", vm.display_path(rel).display()),
+            e.into(),
+        )),
+    }
 }
 
 /// How a file is stored now.

@@ -16,7 +16,7 @@ use rustix::fs::Mode;
 use super::attr;
 use super::cache_fill::{CacheRole, FillGate, FillJob};
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
-use super::caller;
+use super::caller::Caller;
 use super::handles::{Handle, Snapshot};
 use super::inodes::NodeInfo;
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
@@ -333,22 +333,22 @@ impl VmCryptFs {
         (writes && self.fill_gate.is_filling(ino)).then(|| self.fill_gate.clone())
     }
 
-    /// Writes to an open file.
-    /// Writes `data` at `offset` through an open handle; `clear_setid`
-    /// (the kernel's FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID)
-    /// then clears the file's set-id bits as a local file system would.
+    /// Writes `data` at `offset` through an open handle. `setid_clearer`
+    /// is the writer when the kernel flags the write FUSE_WRITE_KILL_SUIDGID
+    /// (it lacks CAP_FSETID): the file's set-id bits are then cleared as a
+    /// local file system would clear them for that writer.
     pub fn write(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         data: &[u8],
-        clear_setid: bool,
+        setid_clearer: Option<Caller>,
     ) -> FsResult<u32> {
         let handle = self.handles.get(fh).ok_or(Errno::EBADF)?;
-        if clear_setid {
+        if let Some(writer) = setid_clearer {
             if let Some(file) = handle.backing_file() {
-                clear_setid_bits(file)?;
+                clear_setid_bits(file, &writer)?;
             }
         }
         match &*handle {
@@ -625,12 +625,12 @@ fn errno_of(err: &ContentError) -> i32 {
 }
 
 /// Clears the set-id bits of the open backing file `file` as a write or
-/// truncate by a process without CAP_FSETID does (see
-/// [`caller::mode_without_setid`]): one `fstat`, and an `fchmod` only if a
+/// truncate by `changer`, a process without CAP_FSETID, does (see
+/// [`Caller::mode_after_change`]): one `fstat`, and an `fchmod` only if a
 /// bit is set.
-pub(super) fn clear_setid_bits(file: &File) -> FsResult<()> {
+pub(super) fn clear_setid_bits(file: &File, changer: &Caller) -> FsResult<()> {
     let stat = rustix::fs::fstat(file).map_err(sys_errno)?;
-    if let Some(mode) = caller::mode_without_setid(stat.st_mode) {
+    if let Some(mode) = changer.mode_after_change(stat.st_mode, stat.st_gid) {
         rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o7777)).map_err(sys_errno)?;
     }
     Ok(())

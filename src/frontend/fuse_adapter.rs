@@ -14,7 +14,8 @@ use fuser::{
 
 use super::attr::ATTR_TTL;
 use super::cache_mode::CacheMode;
-use super::caller::{self, CAP_FSETID, CAP_SYS_ADMIN};
+use super::caller::{Caller, CAP_FSETID, CAP_SYS_ADMIN};
+use super::creation_umask::create_with_umask;
 use super::VmCryptFs;
 use crate::format::xattr::{sized_reply, SizedReply};
 
@@ -34,6 +35,15 @@ fn open_flags(mode: CacheMode) -> FopenFlags {
         CacheMode::DirectParallelWrites => {
             FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
         }
+    }
+}
+
+/// The process behind `req`.
+fn caller_of(req: &Request) -> Caller {
+    Caller {
+        pid: req.pid(),
+        uid: req.uid(),
+        gid: req.gid(),
     }
 }
 
@@ -77,6 +87,16 @@ impl Filesystem for VmCryptFs {
         // direct write IOPS once the mount answered extended attributes.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
             log::info!("kernel lacks {missing:?}: every write first asks for security.capability");
+        }
+        // The kernel enforces ACLs on the mount's inodes (reading them
+        // through getxattr, which passes `system.posix_acl_*` through), and
+        // leaves the umask to us, so that a parent's default ACL can
+        // override it as on the backing file system (creation_umask).
+        match config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK) {
+            Ok(()) => {}
+            Err(missing) => log::warn!(
+                "kernel lacks {missing:?}: ACLs are stored but only mode bits are enforced"
+            ),
         }
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
             log::warn!("kernel lacks {missing:?}: byte-range locks stay local to this mount");
@@ -136,7 +156,9 @@ impl Filesystem for VmCryptFs {
         reply: ReplyAttr,
     ) {
         // Only a truncate by a caller without CAP_FSETID clears set-id bits.
-        let keep_setid = size.is_none() || caller::has_capability(req.pid(), req.uid(), CAP_FSETID);
+        let caller = caller_of(req);
+        let setid_clearer =
+            (size.is_some() && !caller.has_capability(CAP_FSETID)).then_some(caller);
         match self.setattr(
             ino.0,
             mode,
@@ -146,7 +168,7 @@ impl Filesystem for VmCryptFs {
             atime,
             mtime,
             fh.map(|f| f.0),
-            keep_setid,
+            setid_clearer,
         ) {
             Ok(attr) => reply.attr(&ATTR_TTL, &attr),
             Err(e) => reply.error(e),
@@ -166,11 +188,14 @@ impl Filesystem for VmCryptFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.mknod(parent.0, name, mode, rdev, req.uid(), req.gid()) {
+        let made = create_with_umask(umask, mode, |mode| {
+            self.mknod(parent.0, name, mode, rdev, req.uid(), req.gid())
+        });
+        match made {
             Ok(attr) => reply.entry(&ATTR_TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -182,10 +207,13 @@ impl Filesystem for VmCryptFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.mkdir(parent.0, name, mode, req.uid(), req.gid()) {
+        let made = create_with_umask(umask, mode, |mode| {
+            self.mkdir(parent.0, name, mode, req.uid(), req.gid())
+        });
+        match made {
             Ok(attr) => reply.entry(&ATTR_TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -276,7 +304,7 @@ impl Filesystem for VmCryptFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -286,8 +314,12 @@ impl Filesystem for VmCryptFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let clear_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.write(ino.0, fh.0, offset, data, clear_setid) {
+        // The kernel flags a write whose set-id bits must go (the writer
+        // lacks CAP_FSETID); which ones depends on the writer's groups.
+        let setid_clearer = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller_of(req));
+        match self.write(ino.0, fh.0, offset, data, setid_clearer) {
             Ok(written) => reply.written(written),
             Err(e) => reply.error(e),
         }
@@ -457,7 +489,7 @@ impl Filesystem for VmCryptFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let show_trusted = caller::has_capability(req.pid(), req.uid(), CAP_SYS_ADMIN);
+        let show_trusted = caller_of(req).has_capability(CAP_SYS_ADMIN);
         match self.listxattr(ino.0, show_trusted) {
             Ok(names) => reply_sized(reply, &names, size),
             Err(e) => reply.error(e),
@@ -531,11 +563,14 @@ impl Filesystem for VmCryptFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.create(parent.0, name, mode, flags, req.uid(), req.gid()) {
+        let made = create_with_umask(umask, mode, |mode| {
+            self.create(parent.0, name, mode, flags, req.uid(), req.gid())
+        });
+        match made {
             Ok((attr, fh, mode)) => {
                 match self.passthrough_backing(attr.ino.0, fh, |file| reply.open_backing(file)) {
                     Some(id) => reply.created_passthrough(

@@ -14,6 +14,7 @@ pub mod cache_fill;
 pub mod cache_mode;
 pub mod caller;
 pub mod control_ops;
+pub mod creation_umask;
 pub mod dir_ops;
 pub mod file_ops;
 pub mod fuse_adapter;

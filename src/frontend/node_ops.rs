@@ -11,7 +11,7 @@ use fuser::{Errno, FileAttr, RenameFlags, TimeOrNow};
 use rustix::fs::{Mode, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 
 use super::attr;
-use super::caller;
+use super::caller::Caller;
 use super::file_ops::clear_setid_bits;
 use super::handles::Handle;
 use super::inodes::{Area, NodeInfo};
@@ -165,8 +165,9 @@ impl VmCryptFs {
         Ok(attr::from_stat(node.ino, &stat, encrypted))
     }
 
-    /// chmod, chown, truncate and utimens. A truncate with `keep_setid`
-    /// false (the caller lacks CAP_FSETID) clears the file's set-id bits,
+    /// chmod, chown, truncate and utimens. A truncate with a
+    /// `setid_clearer` (the caller, when it lacks CAP_FSETID) clears the
+    /// file's set-id bits as a local file system would for that caller,
     /// as the kernel leaves that to the mount (`FUSE_HANDLE_KILLPRIV_V2`);
     /// a chown's are cleared by the backing file system's own chown.
     #[allow(clippy::too_many_arguments)]
@@ -180,7 +181,7 @@ impl VmCryptFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<u64>,
-        keep_setid: bool,
+        setid_clearer: Option<Caller>,
     ) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
@@ -220,8 +221,8 @@ impl VmCryptFs {
         }
         if let Some(size) = size {
             self.truncate(&node, size, fh)?;
-            if !keep_setid {
-                self.clear_setid_of(&target)?;
+            if let Some(truncater) = setid_clearer {
+                self.clear_setid_of(&target, &truncater)?;
             }
         }
         if atime.is_some() || mtime.is_some() {
@@ -241,18 +242,18 @@ impl VmCryptFs {
         self.getattr(ino, fh)
     }
 
-    /// Clears the set-id bits of `target` as a truncate by a process
-    /// without CAP_FSETID does.
-    fn clear_setid_of(&self, target: &MetadataTarget) -> FsResult<()> {
+    /// Clears the set-id bits of `target` as a truncate by `truncater`, a
+    /// process without CAP_FSETID, does.
+    fn clear_setid_of(&self, target: &MetadataTarget, truncater: &Caller) -> FsResult<()> {
         match target {
             MetadataTarget::Entry(rel) => {
                 let stat = self.beneath.stat(rel).map_err(io_errno)?;
-                match caller::mode_without_setid(stat.st_mode) {
+                match truncater.mode_after_change(stat.st_mode, stat.st_gid) {
                     Some(mode) => self.beneath.chmod(rel, mode & 0o7777).map_err(io_errno),
                     None => Ok(()),
                 }
             }
-            MetadataTarget::Open(handle) => clear_setid_bits(open_file(handle)?),
+            MetadataTarget::Open(handle) => clear_setid_bits(open_file(handle)?, truncater),
         }
     }
 

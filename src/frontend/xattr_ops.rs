@@ -33,15 +33,14 @@ enum XattrTarget {
     /// A virtual file (`.control`, `.control.json`, `.stats`): it answers
     /// as a read-only file with no attributes.
     Virtual,
-    /// A symlink, FIFO, socket or device: vmcryptfs keeps no attributes on
-    /// them (it reaches objects by descriptor, and those cannot carry a
-    /// `user.*` attribute on ext4 either).
-    NoAttributes,
-    /// A backing file or directory.
+    /// A backing object of any kind. A symlink, FIFO, socket or device is
+    /// reached by an `O_PATH` descriptor too, never followed or opened;
+    /// the kernel refuses `user.*` names on them before asking us, as it
+    /// does on ext4.
     Object(BackingTarget),
 }
 
-/// A backing file or directory, opened for attribute calls.
+/// A backing object, opened for attribute calls.
 struct BackingTarget {
     /// An `O_PATH` descriptor of the object, or a duplicate of an open
     /// handle's. Owned by this call.
@@ -100,7 +99,6 @@ impl VmCryptFs {
         }
         let target = match self.xattr_target(ino, name, true)? {
             XattrTarget::Virtual => return Err(Errno::EACCES),
-            XattrTarget::NoAttributes => return Err(Errno::EPERM),
             XattrTarget::Object(target) => target,
         };
         let result = match target.treatment(name) {
@@ -139,7 +137,6 @@ impl VmCryptFs {
         }
         match self.xattr_target(ino, name, false)? {
             XattrTarget::Virtual => Err(Errno::ENODATA),
-            XattrTarget::NoAttributes => Err(Errno::EPERM),
             XattrTarget::Object(target) => target.object().remove_raw(name).map_err(sys_errno),
         }
     }
@@ -174,12 +171,11 @@ impl VmCryptFs {
         };
         let stat = rustix::fs::fstat(&fd).map_err(sys_errno)?;
         let kind = backing_meta::file_type(&stat);
-        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
-            return Ok(XattrTarget::NoAttributes);
-        }
         let sealing_vm = match &node.area {
             Area::Vm(vm) => {
-                let sealed = kind == FileType::Directory
+                // Only a regular file has a class; everything else in an
+                // encrypted VM home is sealed, as its directories are.
+                let sealed = kind != FileType::RegularFile
                     || match (open_class, rel.file_name()) {
                         (Some(class), _) => class == ContentClass::Encrypted,
                         (None, Some(file_name)) => {

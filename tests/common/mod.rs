@@ -74,6 +74,31 @@ pub fn run_checked(command: &mut Command) -> Output {
     out
 }
 
+/// A command running `program` as `nobody` (uid and gid 65534, no
+/// supplementary groups), for what an unprivileged caller of the mount
+/// sees.
+#[allow(dead_code)]
+pub fn as_nobody(program: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        program,
+    ]);
+    command
+}
+
+/// Opens `dirs` to everyone, so that `nobody` reaches what is in them.
+#[allow(dead_code)]
+pub fn open_up(dirs: &[&Path]) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in dirs {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
 /// The content format `vm create` uses without `--content-format`.
 pub const DEFAULT_CONTENT_FORMAT: u16 = 2;
 
