@@ -267,3 +267,38 @@ fn keys_never_reach_the_log_and_core_dumps_are_off() {
     common::assert_no_key_material_in(&log);
     assert!(log.contains("unlocked"), "debug logging was on:\n{log}");
 }
+
+/// A report piped into a reader that has gone (`status --json | head`)
+/// ends the command quietly, as `ls | head` does: killed by SIGPIPE at the
+/// write, no panic and no error message.
+#[test]
+fn a_report_whose_reader_has_gone_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::new();
+    for vm in ["vm1", "vm2"] {
+        env.create_vm(vm, false);
+    }
+    let ds = env.datastore.to_str().unwrap();
+    for args in [
+        vec!["status", "--json", ds],
+        vec!["status", ds],
+        vec!["fsck", ds],
+    ] {
+        // A pipe whose read end is closed before the command starts.
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        drop(read_end);
+        let out = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::from(write_end))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -3,6 +3,7 @@
 //! Each subcommand group lives in its own module and returns a [`CliError`],
 //! whose [`ExitKind`] maps to a distinct process exit code.
 
+pub mod closed_pipe;
 pub mod convert_cmd;
 pub mod exit;
 pub mod fsck_cmd;
@@ -363,6 +364,9 @@ pub enum VmCommand {
 /// private umask ([`hygiene::harden_process`]).
 pub fn run(cli: Cli) -> Result<(), CliError> {
     hygiene::harden_process();
+    if !matches!(cli.command, Command::Mount(_)) {
+        closed_pipe::end_quietly_when_the_reader_goes();
+    }
     let keystore = match cli.keystore {
         Some(dir) => dir,
         None => crate::keys::keystore_path::default_keystore_dir()
