@@ -203,8 +203,13 @@ struct DatastoreJson<'a> {
 /// same document.
 pub fn write_datastore_json(
     summary: &DatastoreSummary<'_>,
-    mut out: impl std::io::Write,
+    out: impl std::io::Write,
 ) -> std::io::Result<()> {
+    // The serializer writes token by token; buffered, `out` sees large
+    // writes (unbuffered, the calls into the snapshot were a fifth of the
+    // time at a thousand VM homes).
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
     let last = summary.last_command.as_ref();
     let doc = DatastoreJson {
@@ -225,7 +230,8 @@ pub fn write_datastore_json(
         out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
         serde_json::to_writer(&mut out, &VmJson::of(vm))?;
     }
-    out.write_all(b"\n]}\n")
+    out.write_all(b"\n]}\n")?;
+    out.flush()
 }
 
 /// The status text of the root `.control`.
