@@ -256,6 +256,25 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
         .map_err(|e| CliError::new(ExitKind::Io, format!("resolving {}: {e}", path.display())))
 }
 
+/// Reads every VM home's status once, in the background, so that the
+/// first read of the root `.control` after mounting finds what it needs
+/// from disk already read (at ten thousand VM homes: 288 ms for that first
+/// read against 35 ms for the next). The status view reads again only
+/// what changes later. On a thread of its own that then exits, for the
+/// reason `control_ops::with_datastore_summary` gives.
+fn warm_status_view(store: Arc<Datastore>) {
+    let started = std::thread::Builder::new()
+        .name("vmcryptfs-status-warm".into())
+        .spawn(move || {
+            if let Err(e) = store.statuses() {
+                log::warn!("could not read the VM homes' status after mounting: {e}");
+            }
+        });
+    if let Err(e) = started {
+        log::info!("no thread to read the status ahead ({e}); the first .control read does");
+    }
+}
+
 fn serve(
     datastore: PathBuf,
     mountpoint: PathBuf,
@@ -283,6 +302,7 @@ fn serve(
     };
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
+    let status_store = store.clone();
     let fs = VmCryptFs::new(store)
         .map_err(|e| {
             CliError::new(
@@ -314,6 +334,7 @@ fn serve(
     if settings.config.n_threads.unwrap_or(1) >= 2 {
         filler.start(session.notifier());
     }
+    warm_status_view(status_store);
     log::info!(
         "mounted {} at {}",
         datastore.display(),
