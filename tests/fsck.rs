@@ -17,7 +17,7 @@ const FORMATS: [u16; 2] = [1, 2];
 const A_SIZE: u64 = 3 * 4096 + 100;
 
 /// vm1 with `a.bin` (A_SIZE bytes), `b.bin` (three blocks), a sparse
-/// `sparse.img` (8 MiB, one block written in the middle) and a disk that
+/// `sparse.bin` (8 MiB, one block written in the middle) and a disk that
 /// passes through; vm2 with `a.bin`; a plain directory. All in content
 /// format `format`, written through a mount.
 fn setup(format: u16) -> TestEnv {
@@ -33,7 +33,7 @@ fn setup(format: u16) -> TestEnv {
     fs::write(mount.path("vm1/b.bin"), content(0xb2, 3 * 4096)).unwrap();
     fs::write(mount.path("vm2/a.bin"), content(0xc3, A_SIZE)).unwrap();
     fs::write(mount.path("vm1/disk.vmdk"), b"pass-through disk").unwrap();
-    let sparse = fs::File::create(mount.path("vm1/sparse.img")).unwrap();
+    let sparse = fs::File::create(mount.path("vm1/sparse.bin")).unwrap();
     sparse.set_len(8 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, &[7u8; 4096], 4 << 20).unwrap();
     drop(sparse);

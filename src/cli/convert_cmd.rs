@@ -1,4 +1,5 @@
-//! `vm encrypt`, `vm encrypt-disks`, `vm decrypt-disks` and `rekey --deep`:
+//! `vm encrypt`, `vm encrypt-disks`, `vm decrypt-disks`, `vm set-disk-pattern`,
+//! `vm convert-format` and `rekey --deep`:
 //! in-place conversions of a VM home (see `datastore::convert`).
 
 use std::path::Path;
@@ -26,12 +27,13 @@ pub fn run(
     KnownDatastores::new(keystore).record(datastore)?;
     let mount = vmcryptfs_mount_of(datastore);
     if let Some(mnt) = &mount {
-        check_idle(&mnt.join(name), operation, mnt)?;
+        check_idle(&mnt.join(name), &operation, mnt)?;
         // Drop the mount's cached keys first: the next access to the VM then
         // sees the conversion journal and finds the VM locked until done.
         flush_mount_keys(mnt)?;
     }
     let sequences = BundleSequences::in_keystore(keystore);
+    let done = operation.name();
     let report = convert::run(
         &vm_dir,
         &*provider,
@@ -41,8 +43,8 @@ pub fn run(
     )?;
     println!(
         "{}: {} of VM home {} done: {} file(s) converted ({:.1} MiB), {} already in place, {} extended attribute value(s) rewritten",
-        operation.name(),
-        operation.name(),
+        done,
+        done,
         crate::format::untrusted::path(&vm_dir),
         report.files,
         report.bytes as f64 / 1048576.0,
@@ -74,7 +76,7 @@ fn flush_mount_keys(mnt: &Path) -> Result<(), CliError> {
 /// cannot be read or does not say how many handles are open refuses too.
 /// Refuses to turn a plain directory of a mounted datastore into a VM home
 /// (the mount would keep treating it as plain).
-fn check_idle(vm_mount: &Path, operation: Operation, mnt: &Path) -> Result<(), CliError> {
+fn check_idle(vm_mount: &Path, operation: &Operation, mnt: &Path) -> Result<(), CliError> {
     if matches!(operation, Operation::EncryptHome { .. }) {
         return Err(CliError::new(
             ExitKind::Failure,

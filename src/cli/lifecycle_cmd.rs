@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::mountinfo::vmcryptfs_mount_of;
 use super::{open_provider, open_provider_targeting, CliError, ExitKind};
+use crate::control::status::{disk_pattern_list, disk_pattern_text};
 use crate::datastore::inventory::{scan_datastore, wrap_health, VmRecord, WrapHealth};
 use crate::datastore::known::KnownDatastores;
 use crate::datastore::{rekey_batch, vm_keys};
@@ -71,6 +72,7 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
                     "kek_id": bundle.map(|b| untrusted::field(&b.kek.kek_id)),
                     "kek_version": bundle.map(|b| b.kek.version),
                     "encrypt_disks": bundle.map(|b| b.encrypt_disks),
+                    "disk_pattern": bundle.map(|b| disk_pattern_list(&b.disk_pattern)),
                     "status": health.as_str(),
                     "error": record.bundle.as_ref().err(),
                 })
@@ -105,22 +107,24 @@ pub fn status(datastore: &Path, as_json: bool, keystore: &Path) -> Result<(), Cl
         println!("mounted at: {}", mnt.display());
     }
     println!(
-        "{:<24}  {:<8}  {:<7}  {:<13}  STATUS",
-        "VM", "PROVIDER", "KEK-VER", "ENCRYPT-DISKS"
+        "{:<24}  {:<8}  {:<7}  {:<13}  {:<22}  STATUS",
+        "VM", "PROVIDER", "KEK-VER", "ENCRYPT-DISKS", "DISK-PATTERN"
     );
     for (record, health) in &vms {
         match &record.bundle {
             Ok(b) => println!(
-                "{:<24}  {:<8}  {:<7}  {:<13}  {}",
+                "{:<24}  {:<8}  {:<7}  {:<13}  {:<22}  {}",
                 untrusted::escape(record.name.as_bytes(), untrusted::NAME_LIMIT),
                 untrusted::field(&b.kek.provider),
                 b.kek.version,
                 if b.encrypt_disks { "yes" } else { "no" },
+                disk_pattern_text(&b.disk_pattern),
                 health.as_str()
             ),
             Err(err) => println!(
-                "{:<24}  {:<8}  {:<7}  {:<13}  unknown: {}",
+                "{:<24}  {:<8}  {:<7}  {:<13}  {:<22}  unknown: {}",
                 untrusted::escape(record.name.as_bytes(), untrusted::NAME_LIMIT),
+                "-",
                 "-",
                 "-",
                 "-",

@@ -277,6 +277,18 @@ impl ContentFormatArg {
     }
 }
 
+/// The disk pattern of a new VM home.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiskPatternArg {
+    /// Which file names are disks: comma-separated `*`-globs matched ASCII
+    /// case-insensitively against a file's name, at most 16, each 1..=64 of
+    /// a-z 0-9 . _ - + ~ *. An empty text: no file is a disk.
+    /// docs/FORMAT.md §2.
+    #[arg(long = "disk-pattern", value_name = "PATTERNS",
+          default_value_t = crate::format::disk_pattern::DiskPattern::new_vm_default().to_string())]
+    pub disk_pattern: String,
+}
+
 /// `vmcryptfs vm ...`
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -285,9 +297,13 @@ pub enum VmCommand {
     Create {
         /// The VM home directory (created if missing; must be empty).
         path: PathBuf,
-        /// Also encrypt the VM's disks (*.vmdk). Without it, disks pass through.
+        /// Also encrypt the VM's disks (files matching the disk pattern).
+        /// Without it, disks pass through.
         #[arg(long)]
         encrypt_disks: bool,
+        /// Which names are disks.
+        #[command(flatten)]
+        disk_pattern: DiskPatternArg,
         /// The content format of the VM's encrypted files.
         #[command(flatten)]
         format: ContentFormatArg,
@@ -300,22 +316,40 @@ pub enum VmCommand {
     Encrypt {
         /// The VM home directory in the datastore.
         path: PathBuf,
-        /// Also encrypt the VM's disks (*.vmdk).
+        /// Also encrypt the VM's disks (files matching the disk pattern).
         #[arg(long)]
         encrypt_disks: bool,
+        /// Which names are disks.
+        #[command(flatten)]
+        disk_pattern: DiskPatternArg,
         /// The content format of the VM's encrypted files.
         #[command(flatten)]
         format: ContentFormatArg,
     },
-    /// Encrypt the VM's disks (*.vmdk) in place and record the policy.
+    /// Encrypt the VM's disks (files matching its disk pattern) in place and
+    /// record the policy.
     EncryptDisks {
         /// The VM home directory in the datastore.
         path: PathBuf,
     },
-    /// Decrypt the VM's disks (*.vmdk) in place; they then pass through.
+    /// Decrypt the VM's disks (files matching its disk pattern) in place;
+    /// they then pass through.
     DecryptDisks {
         /// The VM home directory in the datastore.
         path: PathBuf,
+    },
+    /// Change which file names are the VM's disks: the files whose class
+    /// changes (disks pass through unless `encrypt-disks` is set) are
+    /// encrypted or decrypted one by one, resumable after a crash (rerun
+    /// with the same patterns); the key bundle then names the new pattern.
+    /// The VM must be idle.
+    SetDiskPattern {
+        /// The VM home directory in the datastore.
+        path: PathBuf,
+        /// Comma-separated `*`-globs matched ASCII case-insensitively
+        /// against a file's name, e.g. `*.vmdk,*.qcow2`; at most 16, each
+        /// 1..=64 of a-z 0-9 . _ - + ~ *. An empty text: no file is a disk.
+        patterns: String,
     },
     /// Rewrite every encrypted file of the VM in another content format
     /// (default 2, page-aligned), one by one, resumable after a crash; the

@@ -9,9 +9,11 @@ use crate::control::status::{render_vm, vm_json};
 use crate::datastore::convert::Operation;
 use crate::datastore::current_kek::CurrentKekCache;
 use crate::datastore::known::KnownDatastores;
+use crate::datastore::layout::StoragePolicy;
 use crate::datastore::vm_home::VmHome;
 use crate::datastore::vm_keys;
 use crate::datastore::DatastoreError;
+use crate::format::disk_pattern::DiskPattern;
 use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::KeyProvider;
 
@@ -63,9 +65,15 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         VmCommand::Create {
             path,
             encrypt_disks,
+            disk_pattern,
             format,
             provider: name,
         } => {
+            let policy = StoragePolicy {
+                encrypt_disks,
+                disk_pattern: disk_pattern_arg(&path, &disk_pattern.disk_pattern)?,
+                content_layout: format.layout(),
+            };
             // The set opened above, not a second one: each opening of the
             // embedded store costs two fsyncs, a third of a `vm create`.
             let provider = match name {
@@ -76,15 +84,16 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             // Batched: the current KEK and its plaintext in one opening of
             // the store; the batch (and that KEK) is dropped right after.
             let batch = provider.batched();
-            let bundle = vm_keys::create_vm_home(&path, &batch, encrypt_disks, format.layout())?;
+            let bundle = vm_keys::create_vm_home(&path, &batch, &policy)?;
             drop(batch);
             let (datastore, _) = split_vm_path(&path)?;
             KnownDatastores::new(keystore).record(&datastore)?;
             println!(
-                "created encrypted VM home {} (vm-id {}, KEK {}, disks {})",
+                "created encrypted VM home {} (vm-id {}, KEK {}, disks {}: {})",
                 path.display(),
                 hex::encode(bundle.vm_id),
                 bundle.kek,
+                bundle.disk_pattern,
                 if encrypt_disks {
                     "encrypted"
                 } else {
@@ -119,17 +128,22 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
         VmCommand::Encrypt {
             path,
             encrypt_disks,
+            disk_pattern,
             format,
-        } => convert(
-            &path,
-            Operation::EncryptHome {
+        } => {
+            let policy = StoragePolicy {
                 encrypt_disks,
+                disk_pattern: disk_pattern_arg(&path, &disk_pattern.disk_pattern)?,
                 content_layout: format.layout(),
-            },
-            keystore,
-        ),
+            };
+            convert(&path, Operation::EncryptHome { policy }, keystore)
+        }
         VmCommand::EncryptDisks { path } => convert(&path, Operation::EncryptDisks, keystore),
         VmCommand::DecryptDisks { path } => convert(&path, Operation::DecryptDisks, keystore),
+        VmCommand::SetDiskPattern { path, patterns } => {
+            let pattern = disk_pattern_arg(&path, &patterns)?;
+            convert(&path, Operation::SetDiskPattern { pattern }, keystore)
+        }
         VmCommand::ConvertFormat { path, format } => convert(
             &path,
             Operation::ConvertFormat {
@@ -143,6 +157,20 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             super::lifecycle_cmd::rekey(&datastore, &[name], false, provider.as_deref(), keystore)
         }
     }
+}
+
+/// The disk pattern an operator gave for the VM home `path`; a usage error
+/// naming the VM home and the pattern if it breaks a rule.
+fn disk_pattern_arg(path: &Path, text: &str) -> Result<DiskPattern, CliError> {
+    DiskPattern::parse_list(text).map_err(|err| {
+        CliError::new(
+            ExitKind::Usage,
+            format!(
+                "VM home {}: {err}; give comma-separated patterns such as *.vmdk,*.qcow2 (docs/FORMAT.md §2)",
+                path.display()
+            ),
+        )
+    })
 }
 
 fn convert(path: &Path, operation: Operation, keystore: &Path) -> Result<(), CliError> {

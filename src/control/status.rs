@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use super::timefmt::format_unix_utc;
 use crate::datastore::vm_home::VmStatus;
+use crate::format::disk_pattern::DiskPattern;
 use crate::format::untrusted;
 
 fn yes_no(value: bool) -> &'static str {
@@ -53,6 +54,10 @@ pub fn render_vm(status: &VmStatus) -> String {
         or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
     );
     line(
+        "disk-pattern",
+        or_dash(bundle.map(|b| disk_pattern_text(&b.disk_pattern))),
+    );
+    line(
         "content-format",
         or_dash(bundle.map(|b| b.content_layout.format_version())),
     );
@@ -96,6 +101,27 @@ pub fn render_vm(status: &VmStatus) -> String {
     out
 }
 
+/// A bundle's disk pattern for a status line: its patterns, each escaped
+/// like any bundle field (a peeked bundle has not authenticated; the
+/// parser's character rules already keep them printable, this is the
+/// guard should they ever not), comma-separated; `(none)` if empty.
+pub fn disk_pattern_text(pattern: &DiskPattern) -> String {
+    if pattern.patterns().is_empty() {
+        return pattern.to_string();
+    }
+    disk_pattern_list(pattern).join(",")
+}
+
+/// A bundle's disk patterns for JSON, each escaped as in
+/// [`disk_pattern_text`].
+pub fn disk_pattern_list(pattern: &DiskPattern) -> Vec<Cow<'_, str>> {
+    pattern
+        .patterns()
+        .iter()
+        .map(|p| untrusted::field(p))
+        .collect()
+}
+
 /// One VM home's status as JSON: the fields of [`render_vm`], in the
 /// alphabetical order a `serde_json` map writes them in (schema:
 /// docs/JSON.md). A struct rather than a `json!` map: the root
@@ -111,6 +137,7 @@ struct VmJson<'a> {
     current_dek_generation: Option<u32>,
     dek_fingerprint: &'a Option<String>,
     dek_generations: Option<Vec<u32>>,
+    disk_pattern: Option<Vec<Cow<'a, str>>>,
     encrypt_disks: Option<bool>,
     kek_id: Option<Cow<'a, str>>,
     kek_version: Option<u32>,
@@ -141,6 +168,7 @@ impl<'a> VmJson<'a> {
             current_dek_generation: bundle.map(|b| b.current_generation),
             dek_fingerprint: &status.dek_fingerprint,
             dek_generations: bundle.map(|b| b.deks.iter().map(|d| d.generation).collect()),
+            disk_pattern: bundle.map(|b| disk_pattern_list(&b.disk_pattern)),
             encrypt_disks: bundle.map(|b| b.encrypt_disks),
             kek_id: bundle.map(|b| untrusted::field(&b.kek.kek_id)),
             kek_version: bundle.map(|b| b.kek.version),
@@ -267,12 +295,13 @@ pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
         let bundle = vm.bundle.as_ref();
         let _ = writeln!(
             out,
-            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={}",
+            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={} disk-pattern={}",
             vm.name,
             vm.state,
             or_dash(bundle.map(|b| b.kek.version)),
             or_dash(vm.needs_rekey().map(yes_no)),
             or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
+            or_dash(bundle.map(|b| disk_pattern_text(&b.disk_pattern))),
         );
     }
     out
@@ -301,6 +330,7 @@ mod tests {
             "provider-current-version: 3\n",
             "needs-rekey: yes\n",
             "encrypt-disks: yes\n",
+            "disk-pattern: *.vmdk,*.qcow2,*.raw,*.img,*.vhd,*.vhdx\n",
             "dek-fingerprint: 0011223344556677\n",
             "locked-reason: -\n",
             "last-command: -\n",
@@ -338,6 +368,10 @@ mod tests {
         assert!(text.contains("locked: 1\n"));
         assert!(text.contains("needs-rekey: 1\n"), "{text}");
         assert!(text.contains("vm b: state=locked"));
+        assert!(
+            text.contains("encrypt-disks=yes disk-pattern=*.vmdk,*.qcow2,"),
+            "{text}"
+        );
     }
 
     #[test]

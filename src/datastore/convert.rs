@@ -1,5 +1,6 @@
 //! Converting a VM home in place, file by file: encrypting a plain VM home,
-//! encrypting or decrypting its disks, deep re-key (a new DEK, every file
+//! encrypting or decrypting its disks, changing which names are disks,
+//! deep re-key (a new DEK, every file
 //! re-encrypted under it), and moving to another content format.
 //!
 //! Each file goes through a temp file in its own directory (an internal
@@ -34,7 +35,7 @@ use std::sync::Arc;
 use rustix::fs::{FileType, OFlags};
 
 use super::bundle_file::{self, crash_point};
-use super::layout::{self, ContentClass};
+use super::layout::{self, ContentClass, StoragePolicy};
 use super::owned_file::{
     copy_metadata, create_exclusive_at, list_dir, open_regular_at, remove_at, EntryKind,
     OwnedFileError, VmDir,
@@ -47,6 +48,7 @@ use crate::crypto::kdf;
 use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
 use crate::format::content_layout::ContentLayout;
+use crate::format::disk_pattern::DiskPattern;
 use crate::format::file_header::{self, UnverifiedHeader};
 use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::KeyProvider;
@@ -59,28 +61,38 @@ pub(super) const TEMP_FILE_NAME: &str = ".vmcryptfs-convert.tmp";
 /// The most a journal legitimately holds: one operation name and a newline.
 const MAX_JOURNAL_LEN: u64 = 64;
 /// Every name [`Operation::name`] gives, the only texts a journal may hold.
-const OPERATION_NAMES: [&str; 5] = [
+const OPERATION_NAMES: [&str; 6] = [
     "encrypt",
     "encrypt-disks",
     "decrypt-disks",
+    "set-disk-pattern",
     "deep-rekey",
     "convert-format",
 ];
 
 /// A conversion of one VM home.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
     /// Make a plain directory an encrypted VM home and encrypt its files.
+    /// A rerun that finds the bundle already written (resuming) follows
+    /// that bundle's policy, which is what the mount will read.
     EncryptHome {
-        /// Encrypt the disks too.
-        encrypt_disks: bool,
-        /// The content format of the encrypted files.
-        content_layout: ContentLayout,
+        /// The new bundle's policy: whether disks are encrypted too, which
+        /// names are disks, the content format of the encrypted files.
+        policy: StoragePolicy,
     },
-    /// Encrypt the VM's `*.vmdk` files and set the disk policy.
+    /// Encrypt the VM's disk files and set the disk policy.
     EncryptDisks,
-    /// Decrypt the VM's `*.vmdk` files and clear the disk policy.
+    /// Decrypt the VM's disk files and clear the disk policy.
     DecryptDisks,
+    /// Make `pattern` the VM's disk pattern: files whose class it changes
+    /// (with disks passing through) are encrypted or decrypted, then the
+    /// bundle names it. A rerun with another pattern converges to that one
+    /// instead, as each file's form is recognised.
+    SetDiskPattern {
+        /// The new disk pattern.
+        pattern: DiskPattern,
+    },
     /// New DEK generation; every encrypted file re-encrypted under it.
     DeepRekey,
     /// Every encrypted file rewritten in content format `to`, which the
@@ -93,11 +105,12 @@ pub enum Operation {
 
 impl Operation {
     /// The name written in the journal and shown in status.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Operation::EncryptHome { .. } => "encrypt",
             Operation::EncryptDisks => "encrypt-disks",
             Operation::DecryptDisks => "decrypt-disks",
+            Operation::SetDiskPattern { .. } => "set-disk-pattern",
             Operation::DeepRekey => "deep-rekey",
             Operation::ConvertFormat { .. } => "convert-format",
         }
@@ -219,19 +232,15 @@ pub fn run(
     };
     // Every field the final bundle keeps comes from `bundle`, which
     // authenticated here; each rewrite checks the bundle on disk against it.
-    let (mut bundle, mut keyring) = if let Operation::EncryptHome {
-        encrypt_disks,
-        content_layout,
-    } = operation
-    {
+    let (mut bundle, mut keyring) = if let Operation::EncryptHome { policy } = &operation {
         if bundle_file::has_bundle_in(&vm) && !resuming {
             return Err(DatastoreError::AlreadyVmHome {
                 path: vm_dir.into(),
             });
         }
-        write_journal(&vm, operation)?;
+        write_journal(&vm, &operation)?;
         if !bundle_file::has_bundle_in(&vm) {
-            vm_keys::create_bundle(vm_dir, provider, encrypt_disks, content_layout)?;
+            vm_keys::create_bundle(vm_dir, provider, policy)?;
         }
         vm_keys::unlock_vm(&vm, provider, sequences)?
     } else {
@@ -244,7 +253,7 @@ pub fn run(
         // had (KEK destroyed, provider down, bundle rolled back) is refused
         // with nothing left behind, rather than left "unfinished".
         let unlocked = vm_keys::unlock_vm(&vm, provider, sequences)?;
-        write_journal(&vm, operation)?;
+        write_journal(&vm, &operation)?;
         unlocked
     };
     if operation == Operation::DeepRekey && bundle.deks.len() == 1 {
@@ -258,23 +267,23 @@ pub fn run(
                 keyring: &keyring,
             },
             &added,
-            bundle.encrypt_disks,
-            bundle.content_layout,
+            &StoragePolicy::of(&bundle),
         )?;
         keyring = added;
         crash_point("deep-rekey-generation-added");
     }
     let keyring = Arc::new(keyring);
-    let encrypt_disks = match operation {
-        Operation::EncryptHome { encrypt_disks, .. } => encrypt_disks,
-        Operation::EncryptDisks => true,
-        Operation::DecryptDisks => false,
-        Operation::DeepRekey | Operation::ConvertFormat { .. } => bundle.encrypt_disks,
-    };
-    let content_layout = match operation {
-        Operation::ConvertFormat { to } => to,
-        _ => bundle.content_layout,
-    };
+    // The policy the VM home ends with: the authenticated bundle's, with
+    // the one field the operation changes.
+    let mut target = StoragePolicy::of(&bundle);
+    match &operation {
+        Operation::EncryptDisks => target.encrypt_disks = true,
+        Operation::DecryptDisks => target.encrypt_disks = false,
+        Operation::SetDiskPattern { pattern } => target.disk_pattern = pattern.clone(),
+        Operation::ConvertFormat { to } => target.content_layout = *to,
+        Operation::EncryptHome { .. } | Operation::DeepRekey => {}
+    }
+    let content_layout = target.content_layout;
 
     let mut plan = Vec::new();
     let mut report = Report::default();
@@ -287,7 +296,7 @@ pub fn run(
             Err(err) => return Err(err.into()),
         };
         let len = u64::try_from(stat.st_size).unwrap_or(0);
-        let wanted = layout::class_in_vm_home(name, encrypt_disks);
+        let wanted = target.class_of(name);
         let step = match (wanted, stored_form(&file, len, &keyring)) {
             (_, StoredForm::Empty) => None,
             (ContentClass::Encrypted, StoredForm::Plain) => Some(Step::Encrypt),
@@ -321,12 +330,12 @@ pub fn run(
     // While the journal still stands, so that a crash here is finished by
     // the next run; before a deep re-key's last bundle rewrite drops the
     // old generation its values may still be sealed under.
-    report.attributes = reform_attributes(&vm, &keyring, encrypt_disks)?;
+    report.attributes = reform_attributes(&vm, &keyring, &target)?;
     // A new VM home's bundle already has its final form; every other
     // operation ends by rewriting it (final disk policy and content format;
     // for a deep re-key, only the new DEK generation).
     if !matches!(operation, Operation::EncryptHome { .. }) {
-        let final_keyring = match operation {
+        let final_keyring = match &operation {
             Operation::DeepRekey => only_current_generation(&keyring),
             _ => copy_keyring(&keyring),
         };
@@ -339,8 +348,7 @@ pub fn run(
                 keyring: &keyring,
             },
             &final_keyring,
-            encrypt_disks,
-            content_layout,
+            &target,
         )?;
     }
     vm.remove(OsStr::new(JOURNAL_FILE_NAME))?;
@@ -356,7 +364,7 @@ pub fn run(
 /// complete one, never an empty file that names no operation (found by
 /// `tests/crash_conversions.rs`). The temp file is created exclusively, so
 /// nothing planted at its name is written through.
-fn write_journal(vm: &VmDir, operation: Operation) -> Result<(), DatastoreError> {
+fn write_journal(vm: &VmDir, operation: &Operation) -> Result<(), DatastoreError> {
     let temp = OsStr::new(JOURNAL_TEMP_FILE_NAME);
     // Left by a run killed while writing it.
     vm.remove(temp)?;
@@ -545,12 +553,12 @@ fn walk_all(
 /// Brings the `user.*` and `trusted.*` values of every object of `vm` to
 /// their final form: sealed under `keyring`'s current generation for
 /// directories, symlinks, FIFOs, devices and sockets, and for files whose
-/// class under `encrypt_disks` is encrypted; plaintext for the other
-/// files. Returns how many values were rewritten.
+/// class under `policy` is encrypted; plaintext for the other files.
+/// Returns how many values were rewritten.
 fn reform_attributes(
     vm: &VmDir,
     keyring: &VmKeyring,
-    encrypt_disks: bool,
+    policy: &StoragePolicy,
 ) -> Result<usize, DatastoreError> {
     let mut rewritten = 0;
     walk(vm, |entry| {
@@ -569,8 +577,7 @@ fn reform_attributes(
             Visited::RegularFile { dir, name, rel } => {
                 match open_listed(vm, dir, name, rel, |kind| kind == FileType::RegularFile)? {
                     Some(fd) => {
-                        let sealed = layout::class_in_vm_home(name, encrypt_disks)
-                            == ContentClass::Encrypted;
+                        let sealed = policy.class_of(name) == ContentClass::Encrypted;
                         (Ok(fd), sealed, rel)
                     }
                     None => return Ok(()),
@@ -757,14 +764,16 @@ mod tests {
         fn finish(&mut self) {}
     }
 
-    fn all_operations() -> [Operation; 5] {
+    fn all_operations() -> [Operation; 6] {
         [
             Operation::EncryptHome {
-                encrypt_disks: true,
-                content_layout: ContentLayout::PageAligned,
+                policy: StoragePolicy::new_vm(true, ContentLayout::PageAligned),
             },
             Operation::EncryptDisks,
             Operation::DecryptDisks,
+            Operation::SetDiskPattern {
+                pattern: DiskPattern::legacy(),
+            },
             Operation::DeepRekey,
             Operation::ConvertFormat {
                 to: ContentLayout::Interleaved,
@@ -811,7 +820,8 @@ mod tests {
     fn new_vm_home() -> (Outside, EmbeddedProvider, BundleSequences, PathBuf) {
         let (outside, provider, sequences) = key_store();
         let vm = outside.base.path().join("ds/vm");
-        vm_keys::create_vm_home(&vm, &provider, false, ContentLayout::PageAligned).unwrap();
+        let policy = StoragePolicy::new_vm(false, ContentLayout::PageAligned);
+        vm_keys::create_vm_home(&vm, &provider, &policy).unwrap();
         (outside, provider, sequences, vm)
     }
 
@@ -843,13 +853,13 @@ mod tests {
             .into_iter()
             .filter(|op| op.name() != "encrypt")
         {
+            let name = operation.name();
             let err = run(&vm, &provider, &sequences, operation, &mut Quiet).unwrap_err();
             assert!(
                 matches!(err, DatastoreError::Provider { .. }),
-                "{}: {err}",
-                operation.name()
+                "{name}: {err}"
             );
-            assert_eq!(pending(&vm), None, "{}", operation.name());
+            assert_eq!(pending(&vm), None, "{name}");
         }
     }
 
@@ -874,8 +884,7 @@ mod tests {
         outside.snapshot(); // sets the access times its own reads change
         let before = outside.snapshot();
         let operation = Operation::EncryptHome {
-            encrypt_disks: true,
-            content_layout: ContentLayout::PageAligned,
+            policy: StoragePolicy::new_vm(true, ContentLayout::PageAligned),
         };
         let report = run(&vm, &provider, &sequences, operation, &mut Quiet).unwrap();
         assert_eq!(report.files, 2, "{report:?}");

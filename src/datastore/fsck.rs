@@ -125,7 +125,8 @@ pub struct VmReport {
     pub files: Vec<FileReport>,
     /// Encrypted files checked.
     pub files_checked: usize,
-    /// Pass-through files (disks with `encrypt_disks` clear): not checked,
+    /// Pass-through files (names matching the bundle's disk pattern, with
+    /// `encrypt_disks` clear): not checked,
     /// they carry no authentication.
     pub files_pass_through: usize,
     /// Plaintext bytes read and authenticated (holes excluded).
@@ -293,7 +294,7 @@ fn check_vm(
                 let Some((bundle, keyring)) = &unlocked else {
                     return Ok(());
                 };
-                match layout::class_in_vm_home(name, bundle.encrypt_disks) {
+                match layout::class_in_vm_home(name, &bundle.disk_pattern, bundle.encrypt_disks) {
                     ContentClass::Encrypted => plan.push(rel.to_path_buf()),
                     ContentClass::Plain => {
                         report.files_pass_through += 1;
@@ -328,6 +329,9 @@ fn rerun_command(operation: &str) -> &'static str {
         "encrypt" => "`vmcryptfs vm encrypt VM_HOME`",
         "encrypt-disks" => "`vmcryptfs vm encrypt-disks VM_HOME`",
         "decrypt-disks" => "`vmcryptfs vm decrypt-disks VM_HOME`",
+        "set-disk-pattern" => {
+            "`vmcryptfs vm set-disk-pattern VM_HOME PATTERNS` (the same patterns)"
+        }
         "deep-rekey" => "`vmcryptfs rekey --deep DATASTORE VM`",
         _ => "`vmcryptfs vm convert-format VM_HOME`",
     }
@@ -369,7 +373,8 @@ fn internal_finding(name: &OsStr, rel: &Path, report: &mut VmReport) -> bool {
     true
 }
 
-/// A pass-through file (a disk with `encrypt_disks` clear) that holds a
+/// A pass-through file (a name matching the authenticated bundle's disk
+/// pattern, with `encrypt_disks` clear) that holds a
 /// header authenticating under the VM's keys contradicts the bundle's disk
 /// policy: the mount would show its ciphertext.
 fn check_pass_through(vm: &VmDir, rel: &Path, keyring: &VmKeyring, report: &mut VmReport) {
@@ -381,7 +386,7 @@ fn check_pass_through(vm: &VmDir, rel: &Path, keyring: &VmKeyring, report: &mut 
         report.finding(
             "policy",
             Some(rel),
-            "a disk stored encrypted although the key bundle says disks pass through (encrypt_disks clear): an interrupted `vm decrypt-disks`? Run `vmcryptfs vm decrypt-disks VM_HOME` or `vm encrypt-disks VM_HOME` to settle the policy",
+            "a disk (its name matches the key bundle's disk pattern) stored encrypted although the bundle says disks pass through (encrypt_disks clear): an interrupted `vm decrypt-disks` or `vm set-disk-pattern`? Rerun it, or run `vmcryptfs vm decrypt-disks VM_HOME` or `vm encrypt-disks VM_HOME` to settle the policy",
         );
     }
 }

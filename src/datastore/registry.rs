@@ -271,6 +271,7 @@ pub fn subdirectory_names(datastore: &std::path::Path) -> std::io::Result<Vec<Os
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datastore::layout::StoragePolicy;
     use crate::datastore::vm_keys::create_vm_home;
     use crate::format::content_layout::ContentLayout;
     use crate::keys::embedded::EmbeddedProvider;
@@ -282,14 +283,9 @@ mod tests {
         let provider = EmbeddedProvider::init(&keystore).unwrap().0;
         let root = base.path().join("ds");
         let outside = base.path().join("outside-vm");
-        create_vm_home(
-            &root.join("vm1"),
-            &provider,
-            false,
-            ContentLayout::PageAligned,
-        )
-        .unwrap();
-        create_vm_home(&outside, &provider, false, ContentLayout::PageAligned).unwrap();
+        let policy = StoragePolicy::new_vm(false, ContentLayout::PageAligned);
+        create_vm_home(&root.join("vm1"), &provider, &policy).unwrap();
+        create_vm_home(&outside, &provider, &policy).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
         std::os::unix::fs::symlink(root.join("vm1"), root.join("alias")).unwrap();
         let providers = Arc::new(ProviderSet::open(&keystore).unwrap());

@@ -92,6 +92,7 @@ pub fn rekey_each<T: Sync, R: Send>(
 mod tests {
     use super::*;
     use crate::datastore::bundle_file::{self, BundleLock};
+    use crate::datastore::layout::StoragePolicy;
     use crate::datastore::vm_keys::{self, create_vm_home};
     use crate::datastore::DatastoreError;
     use crate::format::content_layout::ContentLayout;
@@ -110,7 +111,10 @@ mod tests {
         let vms: Vec<_> = (0..40).map(|i| dir.path().join(format!("vm{i}"))).collect();
         let firsts: Vec<_> = vms
             .iter()
-            .map(|vm| create_vm_home(vm, &provider, false, ContentLayout::PageAligned).unwrap())
+            .map(|vm| {
+                let policy = StoragePolicy::new_vm(false, ContentLayout::PageAligned);
+                create_vm_home(vm, &provider, &policy).unwrap()
+            })
             .collect();
         // vm7 was re-keyed once (sequence 2, recorded), then its first
         // bundle was put back.

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::convert::Pending;
 use super::counters::VmCounters;
 use super::current_kek::CurrentKekCache;
-use super::layout::BUNDLE_FILE_NAME;
+pub use super::layout::StoragePolicy;
+use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
 use super::vm_keys::{self, Authenticated, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
@@ -54,25 +55,6 @@ pub struct VmLocked {
     pub vm: String,
     /// Why.
     pub reason: String,
-}
-
-/// How a VM stores its files, from its authenticated bundle: what decides
-/// the class and format of a file being created or written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoragePolicy {
-    /// Whether `*.vmdk` files are encrypted.
-    pub encrypt_disks: bool,
-    /// The content format of encrypted files.
-    pub content_layout: ContentLayout,
-}
-
-impl StoragePolicy {
-    fn of(bundle: &KeyBundle) -> Self {
-        Self {
-            encrypt_disks: bundle.encrypt_disks,
-            content_layout: bundle.content_layout,
-        }
-    }
 }
 
 /// A control command and how it ended.
@@ -214,13 +196,24 @@ impl VmHome {
         *self.location.write().expect("location lock") = (name.to_owned(), dir);
     }
 
-    /// The VM's disk policy, from the bundle: authenticated once unlocked,
-    /// else as peeked, so only for showing existing files (stat, listing,
-    /// reading). A new or written file's class comes from
-    /// [`VmHome::authenticated_policy`]. An unreadable bundle means we
-    /// cannot know, and treating disks as encrypted fails safe.
-    pub fn encrypt_disks(&self) -> bool {
-        self.bundle_field(|b| b.encrypt_disks).unwrap_or(true)
+    /// The class of the VM's existing file named `name`, from the bundle's
+    /// disk policy: authenticated once unlocked, else as peeked, so only for
+    /// showing existing files (stat, listing, reading). A new or written
+    /// file's class comes from [`VmHome::authenticated_policy`]. An
+    /// unreadable bundle means we cannot know, and treating every file as
+    /// encrypted fails safe.
+    pub fn content_class(&self, name: &OsStr) -> ContentClass {
+        self.bundle_field(|b| layout::class_in_vm_home(name, &b.disk_pattern, b.encrypt_disks))
+            .unwrap_or(ContentClass::Encrypted)
+    }
+
+    /// Whether `name` is a disk of this VM, by the bundle as for
+    /// [`VmHome::content_class`]: only for choosing how the kernel caches
+    /// an open, never a file's class. An unreadable bundle means the VM is
+    /// locked and nothing is opened.
+    pub fn is_disk(&self, name: &OsStr) -> bool {
+        self.bundle_field(|b| layout::is_disk_name(name, &b.disk_pattern))
+            .unwrap_or(false)
     }
 
     /// The content format of the VM's encrypted files, from the bundle. An

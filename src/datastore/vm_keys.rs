@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::bundle_file::{self, BundleLock};
+use super::layout::StoragePolicy;
 use super::owned_file::{list_dir, VmDir};
 use super::{DatastoreError, FieldList};
 use crate::crypto::keyring::VmKeyring;
 use crate::crypto::secret::Dek;
 use crate::format::bundle::{KeyBundle, WrappedDek};
-use crate::format::content_layout::ContentLayout;
 use crate::keys::bundle_sequences::{BundleSequences, SequenceCheck, SequenceError};
 use crate::keys::{KekRef, KeyProvider, ProviderError};
 
@@ -69,8 +69,7 @@ fn wrap_all(
 pub fn create_vm_home(
     path: &Path,
     provider: &dyn KeyProvider,
-    encrypt_disks: bool,
-    content_layout: ContentLayout,
+    policy: &StoragePolicy,
 ) -> Result<KeyBundle, DatastoreError> {
     std::fs::create_dir_all(path)
         .map_err(|e| DatastoreError::io(format!("creating VM home {}", path.display()), e))?;
@@ -79,7 +78,7 @@ pub fn create_vm_home(
     if non_empty && !bundle_file::has_bundle_in(&vm) {
         return Err(DatastoreError::NotEmpty { path: path.into() });
     }
-    create_bundle(path, provider, encrypt_disks, content_layout)
+    create_bundle(path, provider, policy)
 }
 
 /// Writes a first bundle (new VM id, DEK generation 1) into `path`, which
@@ -87,8 +86,7 @@ pub fn create_vm_home(
 pub fn create_bundle(
     path: &Path,
     provider: &dyn KeyProvider,
-    encrypt_disks: bool,
-    content_layout: ContentLayout,
+    policy: &StoragePolicy,
 ) -> Result<KeyBundle, DatastoreError> {
     let lock = BundleLock::acquire(path)?;
     if bundle_file::has_bundle_in(lock.vm()) {
@@ -102,8 +100,9 @@ pub fn create_bundle(
     let now = unix_now();
     let mut bundle = KeyBundle {
         vm_id,
-        encrypt_disks,
-        content_layout,
+        encrypt_disks: policy.encrypt_disks,
+        disk_pattern: policy.disk_pattern.clone(),
+        content_layout: policy.content_layout,
         sequence: 1,
         created_unix: now,
         updated_unix: now,
@@ -247,8 +246,8 @@ fn kek_is_gone(err: &ProviderError) -> bool {
 }
 
 /// Rewrites the bundle of `vm_dir` to hold exactly the DEKs of `keyring`
-/// (its current generation becoming current), the given disk policy and
-/// content format, wrapped under the provider's current KEK. Used by deep
+/// (its current generation becoming current), the given storage policy
+/// (disk policy and pattern, content format), wrapped under the provider's current KEK. Used by deep
 /// re-key (adding a generation, then dropping the old ones), by disk
 /// conversions and by format conversions; `from` is the bundle the
 /// operation authenticated (at its start, or its previous rewrite). The
@@ -260,8 +259,7 @@ pub fn rewrite_bundle(
     sequences: &BundleSequences,
     from: Authenticated<'_>,
     keyring: &VmKeyring,
-    encrypt_disks: bool,
-    content_layout: ContentLayout,
+    policy: &StoragePolicy,
 ) -> Result<KeyBundle, DatastoreError> {
     let lock = BundleLock::acquire(vm_dir)?;
     let (old, on_disk_keys) = read_authenticated(&lock, vm_dir, provider, sequences, Some(from))?;
@@ -279,8 +277,7 @@ pub fn rewrite_bundle(
         &old,
         keyring,
         |bundle| {
-            bundle.encrypt_disks = encrypt_disks;
-            bundle.content_layout = content_layout;
+            policy.apply_to(bundle);
             bundle.current_generation = keyring.current_generation();
         },
     )
@@ -407,6 +404,7 @@ fn copy_keyring(keyring: &VmKeyring) -> VmKeyring {
 mod tests {
     use super::*;
     use crate::format::bundle::tests::FieldChange;
+    use crate::format::content_layout::ContentLayout;
     use crate::keys::embedded::EmbeddedProvider;
 
     fn provider(dir: &Path) -> EmbeddedProvider {
@@ -430,9 +428,14 @@ mod tests {
         (bundle, keyring)
     }
 
+    /// A new VM's policy: the default disk pattern, format 2.
+    fn policy(encrypt_disks: bool) -> StoragePolicy {
+        StoragePolicy::new_vm(encrypt_disks, ContentLayout::PageAligned)
+    }
+
     /// A new VM home at `path` without encrypted disks, in format 2.
     fn new_vm_home(path: &Path, provider: &EmbeddedProvider) -> KeyBundle {
-        create_vm_home(path, provider, false, ContentLayout::PageAligned).unwrap()
+        create_vm_home(path, provider, &policy(false)).unwrap()
     }
 
     #[test]
@@ -440,7 +443,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let provider = provider(dir.path());
         let vm = dir.path().join("vm1");
-        let bundle = create_vm_home(&vm, &provider, true, ContentLayout::PageAligned).unwrap();
+        let bundle = create_vm_home(&vm, &provider, &policy(true)).unwrap();
         let fingerprint = unlock(&bundle, &provider).unwrap().current_fingerprint();
         provider.rotate().unwrap();
         let outcome = shallow_rekey(&vm, &provider, &sequences(dir.path())).unwrap();
@@ -453,7 +456,7 @@ mod tests {
             fingerprint
         );
         assert!(matches!(
-            create_vm_home(&vm, &provider, false, ContentLayout::PageAligned),
+            create_vm_home(&vm, &provider, &policy(false)),
             Err(DatastoreError::AlreadyVmHome { .. })
         ));
     }
@@ -500,6 +503,9 @@ mod tests {
         };
         let tampers: Vec<FieldChange> = vec![
             ("encrypt_disks", |b| b.encrypt_disks = true),
+            ("disk_pattern", |b| {
+                b.disk_pattern = crate::format::disk_pattern::DiskPattern::legacy()
+            }),
             ("provider", |b| b.kek.provider = "kms".into()),
             ("wrapped DEK", |b| b.deks[0].wrapped[30] ^= 1),
         ];
@@ -579,11 +585,10 @@ mod tests {
             keyring: &keyring,
         };
         let seq = sequences(dir.path());
-        let layout = ContentLayout::PageAligned;
         let mut flipped = bundle.clone();
         flipped.encrypt_disks = true;
         plant(&vm, &flipped);
-        let err = rewrite_bundle(&vm, &provider, &seq, from, &keyring, false, layout).unwrap_err();
+        let err = rewrite_bundle(&vm, &provider, &seq, from, &keyring, &policy(false)).unwrap_err();
         assert!(
             matches!(err, DatastoreError::BundleChanged { .. }),
             "{err:?}"
@@ -591,7 +596,7 @@ mod tests {
 
         let other = new_vm_home(&dir.path().join("vm2"), &provider);
         plant(&vm, &other);
-        let err = rewrite_bundle(&vm, &provider, &seq, from, &keyring, false, layout).unwrap_err();
+        let err = rewrite_bundle(&vm, &provider, &seq, from, &keyring, &policy(false)).unwrap_err();
         assert!(
             matches!(&err, DatastoreError::BundleReplaced { fields, .. } if fields.0.contains(&"vm_id")),
             "{err:?}"
@@ -601,7 +606,7 @@ mod tests {
         plant(&vm, &bundle);
         provider.rotate().unwrap();
         shallow_rekey(&vm, &provider, &seq).unwrap();
-        let done = rewrite_bundle(&vm, &provider, &seq, from, &keyring, true, layout).unwrap();
+        let done = rewrite_bundle(&vm, &provider, &seq, from, &keyring, &policy(true)).unwrap();
         assert!(done.encrypt_disks);
         assert_eq!((done.sequence, done.kek.version), (3, 2));
     }
@@ -638,8 +643,7 @@ mod tests {
             bundle: &newer.bundle,
             keyring: &keyring,
         };
-        let layout = ContentLayout::PageAligned;
-        let err = rewrite_bundle(&vm, &provider, &seq, from, &keyring, false, layout).unwrap_err();
+        let err = rewrite_bundle(&vm, &provider, &seq, from, &keyring, &policy(false)).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("vm1") && message.contains("accept-rollback"),

@@ -1,4 +1,4 @@
-//! The per-VM key bundle, `.vmcryptfs-bundle`, format version 1.
+//! The per-VM key bundle, `.vmcryptfs-bundle`, format versions 1 and 2.
 //!
 //! The bundle names the KEK that wraps the VM's DEKs and carries the wrapped
 //! DEKs and the disk policy. It has no MAC of its own: each DEK is wrapped
@@ -10,17 +10,29 @@
 //! magic "VMCRYPTB" | version u16 | flags u16 | vm_id [16] | sequence u64 |
 //! created u64 | updated u64 | provider (u8 len + UTF-8) |
 //! kek_id (u8 len + UTF-8) | kek_version u32 | current_generation u32 |
+//! [version 2 only: pattern_count u8 | pattern_count × (u8 len + ASCII)] |
 //! dek_count u8 | dek_count × (generation u32 | wrapped_len u16 | wrapped).
+//!
+//! Version 2 adds the disk pattern ([`DiskPattern`]). A version-1 bundle
+//! means `*.vmdk` only, and the encoder writes version 1 exactly when the
+//! pattern is that one: re-keying a VM home made by an older build keeps it
+//! readable there, and one meaning has one encoding (a version-2 bundle
+//! holding `*.vmdk` alone is refused).
 
 use sha2::{Digest, Sha256};
 
 use super::content_layout::ContentLayout;
+use super::disk_pattern::{self, DiskPattern};
 use super::kek_ref::KekRef;
 
 /// Bundle magic.
 pub const MAGIC: [u8; 8] = *b"VMCRYPTB";
-/// The only version this build reads and writes.
-pub const VERSION: u16 = 1;
+/// The newest version, which this build writes unless the disk pattern is
+/// the version-1 meaning (module comment).
+pub const VERSION: u16 = 2;
+/// The version before disk patterns: disks are `*.vmdk`. Still read and
+/// written.
+pub const VERSION_1: u16 = 1;
 /// Flag bit: the VM's disk files are encrypted too.
 pub const FLAG_ENCRYPT_DISKS: u16 = 0x0001;
 /// Flag bit: the VM's encrypted files use content format 2 (page-aligned);
@@ -36,7 +48,7 @@ pub const MAX_PROVIDER_LEN: usize = 64;
 /// Maximum KEK id length (its length is one byte).
 pub const MAX_KEK_ID_LEN: usize = 255;
 /// The largest valid encoding: every field at its maximum (the layout in
-/// the module comment, 16,862 bytes). A reader never reads more than this
+/// the module comment, 17,903 bytes). A reader never reads more than this
 /// of a bundle file, so a planted huge file costs nothing.
 pub const MAX_ENCODED_LEN: usize = MAGIC.len()
     + 2 // version
@@ -49,6 +61,8 @@ pub const MAX_ENCODED_LEN: usize = MAGIC.len()
     + MAX_KEK_ID_LEN
     + 4 // kek_version
     + 4 // current_generation
+    + 1 // pattern_count
+    + disk_pattern::MAX_PATTERNS * (1 + disk_pattern::MAX_PATTERN_LEN)
     + 1 // dek_count
     + MAX_DEKS * (4 + 2 + MAX_WRAPPED_LEN);
 const AAD_LABEL: &[u8] = b"vmcryptfs v1 bundle";
@@ -66,7 +80,7 @@ pub enum BundleError {
     #[error("not a vmcryptfs key bundle (bad magic)")]
     BadMagic,
     /// An unknown format version.
-    #[error("key bundle version {0} is not supported (this build reads version {VERSION})")]
+    #[error("key bundle version {0} is not supported (this build reads versions {VERSION_1} and {VERSION})")]
     UnsupportedVersion(u16),
     /// Reserved flag bits set.
     #[error("key bundle has unknown flags {0:#06x}")]
@@ -109,8 +123,11 @@ impl std::fmt::Debug for WrappedDek {
 pub struct KeyBundle {
     /// The VM's random id; salts every key derived from its DEKs.
     pub vm_id: [u8; 16],
-    /// Whether `*.vmdk` files are encrypted (otherwise they pass through).
+    /// Whether disk files (names matching `disk_pattern`) are encrypted
+    /// (otherwise they pass through).
     pub encrypt_disks: bool,
+    /// Which file names are disks; `*.vmdk` in a version-1 bundle.
+    pub disk_pattern: DiskPattern,
     /// The content format of every encrypted file in the VM home.
     pub content_layout: ContentLayout,
     /// 1 at creation, incremented by every rewrite.
@@ -147,10 +164,20 @@ impl KeyBundle {
         aad
     }
 
+    /// The version this bundle is written in: 1 exactly when its disk
+    /// pattern is the version-1 meaning.
+    pub fn version(&self) -> u16 {
+        if self.disk_pattern.is_legacy() {
+            VERSION_1
+        } else {
+            VERSION
+        }
+    }
+
     fn serialize(&self, with_wrapped: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.deks.len() * 70);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&self.version().to_be_bytes());
         let mut flags = 0;
         if self.encrypt_disks {
             flags |= FLAG_ENCRYPT_DISKS;
@@ -167,6 +194,12 @@ impl KeyBundle {
         put_short_str(&mut out, &self.kek.kek_id);
         out.extend_from_slice(&self.kek.version.to_be_bytes());
         out.extend_from_slice(&self.current_generation.to_be_bytes());
+        if self.version() == VERSION {
+            out.push(self.disk_pattern.patterns().len() as u8);
+            for pattern in self.disk_pattern.patterns() {
+                put_short_str(&mut out, pattern);
+            }
+        }
         out.push(self.deks.len() as u8);
         for dek in &self.deks {
             out.extend_from_slice(&dek.generation.to_be_bytes());
@@ -230,6 +263,7 @@ impl KeyBundle {
             }
         };
         check(self.encrypt_disks != other.encrypt_disks, "encrypt_disks");
+        check(self.disk_pattern != other.disk_pattern, "disk_pattern");
         check(self.content_layout != other.content_layout, "page_aligned");
         check(self.vm_id != other.vm_id, "vm_id");
         check(self.sequence != other.sequence, "sequence");
@@ -259,7 +293,7 @@ impl KeyBundle {
             return Err(BundleError::BadMagic);
         }
         let version = r.u16("version")?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(BundleError::UnsupportedVersion(version));
         }
         let flags = r.u16("flags")?;
@@ -274,6 +308,10 @@ impl KeyBundle {
         let kek_id = r.short_str("kek_id")?;
         let kek_version = r.u32("kek_version")?;
         let current_generation = r.u32("current_generation")?;
+        let disk_pattern = match version {
+            VERSION_1 => DiskPattern::legacy(),
+            _ => r.disk_pattern()?,
+        };
         let dek_count = r.take::<1>("dek_count")?[0] as usize;
         let mut deks = Vec::with_capacity(dek_count);
         for _ in 0..dek_count {
@@ -291,6 +329,7 @@ impl KeyBundle {
         let bundle = KeyBundle {
             vm_id,
             encrypt_disks: flags & FLAG_ENCRYPT_DISKS != 0,
+            disk_pattern,
             content_layout: if flags & FLAG_PAGE_ALIGNED != 0 {
                 ContentLayout::PageAligned
             } else {
@@ -350,6 +389,31 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.take(field)?))
     }
 
+    /// The version-2 disk pattern: count, then each pattern; canonical
+    /// (see [`DiskPattern`]), and not the version-1 meaning, which only a
+    /// version-1 bundle encodes.
+    fn disk_pattern(&mut self) -> Result<DiskPattern, BundleError> {
+        let field = "disk_pattern";
+        let invalid = |reason: String| BundleError::InvalidField { field, reason };
+        let count = self.take::<1>("pattern_count")?[0] as usize;
+        if count > disk_pattern::MAX_PATTERNS {
+            return Err(invalid(format!(
+                "{count} patterns; at most {} are allowed",
+                disk_pattern::MAX_PATTERNS
+            )));
+        }
+        let patterns = (0..count)
+            .map(|_| self.short_str(field))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pattern = DiskPattern::from_canonical(patterns).map_err(|e| invalid(e.to_string()))?;
+        if pattern.is_legacy() {
+            return Err(invalid(
+                "a version-2 bundle holds the version-1 pattern *.vmdk (not canonical)".into(),
+            ));
+        }
+        Ok(pattern)
+    }
+
     fn short_str(&mut self, field: &'static str) -> Result<String, BundleError> {
         let len = self.take::<1>(field)?[0] as usize;
         if len == 0 {
@@ -377,6 +441,7 @@ pub(crate) mod tests {
         KeyBundle {
             vm_id: [0x11; 16],
             encrypt_disks: true,
+            disk_pattern: DiskPattern::new_vm_default(),
             content_layout: ContentLayout::PageAligned,
             sequence: 3,
             created_unix: 1_700_000_000,
@@ -414,6 +479,12 @@ pub(crate) mod tests {
         let mut largest = sample();
         largest.kek.provider = "p".repeat(MAX_PROVIDER_LEN);
         largest.kek.kek_id = "k".repeat(MAX_KEK_ID_LEN);
+        largest.disk_pattern = DiskPattern::from_canonical(
+            (0..disk_pattern::MAX_PATTERNS)
+                .map(|i| format!("*.{i:02}{}", "x".repeat(disk_pattern::MAX_PATTERN_LEN - 4)))
+                .collect(),
+        )
+        .unwrap();
         largest.deks = (1..=MAX_DEKS as u32)
             .map(|generation| WrappedDek {
                 generation,
@@ -436,27 +507,168 @@ pub(crate) mod tests {
     }
 
     /// Every byte of the encoding is either rejected by the parser, changes
-    /// the wrap AAD, or changes a wrapped DEK (which then fails its GCM tag).
+    /// the wrap AAD, or changes a wrapped DEK (which then fails its GCM tag):
+    /// in version 2 (the disk pattern's bytes included) and in version 1.
     #[test]
     fn every_byte_change_is_detectable() {
-        let b = sample();
-        let bytes = b.encode().unwrap();
-        let aad = b.wrap_aad(1);
-        for i in 0..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 0x01;
-            match KeyBundle::parse(&bad) {
-                Err(_) => {}
-                Ok(parsed) => {
-                    let aad_changed = parsed
-                        .deks
-                        .iter()
-                        .all(|d| parsed.wrap_aad(d.generation) != aad);
-                    let wrapped_changed = parsed.deks[0].wrapped != b.deks[0].wrapped;
-                    assert!(aad_changed || wrapped_changed, "byte {i} undetected");
+        for b in [sample(), sample_v1()] {
+            let bytes = b.encode().unwrap();
+            let aad = b.wrap_aad(1);
+            for i in 0..bytes.len() {
+                for bit in [0x01, 0x20] {
+                    let mut bad = bytes.clone();
+                    bad[i] ^= bit;
+                    match KeyBundle::parse(&bad) {
+                        Err(_) => {}
+                        Ok(parsed) => {
+                            let aad_changed = parsed
+                                .deks
+                                .iter()
+                                .all(|d| parsed.wrap_aad(d.generation) != aad);
+                            let wrapped_changed = parsed.deks[0].wrapped != b.deks[0].wrapped;
+                            assert!(aad_changed || wrapped_changed, "byte {i} undetected");
+                        }
+                    }
                 }
             }
         }
+    }
+
+    pub(crate) fn sample_v1() -> KeyBundle {
+        KeyBundle {
+            disk_pattern: DiskPattern::legacy(),
+            ..sample()
+        }
+    }
+
+    /// A bundle written before disk patterns existed: version 1, no
+    /// pattern field, built byte by byte as that build wrote it.
+    fn version_1_bytes() -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"VMCRYPTB");
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&3u16.to_be_bytes());
+        out.extend_from_slice(&[0x11; 16]);
+        for v in [3u64, 1_700_000_000, 1_700_000_500] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.push(5);
+        out.extend_from_slice(b"local");
+        out.push(4);
+        out.extend_from_slice(b"abcd");
+        out.extend_from_slice(&2u32.to_be_bytes());
+        out.extend_from_slice(&1u32.to_be_bytes());
+        out.push(1);
+        out.extend_from_slice(&1u32.to_be_bytes());
+        out.extend_from_slice(&60u16.to_be_bytes());
+        out.extend_from_slice(&[0x5A; 60]);
+        out
+    }
+
+    #[test]
+    fn a_version_1_bundle_means_vmdk_only_and_is_written_back_unchanged() {
+        let parsed = KeyBundle::parse(&version_1_bytes()).unwrap();
+        assert_eq!(parsed, sample_v1());
+        assert!(parsed.disk_pattern.is_legacy());
+        assert_eq!(parsed.version(), VERSION_1);
+        assert_eq!(parsed.encode().unwrap(), version_1_bytes());
+    }
+
+    #[test]
+    fn a_version_2_bundle_carries_its_pattern_after_current_generation() {
+        let b = sample();
+        assert_eq!(b.version(), VERSION);
+        let bytes = b.encode().unwrap();
+        assert_eq!(&bytes[8..10], &2u16.to_be_bytes());
+        let v1 = sample_v1().encode().unwrap();
+        // The version-1 encoding up to current_generation, then the pattern.
+        let at = v1.len() - (1 + 4 + 2 + 60);
+        assert_eq!(&bytes[10..at], &v1[10..at]);
+        let mut pattern = vec![6u8];
+        for p in disk_pattern::NEW_VM_DEFAULT {
+            pattern.push(p.len() as u8);
+            pattern.extend_from_slice(p.as_bytes());
+        }
+        assert_eq!(&bytes[at..at + pattern.len()], &pattern[..]);
+        assert_eq!(&bytes[at + pattern.len()..], &v1[at..]);
+        // An empty list (no disks) is a version-2 bundle with count 0.
+        let none = KeyBundle {
+            disk_pattern: DiskPattern::parse_list("").unwrap(),
+            ..sample()
+        };
+        let bytes = none.encode().unwrap();
+        assert_eq!(bytes[at], 0);
+        assert_eq!(KeyBundle::parse(&bytes).unwrap(), none);
+    }
+
+    /// The tamper tests of the disk pattern: a change of the list, a
+    /// downgrade to version 1 (dropping the list) and an upgrade of a
+    /// version-1 bundle all change the wrap AAD or are refused; a
+    /// non-canonical or unbounded list is refused naming the field.
+    #[test]
+    fn the_disk_pattern_is_authenticated_and_bounded() {
+        let b = sample();
+        let bytes = b.encode().unwrap();
+        let at = sample_v1().encode().unwrap().len() - (1 + 4 + 2 + 60);
+        let end = at
+            + 1
+            + disk_pattern::NEW_VM_DEFAULT
+                .iter()
+                .map(|p| 1 + p.len())
+                .sum::<usize>();
+        let field_error = |bytes: &[u8]| match KeyBundle::parse(bytes) {
+            Err(BundleError::InvalidField { field, reason }) => {
+                assert_eq!(field, "disk_pattern");
+                reason
+            }
+            other => panic!("{other:?}"),
+        };
+        // `*.img` becomes `*.imh`: still canonical, so it parses, and the
+        // AAD no longer matches.
+        let mut widened = bytes.clone();
+        let img = at + bytes[at..].windows(5).position(|w| w == b"*.img").unwrap();
+        widened[img + 4] = b'h';
+        let parsed = KeyBundle::parse(&widened).unwrap();
+        assert_eq!(b.differing_fields(&parsed), ["disk_pattern"]);
+        assert_ne!(parsed.wrap_aad(1), b.wrap_aad(1));
+        // Uppercase is not canonical.
+        let mut upper = bytes.clone();
+        upper[img + 4] = b'G';
+        assert!(field_error(&upper).contains("only a-z"));
+        // Downgrade: version 1 with the pattern bytes dropped parses as
+        // *.vmdk only, under another AAD.
+        let mut downgraded = bytes[..at].to_vec();
+        downgraded[9] = 1;
+        downgraded.extend_from_slice(&bytes[end..]);
+        let parsed = KeyBundle::parse(&downgraded).unwrap();
+        assert_eq!(b.differing_fields(&parsed), ["disk_pattern"]);
+        assert_ne!(parsed.wrap_aad(1), b.wrap_aad(1));
+        // Version 2 holding exactly *.vmdk: the version-1 meaning, refused.
+        let mut v1 = version_1_bytes();
+        v1[9] = 2;
+        let mut upgraded = v1[..at].to_vec();
+        upgraded.extend_from_slice(b"\x01\x06*.vmdk");
+        upgraded.extend_from_slice(&v1[at..]);
+        assert!(field_error(&upgraded).contains("not canonical"));
+        // Bounds: 17 patterns, a 65-byte one, an empty one.
+        let mut many = bytes[..at].to_vec();
+        many.push(17);
+        assert!(field_error(&many).contains("at most 16"));
+        let mut long = bytes[..at].to_vec();
+        long.extend_from_slice(&[1, 65]);
+        long.extend_from_slice(&[b'a'; 65]);
+        long.extend_from_slice(&bytes[end..]);
+        assert!(field_error(&long).contains("longer than 64"));
+        let mut empty = bytes[..at].to_vec();
+        empty.extend_from_slice(&[1, 0]);
+        assert_eq!(field_error(&empty), "empty");
+        // Truncated inside the list.
+        assert_eq!(
+            KeyBundle::parse(&bytes[..at + 4]),
+            Err(BundleError::Truncated {
+                field: "disk_pattern"
+            })
+        );
     }
 
     #[test]
@@ -500,6 +712,7 @@ pub(crate) mod tests {
         assert!(b.differing_fields(&b.clone()).is_empty());
         let changes: Vec<FieldChange> = vec![
             ("encrypt_disks", |b| b.encrypt_disks = !b.encrypt_disks),
+            ("disk_pattern", |b| b.disk_pattern = DiskPattern::legacy()),
             ("page_aligned", |b| {
                 b.content_layout = ContentLayout::Interleaved
             }),

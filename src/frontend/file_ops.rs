@@ -18,12 +18,12 @@ use super::cache_fill::{CacheRole, FillGate, FillJob};
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::caller::Caller;
 use super::handles::{Handle, Snapshot};
-use super::inodes::NodeInfo;
+use super::inodes::{Area, NodeInfo};
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::content::encrypted_file::ReadSettings;
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
-use crate::datastore::layout::{self, ContentClass};
+use crate::datastore::layout::ContentClass;
 use crate::datastore::vm_home::VmHome;
 use crate::format::untrusted;
 
@@ -139,8 +139,17 @@ impl VmCryptFs {
 
     /// How the kernel should cache an open of `rel` (class `class`) with
     /// `flags`; see [`super::cache_mode`].
-    fn cache_mode_for(&self, rel: &Path, class: ContentClass, flags: i32) -> CacheMode {
-        let disk = rel.file_name().is_some_and(layout::is_disk_name);
+    fn cache_mode_for(
+        &self,
+        node: &NodeInfo,
+        rel: &Path,
+        class: ContentClass,
+        flags: i32,
+    ) -> CacheMode {
+        let disk = match (&node.area, rel.file_name()) {
+            (Area::Vm(vm), Some(name)) => vm.is_disk(name),
+            _ => false,
+        };
         let file = if class == ContentClass::Encrypted && disk {
             OpenedFile::EncryptedDisk
         } else {
@@ -168,7 +177,7 @@ impl VmCryptFs {
         let file = self
             .open_backing(&rel, flags, class, None)
             .map_err(io_errno)?;
-        let mode = self.cache_mode_for(&rel, class, flags);
+        let mode = self.cache_mode_for(&node, &rel, class, flags);
         let handle = self.make_handle(&node, file, class, &rel, CacheRole::of_open(flags, mode))?;
         if flags & libc::O_TRUNC != 0 && wants_write(flags) {
             self.truncate_handle(&handle, &rel, 0)?;
@@ -202,7 +211,7 @@ impl VmCryptFs {
             self.names_backing(known, backing)
         });
         let node = self.node(ino)?;
-        let mode = self.cache_mode_for(&rel, class, flags);
+        let mode = self.cache_mode_for(&node, &rel, class, flags);
         let handle = self.make_handle(&node, file, class, &rel, CacheRole::of_open(flags, mode))?;
         if flags & libc::O_TRUNC != 0 && stat.st_size > 0 {
             self.truncate_handle(&handle, &rel, 0)?;

@@ -242,7 +242,7 @@ impl VmCryptFs {
     /// uses [`Self::class_to_write`] instead.
     fn content_class(area: &Area, name: &OsStr) -> ContentClass {
         match area {
-            Area::Vm(vm) => layout::class_in_vm_home(name, vm.encrypt_disks()),
+            Area::Vm(vm) => vm.content_class(name),
             _ => ContentClass::Plain,
         }
     }
@@ -259,10 +259,7 @@ impl VmCryptFs {
         rel: &Path,
     ) -> FsResult<ContentClass> {
         match area {
-            Area::Vm(vm) => {
-                let policy = self.authenticated_policy(vm, what, rel)?;
-                Ok(layout::class_in_vm_home(name, policy.encrypt_disks))
-            }
+            Area::Vm(vm) => Ok(self.authenticated_policy(vm, what, rel)?.class_of(name)),
             _ => Ok(ContentClass::Plain),
         }
     }

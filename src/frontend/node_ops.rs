@@ -498,7 +498,7 @@ impl VmCryptFs {
             return Ok(());
         };
         let policy = self.authenticated_policy(vm, what, to)?;
-        let class = |name| layout::class_in_vm_home(name, policy.encrypt_disks);
+        let class = |name| policy.class_of(name);
         if regular && class(name) != class(new_name) {
             return Err(Errno::EXDEV);
         }
