@@ -109,6 +109,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__help__subcmd__vm,rekey)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__rekey"
                 ;;
+            vmcryptfs__subcmd__help__subcmd__vm,set-disk-pattern)
+                cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__set__subcmd__disk__subcmd__pattern"
+                ;;
             vmcryptfs__subcmd__help__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__help__subcmd__vm__subcmd__status"
                 ;;
@@ -202,6 +205,9 @@ _vmcryptfs() {
             vmcryptfs__subcmd__vm,rekey)
                 cmd="vmcryptfs__subcmd__vm__subcmd__rekey"
                 ;;
+            vmcryptfs__subcmd__vm,set-disk-pattern)
+                cmd="vmcryptfs__subcmd__vm__subcmd__set__subcmd__disk__subcmd__pattern"
+                ;;
             vmcryptfs__subcmd__vm,status)
                 cmd="vmcryptfs__subcmd__vm__subcmd__status"
                 ;;
@@ -228,6 +234,9 @@ _vmcryptfs() {
                 ;;
             vmcryptfs__subcmd__vm__subcmd__help,rekey)
                 cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__rekey"
+                ;;
+            vmcryptfs__subcmd__vm__subcmd__help,set-disk-pattern)
+                cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__set__subcmd__disk__subcmd__pattern"
                 ;;
             vmcryptfs__subcmd__vm__subcmd__help,status)
                 cmd="vmcryptfs__subcmd__vm__subcmd__help__subcmd__status"
@@ -513,7 +522,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__vm)
-            opts="create encrypt encrypt-disks decrypt-disks convert-format status accept-rollback rekey"
+            opts="create encrypt encrypt-disks decrypt-disks set-disk-pattern convert-format status accept-rollback rekey"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -611,6 +620,20 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__help__subcmd__vm__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__help__subcmd__vm__subcmd__set__subcmd__disk__subcmd__pattern)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1123,7 +1146,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm)
-            opts="-h -V --keystore --help --version create encrypt encrypt-disks decrypt-disks convert-format status accept-rollback rekey help"
+            opts="-h -V --keystore --help --version create encrypt encrypt-disks decrypt-disks set-disk-pattern convert-format status accept-rollback rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1181,12 +1204,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__create)
-            opts="-h -V --encrypt-disks --content-format --provider --keystore --help --version"
+            opts="-h -V --encrypt-disks --disk-pattern --content-format --provider --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --disk-pattern)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --content-format)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1225,12 +1252,16 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__encrypt)
-            opts="-h -V --encrypt-disks --content-format --keystore --help --version"
+            opts="-h -V --encrypt-disks --disk-pattern --content-format --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --disk-pattern)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --content-format)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1265,7 +1296,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__vm__subcmd__help)
-            opts="create encrypt encrypt-disks decrypt-disks convert-format status accept-rollback rekey help"
+            opts="create encrypt encrypt-disks decrypt-disks set-disk-pattern convert-format status accept-rollback rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1390,6 +1421,20 @@ _vmcryptfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmcryptfs__subcmd__vm__subcmd__help__subcmd__set__subcmd__disk__subcmd__pattern)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmcryptfs__subcmd__vm__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1415,6 +1460,24 @@ _vmcryptfs() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --keystore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmcryptfs__subcmd__vm__subcmd__set__subcmd__disk__subcmd__pattern)
+            opts="-h -V --keystore --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --keystore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -53,9 +53,10 @@ fn each_conversion_is_refused_while_a_file_of_the_vm_is_open() {
     assert_eq!(fs::read(vm.join("vm1-flat.vmdk")).unwrap(), disk_bytes);
     wait_for_handles(&control, "0");
 
-    let operations: [&[&str]; 4] = [
+    let operations: [&[&str]; 5] = [
         &["vm", "encrypt-disks", vm_arg],
         &["vm", "decrypt-disks", vm_arg],
+        &["vm", "set-disk-pattern", vm_arg, "*.vmdk,*.qcow2"],
         &["vm", "convert-format", vm_arg, "--content-format", "1"],
         &["rekey", "--deep", ds, "vm1"],
     ];

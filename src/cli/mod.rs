@@ -338,11 +338,15 @@ pub enum VmCommand {
         /// The VM home directory in the datastore.
         path: PathBuf,
     },
-    /// Change which file names are the VM's disks: the files whose class
-    /// changes (disks pass through unless `encrypt-disks` is set) are
-    /// encrypted or decrypted one by one, resumable after a crash (rerun
-    /// with the same patterns); the key bundle then names the new pattern.
-    /// The VM must be idle.
+    /// Change which file names are the VM's disks, converting the files
+    /// whose class changes.
+    ///
+    /// With disks passing through (no `encrypt-disks`), files that become
+    /// disks are decrypted and files that stop being disks are encrypted,
+    /// one by one, resumable after a crash (rerun the command); the key
+    /// bundle then names the new pattern. The VM must be idle. A VM home
+    /// made before disk patterns existed counts `*.vmdk` only until this
+    /// is run.
     SetDiskPattern {
         /// The VM home directory in the datastore.
         path: PathBuf,
