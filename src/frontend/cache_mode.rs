@@ -50,7 +50,8 @@ pub enum CacheMode {
 pub enum OpenedFile {
     /// A virtual file (`.control`, `.stats`, …).
     Virtual,
-    /// An encrypted VM disk (`*.vmdk` in a VM whose policy encrypts disks).
+    /// An encrypted VM disk (a name matching the VM's disk pattern, in a
+    /// VM whose policy encrypts disks).
     EncryptedDisk,
     /// Any other file.
     Other,
