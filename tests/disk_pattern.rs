@@ -359,4 +359,19 @@ fn a_pattern_forged_on_disk_never_decides_a_new_files_class() {
     let out = env.run(&["vm", "set-disk-pattern", vm.to_str().unwrap(), DEFAULT]);
     assert!(!out.status.success(), "a forged bundle is never rewritten");
     assert_eq!(fs::read(&path).unwrap(), bytes);
+
+    // A pattern that is not canonical does not even parse: the error names
+    // the bundle and the pattern.
+    let mut upper = bytes.clone();
+    upper[at..at + 5].copy_from_slice(b"*.VMX");
+    fs::write(&path, &upper).unwrap();
+    let out = env.run(&["vm", "status", vm.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("key bundle {}", path.display()))
+            && err.contains("disk_pattern")
+            && err.contains("\"*.VMX\""),
+        "{err}"
+    );
 }

@@ -268,8 +268,8 @@ impl VmCryptFs {
     /// it first. Fails closed: a VM whose bundle does not authenticate on
     /// this host has only peeked fields, which whoever writes the datastore
     /// may have forged (a flipped `encrypt_disks` bit would store a new
-    /// disk in clear), so the call fails with ENOKEY and a log line naming
-    /// the VM.
+    /// disk in clear, a widened disk pattern any file it names), so the
+    /// call fails with ENOKEY and a log line naming the VM.
     fn authenticated_policy(&self, vm: &VmHome, what: &str, rel: &Path) -> FsResult<StoragePolicy> {
         vm.authenticated_policy(self.datastore.provider())
             .map_err(|locked| {

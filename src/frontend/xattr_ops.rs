@@ -145,7 +145,8 @@ impl VmCryptFs {
     /// listing) and decides whether its sealed namespaces are sealed.
     /// A write of a sealed namespace in a VM home decides by the VM's
     /// authenticated bundle (see [`Self::class_to_write`]), so a forged
-    /// `encrypt_disks` bit never makes a value be stored in clear.
+    /// `encrypt_disks` bit or disk pattern never makes a value be stored in
+    /// clear.
     fn xattr_target(&self, ino: u64, name: &[u8], writing: bool) -> FsResult<XattrTarget> {
         let node = self.node(ino)?;
         if Self::virtual_file(&node).is_some() {
