@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{no_leftovers, TestEnv};
 
 /// Rounds of disk conversion / deep re-key on one VM, plus one in-place
 /// encryption per plain VM home.
@@ -95,17 +95,6 @@ fn run_timed(env: &TestEnv, args: &[&str]) -> Duration {
     let started = Instant::now();
     env.run_ok(args);
     started.elapsed()
-}
-
-fn no_leftovers(dir: &Path) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(
-            !name.contains("convert") && !name.ends_with(".tmp"),
-            "{name} left in {}",
-            dir.display()
-        );
-    }
 }
 
 fn random_delay(rng: &mut XorShift, typical: Duration) -> Duration {

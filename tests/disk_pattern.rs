@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{read_control, run_checked, stderr, tree_contains, TestEnv};
+use common::{no_leftovers, read_control, run_checked, stderr, tree_contains, TestEnv};
 
 /// The pattern of a VM home made without `--disk-pattern`.
 const DEFAULT: &str = "*.vmdk,*.qcow2,*.raw,*.img,*.vhd,*.vhdx";
@@ -188,15 +188,41 @@ fn an_old_format_bundle_still_means_vmdk_only() {
     assert_eq!(patterns(&vm_status_json(&env, "old")), ["*.vmdk"]);
 }
 
-fn no_leftovers(dir: &Path) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(
-            !name.contains("convert") && !name.ends_with(".tmp"),
-            "{name} left in {}",
-            dir.display()
-        );
+/// Runs a conversion that kills itself (SIGKILL) after its first file.
+fn killed_after_first_file(env: &TestEnv, args: &[&str]) {
+    let status = env
+        .cmd(args)
+        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "{args:?}");
+}
+
+/// `vm encrypt` of a plain VM home takes `--disk-pattern` too: the files
+/// it names stay as they are, every other file is encrypted.
+#[test]
+fn vm_encrypt_in_place_follows_the_given_disk_pattern() {
+    let env = TestEnv::new();
+    let vm = env.vm_dir("plain");
+    fs::create_dir(&vm).unwrap();
+    let files: Vec<(&str, Vec<u8>)> = ["boot.raw", "vm.qcow2", "vm.nvram"]
+        .into_iter()
+        .map(|name| (name, content(name, 20_000)))
+        .collect();
+    for (name, data) in &files {
+        fs::write(vm.join(name), data).unwrap();
     }
+    env.run_ok(&[
+        "vm",
+        "encrypt",
+        vm.to_str().unwrap(),
+        "--disk-pattern",
+        "*.RAW",
+    ]);
+    assert_eq!(fs::read(vm.join("boot.raw")).unwrap(), files[0].1);
+    assert!(is_encrypted(&vm.join("vm.qcow2")) && is_encrypted(&vm.join("vm.nvram")));
+    assert_eq!(patterns(&vm_status_json(&env, "plain")), ["*.raw"]);
+    assert_contents(&env, "plain", &files, "after vm encrypt");
 }
 
 /// Every file of `vm` read through a fresh mount equals what was written.
@@ -251,12 +277,7 @@ fn set_disk_pattern_converts_changed_classes_and_survives_a_kill() {
     assert_eq!(fs::read(vm.join(".vmcryptfs-bundle")).unwrap(), bundle);
 
     // Killed after its first file (disk.qcow2, in name order).
-    let status = env
-        .cmd(&["vm", "set-disk-pattern", vm_arg, "*.vmdk,*.raw"])
-        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(9));
+    killed_after_first_file(&env, &["vm", "set-disk-pattern", vm_arg, "*.vmdk,*.raw"]);
     assert!(stored("disk.qcow2") && !stored("root.img"));
     let out = env.run(&["vm", "status", vm_arg]);
     assert!(
@@ -290,12 +311,7 @@ fn set_disk_pattern_converts_changed_classes_and_survives_a_kill() {
 
     // A rerun after a kill may name another pattern: the VM home ends in
     // that one's classes.
-    let status = env
-        .cmd(&["vm", "set-disk-pattern", vm_arg, "*.img"])
-        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(9));
+    killed_after_first_file(&env, &["vm", "set-disk-pattern", vm_arg, "*.img"]);
     env.run_ok(&["vm", "set-disk-pattern", vm_arg, DEFAULT]);
     no_leftovers(&vm);
     for (name, data) in &files[..3] {

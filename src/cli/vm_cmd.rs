@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{open_provider, CliError, ExitKind, VmCommand};
+use super::{open_provider, CliError, ContentFormatArg, DiskPatternArg, ExitKind, VmCommand};
 use crate::control::status::{render_vm, vm_json};
 use crate::datastore::convert::Operation;
 use crate::datastore::current_kek::CurrentKekCache;
@@ -69,11 +69,7 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             format,
             provider: name,
         } => {
-            let policy = StoragePolicy {
-                encrypt_disks,
-                disk_pattern: disk_pattern_arg(&path, &disk_pattern.disk_pattern)?,
-                content_layout: format.layout(),
-            };
+            let policy = new_vm_policy(&path, encrypt_disks, &disk_pattern, format)?;
             // The set opened above, not a second one: each opening of the
             // embedded store costs two fsyncs, a third of a `vm create`.
             let provider = match name {
@@ -131,11 +127,7 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             disk_pattern,
             format,
         } => {
-            let policy = StoragePolicy {
-                encrypt_disks,
-                disk_pattern: disk_pattern_arg(&path, &disk_pattern.disk_pattern)?,
-                content_layout: format.layout(),
-            };
+            let policy = new_vm_policy(&path, encrypt_disks, &disk_pattern, format)?;
             convert(&path, Operation::EncryptHome { policy }, keystore)
         }
         VmCommand::EncryptDisks { path } => convert(&path, Operation::EncryptDisks, keystore),
@@ -157,6 +149,20 @@ pub fn run(cmd: VmCommand, keystore: &Path) -> Result<(), CliError> {
             super::lifecycle_cmd::rekey(&datastore, &[name], false, provider.as_deref(), keystore)
         }
     }
+}
+
+/// The policy of the new VM home `path` from its options.
+fn new_vm_policy(
+    path: &Path,
+    encrypt_disks: bool,
+    disk_pattern: &DiskPatternArg,
+    format: ContentFormatArg,
+) -> Result<StoragePolicy, CliError> {
+    Ok(StoragePolicy {
+        encrypt_disks,
+        disk_pattern: disk_pattern_arg(path, &disk_pattern.disk_pattern)?,
+        content_layout: format.layout(),
+    })
 }
 
 /// The disk pattern an operator gave for the VM home `path`; a usage error

@@ -628,6 +628,19 @@ pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
         .map(|(path, _)| path)
 }
 
+/// Asserts that no conversion temp or journal is left in the VM home
+/// `dir` (its top level), after a conversion finished.
+pub fn no_leftovers(dir: &Path) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.contains("convert") && !name.ends_with(".tmp"),
+            "{name} left in {}",
+            dir.display()
+        );
+    }
+}
+
 /// Parses `key: value` lines of a `.control` file.
 pub fn read_control(path: &Path) -> std::collections::HashMap<String, String> {
     let text =
