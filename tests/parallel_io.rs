@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{run_checked, TestEnv};
+use common::{need, run_checked, TestEnv};
 
 /// Threads write interleaved, partially overlapping-in-block regions of one
 /// encrypted file at once; read-modify-write of shared blocks must lose
@@ -92,15 +92,6 @@ fn parallel_io_on_many_files() {
     assert_eq!(fs::read_dir(mount.path("vm1")).unwrap().count(), 4 * 20 + 2);
 }
 
-/// Fails the test, naming the Debian package, when `tool` is missing:
-/// scripts/test installs it, so on a developer box without it the test
-/// says so loudly instead of passing without having run.
-fn require(tool: &str, package: &str) {
-    if Command::new(tool).arg("--version").output().is_err() {
-        panic!("{tool} not found: install {package} (apt-get install {package})");
-    }
-}
-
 /// A mounted datastore with `vm1`, whose disks pass through, and `vm2`,
 /// whose disks are encrypted.
 fn mount_plain_and_encrypted_disk_vms() -> (TestEnv, common::Mount) {
@@ -115,7 +106,7 @@ fn mount_plain_and_encrypted_disk_vms() -> (TestEnv, common::Mount) {
 /// with pass-through disks; a 10 GiB image stays small on disk.
 #[test]
 fn qemu_img_creates_vmdk_disks_on_the_mount() {
-    require("qemu-img", "qemu-utils");
+    need("qemu-img", "qemu-utils");
     let (env, mount) = mount_plain_and_encrypted_disk_vms();
     for vm in ["vm1", "vm2"] {
         let disk = mount.path(&format!("{vm}/disk.vmdk"));
@@ -171,7 +162,7 @@ fn qemu_img_creates_vmdk_disks_on_the_mount() {
 /// overlap in blocks and arrive out of order.
 #[test]
 fn queued_direct_io_keeps_every_block() {
-    require("fio", "fio");
+    need("fio", "fio");
     let (env, mount) = mount_plain_and_encrypted_disk_vms();
     assert!(
         mount

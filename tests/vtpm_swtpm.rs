@@ -9,17 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{tree_contains, TestEnv};
+use common::{need, tree_contains, TestEnv};
 
 const SECRET: &[u8] = b"vTPM-sealed-secret-7f3a9c-do-not-leak";
 const PERSISTENT: &str = "0x81010001";
 const NV_INDEX: &str = "0x1500016";
-
-fn need(tool: &str, package: &str) {
-    if Command::new(tool).arg("--version").output().is_err() {
-        panic!("{tool} not found: install {package} (apt-get install {package}; scripts/test does this)");
-    }
-}
 
 /// Two consecutive free ports: the swtpm TCTI expects the control channel
 /// on the server port + 1.

@@ -202,6 +202,15 @@ pub fn stress_ng_on(mount: &Mount, stressor: &str, dir: &Path) -> (ExitStatus, S
     (out.status, text, started.elapsed())
 }
 
+/// Fails the test, naming the Debian package, when `tool` is missing:
+/// scripts/test installs it, so on a machine without it the test says so
+/// loudly instead of passing without having run.
+pub fn need(tool: &str, package: &str) {
+    if Command::new(tool).arg("--version").output().is_err() {
+        panic!("{tool} not found: install {package} (apt-get install {package}; scripts/test does this)");
+    }
+}
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_vmcryptfs")
