@@ -2,7 +2,6 @@
 //! [`crate::datastore::fsck`], as text or JSON, and its exit code.
 
 use std::ffi::OsString;
-use std::ops::Range;
 use std::path::Path;
 
 use serde_json::json;
@@ -10,7 +9,7 @@ use serde_json::json;
 use super::mountinfo::vmcryptfs_mount_of;
 use super::progress::ConsoleProgress;
 use super::{open_provider, CliError, ExitKind};
-use crate::datastore::fsck::{self, FileReport, FsckError, VmReport, VmState};
+use crate::datastore::fsck::{self, ranges_text, FileReport, FsckError, VmReport, VmState};
 use crate::keys::bundle_sequences::BundleSequences;
 
 /// Runs fsck and prints its report; the exit kind says clean, damaged or
@@ -57,7 +56,7 @@ pub fn run(
         let doc = json!({
             "datastore": datastore,
             "state": verdict.as_str(),
-            "vms": reports.iter().map(vm_json).collect::<Vec<_>>(),
+            "vms": reports.iter().map(fsck::report_json).collect::<Vec<_>>(),
         });
         println!(
             "{}",
@@ -111,15 +110,6 @@ fn overall(reports: &[VmReport]) -> VmState {
     } else {
         VmState::Clean
     }
-}
-
-/// `a..b, c..d`: half-open plaintext byte ranges.
-fn ranges_text(ranges: &[Range<u64>]) -> String {
-    let parts: Vec<String> = ranges
-        .iter()
-        .map(|r| format!("{}..{}", r.start, r.end))
-        .collect();
-    parts.join(", ")
 }
 
 fn print_text(datastore: &Path, reports: &[VmReport]) {
@@ -186,35 +176,4 @@ fn print_file(file: &FileReport) {
             ranges_text(&file.zeroed)
         );
     }
-}
-
-fn ranges_json(ranges: &[Range<u64>]) -> serde_json::Value {
-    ranges.iter().map(|r| json!([r.start, r.end])).collect()
-}
-
-fn vm_json(vm: &VmReport) -> serde_json::Value {
-    json!({
-        "name": vm.name,
-        "state": vm.state.as_str(),
-        "content_format": vm.content_format,
-        "unchecked": vm.unchecked,
-        "files_checked": vm.files_checked,
-        "files_pass_through": vm.files_pass_through,
-        "bytes_checked": vm.bytes_checked,
-        "findings": vm.findings.iter().map(|f| json!({
-            "kind": f.kind,
-            "path": f.path,
-            "detail": f.detail,
-            "repaired": f.repaired,
-        })).collect::<Vec<_>>(),
-        "files": vm.files.iter().map(|f| json!({
-            "path": f.path,
-            "size": f.size,
-            "header": f.header,
-            "trailing_fragment": f.trailing_fragment,
-            "damaged": ranges_json(&f.damaged),
-            "zeroed": ranges_json(&f.zeroed),
-            "unchecked": f.unchecked,
-        })).collect::<Vec<_>>(),
-    })
 }

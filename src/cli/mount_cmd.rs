@@ -17,6 +17,7 @@ use crate::content::read_around::ReadAround;
 use crate::control::virtual_file::StatusAccess;
 use crate::datastore::backing_device;
 use crate::datastore::registry::Datastore;
+use crate::datastore::scrub::Rate;
 use crate::frontend::VmCryptFs;
 
 /// Set by a backgrounding parent in its child's environment.
@@ -50,6 +51,9 @@ pub struct MountArgs {
     /// the status files `.control`, `.control.json` and `.stats`, mode
     /// 0440, `.control` 0640; commands stay the owner's; without it only
     /// the user the mount runs as may read them),
+    /// scrub_rate=RATE (how many plaintext bytes a second a scrub started
+    /// through `.control` reads at most unless its command says: 50M,
+    /// 512K, 1G, or unlimited; default 64M),
     /// and kernel options such as noatime, nodev, nosuid, noexec.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
@@ -68,12 +72,15 @@ struct MountSettings {
     reads: ReadSettings,
     /// The group that may read the status files (`status_group`).
     status_group: Option<u32>,
+    /// Scrubs' default rate limit (`scrub_rate`).
+    scrub_rate: Rate,
 }
 
 fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, CliError> {
     let mut config = Config::default();
     let mut reads = ReadSettings::DEFAULT;
     let mut status_group = None;
+    let mut scrub_rate = Rate(Some(crate::datastore::scrub::DEFAULT_RATE));
     config.n_threads = Some(4);
     config.clone_fd = true;
     let fsname = super::mountinfo::fsname_for(datastore);
@@ -118,6 +125,9 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
             ("read_ahead", Some(value)) => {
                 reads.ahead = ReadAhead::parse(value).map_err(|e| bad_value(option, e))?;
             }
+            ("scrub_rate", Some(value)) => {
+                scrub_rate = Rate::parse(value).map_err(|e| bad_value(option, e))?;
+            }
             ("status_group", Some(group)) => {
                 status_group = Some(resolve_group(group).map_err(|e| bad_value(option, e))?);
             }
@@ -141,6 +151,7 @@ fn parse_options(args: &MountArgs, datastore: &Path) -> Result<MountSettings, Cl
         config,
         reads,
         status_group,
+        scrub_rate,
     })
 }
 
@@ -311,6 +322,7 @@ fn serve(
             )
         })?
         .with_read_settings(settings.reads)
+        .with_scrub_rate(settings.scrub_rate)
         .with_status_access(StatusAccess::new(
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),

@@ -220,7 +220,7 @@ pub struct EncryptedFile {
     /// header changes.
     pub(super) size_lock: RwLock<()>,
     /// Block-range lock; only taken while holding `size_lock` shared.
-    blocks: BlockRangeLock,
+    pub(super) blocks: BlockRangeLock,
     /// Header and cipher, loaded on first use. `None` while the file is
     /// empty. Replaced only under an exclusive `size_lock`; read under either.
     keys: RwLock<Option<Arc<FileKeys>>>,

@@ -35,9 +35,13 @@ use crate::format::offsets::{
     block_no_to_plain_off, plain_len_of_block, plain_size_to_block_count, PLAIN_BLOCK_LEN,
 };
 
-/// Blocks read and checked at a time: 4 MiB of plaintext, large enough for
-/// the backing file system's sequential read rate.
-const CHUNK_BLOCKS: u64 = 1024;
+/// Blocks read and checked at a time offline: 4 MiB of plaintext, large
+/// enough for the backing file system's sequential read rate.
+pub const CHUNK_BLOCKS: u64 = 1024;
+/// Blocks a scrub of a mounted file checks at a time: 1 MiB, as each chunk
+/// holds its blocks' lock (shared) against the VM's writers while it is
+/// read and checked.
+pub const SCRUB_CHUNK_BLOCKS: u64 = 256;
 /// Chunks whose backing reads are kept in flight ahead of the one being
 /// checked, so the disk never waits for the decryption.
 const CHUNKS_AHEAD: u64 = 4;
@@ -96,6 +100,8 @@ enum BlockState {
     Authentic,
     /// All zero bytes: reads as a hole.
     Zero,
+    /// All zero bytes in allocated backing space (see [`fully_allocated`]).
+    ZeroAllocated,
     Damaged,
 }
 
@@ -110,60 +116,78 @@ pub fn check_content(
     layout: ContentLayout,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<ContentCheck> {
-    let stored_len = backing.metadata()?.len();
-    let (plain_size, trailing_fragment) = match layout.cipher_size_to_plain_size(stored_len) {
-        Ok(size) => (size, None),
-        Err(fragment) => {
-            let size = fragment.plain_size_without_fragment;
-            let whole = layout.plain_size_to_cipher_size(size).max(44);
-            (size, Some(stored_len - whole))
-        }
-    };
-    let mut check = ContentCheck {
-        plain_size,
-        trailing_fragment,
-        ..ContentCheck::default()
-    };
-    if plain_size == 0 {
-        // A header without data is discarded by the next write (FORMAT.md
-        // §3.7): nothing in it is read.
-        return Ok(check);
-    }
     let file = EncryptedFile::new(keyring, layout);
-    let keys = match file.keys(backing) {
-        Ok(keys) => keys,
-        Err(ContentError::Io(err)) if err.kind() != io::ErrorKind::UnexpectedEof => {
-            return Err(err)
-        }
-        Err(err) => {
-            check.header_error = Some(err);
-            check.damaged.push(0..plain_size);
+    check_file(&file, backing, CHUNK_BLOCKS, progress)
+}
+
+/// [`check_content`] through `file`, the state that every user of the
+/// backing file shares (on a mount, the one its open handles use), reading
+/// `chunk_blocks` blocks at a time.
+///
+/// Each chunk is checked under a shared `size_lock` and a shared lock of
+/// its blocks, exactly as a read takes them, so a writer rewriting a block
+/// is waited for, never seen half-written, and never reported as damage
+/// (a scrub runs while the VM writes). Between chunks nothing is held, so
+/// `progress` may sleep to pace the check. A file that shrinks meanwhile
+/// is checked up to its new end; blocks written after the check passed
+/// them, or past the size it started with, are not checked.
+pub fn check_file(
+    file: &EncryptedFile,
+    backing: &File,
+    chunk_blocks: u64,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<ContentCheck> {
+    let layout = file.layout();
+    let mut check = {
+        let _size = file.size_lock.read().expect("size lock poisoned");
+        let stored_len = backing.metadata()?.len();
+        let (plain_size, trailing_fragment) = match layout.cipher_size_to_plain_size(stored_len) {
+            Ok(size) => (size, None),
+            Err(fragment) => {
+                let size = fragment.plain_size_without_fragment;
+                let whole = layout.plain_size_to_cipher_size(size).max(44);
+                (size, Some(stored_len - whole))
+            }
+        };
+        let mut check = ContentCheck {
+            plain_size,
+            trailing_fragment,
+            ..ContentCheck::default()
+        };
+        if plain_size == 0 {
+            // A header without data is discarded by the next write (FORMAT.md
+            // §3.7): nothing in it is read.
             return Ok(check);
         }
+        match file.keys(backing) {
+            Ok(_) => {}
+            Err(ContentError::Io(err)) if err.kind() != io::ErrorKind::UnexpectedEof => {
+                return Err(err)
+            }
+            Err(err) => {
+                check.header_error = Some(err);
+                check.damaged.push(0..plain_size);
+                return Ok(check);
+            }
+        }
+        check
     };
-    let data = if trailing_fragment.is_some() {
+    let plain_size = check.plain_size;
+    let data = if check.trailing_fragment.is_some() {
         // The size does not parse, so the file's own SEEK_DATA cannot run:
         // every block is read.
         std::iter::once(0..plain_size_to_block_count(plain_size)).collect()
     } else {
-        data_blocks(&file, backing, plain_size)?
+        data_blocks(file, backing, plain_size)?
     };
     let mut next_hole = 0;
     for blocks in data {
-        check_hole_slots(
-            backing,
-            layout,
-            next_hole..blocks.start,
-            plain_size,
-            &mut check,
-        );
+        check_hole_slots(file, backing, next_hole..blocks.start, &mut check);
         next_hole = blocks.end;
-        check_blocks(
-            backing, layout, &keys, blocks, plain_size, &mut check, progress,
-        );
+        check_blocks(file, backing, blocks, chunk_blocks, &mut check, progress);
     }
     let end = plain_size_to_block_count(plain_size);
-    check_hole_slots(backing, layout, next_hole..end, plain_size, &mut check);
+    check_hole_slots(file, backing, next_hole..end, &mut check);
     Ok(check)
 }
 
@@ -182,7 +206,12 @@ fn data_blocks(file: &EncryptedFile, backing: &File, size: u64) -> io::Result<Ve
             Err(ContentError::Io(err)) if err.raw_os_error() == Some(libc::ENXIO) => break,
             Err(err) => return Err(as_io(err)),
         };
-        let end = file.seek(backing, start, SeekTarget::Hole).map_err(as_io)?;
+        let end = match file.seek(backing, start, SeekTarget::Hole) {
+            Ok(end) => end,
+            // Shrunk meanwhile (a mounted file): no more data.
+            Err(ContentError::Io(err)) if err.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(err) => return Err(as_io(err)),
+        };
         ranges.push(start / PLAIN_BLOCK_LEN..plain_size_to_block_count(end));
         offset = end.max(start + 1);
     }
@@ -191,16 +220,19 @@ fn data_blocks(file: &EncryptedFile, backing: &File, size: u64) -> io::Result<Ve
 
 /// Format 2: the blocks `blocks` lie in holes of the backing file's data
 /// pages, so they are holes only if their slots are zero too (a slot
-/// without its data page fails authentication when read). Slots in a hole
-/// of the backing file are not read. Format 1 keeps nonce and tag with the
-/// data, so a hole there is whole.
+/// without its data page fails authentication when read). A block with a
+/// nonzero slot is checked as a block, under its lock: it is damage unless
+/// a writer filled it meanwhile. Slots in a hole of the backing file are
+/// not read. Format 1 keeps nonce and tag with the data, so a hole there
+/// is whole.
 fn check_hole_slots(
+    file: &EncryptedFile,
     backing: &File,
-    layout: ContentLayout,
     blocks: Range<u64>,
-    plain_size: u64,
     check: &mut ContentCheck,
 ) {
+    let layout = file.layout();
+    let mut buf = Vec::new();
     for run in layout.stored_runs(blocks.start, blocks.end) {
         let Some(slot_off) = run.slot_off else {
             continue;
@@ -217,60 +249,102 @@ fn check_hole_slots(
         for (index, slot) in slots.chunks(SLOT_LEN as usize).enumerate() {
             if slot.iter().any(|&b| b != 0) {
                 let block = run.first_block + index as u64;
-                push_range(
-                    &mut check.damaged,
-                    blocks_to_plain_range(block..block + 1, plain_size),
-                );
+                if let Some(checked) = check_locked(file, backing, block, 1, &mut buf) {
+                    record_states(check, block, &checked);
+                }
             }
         }
     }
 }
 
-/// Reads and checks blocks `blocks` in chunks, starting the read of the
-/// next chunk before decrypting the current one.
+/// Reads and checks blocks `blocks` in chunks of `chunk_blocks`, starting
+/// the read of the next chunks before decrypting the current one.
 fn check_blocks(
+    file: &EncryptedFile,
     backing: &File,
-    layout: ContentLayout,
-    keys: &FileKeys,
     blocks: Range<u64>,
-    plain_size: u64,
+    chunk_blocks: u64,
     check: &mut ContentCheck,
     progress: &mut dyn FnMut(u64),
 ) {
+    let layout = file.layout();
     let mut buf = Vec::new();
     let mut first = blocks.start;
     while first < blocks.end {
-        let count = (blocks.end - first).min(CHUNK_BLOCKS);
+        let count = (blocks.end - first).min(chunk_blocks);
         let next = first + count;
         // The first time the whole window, then the chunk entering it.
         let window_start = if first == blocks.start {
             next
         } else {
-            next + (CHUNKS_AHEAD - 1) * CHUNK_BLOCKS
+            next + (CHUNKS_AHEAD - 1) * chunk_blocks
         };
-        let window_end = (next + CHUNKS_AHEAD * CHUNK_BLOCKS).min(blocks.end);
+        let window_end = (next + CHUNKS_AHEAD * chunk_blocks).min(blocks.end);
         if window_start < window_end {
             let ahead = layout.stored_span(window_start, window_end);
             prefetch::start_reading(backing, ahead.start, ahead.end - ahead.start);
         }
-        let states = check_chunk(backing, layout, keys, first, count, plain_size, &mut buf);
-        for (index, state) in states.into_iter().enumerate() {
-            let block = first + index as u64;
-            let range = blocks_to_plain_range(block..block + 1, plain_size);
-            match state {
-                BlockState::Authentic => {}
-                BlockState::Zero if fully_allocated(backing, layout, block) => {
-                    push_range(&mut check.zeroed, range)
-                }
-                BlockState::Zero => {}
-                BlockState::Damaged => push_range(&mut check.damaged, range),
-            }
-        }
-        let bytes = blocks_to_plain_range(first..next, plain_size);
+        let Some(checked) = check_locked(file, backing, first, count, &mut buf) else {
+            // The file shrank below this chunk (or its header changed)
+            // since the check started: nothing further is this file's
+            // old content.
+            return;
+        };
+        record_states(check, first, &checked);
+        let bytes = blocks_to_plain_range(first..first + checked.states.len() as u64, checked.size);
         check.checked_bytes += bytes.end - bytes.start;
         progress(bytes.end - bytes.start);
         first = next;
     }
+}
+
+/// The states of some blocks, and the plaintext size they were read at.
+struct Checked {
+    states: Vec<BlockState>,
+    size: u64,
+}
+
+/// Adds the damaged and zeroed blocks of `checked` (starting at block
+/// `first`) to `check`.
+fn record_states(check: &mut ContentCheck, first: u64, checked: &Checked) {
+    for (index, state) in checked.states.iter().enumerate() {
+        let block = first + index as u64;
+        let range = blocks_to_plain_range(block..block + 1, checked.size);
+        match state {
+            BlockState::Authentic | BlockState::Zero => {}
+            BlockState::ZeroAllocated => push_range(&mut check.zeroed, range),
+            BlockState::Damaged => push_range(&mut check.damaged, range),
+        }
+    }
+}
+
+/// Checks blocks `first..first + count` (fewer if the file ends sooner)
+/// under a shared `size_lock` and a shared lock of those blocks, as a read
+/// does. `None` if none of them is left or the file's header no longer
+/// authenticates (it changed since the check started).
+fn check_locked(
+    file: &EncryptedFile,
+    backing: &File,
+    first: u64,
+    count: u64,
+    buf: &mut Vec<u8>,
+) -> Option<Checked> {
+    let layout = file.layout();
+    let _size = file.size_lock.read().expect("size lock poisoned");
+    let size = EncryptedFile::plain_size_for_stat(layout, backing.metadata().ok()?.len());
+    let end = plain_size_to_block_count(size).min(first + count);
+    if first >= end {
+        return None;
+    }
+    let _blocks = file.blocks.lock(first, end - 1, false);
+    let keys = file.keys(backing).ok()?;
+    let mut states = check_chunk(backing, layout, &keys, first, end - first, size, buf);
+    for (index, state) in states.iter_mut().enumerate() {
+        if *state == BlockState::Zero && fully_allocated(backing, layout, first + index as u64) {
+            *state = BlockState::ZeroAllocated;
+        }
+    }
+    Some(Checked { states, size })
 }
 
 /// Whether every stored byte of block `block`'s data lies in allocated

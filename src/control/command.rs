@@ -4,6 +4,8 @@
 //! ignored. A write is accepted only if every line in it parses, so a
 //! malformed write changes nothing.
 
+use crate::datastore::scrub::Rate;
+
 /// Where the control file lives, which decides the commands it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ControlScope {
@@ -26,6 +28,11 @@ pub enum ControlCommand {
     /// Drop the cached DEKs of every VM home with no open files, as a host
     /// reboot would; the next access unwraps again through the provider.
     FlushKeys,
+    /// Check this VM home in the background (`scrub [rate=50M]`), at the
+    /// given rate or the mount's `scrub_rate`.
+    Scrub(Option<Rate>),
+    /// Scrub every VM home of the datastore, one after the other.
+    ScrubAll(Option<Rate>),
 }
 
 impl ControlCommand {
@@ -36,6 +43,8 @@ impl ControlCommand {
             ControlCommand::RekeyTo(_) => "rekey-to",
             ControlCommand::RekeyAll => "rekey-all",
             ControlCommand::FlushKeys => "flush-keys",
+            ControlCommand::Scrub(_) => "scrub",
+            ControlCommand::ScrubAll(_) => "scrub-all",
         }
     }
 }
@@ -76,6 +85,16 @@ pub enum ParseError {
         /// What was written, quoted and escaped (shortened if long).
         got: String,
     },
+    /// `scrub` or `scrub-all` with something other than `rate=RATE`.
+    #[error(
+        "{word} takes an optional rate=RATE (bytes a second: 50M, 512K, unlimited); got {got}"
+    )]
+    BadScrubArgument {
+        /// The command.
+        word: &'static str,
+        /// What was written, quoted and escaped (shortened if long).
+        got: String,
+    },
     /// A known command followed by more text.
     #[error("command {word} takes no arguments (got {rest})")]
     UnexpectedArguments {
@@ -88,8 +107,8 @@ pub enum ParseError {
 
 fn valid_words(scope: ControlScope) -> &'static str {
     match scope {
-        ControlScope::VmHome => "rekey, rekey-to NAME",
-        ControlScope::Datastore => "rekey-all, flush-keys",
+        ControlScope::VmHome => "rekey, rekey-to NAME, scrub [rate=RATE]",
+        ControlScope::Datastore => "rekey-all, flush-keys, scrub-all [rate=RATE]",
     }
 }
 
@@ -102,6 +121,19 @@ fn shorten(text: &str) -> String {
         Some((cut, _)) => format!("{}…", &quoted[..cut]),
         None => quoted,
     }
+}
+
+/// The argument of `scrub` / `scrub-all`: nothing, or `rate=RATE`.
+fn scrub_rate(word: &'static str, rest: &str) -> Result<Option<Rate>, ParseError> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ParseError::BadScrubArgument {
+        word,
+        got: shorten(rest),
+    };
+    let value = rest.strip_prefix("rate=").ok_or_else(bad)?;
+    Rate::parse(value).map(Some).map_err(|_| bad())
 }
 
 /// Parses a whole write to a control file.
@@ -124,6 +156,19 @@ pub fn parse(scope: ControlScope, input: &[u8]) -> Result<Vec<ControlCommand>, P
                     return Err(ParseError::BadProviderName { got: shorten(rest) });
                 }
                 commands.push(ControlCommand::RekeyTo(rest.to_owned()));
+                continue;
+            }
+            (ControlScope::VmHome, "scrub") | (ControlScope::Datastore, "scrub-all") => {
+                let word = if scope == ControlScope::VmHome {
+                    "scrub"
+                } else {
+                    "scrub-all"
+                };
+                let rate = scrub_rate(word, rest)?;
+                commands.push(match scope {
+                    ControlScope::VmHome => ControlCommand::Scrub(rate),
+                    ControlScope::Datastore => ControlCommand::ScrubAll(rate),
+                });
                 continue;
             }
             (ControlScope::Datastore, "rekey-all") => ControlCommand::RekeyAll,
@@ -168,6 +213,14 @@ mod tests {
         assert_eq!(
             parse(VmHome, b"rekey\nrekey\n"),
             Ok(vec![ControlCommand::Rekey, ControlCommand::Rekey])
+        );
+        assert_eq!(
+            parse(VmHome, b"scrub\n"),
+            Ok(vec![ControlCommand::Scrub(None)])
+        );
+        assert_eq!(
+            parse(Datastore, b"scrub-all rate=50M\n"),
+            Ok(vec![ControlCommand::ScrubAll(Some(Rate(Some(50 << 20))))])
         );
         assert_eq!(
             parse(VmHome, b"rekey-to  kms-2 \nrekey-to local\n"),
@@ -216,6 +269,21 @@ mod tests {
                 "{bad:?}"
             );
         }
+        for bad in [
+            &b"scrub now"[..],
+            b"scrub rate=",
+            b"scrub rate=5X",
+            b"scrub rate=1M x",
+        ] {
+            assert!(
+                matches!(parse(VmHome, bad), Err(ParseError::BadScrubArgument { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse(VmHome, b"scrub-all"),
+            Err(ParseError::Unknown { .. })
+        ));
         assert!(matches!(
             parse(Datastore, b"rekey-to kms"),
             Err(ParseError::Unknown { .. })

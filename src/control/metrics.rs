@@ -83,6 +83,17 @@ const COUNTERS: &[CounterFamily] = &[
         "Plaintext bytes copied into the kernel's page cache around small reads through it (mount option read_around).",
         |c| c.cache_fill_bytes,
     ),
+    (
+        "scrub_bytes_total",
+        "Plaintext bytes of encrypted files checked by scrubs (holes included).",
+        |c| c.scrub_bytes,
+    ),
+    ("scrubs_total", "Scrubs of a VM home finished.", |c| c.scrubs),
+    (
+        "scrub_damaged_files_total",
+        "Damaged encrypted files found by scrubs (again at every scrub that finds them).",
+        |c| c.scrub_damaged_files,
+    ),
 ];
 
 /// Renders the whole file.

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::timefmt::format_unix_utc;
+use crate::datastore::fsck;
+use crate::datastore::scrub::ScrubView;
 use crate::datastore::vm_home::VmStatus;
 use crate::format::disk_pattern::DiskPattern;
 use crate::format::untrusted;
@@ -90,6 +92,22 @@ pub fn render_vm(status: &VmStatus) -> String {
     line("conversion", or_dash(status.conversion.clone()));
     line("locked-reason", or_dash(status.locked_reason.clone()));
     line("provider-error", or_dash(status.provider_error.clone()));
+    let scrub = &status.scrub;
+    line("scrub", scrub.state().to_string());
+    line("scrub-rate", scrub.rate.to_string());
+    line(
+        "scrub-progress",
+        format!(
+            "{} of {} bytes, {} of {} files",
+            scrub.bytes_done, scrub.bytes_total, scrub.files_done, scrub.files_total
+        ),
+    );
+    line("scrub-started", or_dash(scrub.started.map(format_unix_utc)));
+    line(
+        "scrub-finished",
+        or_dash(scrub.finished.map(format_unix_utc)),
+    );
+    line("scrub-damage", or_dash(scrub_damage(scrub)));
     line(
         "last-command",
         or_dash(status.last_command.as_ref().map(|c| c.command.clone())),
@@ -122,6 +140,45 @@ pub fn disk_pattern_list(pattern: &DiskPattern) -> Vec<Cow<'_, str>> {
         .collect()
 }
 
+/// What the last scrub found, on one line: each damaged file with its
+/// ranges, each finding by kind and file; `None` if nothing (or no scrub
+/// finished yet). Names were escaped where they were read.
+fn scrub_damage(scrub: &ScrubView) -> Option<String> {
+    let report = scrub.report.as_ref()?;
+    let mut parts: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| !f.repaired)
+        .map(|f| format!("{} {}", f.kind, f.path.as_deref().unwrap_or("-")))
+        .collect();
+    parts.extend(
+        report
+            .files
+            .iter()
+            .filter(|f| f.is_damaged())
+            .map(|f| format!("{}: {}", f.path, fsck::describe_file_damage(f))),
+    );
+    if let Some(why) = &report.unchecked {
+        parts.push(format!("unchecked: {why}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// A VM home's scrub as JSON (schema: docs/JSON.md).
+fn scrub_json(scrub: &ScrubView) -> serde_json::Value {
+    serde_json::json!({
+        "state": scrub.state(),
+        "rate": scrub.rate.0,
+        "started": scrub.started.map(format_unix_utc),
+        "finished": scrub.finished.map(format_unix_utc),
+        "bytes_total": scrub.bytes_total,
+        "bytes_done": scrub.bytes_done,
+        "files_total": scrub.files_total,
+        "files_done": scrub.files_done,
+        "report": scrub.report.as_ref().map(fsck::report_json),
+    })
+}
+
 /// One VM home's status as JSON: the fields of [`render_vm`], in the
 /// alphabetical order a `serde_json` map writes them in (schema:
 /// docs/JSON.md). A struct rather than a `json!` map: the root
@@ -150,6 +207,7 @@ struct VmJson<'a> {
     provider: Option<Cow<'a, str>>,
     provider_current_version: Option<u32>,
     provider_error: &'a Option<String>,
+    scrub: serde_json::Value,
     state: &'a str,
     vm: &'a str,
     vm_id: Option<String>,
@@ -181,6 +239,7 @@ impl<'a> VmJson<'a> {
             provider: bundle.map(|b| untrusted::field(&b.kek.provider)),
             provider_current_version: status.provider_current_version,
             provider_error: &status.provider_error,
+            scrub: scrub_json(&status.scrub),
             state: status.state,
             vm: &status.name,
             vm_id: bundle.map(|b| hex::encode(b.vm_id)),
@@ -295,13 +354,14 @@ pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
         let bundle = vm.bundle.as_ref();
         let _ = writeln!(
             out,
-            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={} disk-pattern={}",
+            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={} disk-pattern={} scrub={}",
             vm.name,
             vm.state,
             or_dash(bundle.map(|b| b.kek.version)),
             or_dash(vm.needs_rekey().map(yes_no)),
             or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
             or_dash(bundle.map(|b| disk_pattern_text(&b.disk_pattern))),
+            vm.scrub.state(),
         );
     }
     out

@@ -20,6 +20,9 @@ pub struct VmCounters {
     read_around_windows: AtomicU64,
     read_ahead_bytes: AtomicU64,
     cache_fill_bytes: AtomicU64,
+    scrub_bytes: AtomicU64,
+    scrubs: AtomicU64,
+    scrub_damaged_files: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -51,6 +54,13 @@ pub struct CounterValues {
     /// Plaintext bytes copied into the kernel's page cache around reads
     /// (`frontend::cache_fill`).
     pub cache_fill_bytes: u64,
+    /// Plaintext bytes a scrub checked (holes included).
+    pub scrub_bytes: u64,
+    /// Scrubs finished.
+    pub scrubs: u64,
+    /// Damaged files scrubs found (a file found by two scrubs counts
+    /// twice).
+    pub scrub_damaged_files: u64,
 }
 
 impl VmCounters {
@@ -101,6 +111,17 @@ impl VmCounters {
         add_unless_zero(&self.cache_fill_bytes, bytes);
     }
 
+    /// A scrub checked `bytes` more plaintext bytes.
+    pub fn scrub_read(&self, bytes: u64) {
+        add_unless_zero(&self.scrub_bytes, bytes);
+    }
+
+    /// A scrub finished, finding `damaged_files` damaged files.
+    pub fn scrubbed(&self, damaged_files: u64) {
+        self.scrubs.fetch_add(1, Ordering::Relaxed);
+        add_unless_zero(&self.scrub_damaged_files, damaged_files);
+    }
+
     /// The current values.
     pub fn values(&self) -> CounterValues {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -116,6 +137,9 @@ impl VmCounters {
             read_around_windows: get(&self.read_around_windows),
             read_ahead_bytes: get(&self.read_ahead_bytes),
             cache_fill_bytes: get(&self.cache_fill_bytes),
+            scrub_bytes: get(&self.scrub_bytes),
+            scrubs: get(&self.scrubs),
+            scrub_damaged_files: get(&self.scrub_damaged_files),
         }
     }
 }
@@ -133,6 +157,9 @@ impl std::ops::AddAssign for CounterValues {
         self.read_around_windows += other.read_around_windows;
         self.read_ahead_bytes += other.read_ahead_bytes;
         self.cache_fill_bytes += other.cache_fill_bytes;
+        self.scrub_bytes += other.scrub_bytes;
+        self.scrubs += other.scrubs;
+        self.scrub_damaged_files += other.scrub_damaged_files;
     }
 }
 

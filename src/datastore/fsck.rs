@@ -22,15 +22,18 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_json::json;
+
 use super::bundle_file;
 use super::convert::{
     self, stored_form, walk_vm_home, Pending, Progress, StoredForm, WalkEntry, JOURNAL_FILE_NAME,
     JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
 };
-use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
+use super::layout::{ContentClass, BUNDLE_FILE_NAME};
 use super::owned_file::{remove_at, VmDir};
+use super::vm_home::{StoragePolicy, VmHome};
 use super::{vm_keys, DatastoreError};
-use crate::content::verify::{check_content, ContentCheck};
+use crate::content::verify::{check_file, ContentCheck, CHUNK_BLOCKS, SCRUB_CHUNK_BLOCKS};
 use crate::content::EncryptedFile;
 use crate::crypto::keyring::VmKeyring;
 use crate::format::content_layout::ContentLayout;
@@ -103,7 +106,8 @@ pub struct FileReport {
 }
 
 impl FileReport {
-    fn is_damaged(&self) -> bool {
+    /// Whether the file is damaged (zeroed blocks are not counted).
+    pub fn is_damaged(&self) -> bool {
         self.header.is_some() || self.trailing_fragment.is_some() || !self.damaged.is_empty()
     }
 }
@@ -170,6 +174,76 @@ impl VmReport {
             (false, false) => VmState::Clean,
         };
     }
+}
+
+/// The report of VM home `name` whose content could not be checked, and
+/// why.
+pub fn unchecked_report(name: &OsStr, why: String) -> VmReport {
+    let mut report = VmReport::new(name);
+    report.unchecked = Some(why);
+    report.settle();
+    report
+}
+
+/// `a..b, c..d`: half-open plaintext byte ranges.
+pub fn ranges_text(ranges: &[Range<u64>]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{}..{}", r.start, r.end))
+        .collect();
+    parts.join(", ")
+}
+
+/// What is wrong with a damaged file, on one line: its header, a trailing
+/// fragment, its damaged plaintext byte ranges.
+pub fn describe_file_damage(file: &FileReport) -> String {
+    let mut parts = Vec::new();
+    if let Some(why) = &file.header {
+        parts.push(format!("header does not authenticate ({why})"));
+    }
+    if let Some(bytes) = file.trailing_fragment {
+        parts.push(format!(
+            "ends in a {bytes}-byte fragment after byte {}",
+            file.size
+        ));
+    }
+    if !file.damaged.is_empty() {
+        parts.push(format!("damaged {}", ranges_text(&file.damaged)));
+    }
+    parts.join("; ")
+}
+
+fn ranges_json(ranges: &[Range<u64>]) -> serde_json::Value {
+    ranges.iter().map(|r| json!([r.start, r.end])).collect()
+}
+
+/// One VM home's report as JSON (schema: docs/JSON.md, `vmcryptfs fsck
+/// --json`; a scrub's findings in `.control.json` have the same form).
+pub fn report_json(vm: &VmReport) -> serde_json::Value {
+    json!({
+        "name": vm.name,
+        "state": vm.state.as_str(),
+        "content_format": vm.content_format,
+        "unchecked": vm.unchecked,
+        "files_checked": vm.files_checked,
+        "files_pass_through": vm.files_pass_through,
+        "bytes_checked": vm.bytes_checked,
+        "findings": vm.findings.iter().map(|f| json!({
+            "kind": f.kind,
+            "path": f.path,
+            "detail": f.detail,
+            "repaired": f.repaired,
+        })).collect::<Vec<_>>(),
+        "files": vm.files.iter().map(|f| json!({
+            "path": f.path,
+            "size": f.size,
+            "header": f.header,
+            "trailing_fragment": f.trailing_fragment,
+            "damaged": ranges_json(&f.damaged),
+            "zeroed": ranges_json(&f.zeroed),
+            "unchecked": f.unchecked,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Why `vmcryptfs fsck` could not run at all.
@@ -253,7 +327,131 @@ fn check_vm(
         check_plain_dir(&vm, &mut report);
         return report;
     }
-    match convert::pending_in(&vm) {
+    check_journal(&vm, &mut report);
+    let unlocked = match vm_keys::unlock_vm(&vm, provider, sequences) {
+        Ok((bundle, keyring)) => Some((StoragePolicy::of(&bundle), Arc::new(keyring))),
+        Err(err) => {
+            if bundle_is_damaged(&err) {
+                report.finding("bundle", Some(Path::new(BUNDLE_FILE_NAME)), err.to_string());
+                report.unchecked =
+                    Some("the key bundle does not authenticate, so no file was checked".into());
+            } else {
+                report.unchecked = Some(format!("{err}; no file was checked"));
+            }
+            None
+        }
+    };
+    let plan = walk_and_plan(&vm, unlocked.as_ref(), repair, &mut report);
+    if let Some((policy, keyring)) = &unlocked {
+        let layout = policy.content_layout;
+        let mut fresh =
+            |_: &Path, _: &File| ContentHold::unshared(EncryptedFile::new(keyring.clone(), layout));
+        let checker = FileChecker {
+            hold: &mut fresh,
+            chunk_blocks: CHUNK_BLOCKS,
+        };
+        check_files(&vm, &plan, layout, checker, &mut report, progress);
+    }
+    report.settle();
+    report
+}
+
+/// Checks the VM home `vm_home` of a mounted datastore, which the mount
+/// unlocked with `keyring` and `policy` (a scrub): the journal, internal
+/// names and the disk policy as [`fsck`] does, and every block of every
+/// encrypted file through `shared`, the content state the mount's handles
+/// of each file use, so that the check waits for the VM's writes to the
+/// blocks it reads (see [`crate::content::verify::check_file`]). Only
+/// reads; nothing is repaired.
+pub fn check_mounted_vm(
+    vm_home: &Arc<VmHome>,
+    keyring: &Arc<VmKeyring>,
+    policy: StoragePolicy,
+    shared: &dyn SharedContent,
+    progress: &mut dyn Progress,
+) -> VmReport {
+    let mut report = VmReport::new(&vm_home.name());
+    report.content_format = Some(policy.content_layout.format_version());
+    let vm = match VmDir::open(&vm_home.dir()) {
+        Ok(vm) => vm,
+        Err(err) => {
+            report.unchecked = Some(err.to_string());
+            report.settle();
+            return report;
+        }
+    };
+    check_journal(&vm, &mut report);
+    let layout = policy.content_layout;
+    let unlocked = (policy, keyring.clone());
+    let plan = walk_and_plan(&vm, Some(&unlocked), false, &mut report);
+    let policy = &unlocked.0;
+    let mut hold = |rel: &Path, file: &File| shared.hold(vm_home, rel, file, keyring, policy);
+    let checker = FileChecker {
+        hold: &mut hold,
+        chunk_blocks: SCRUB_CHUNK_BLOCKS,
+    };
+    check_files(&vm, &plan, layout, checker, &mut report, progress);
+    report.settle();
+    report
+}
+
+/// The state a file is checked through, held while it is checked: a
+/// fresh one offline, the mount's shared one in a scrub; dropping the hold
+/// gives a shared one back.
+pub struct ContentHold {
+    /// The file's content state.
+    pub content: Arc<EncryptedFile>,
+    /// Gives a shared state back; run once, on drop.
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ContentHold {
+    /// A state of the checker's own, shared with nobody.
+    pub fn unshared(content: EncryptedFile) -> Self {
+        Self {
+            content: Arc::new(content),
+            release: None,
+        }
+    }
+
+    /// A shared state, given back by `release` when the check is done.
+    pub fn shared(content: Arc<EncryptedFile>, release: Box<dyn FnOnce() + Send>) -> Self {
+        Self {
+            content,
+            release: Some(release),
+        }
+    }
+}
+
+impl Drop for ContentHold {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+/// Where a mounted datastore keeps the content state its open handles of a
+/// file share (the frontend's node table), so that a scrub checks a file
+/// through the same locks as the VM's reads and writes of it.
+pub trait SharedContent: Send + Sync {
+    /// Holds the state of the encrypted file `backing`, at `rel` in VM
+    /// home `vm`: the one its open handles share, or, if it has none, a
+    /// new one (with `keyring` and `policy`) that handles opened while it
+    /// is held share.
+    fn hold(
+        &self,
+        vm: &Arc<VmHome>,
+        rel: &Path,
+        backing: &File,
+        keyring: &Arc<VmKeyring>,
+        policy: &StoragePolicy,
+    ) -> ContentHold;
+}
+
+/// Reports an unfinished or damaged conversion journal of `vm`.
+fn check_journal(vm: &VmDir, report: &mut VmReport) {
+    match convert::pending_in(vm) {
         None => {}
         Some(Pending::Operation(operation)) => report.finding(
             "journal",
@@ -266,24 +464,22 @@ fn check_vm(
             format!("damaged conversion journal ({why}): remove it, then, if a conversion of this VM was interrupted, run that conversion again"),
         ),
     }
-    let unlocked = match vm_keys::unlock_vm(&vm, provider, sequences) {
-        Ok((bundle, keyring)) => Some((bundle, Arc::new(keyring))),
-        Err(err) => {
-            if bundle_is_damaged(&err) {
-                report.finding("bundle", Some(Path::new(BUNDLE_FILE_NAME)), err.to_string());
-                report.unchecked =
-                    Some("the key bundle does not authenticate, so no file was checked".into());
-            } else {
-                report.unchecked = Some(format!("{err}; no file was checked"));
-            }
-            None
-        }
-    };
+}
+
+/// Walks `vm`: reports internal names (removing vmcryptfs's own temps if
+/// `repair`) and checks pass-through files against the disk policy of
+/// `unlocked`; returns the encrypted files to check (none if locked).
+fn walk_and_plan(
+    vm: &VmDir,
+    unlocked: Option<&(StoragePolicy, Arc<VmKeyring>)>,
+    repair: bool,
+    report: &mut VmReport,
+) -> Vec<PathBuf> {
     let mut plan = Vec::new();
-    let walked = walk_vm_home(&vm, |dir, name, rel, entry| {
+    let walked = walk_vm_home(vm, |dir, name, rel, entry| {
         match entry {
             WalkEntry::Internal => {
-                let removable = internal_finding(name, rel, &mut report);
+                let removable = internal_finding(name, rel, report);
                 if removable && repair {
                     remove_at(dir, name, &vm.display_path(rel))?;
                     let finding = report.findings.last_mut().expect("just pushed");
@@ -291,14 +487,14 @@ fn check_vm(
                 }
             }
             WalkEntry::RegularFile => {
-                let Some((bundle, keyring)) = &unlocked else {
+                let Some((policy, keyring)) = unlocked else {
                     return Ok(());
                 };
-                match layout::class_in_vm_home(name, &bundle.disk_pattern, bundle.encrypt_disks) {
+                match policy.class_of(name) {
                     ContentClass::Encrypted => plan.push(rel.to_path_buf()),
                     ContentClass::Plain => {
                         report.files_pass_through += 1;
-                        check_pass_through(&vm, rel, keyring, &mut report);
+                        check_pass_through(vm, rel, keyring, report);
                     }
                 }
             }
@@ -308,19 +504,10 @@ fn check_vm(
     if let Err(err) = walked {
         report.unchecked = Some(format!("{err}; the VM home was not walked to the end"));
     }
-    if let Some((bundle, keyring)) = &unlocked {
-        report.content_format = Some(bundle.content_layout.format_version());
-        check_files(
-            &vm,
-            &plan,
-            keyring,
-            bundle.content_layout,
-            &mut report,
-            progress,
-        );
+    if let Some((policy, _)) = unlocked {
+        report.content_format = Some(policy.content_layout.format_version());
     }
-    report.settle();
-    report
+    plan
 }
 
 /// The command that finishes an interrupted conversion.
@@ -424,12 +611,22 @@ fn looks_encrypted(vm: &VmDir, rel: &Path) -> bool {
     file.read_exact_at(&mut raw, 0).is_ok() && UnverifiedHeader::parse(&raw).is_ok()
 }
 
+/// How [`check_files`] checks each file: through which content state,
+/// and how many blocks at a time.
+struct FileChecker<'a> {
+    /// The state to check a file (relative path, opened backing file)
+    /// through.
+    hold: &'a mut dyn FnMut(&Path, &File) -> ContentHold,
+    /// Blocks read and checked at a time.
+    chunk_blocks: u64,
+}
+
 /// Checks every encrypted file of `plan` (paths relative to the VM home).
 fn check_files(
     vm: &VmDir,
     plan: &[PathBuf],
-    keyring: &Arc<VmKeyring>,
     layout: ContentLayout,
+    checker: FileChecker<'_>,
     report: &mut VmReport,
     progress: &mut dyn Progress,
 ) {
@@ -450,7 +647,8 @@ fn check_files(
             ..FileReport::default()
         };
         let checked = file.and_then(|file| {
-            check_content(&file, keyring.clone(), layout, &mut |bytes| {
+            let hold = (checker.hold)(&rel, &file);
+            check_file(&hold.content, &file, checker.chunk_blocks, &mut |bytes| {
                 progress.advance(bytes)
             })
         });

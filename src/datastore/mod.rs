@@ -12,6 +12,8 @@
 //!   decrypting disks, deep re-key), file by file and resumable.
 //! * [`fsck`]: checking an unmounted datastore: bundles, journals, stray
 //!   temps and every block of every encrypted file.
+//! * [`scrub`]: the same checks on a mounted datastore, in the background
+//!   while VMs run, paced.
 //! * [`known`]: the datastores a key store knows about.
 //! * [`inventory`]: scanning bundles to see which KEK version wraps each VM.
 //! * [`counters`]: live per-VM counters for `.stats`.
@@ -45,6 +47,7 @@ pub mod layout;
 pub mod owned_file;
 pub mod registry;
 pub mod rekey_batch;
+pub mod scrub;
 pub mod status_view;
 pub mod vm_home;
 pub mod vm_keys;

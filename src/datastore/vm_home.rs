@@ -10,6 +10,7 @@ use super::counters::VmCounters;
 use super::current_kek::CurrentKekCache;
 pub use super::layout::StoragePolicy;
 use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
+use super::scrub::{ScrubSlot, ScrubView};
 use super::vm_keys::{self, Authenticated, RekeyOutcome};
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
@@ -93,6 +94,8 @@ pub struct VmStatus {
     pub conversion: Option<String>,
     /// The last control command.
     pub last_command: Option<CommandRecord>,
+    /// The VM home's scrub in this mount.
+    pub scrub: ScrubView,
 }
 
 impl VmStatus {
@@ -142,6 +145,9 @@ pub struct VmHome {
     open_handles: AtomicUsize,
     /// Live counters for `.stats`; relaxed atomics, no lock.
     counters: VmCounters,
+    /// The VM home's scrub in this mount; locks itself (see
+    /// [`ScrubSlot`]).
+    scrub: ScrubSlot,
     /// This host's record of the highest bundle sequence per VM, checked
     /// at every unlock. Immutable handle; the record locks itself.
     sequences: Arc<BundleSequences>,
@@ -159,12 +165,18 @@ impl VmHome {
             open_files: AtomicUsize::new(0),
             open_handles: AtomicUsize::new(0),
             counters: VmCounters::default(),
+            scrub: ScrubSlot::default(),
         }
     }
 
     /// The VM's live counters.
     pub fn counters(&self) -> &VmCounters {
         &self.counters
+    }
+
+    /// The VM home's scrub state in this mount.
+    pub fn scrub(&self) -> &ScrubSlot {
+        &self.scrub
     }
 
     /// Whether the VM's DEKs could not be unwrapped at the last attempt.
@@ -485,6 +497,7 @@ impl VmHome {
             last_command: self.last_command.lock().expect("last command lock").clone(),
             open_files: self.open_files(),
             open_handles: self.open_handles(),
+            scrub: self.scrub.view(),
             conversion,
             ..VmStatus::default()
         };

@@ -17,6 +17,7 @@ use crate::control::command::{self, ControlCommand, ControlScope};
 use crate::control::metrics::{self, VmStats};
 use crate::control::status::{self, DatastoreSummary};
 use crate::control::virtual_file::VirtualFile;
+use crate::datastore::scrub::{self, Rate};
 use crate::datastore::vm_home::{CommandRecord, VmHome};
 use crate::datastore::vm_keys::RekeyOutcome;
 use crate::datastore::DatastoreError;
@@ -253,6 +254,12 @@ impl VmCryptFs {
                 (ControlCommand::Rekey, Some(vm)) => self.run_rekey(vm, None),
                 (ControlCommand::RekeyTo(target), Some(vm)) => self.run_rekey(vm, Some(target)),
                 (ControlCommand::FlushKeys, _) => self.run_flush_keys(),
+                (ControlCommand::Scrub(rate), Some(vm)) => {
+                    self.run_scrub(Ok(vec![vm.clone()]), *rate)
+                }
+                (ControlCommand::ScrubAll(rate), _) => {
+                    self.run_scrub(self.datastore.scan_vm_homes(), *rate)
+                }
                 _ => self.run_rekey_all(),
             };
             self.record(
@@ -288,6 +295,31 @@ impl VmCryptFs {
             }
             Err(err) => {
                 log::error!("VM {}: re-key failed: {err}", vm.display_name());
+                (false, format!("error: {err}"))
+            }
+        }
+    }
+
+    /// Starts scrubbing `vms` in the background (see `datastore::scrub`)
+    /// at `rate`, or the mount's `scrub_rate`.
+    fn run_scrub(
+        &self,
+        vms: Result<Vec<Arc<VmHome>>, DatastoreError>,
+        rate: Option<Rate>,
+    ) -> (bool, String) {
+        let rate = rate.unwrap_or(self.scrub_rate);
+        let started = vms.map_err(|err| err.to_string()).and_then(|vms| {
+            let content = Arc::new(self.mount_content());
+            scrub::start(self.datastore.clone(), vms, content, rate).map_err(|err| err.to_string())
+        });
+        match started {
+            Ok(count) => {
+                let result = format!("ok: scrub of {count} VM home(s) started at {rate} bytes a second; progress and findings under `scrub` in each VM home's .control");
+                log::info!("{result}");
+                (true, result)
+            }
+            Err(err) => {
+                log::error!("scrub not started: {err}");
                 (false, format!("error: {err}"))
             }
         }

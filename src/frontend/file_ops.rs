@@ -20,7 +20,6 @@ use super::caller::Caller;
 use super::handles::{Handle, Snapshot};
 use super::inodes::{Area, NodeInfo};
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
-use crate::content::encrypted_file::ReadSettings;
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::layout::ContentClass;
@@ -93,13 +92,8 @@ impl VmCryptFs {
                 Errno::from_i32(libc::ENOKEY)
             })?;
         let Some(content) = self.inodes.acquire_content(node.ino, || {
-            let settings = ReadSettings {
-                ahead: (self.read_settings.ahead).resolve(self.device_readahead.of_file(&file)),
-                ..self.read_settings
-            };
-            EncryptedFile::new(keyring, policy.content_layout)
-                .with_read_settings(settings)
-                .with_max_stored_len(self.max_backing_len)
+            self.content_settings()
+                .state_for(keyring, policy.content_layout, &file)
         }) else {
             vm.file_closed();
             return Err(Errno::ENOENT);

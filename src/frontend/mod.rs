@@ -22,6 +22,7 @@ pub mod handles;
 pub mod inodes;
 pub mod lock_ops;
 pub mod node_ops;
+pub mod scrub_content;
 pub mod xattr_ops;
 
 use std::ffi::OsStr;
@@ -40,6 +41,7 @@ use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::file_size_limit;
 use crate::datastore::layout::{self, ContentClass};
 use crate::datastore::registry::Datastore;
+use crate::datastore::scrub::{self, Rate};
 use crate::datastore::vm_home::{CommandRecord, StoragePolicy, VmHome};
 use crate::format::content_layout::ContentLayout;
 use crate::format::untrusted;
@@ -71,8 +73,9 @@ fn backing_id(stat: &Stat) -> (u64, u64) {
 pub struct VmCryptFs {
     /// The datastore and its VM homes; shared, internally locked.
     datastore: Arc<Datastore>,
-    /// Node ids; internally locked.
-    inodes: InodeTable,
+    /// Node ids; internally locked. Shared with scrubs, which hold the
+    /// content state of the files they check as an open would.
+    inodes: Arc<InodeTable>,
     /// Open handles; internally locked.
     handles: HandleTable,
     /// Lock owners' backing files; internally locked.
@@ -96,7 +99,7 @@ pub struct VmCryptFs {
     /// The datastore root, through which every backing file is opened and
     /// every metadata operation done, so that none can leave it (see
     /// `datastore::backing_root`). Immutable.
-    beneath: BackingRoot,
+    beneath: Arc<BackingRoot>,
     /// Owner and modes of the virtual files (mount option
     /// `status_group`). Immutable.
     status_access: StatusAccess,
@@ -108,7 +111,10 @@ pub struct VmCryptFs {
     read_settings: ReadSettings,
     /// The readahead of the devices backing files live on; internally
     /// synchronized.
-    device_readahead: DeviceReadahead,
+    device_readahead: Arc<DeviceReadahead>,
+    /// How fast scrubs read unless their command says (mount option
+    /// `scrub_rate`). Immutable.
+    scrub_rate: Rate,
     /// Which inodes may be filled into the kernel's cache; internally
     /// locked, shared with the filler thread.
     fill_gate: Arc<cache_fill::FillGate>,
@@ -136,8 +142,8 @@ impl VmCryptFs {
         }
         Ok(Self {
             max_backing_len,
-            beneath,
-            inodes: InodeTable::new(backing_id(&root)),
+            beneath: Arc::new(beneath),
+            inodes: Arc::new(InodeTable::new(backing_id(&root))),
             datastore,
             handles: HandleTable::default(),
             locks: lock_ops::LockTable::default(),
@@ -152,7 +158,8 @@ impl VmCryptFs {
                 None,
             ),
             read_settings: ReadSettings::DEFAULT,
-            device_readahead: DeviceReadahead::default(),
+            device_readahead: Arc::default(),
+            scrub_rate: Rate(Some(scrub::DEFAULT_RATE)),
             fill_gate: Arc::default(),
             cache_filler: Arc::default(),
         })
@@ -174,6 +181,12 @@ impl VmCryptFs {
             read_settings,
             ..self
         }
+    }
+
+    /// The same frontend, with scrubs reading at most `scrub_rate` unless
+    /// their command says (mount option `scrub_rate`).
+    pub fn with_scrub_rate(self, scrub_rate: Rate) -> Self {
+        Self { scrub_rate, ..self }
     }
 
     /// The same frontend, with its virtual files owned and readable as

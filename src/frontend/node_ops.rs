@@ -69,6 +69,14 @@ fn open_file(handle: &Handle) -> FsResult<&File> {
     handle.backing_file().ok_or(Errno::ENOENT)
 }
 
+/// Whether datastore path `rel` beneath `beneath` currently names the
+/// backing file `backing`.
+pub(super) fn names_backing_in(beneath: &BackingRoot, rel: &Path, backing: (u64, u64)) -> bool {
+    beneath
+        .stat(rel)
+        .is_ok_and(|stat| backing_id(&stat) == backing)
+}
+
 impl VmCryptFs {
     /// Resolves `name` in directory `parent` and records the node.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<FileAttr> {
@@ -111,9 +119,7 @@ impl VmCryptFs {
 
     /// Whether datastore path `rel` currently names the backing file `backing`.
     pub(super) fn names_backing(&self, rel: &Path, backing: (u64, u64)) -> bool {
-        self.beneath
-            .stat(rel)
-            .is_ok_and(|stat| backing_id(&stat) == backing)
+        names_backing_in(&self.beneath, rel, backing)
     }
 
     /// The kernel forgets `count` lookups.
