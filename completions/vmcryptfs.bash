@@ -266,7 +266,7 @@ _vmcryptfs() {
             return 0
             ;;
         vmcryptfs__subcmd__fsck)
-            opts="-h -V --json --repair --keystore --help --version"
+            opts="-h -V --json --repair --zero-damaged-blocks --keystore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -372,3 +372,115 @@ fn a_kek_this_host_lacks_is_could_not_check_and_a_mounted_datastore_is_refused()
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
     assert!(common::stderr(&out).contains("unmount it first"));
 }
+
+/// `--repair --zero-damaged-blocks` rewrites exactly the blocks that fail
+/// authentication as authenticated zeros and lists each: every other
+/// stored byte is unchanged, the file reads back with zeros in the damaged
+/// ranges and its content everywhere else, and fsck is then clean. A file
+/// whose header does not authenticate is left as it is, still damaged.
+/// Without `--repair` the flag is refused.
+#[test]
+fn zero_damaged_blocks_rewrites_only_the_damaged_blocks() {
+    for format in FORMATS {
+        let env = setup(format);
+        let ds = env.datastore.to_str().unwrap();
+        let refused = env.run(&["fsck", ds, "--zero-damaged-blocks"]);
+        assert_eq!(refused.status.code(), Some(2), "needs --repair");
+        let a = env.vm_dir("vm1").join("a.bin");
+        let b = env.vm_dir("vm1").join("b.bin");
+        flip_byte(&a, stored_block_pieces(format, 1)[0].0 + 16 + 100);
+        let last_slot = match format {
+            1 => 44 + 3 * 4128,
+            _ => 64 + 3 * 32,
+        };
+        flip_byte(&a, last_slot);
+        let b_tag = match format {
+            1 => 44 + 4128 - 1,
+            _ => 64 + 31,
+        };
+        flip_byte(&b, b_tag);
+        flip_byte(&env.vm_dir("vm2").join("a.bin"), 20);
+        let vm2_header = [
+            "vm2/a.bin header".to_string(),
+            format!("vm2/a.bin damaged 0..{A_SIZE}"),
+        ];
+        expect(
+            &env,
+            6,
+            &[
+                &format!("vm1/a.bin damaged 4096..8192, 12288..{A_SIZE}"),
+                "vm1/b.bin damaged 0..4096",
+                &vm2_header[0],
+                &vm2_header[1],
+            ],
+        );
+        let before = common::snapshot_tree(&env.datastore);
+        let out = env.run(&["fsck", ds, "--repair", "--zero-damaged-blocks"]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(6), "vm2 stays damaged:\n{text}");
+        for line in [
+            "file a.bin: rewrote block 1 (4096..8192) as authenticated zeros".to_string(),
+            format!("file a.bin: rewrote block 3 (12288..{A_SIZE}) as authenticated zeros"),
+            "file b.bin: rewrote block 0 (0..4096) as authenticated zeros".to_string(),
+        ] {
+            assert!(text.contains(&line), "{line:?} missing:\n{text}");
+        }
+        assert_eq!(text.matches("rewrote block").count(), 3, "{text}");
+        assert!(text.contains("vm1: clean"), "{text}");
+        // Every stored byte outside the rewritten blocks is as it was.
+        let after = common::snapshot_tree(&env.datastore);
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>()
+        );
+        for (path, old) in &before {
+            let new = &after[path];
+            assert_eq!(old.len(), new.len(), "{}", path.display());
+            let rewritten: &[u64] = match path.to_str().unwrap() {
+                "vm1/a.bin" => &[1, 3],
+                "vm1/b.bin" => &[0],
+                _ => &[],
+            };
+            let pieces: Vec<(u64, u64)> = rewritten
+                .iter()
+                .flat_map(|&n| stored_block_pieces(format, n))
+                .collect();
+            let changed: Vec<usize> = (0..old.len()).filter(|&i| old[i] != new[i]).collect();
+            for i in &changed {
+                let i = *i as u64;
+                assert!(
+                    pieces
+                        .iter()
+                        .any(|&(off, len)| (off..off + len).contains(&i)),
+                    "{}: byte {i} outside the rewritten blocks changed",
+                    path.display()
+                );
+            }
+            assert_eq!(
+                changed.is_empty(),
+                rewritten.is_empty(),
+                "{}",
+                path.display()
+            );
+        }
+        let content =
+            |seed: u8, len: u64| -> Vec<u8> { (0..len).map(|i| seed ^ (i % 251) as u8).collect() };
+        let mount = env.mount();
+        let mut want_a = content(0xa1, A_SIZE);
+        want_a[4096..8192].fill(0);
+        want_a[12288..].fill(0);
+        assert!(
+            fs::read(mount.path("vm1/a.bin")).unwrap() == want_a,
+            "a.bin"
+        );
+        let mut want_b = content(0xb2, 3 * 4096);
+        want_b[..4096].fill(0);
+        assert!(
+            fs::read(mount.path("vm1/b.bin")).unwrap() == want_b,
+            "b.bin"
+        );
+        assert!(fs::read(mount.path("vm2/a.bin")).is_err());
+        assert!(mount.unmount().success());
+        expect(&env, 6, &[&vm2_header[0], &vm2_header[1]]);
+    }
+}

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::mountinfo::vmcryptfs_mount_of;
 use super::progress::ConsoleProgress;
 use super::{open_provider, CliError, ExitKind};
+use crate::content::verify::blocks_to_plain_range;
 use crate::datastore::fsck::{self, ranges_text, FileReport, FsckError, VmReport, VmState};
 use crate::keys::bundle_sequences::BundleSequences;
 
@@ -18,7 +19,7 @@ pub fn run(
     datastore: &Path,
     vms: &[OsString],
     as_json: bool,
-    repair: bool,
+    repair: fsck::Repair,
     keystore: &Path,
 ) -> Result<(), CliError> {
     let datastore = &super::lifecycle_cmd::absolute(datastore)?;
@@ -169,6 +170,16 @@ fn print_file(file: &FileReport) {
     }
     if !file.damaged.is_empty() {
         println!("  file {path}: damaged {}", ranges_text(&file.damaged));
+    }
+    for block in &file.rewritten {
+        let bytes = blocks_to_plain_range(*block..block + 1, file.size);
+        println!(
+            "  file {path}: rewrote block {block} ({}..{}) as authenticated zeros",
+            bytes.start, bytes.end
+        );
+    }
+    if let Some(why) = &file.rewrite_error {
+        println!("  file {path}: not repaired: {why}");
     }
     if !file.zeroed.is_empty() {
         println!(

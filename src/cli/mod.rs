@@ -98,10 +98,18 @@ pub enum Command {
         json: bool,
         /// Remove the stray temp files vmcryptfs leaves (bundle, journal
         /// and conversion temps of interrupted runs; each is listed as
-        /// removed). Never touches content, a bundle, a journal or any other
-        /// name. Run it on an idle datastore: no conversion running.
+        /// removed). Never touches content that authenticates, an unknown
+        /// name or a damaged journal. Run it on an idle datastore: no
+        /// conversion running.
         #[arg(long)]
         repair: bool,
+        /// With --repair: rewrite every block that fails authentication as
+        /// authenticated zeros (listing each block rewritten), so that a
+        /// VM disk with a few bad sectors boots and a guest fsck can take
+        /// over. Every other byte stays as it is. A file whose header does
+        /// not authenticate cannot be repaired this way.
+        #[arg(long, requires = "repair")]
+        zero_damaged_blocks: bool,
     },
 }
 
@@ -434,7 +442,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             vms,
             json,
             repair,
-        } => fsck_cmd::run(&datastore, &vms, json, repair, &keystore),
+            zero_damaged_blocks,
+        } => {
+            let repair = crate::datastore::fsck::Repair {
+                enabled: repair,
+                zero_damaged_blocks,
+            };
+            fsck_cmd::run(&datastore, &vms, json, repair, &keystore)
+        }
     }
 }
 

@@ -612,6 +612,24 @@ impl EncryptedFile {
         self.write_blocks(backing, &keys, offset, data, size)
     }
 
+    /// Rewrites block `block_no` as authenticated zeros, whatever it holds
+    /// now, without reading it (`vmcryptfs fsck --repair
+    /// --zero-damaged-blocks`, for a block that fails authentication, so
+    /// that the rest of the file can be read and a guest fsck take over).
+    /// The header must authenticate. A block past the end is left alone:
+    /// `Ok(false)`.
+    pub fn rewrite_as_zeros(&self, backing: &File, block_no: u64) -> Result<bool, ContentError> {
+        let _size = self.size_lock.write().expect("size lock poisoned");
+        let size = self.plain_size(backing)?;
+        if block_no >= plain_size_to_block_count(size) {
+            return Ok(false);
+        }
+        let keys = self.keys(backing)?;
+        let zeros = vec![0u8; plain_len_of_block(block_no, size) as usize];
+        self.seal_and_store(backing, &keys, block_no, &[&zeros])?;
+        Ok(true)
+    }
+
     /// Sets the plaintext size, keeping the file sparse when it grows.
     pub fn truncate(&self, backing: &File, new_size: u64) -> Result<(), ContentError> {
         let _size = self.size_lock.write().expect("size lock poisoned");

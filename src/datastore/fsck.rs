@@ -38,9 +38,21 @@ use crate::content::EncryptedFile;
 use crate::crypto::keyring::VmKeyring;
 use crate::format::content_layout::ContentLayout;
 use crate::format::file_header::{self, UnverifiedHeader};
+use crate::format::offsets::{plain_off_to_block_no, plain_size_to_block_count};
 use crate::format::untrusted;
 use crate::keys::bundle_sequences::BundleSequences;
 use crate::keys::{KeyProvider, ProviderError};
+
+/// What `vmcryptfs fsck --repair` may change. Nothing by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// `--repair`: remove the temp files vmcryptfs itself leaves, and
+    /// finish or roll back an interrupted conversion by its journal.
+    pub enabled: bool,
+    /// `--zero-damaged-blocks` (with `--repair`): rewrite each block that
+    /// fails authentication as authenticated zeros.
+    pub zero_damaged_blocks: bool,
+}
 
 /// The verdict on one VM home.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +115,19 @@ pub struct FileReport {
     pub zeroed: Vec<Range<u64>>,
     /// Why the file could not be checked, if it could not.
     pub unchecked: Option<String>,
+    /// Blocks `--zero-damaged-blocks` rewrote as authenticated zeros.
+    pub rewritten: Vec<u64>,
+    /// Why a damaged block could not be rewritten, if one could not.
+    pub rewrite_error: Option<String>,
 }
 
 impl FileReport {
-    /// Whether the file is damaged (zeroed blocks are not counted).
+    /// Whether the file is damaged (zeroed blocks are not counted, nor
+    /// damaged blocks `--zero-damaged-blocks` rewrote, all of them).
     pub fn is_damaged(&self) -> bool {
-        self.header.is_some() || self.trailing_fragment.is_some() || !self.damaged.is_empty()
+        let blocks_left =
+            !self.damaged.is_empty() && (self.rewritten.is_empty() || self.rewrite_error.is_some());
+        self.header.is_some() || self.trailing_fragment.is_some() || blocks_left
     }
 }
 
@@ -242,6 +261,8 @@ pub fn report_json(vm: &VmReport) -> serde_json::Value {
             "damaged": ranges_json(&f.damaged),
             "zeroed": ranges_json(&f.zeroed),
             "unchecked": f.unchecked,
+            "rewritten_blocks": f.rewritten,
+            "rewrite_error": f.rewrite_error,
         })).collect::<Vec<_>>(),
     })
 }
@@ -277,7 +298,7 @@ pub enum FsckError {
 pub fn fsck(
     datastore: &Path,
     only: &[OsString],
-    repair: bool,
+    repair: Repair,
     provider: &dyn KeyProvider,
     sequences: &BundleSequences,
     progress: &mut dyn Progress,
@@ -309,7 +330,7 @@ pub fn fsck(
 fn check_vm(
     path: &Path,
     name: &OsStr,
-    repair: bool,
+    repair: Repair,
     provider: &dyn KeyProvider,
     sequences: &BundleSequences,
     progress: &mut dyn Progress,
@@ -341,7 +362,7 @@ fn check_vm(
             None
         }
     };
-    let plan = walk_and_plan(&vm, unlocked.as_ref(), repair, &mut report);
+    let plan = walk_and_plan(&vm, unlocked.as_ref(), repair.enabled, &mut report);
     if let Some((policy, keyring)) = &unlocked {
         let layout = policy.content_layout;
         let mut fresh =
@@ -349,6 +370,7 @@ fn check_vm(
         let checker = FileChecker {
             hold: &mut fresh,
             chunk_blocks: CHUNK_BLOCKS,
+            zero_damaged_blocks: repair.enabled && repair.zero_damaged_blocks,
         };
         check_files(&vm, &plan, layout, checker, &mut report, progress);
     }
@@ -389,6 +411,7 @@ pub fn check_mounted_vm(
     let checker = FileChecker {
         hold: &mut hold,
         chunk_blocks: SCRUB_CHUNK_BLOCKS,
+        zero_damaged_blocks: false,
     };
     check_files(&vm, &plan, layout, checker, &mut report, progress);
     report.settle();
@@ -619,6 +642,8 @@ struct FileChecker<'a> {
     hold: &'a mut dyn FnMut(&Path, &File) -> ContentHold,
     /// Blocks read and checked at a time.
     chunk_blocks: u64,
+    /// Rewrite damaged blocks as authenticated zeros (offline only).
+    zero_damaged_blocks: bool,
 }
 
 /// Checks every encrypted file of `plan` (paths relative to the VM home).
@@ -648,16 +673,21 @@ fn check_files(
         };
         let checked = file.and_then(|file| {
             let hold = (checker.hold)(&rel, &file);
-            check_file(&hold.content, &file, checker.chunk_blocks, &mut |bytes| {
+            let check = check_file(&hold.content, &file, checker.chunk_blocks, &mut |bytes| {
                 progress.advance(bytes)
-            })
+            })?;
+            Ok((check, hold))
         });
         match checked {
-            Ok(check) => {
+            Ok((check, hold)) => {
                 progress.advance(check.plain_size.saturating_sub(check.checked_bytes));
                 report.files_checked += 1;
                 report.bytes_checked += check.checked_bytes;
                 fill_file_report(&mut file_report, check);
+                let repairable = file_report.header.is_none() && !file_report.damaged.is_empty();
+                if checker.zero_damaged_blocks && repairable {
+                    zero_damaged_blocks(vm, &rel, &hold.content, &mut file_report);
+                }
             }
             Err(err) => {
                 file_report.unchecked = Some(format!("cannot be read: {err}"));
@@ -665,6 +695,7 @@ fn check_files(
         }
         progress.file_done(&vm.display_path(&rel));
         let any = file_report.is_damaged()
+            || !file_report.damaged.is_empty()
             || file_report.unchecked.is_some()
             || !file_report.zeroed.is_empty();
         if any {
@@ -672,6 +703,38 @@ fn check_files(
         }
     }
     progress.finish();
+}
+
+/// Rewrites every block of `file`'s damaged ranges as authenticated zeros
+/// through `content` (whose header authenticated), listing each block in
+/// `file.rewritten`; the first failure stops it and is recorded. Only the
+/// damaged blocks are written; every other byte stays as it is.
+fn zero_damaged_blocks(vm: &VmDir, rel: &Path, content: &EncryptedFile, file: &mut FileReport) {
+    let backing = match vm.beneath().open_file(rel, libc::O_RDWR, 0) {
+        Ok(backing) => backing,
+        Err(err) => {
+            file.rewrite_error = Some(format!("cannot be opened for writing: {err}"));
+            return;
+        }
+    };
+    let blocks: Vec<u64> = file
+        .damaged
+        .iter()
+        .flat_map(|range| plain_off_to_block_no(range.start)..plain_size_to_block_count(range.end))
+        .collect();
+    for block in blocks {
+        match content.rewrite_as_zeros(&backing, block) {
+            Ok(true) => file.rewritten.push(block),
+            Ok(false) => {}
+            Err(err) => {
+                file.rewrite_error = Some(format!("block {block} could not be rewritten: {err}"));
+                return;
+            }
+        }
+    }
+    if let Err(err) = backing.sync_data() {
+        file.rewrite_error = Some(format!("the rewritten blocks could not be synced: {err}"));
+    }
 }
 
 fn fill_file_report(report: &mut FileReport, check: ContentCheck) {
