@@ -484,3 +484,139 @@ fn zero_damaged_blocks_rewrites_only_the_damaged_blocks() {
         expect(&env, 6, &[&vm2_header[0], &vm2_header[1]]);
     }
 }
+
+/// Kills `vmcryptfs ARGS` at the crash point after its first file, and
+/// checks that it died there.
+fn kill_after_first_file(env: &TestEnv, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = env
+        .cmd(args)
+        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "{args:?} killed mid-way");
+}
+
+/// `--repair` settles an interrupted conversion by its journal: `vm
+/// encrypt` and `vm convert-format` killed after their first file are
+/// finished (the files read back as they were, the bundle names the new
+/// format, fsck is then clean), and an `encrypt` journal in a directory
+/// without a bundle (killed before it wrote the bundle) is rolled back,
+/// with every file left as it was. Before the repair, fsck names the
+/// journal and leaves everything as it is.
+#[test]
+fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
+    let env = TestEnv::new();
+    let ds = env.datastore.to_str().unwrap().to_string();
+    let content =
+        |seed: u8, len: u64| -> Vec<u8> { (0..len).map(|i| seed ^ (i % 251) as u8).collect() };
+    // vm1: a plain directory being encrypted.
+    let vm1 = env.vm_dir("vm1");
+    fs::create_dir_all(vm1.join("logs")).unwrap();
+    let files1 = [
+        ("a.bin", content(1, 10_000)),
+        ("b.nvram", content(2, 70_000)),
+        ("logs/vmware.log", content(3, 5_000)),
+    ];
+    for (name, data) in &files1 {
+        fs::write(vm1.join(name), data).unwrap();
+    }
+    kill_after_first_file(&env, &["vm", "encrypt", vm1.to_str().unwrap()]);
+    // vm2: format 1, being converted to format 2.
+    env.create_vm_in_format("vm2", false, 1);
+    let files2 = [
+        ("a.bin", content(4, A_SIZE)),
+        ("b.bin", content(5, 3 * 4096)),
+        ("c.bin", content(6, 100)),
+    ];
+    {
+        let mount = env.mount();
+        for (name, data) in &files2 {
+            fs::write(mount.path(&format!("vm2/{name}")), data).unwrap();
+        }
+        assert!(mount.unmount().success());
+    }
+    let vm2 = env.vm_dir("vm2");
+    kill_after_first_file(
+        &env,
+        &[
+            "vm",
+            "convert-format",
+            vm2.to_str().unwrap(),
+            "--content-format",
+            "2",
+        ],
+    );
+    // plain: an `encrypt` journal and no bundle.
+    let plain = env.datastore.join("plain");
+    fs::create_dir(&plain).unwrap();
+    fs::write(plain.join("notes.txt"), b"plain notes").unwrap();
+    fs::write(plain.join(".vmcryptfs-convert-journal"), b"encrypt\n").unwrap();
+
+    let before = common::snapshot_tree(&env.datastore);
+    let (code, found, text) = fsck(&env);
+    assert_eq!(code, 6, "{text}");
+    for journal in [
+        "vm1 journal .vmcryptfs-convert-journal",
+        "vm2 journal .vmcryptfs-convert-journal",
+    ] {
+        assert!(found.iter().any(|f| f == journal), "{journal}: {text}");
+    }
+    assert!(text.contains("or `vmcryptfs fsck --repair`"), "{text}");
+    assert_eq!(
+        common::snapshot_tree(&env.datastore),
+        before,
+        "fsck only reads"
+    );
+
+    let out = env.run(&["fsck", &ds, "--repair"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let repaired = text
+        .lines()
+        .filter(|l| l.contains("journal .vmcryptfs-convert-journal: repaired: "))
+        .count();
+    assert_eq!(repaired, 3, "one repaired journal per VM home:\n{text}");
+    assert!(
+        text.contains("`encrypt` conversion, finished by its journal"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`convert-format` conversion, finished by its journal"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`encrypt` conversion killed before it wrote the key bundle, rolled back"),
+        "{text}"
+    );
+    for dir in [&vm1, &vm2, &plain] {
+        assert!(
+            !dir.join(".vmcryptfs-convert-journal").exists(),
+            "{}",
+            dir.display()
+        );
+    }
+    assert_eq!(fs::read(plain.join("notes.txt")).unwrap(), b"plain notes");
+    expect(&env, 0, &[]);
+    let status = env.run_ok(&["vm", "status", vm2.to_str().unwrap()]);
+    assert!(status.contains("content-format: 2"), "{status}");
+    let mount = env.mount();
+    for (name, data) in &files1 {
+        assert!(
+            fs::read(mount.path(&format!("vm1/{name}"))).unwrap() == *data,
+            "vm1/{name}"
+        );
+    }
+    for (name, data) in &files2 {
+        assert!(
+            fs::read(mount.path(&format!("vm2/{name}"))).unwrap() == *data,
+            "vm2/{name}"
+        );
+    }
+    assert_eq!(
+        common::read_control(&mount.path("vm1/.control"))["conversion"],
+        "-"
+    );
+}

@@ -142,7 +142,11 @@ fn print_text(datastore: &Path, reports: &[VmReport]) {
             println!("  unchecked: {why}");
         }
         for finding in &vm.findings {
-            let removed = if finding.repaired { "removed: " } else { "" };
+            let removed = match (finding.repaired, finding.kind) {
+                (false, _) => "",
+                (true, "journal") => "repaired: ",
+                (true, _) => "removed: ",
+            };
             match &finding.path {
                 Some(path) => println!("  {} {path}: {removed}{}", finding.kind, finding.detail),
                 None => println!("  {}: {removed}{}", finding.kind, finding.detail),

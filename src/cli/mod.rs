@@ -98,9 +98,11 @@ pub enum Command {
         json: bool,
         /// Remove the stray temp files vmcryptfs leaves (bundle, journal
         /// and conversion temps of interrupted runs; each is listed as
-        /// removed). Never touches content that authenticates, an unknown
-        /// name or a damaged journal. Run it on an idle datastore: no
-        /// conversion running.
+        /// removed), and finish an interrupted conversion by its journal,
+        /// as rerunning it would (or roll back an `encrypt` killed before
+        /// it wrote the key bundle). Never touches content that
+        /// authenticates, an unknown name or a damaged journal. Run it on
+        /// an idle datastore: no conversion running.
         #[arg(long)]
         repair: bool,
         /// With --repair: rewrite every block that fails authentication as

@@ -359,6 +359,132 @@ pub fn run(
     Ok(report)
 }
 
+/// How [`resume`] settled an interrupted conversion.
+#[derive(Debug)]
+pub enum Resumed {
+    /// Finished, exactly as rerunning the conversion does.
+    Finished {
+        /// The conversion, by its [`Operation::name`].
+        operation: &'static str,
+        /// What the finishing run did.
+        report: Report,
+    },
+    /// Brought to what the key bundle names, as what was asked is
+    /// recorded nowhere else (`set-disk-pattern`: files converge to the
+    /// bundle's pattern, which is the new one if the bundle was rewritten).
+    ToBundle {
+        /// The conversion, by its [`Operation::name`].
+        operation: &'static str,
+        /// What the settling run did.
+        report: Report,
+    },
+    /// Killed before it changed anything but its journal, which was
+    /// removed.
+    RolledBack {
+        /// The conversion, by its [`Operation::name`].
+        operation: &'static str,
+    },
+}
+
+/// Finishes or rolls back the interrupted conversion of `vm_dir` that its
+/// journal names (`vmcryptfs fsck --repair`); `None` if there is none, or
+/// the journal is damaged (not one vmcryptfs wrote: it is left alone).
+///
+/// A conversion is finished by [`run`] itself, the code a rerun takes,
+/// with the parameters the journal does not hold recovered from the
+/// authenticated bundle: `encrypt` writes its bundle, disk policy and
+/// content format included, before it converts any file; a format
+/// conversion's target is the format of any file already converted, else
+/// the bundle's own (no file converted yet, or every file and the bundle:
+/// finishing then only rewrites the bundle and removes the journal). A
+/// `set-disk-pattern` is brought to the pattern the bundle names. An
+/// `encrypt` killed before its bundle was written converted nothing, and
+/// what it was asked for is recorded nowhere: it is rolled back.
+pub fn resume(
+    vm_dir: &Path,
+    provider: &dyn KeyProvider,
+    sequences: &BundleSequences,
+    progress: &mut dyn Progress,
+) -> Result<Option<Resumed>, DatastoreError> {
+    let vm = VmDir::open(vm_dir)?;
+    let Some(Pending::Operation(name)) = pending_in(&vm) else {
+        return Ok(None);
+    };
+    if !bundle_file::has_bundle_in(&vm) {
+        if name != "encrypt" {
+            return Err(DatastoreError::NotAVmHome {
+                path: vm_dir.into(),
+            });
+        }
+        vm.remove(OsStr::new(JOURNAL_FILE_NAME))?;
+        vm.sync()?;
+        return Ok(Some(Resumed::RolledBack { operation: name }));
+    }
+    let (bundle, keyring) = vm_keys::unlock_vm(&vm, provider, sequences)?;
+    let operation = match name {
+        "encrypt" => Operation::EncryptHome {
+            policy: StoragePolicy::of(&bundle),
+        },
+        "encrypt-disks" => Operation::EncryptDisks,
+        "decrypt-disks" => Operation::DecryptDisks,
+        "set-disk-pattern" => {
+            // The pattern asked for is recorded nowhere until the bundle
+            // names it; a run with the bundle's own pattern converges every
+            // file to it (finishing, if the bundle was already rewritten).
+            let pattern = bundle.disk_pattern.clone();
+            drop(vm);
+            let report = run(
+                vm_dir,
+                provider,
+                sequences,
+                Operation::SetDiskPattern { pattern },
+                progress,
+            )?;
+            return Ok(Some(Resumed::ToBundle {
+                operation: name,
+                report,
+            }));
+        }
+        "deep-rekey" => Operation::DeepRekey,
+        _ => Operation::ConvertFormat {
+            to: format_target(&vm, bundle.content_layout, &keyring)?,
+        },
+    };
+    drop(vm);
+    let report = run(vm_dir, provider, sequences, operation, progress)?;
+    Ok(Some(Resumed::Finished {
+        operation: name,
+        report,
+    }))
+}
+
+/// The target of an interrupted format conversion of `vm`, whose bundle
+/// names `bundle_layout`: the format of any file already converted, else
+/// `bundle_layout`.
+fn format_target(
+    vm: &VmDir,
+    bundle_layout: ContentLayout,
+    keyring: &VmKeyring,
+) -> Result<ContentLayout, DatastoreError> {
+    let mut target = bundle_layout;
+    walk_regular_files(vm, |dir, name, rel| {
+        let path = vm.display_path(rel);
+        let (file, stat) = match open_regular_at(dir, name, OFlags::RDONLY, &path) {
+            Ok(opened) => opened,
+            Err(OwnedFileError::Missing { .. }) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        let len = u64::try_from(stat.st_size).unwrap_or(0);
+        if let StoredForm::Encrypted { layout, .. } = stored_form(&file, len, keyring) {
+            if layout != bundle_layout {
+                target = layout;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(target)
+}
+
 /// Writes the journal atomically (temp file, fsync, rename, directory
 /// fsync): a kill while writing it must leave either no journal or a
 /// complete one, never an empty file that names no operation (found by

@@ -6,8 +6,11 @@
 //! journal ([`convert::pending_in`]), stray temp files, the disk policy
 //! against the disks' stored form, and every block of every encrypted file
 //! ([`crate::content::verify`]). It only reads, except that with `repair`
-//! it removes the temp files vmcryptfs itself leaves; content, bundles,
-//! journals and unknown names are never changed.
+//! it removes the temp files vmcryptfs itself leaves and finishes or rolls
+//! back an interrupted conversion by its journal ([`convert::resume`]),
+//! and with `zero_damaged_blocks` too rewrites blocks that fail
+//! authentication as authenticated zeros; content that authenticates, a
+//! damaged journal and unknown names are never changed.
 //!
 //! Everything here is reached through [`VmDir`] descriptors (issue 22): no
 //! symlink is followed, only regular files are opened, and the bundle and
@@ -26,8 +29,8 @@ use serde_json::json;
 
 use super::bundle_file;
 use super::convert::{
-    self, stored_form, walk_vm_home, Pending, Progress, StoredForm, WalkEntry, JOURNAL_FILE_NAME,
-    JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
+    self, stored_form, walk_vm_home, Pending, Progress, Resumed, StoredForm, WalkEntry,
+    JOURNAL_FILE_NAME, JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
 };
 use super::layout::{ContentClass, BUNDLE_FILE_NAME};
 use super::owned_file::{remove_at, VmDir};
@@ -344,11 +347,26 @@ fn check_vm(
             return report;
         }
     };
+    let mut not_resumed = None;
+    if repair.enabled {
+        match convert::resume(path, provider, sequences, progress) {
+            Ok(None) => {}
+            Ok(Some(resumed)) => {
+                report.finding(
+                    "journal",
+                    Some(Path::new(JOURNAL_FILE_NAME)),
+                    describe_resumed(&resumed),
+                );
+                report.findings.last_mut().expect("just pushed").repaired = true;
+            }
+            Err(err) => not_resumed = Some(format!("; --repair could not settle it: {err}")),
+        }
+    }
     if !bundle_file::has_bundle_in(&vm) {
         check_plain_dir(&vm, &mut report);
         return report;
     }
-    check_journal(&vm, &mut report);
+    check_journal(&vm, not_resumed.as_deref().unwrap_or(""), &mut report);
     let unlocked = match vm_keys::unlock_vm(&vm, provider, sequences) {
         Ok((bundle, keyring)) => Some((StoragePolicy::of(&bundle), Arc::new(keyring))),
         Err(err) => {
@@ -402,7 +420,7 @@ pub fn check_mounted_vm(
             return report;
         }
     };
-    check_journal(&vm, &mut report);
+    check_journal(&vm, "", &mut report);
     let layout = policy.content_layout;
     let unlocked = (policy, keyring.clone());
     let plan = walk_and_plan(&vm, Some(&unlocked), false, &mut report);
@@ -472,14 +490,32 @@ pub trait SharedContent: Send + Sync {
     ) -> ContentHold;
 }
 
-/// Reports an unfinished or damaged conversion journal of `vm`.
-fn check_journal(vm: &VmDir, report: &mut VmReport) {
+/// What `--repair` did to an interrupted conversion.
+fn describe_resumed(resumed: &Resumed) -> String {
+    match resumed {
+        Resumed::Finished { operation, report } => format!(
+            "an interrupted `{operation}` conversion, finished by its journal ({} file(s) converted, {} already converted)",
+            report.files, report.skipped
+        ),
+        Resumed::ToBundle { operation, report } => format!(
+            "an interrupted `{operation}` conversion, brought to what the key bundle names, as what was asked is recorded nowhere else ({} file(s) converted); run it again to apply another pattern",
+            report.files
+        ),
+        Resumed::RolledBack { operation } => format!(
+            "an interrupted `{operation}` conversion killed before it wrote the key bundle, rolled back (journal removed; no file had been converted)"
+        ),
+    }
+}
+
+/// Reports an unfinished or damaged conversion journal of `vm`, adding
+/// `note` to an unfinished one's finding.
+fn check_journal(vm: &VmDir, note: &str, report: &mut VmReport) {
     match convert::pending_in(vm) {
         None => {}
         Some(Pending::Operation(operation)) => report.finding(
             "journal",
             Some(Path::new(JOURNAL_FILE_NAME)),
-            format!("an interrupted `{operation}` conversion: run it again to finish it ({}); until then files may be in either form", rerun_command(operation)),
+            format!("an interrupted `{operation}` conversion: run it again to finish it ({}), or `vmcryptfs fsck --repair`; until then files may be in either form{note}", rerun_command(operation)),
         ),
         Some(Pending::Damaged(why)) => report.finding(
             "journal",
