@@ -168,6 +168,34 @@ fn the_rate_limit_holds() {
     );
 }
 
+/// Holes are neither read nor paced: a 256 MiB sparse disk holding 1 MiB
+/// scrubs at `rate=4M` in well under the minute its size would take, its
+/// progress counts every byte, and `.stats` only the bytes read.
+#[test]
+fn holes_are_not_paced() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    let mount = env.mount();
+    let disk = fs::File::create(mount.path("vm1/sparse-flat.vmdk")).unwrap();
+    disk.set_len(256 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&disk, &content(9, 1 << 20), 100 << 20).unwrap();
+    drop(disk);
+    let start = Instant::now();
+    write_control(&mount.path("vm1/.control"), "scrub rate=4M\n").unwrap();
+    let control = wait_scrubbed(&mount, "vm1", Duration::from_secs(60));
+    assert_eq!(control["scrub"], "clean", "{control:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        control["scrub-progress"],
+        "268435456 of 268435456 bytes, 1 of 1 files"
+    );
+    assert_eq!(vm_counter(&mount.mnt, "scrub_bytes_total", "vm1"), 1 << 20);
+}
+
 /// Scrubs while fio writes the same encrypted disk (random writes of
 /// unaligned sizes, so requests share blocks and rewrite them in place,
 /// 16 in flight, direct I/O, verified when written): every scrub that

@@ -85,7 +85,7 @@ const COUNTERS: &[CounterFamily] = &[
     ),
     (
         "scrub_bytes_total",
-        "Plaintext bytes of encrypted files checked by scrubs (holes included).",
+        "Plaintext bytes of encrypted files read and checked by scrubs (holes excluded).",
         |c| c.scrub_bytes,
     ),
     ("scrubs_total", "Scrubs of a VM home finished.", |c| c.scrubs),

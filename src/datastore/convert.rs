@@ -123,6 +123,11 @@ pub trait Progress {
     fn start(&mut self, files: usize, bytes: u64);
     /// `bytes` more plaintext bytes were converted.
     fn advance(&mut self, bytes: u64);
+    /// `bytes` more plaintext bytes were passed over without being read
+    /// (holes of a checked file); by default, the same as `advance`.
+    fn skip(&mut self, bytes: u64) {
+        self.advance(bytes);
+    }
     /// One more file is done.
     fn file_done(&mut self, path: &Path);
     /// All done.

@@ -54,7 +54,7 @@ pub struct CounterValues {
     /// Plaintext bytes copied into the kernel's page cache around reads
     /// (`frontend::cache_fill`).
     pub cache_fill_bytes: u64,
-    /// Plaintext bytes a scrub checked (holes included).
+    /// Plaintext bytes a scrub read and checked (holes excluded).
     pub scrub_bytes: u64,
     /// Scrubs finished.
     pub scrubs: u64,
@@ -111,7 +111,7 @@ impl VmCounters {
         add_unless_zero(&self.cache_fill_bytes, bytes);
     }
 
-    /// A scrub checked `bytes` more plaintext bytes.
+    /// A scrub read and checked `bytes` more plaintext bytes.
     pub fn scrub_read(&self, bytes: u64) {
         add_unless_zero(&self.scrub_bytes, bytes);
     }

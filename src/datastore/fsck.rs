@@ -716,7 +716,7 @@ fn check_files(
         });
         match checked {
             Ok((check, hold)) => {
-                progress.advance(check.plain_size.saturating_sub(check.checked_bytes));
+                progress.skip(check.plain_size.saturating_sub(check.checked_bytes));
                 report.files_checked += 1;
                 report.bytes_checked += check.checked_bytes;
                 fill_file_report(&mut file_report, check);
