@@ -8,11 +8,13 @@
 mod common;
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{no_leftovers, read_control, run_checked, stderr, tree_contains, TestEnv};
+use common::{
+    killed_after_first_file, no_leftovers, read_control, run_checked, stderr, tree_contains,
+    TestEnv,
+};
 
 /// The pattern of a VM home made without `--disk-pattern`.
 const DEFAULT: &str = "*.vmdk,*.qcow2,*.raw,*.img,*.vhd,*.vhdx";
@@ -186,16 +188,6 @@ fn an_old_format_bundle_still_means_vmdk_only() {
     env.run_ok(&["vm", "rekey", vm.to_str().unwrap()]);
     assert_eq!(bundle_version(&env, "old"), 1);
     assert_eq!(patterns(&vm_status_json(&env, "old")), ["*.vmdk"]);
-}
-
-/// Runs a conversion that kills itself (SIGKILL) after its first file.
-fn killed_after_first_file(env: &TestEnv, args: &[&str]) {
-    let status = env
-        .cmd(args)
-        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(9), "{args:?}");
 }
 
 /// `vm encrypt` of a plain VM home takes `--disk-pattern` too: the files

@@ -485,20 +485,6 @@ fn zero_damaged_blocks_rewrites_only_the_damaged_blocks() {
     }
 }
 
-/// Kills `vmcryptfs ARGS` at the crash point after its first file, and
-/// checks that it died there.
-fn kill_after_first_file(env: &TestEnv, args: &[&str]) {
-    use std::os::unix::process::ExitStatusExt;
-    let status = env
-        .cmd(args)
-        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(9), "{args:?} killed mid-way");
-}
-
 /// `--repair` settles an interrupted conversion by its journal: `vm
 /// encrypt` and `vm convert-format` killed after their first file are
 /// finished (the files read back as they were, the bundle names the new
@@ -523,7 +509,7 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
     for (name, data) in &files1 {
         fs::write(vm1.join(name), data).unwrap();
     }
-    kill_after_first_file(&env, &["vm", "encrypt", vm1.to_str().unwrap()]);
+    common::killed_after_first_file(&env, &["vm", "encrypt", vm1.to_str().unwrap()]);
     // vm2: format 1, being converted to format 2.
     env.create_vm_in_format("vm2", false, 1);
     let files2 = [
@@ -539,7 +525,7 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
         assert!(mount.unmount().success());
     }
     let vm2 = env.vm_dir("vm2");
-    kill_after_first_file(
+    common::killed_after_first_file(
         &env,
         &[
             "vm",
@@ -548,6 +534,32 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
             "--content-format",
             "2",
         ],
+    );
+    // vm3: disks pass through; `set-disk-pattern` to make *.bin disks
+    // (decrypting them) killed after its first file.
+    env.create_vm("vm3", false);
+    let files3 = [("a.bin", content(7, 9_000)), ("b.bin", content(8, 5_000))];
+    {
+        let mount = env.mount();
+        for (name, data) in &files3 {
+            fs::write(mount.path(&format!("vm3/{name}")), data).unwrap();
+        }
+        assert!(mount.unmount().success());
+    }
+    let vm3 = env.vm_dir("vm3");
+    common::killed_after_first_file(
+        &env,
+        &[
+            "vm",
+            "set-disk-pattern",
+            vm3.to_str().unwrap(),
+            "*.vmdk,*.bin",
+        ],
+    );
+    assert_eq!(
+        fs::read(vm3.join("a.bin")).unwrap(),
+        files3[0].1,
+        "a.bin decrypted"
     );
     // plain: an `encrypt` journal and no bundle.
     let plain = env.datastore.join("plain");
@@ -578,7 +590,11 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
         .lines()
         .filter(|l| l.contains("journal .vmcryptfs-convert-journal: repaired: "))
         .count();
-    assert_eq!(repaired, 3, "one repaired journal per VM home:\n{text}");
+    assert_eq!(repaired, 4, "one repaired journal per VM home:\n{text}");
+    assert!(
+        text.contains("`set-disk-pattern` conversion, brought to what the key bundle names"),
+        "{text}"
+    );
     assert!(
         text.contains("`encrypt` conversion, finished by its journal"),
         "{text}"
@@ -591,7 +607,7 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
         text.contains("`encrypt` conversion killed before it wrote the key bundle, rolled back"),
         "{text}"
     );
-    for dir in [&vm1, &vm2, &plain] {
+    for dir in [&vm1, &vm2, &vm3, &plain] {
         assert!(
             !dir.join(".vmcryptfs-convert-journal").exists(),
             "{}",
@@ -613,6 +629,18 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
         assert!(
             fs::read(mount.path(&format!("vm2/{name}"))).unwrap() == *data,
             "vm2/{name}"
+        );
+    }
+    for (name, data) in &files3 {
+        assert!(
+            fs::read(mount.path(&format!("vm3/{name}"))).unwrap() == *data,
+            "vm3/{name}"
+        );
+        let stored = fs::read(vm3.join(name)).unwrap();
+        assert_eq!(
+            &stored[..4],
+            b"VMCF",
+            "vm3/{name} encrypted again, as the bundle says"
         );
     }
     assert_eq!(

@@ -637,6 +637,18 @@ pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
         .map(|(path, _)| path)
 }
 
+/// Runs a conversion that kills itself (SIGKILL) after its first file.
+#[allow(dead_code)]
+pub fn killed_after_first_file(env: &TestEnv, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = env
+        .cmd(args)
+        .env("VMCRYPTFS_TEST_CRASH_AT", "convert-first-file-done")
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "{args:?}");
+}
+
 /// Asserts that no conversion temp or journal is left in the VM home
 /// `dir` (its top level), after a conversion finished.
 pub fn no_leftovers(dir: &Path) {
