@@ -648,3 +648,82 @@ fn repair_finishes_or_rolls_back_an_interrupted_conversion() {
         "-"
     );
 }
+
+/// Sealed extended attribute values (FORMAT.md §7) are checked too: one
+/// tampered, one moved to another object and one on a symlink tampered
+/// are each an `attribute` finding naming the object and the attribute;
+/// the untouched ones are not.
+#[test]
+fn a_tampered_or_moved_sealed_attribute_is_named_with_its_object() {
+    use rustix::fs::{lgetxattr, lsetxattr, XattrFlags};
+    let env = setup(2);
+    let mount = env.mount();
+    fs::create_dir(mount.path("vm1/d")).unwrap();
+    std::os::unix::fs::symlink("a.bin", mount.path("vm1/link")).unwrap();
+    for (object, name) in [
+        ("vm1/a.bin", "user.note"),
+        ("vm1/b.bin", "user.note"),
+        ("vm1/d", "user.note"),
+        ("vm1/link", "trusted.note"),
+        ("vm2/a.bin", "trusted.note"),
+    ] {
+        lsetxattr(
+            mount.path(object),
+            name,
+            object.as_bytes(),
+            XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+    assert!(mount.unmount().success());
+    expect(&env, 0, &[]);
+
+    let stored = |object: &str, name: &str| {
+        let mut value = vec![0u8; 4096];
+        let len = lgetxattr(env.datastore.join(object), name, &mut value[..]).unwrap();
+        value.truncate(len);
+        value
+    };
+    let store = |object: &str, name: &str, value: &[u8]| {
+        lsetxattr(env.datastore.join(object), name, value, XattrFlags::empty()).unwrap();
+    };
+    let flipped = |mut value: Vec<u8>| {
+        *value.last_mut().unwrap() ^= 1;
+        value
+    };
+    store(
+        "vm1/a.bin",
+        "user.note",
+        &flipped(stored("vm1/a.bin", "user.note")),
+    );
+    store("vm1/d", "user.note", &stored("vm1/b.bin", "user.note"));
+    store(
+        "vm1/link",
+        "trusted.note",
+        &flipped(stored("vm1/link", "trusted.note")),
+    );
+    let text = expect(
+        &env,
+        6,
+        &[
+            "vm1 attribute a.bin",
+            "vm1 attribute d",
+            "vm1 attribute link",
+        ],
+    );
+    assert!(
+        text.contains("attribute a.bin: extended attribute user.note does not authenticate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("attribute link: extended attribute trusted.note does not authenticate"),
+        "{text}"
+    );
+    // --repair leaves the values as they are.
+    let (code, _, _) = fsck_with(&env, &["--repair"]);
+    assert_eq!(code, 6);
+    assert_eq!(
+        stored("vm1/d", "user.note"),
+        stored("vm1/b.bin", "user.note")
+    );
+}

@@ -693,31 +693,11 @@ fn reform_attributes(
 ) -> Result<usize, DatastoreError> {
     let mut rewritten = 0;
     walk(vm, |entry| {
-        let (fd, sealed, rel) = match entry {
-            Visited::Directory { fd, rel } => (fd.try_clone_to_owned(), true, rel),
-            // Never passed by `walk`, which handles internal names itself.
-            Visited::Internal { .. } => return Ok(()),
-            Visited::Special { dir, name, rel } => {
-                match open_listed(vm, dir, name, rel, |kind| {
-                    !matches!(kind, FileType::RegularFile | FileType::Directory)
-                })? {
-                    Some(fd) => (Ok(fd), true, rel),
-                    None => return Ok(()),
-                }
-            }
-            Visited::RegularFile { dir, name, rel } => {
-                match open_listed(vm, dir, name, rel, |kind| kind == FileType::RegularFile)? {
-                    Some(fd) => {
-                        let sealed = policy.class_of(name) == ContentClass::Encrypted;
-                        (Ok(fd), sealed, rel)
-                    }
-                    None => return Ok(()),
-                }
-            }
+        let Some((fd, sealed, rel)) = attribute_holder(vm, policy, entry)? else {
+            return Ok(());
         };
         let path = vm.display_path(rel);
         let context = || format!("sealing the extended attributes of {}", path.display());
-        let fd = fd.map_err(|e| DatastoreError::io(context(), e))?;
         rewritten += BackingObject::new(fd.as_fd())
             .reform(keyring, sealed)
             .map_err(|e| match e {
@@ -730,6 +710,50 @@ fn reform_attributes(
         Ok(())
     })?;
     Ok(rewritten)
+}
+
+/// Calls `visit` with every object of `vm` that carries extended
+/// attributes (see [`attribute_holder`]), changing nothing: internal
+/// names are not visited, nor temps removed (fsck and scrub).
+pub(super) fn for_each_attribute_holder(
+    vm: &VmDir,
+    policy: &StoragePolicy,
+    mut visit: impl FnMut(BorrowedFd<'_>, bool, &Path) -> Result<(), DatastoreError>,
+) -> Result<(), DatastoreError> {
+    walk_all(vm, |entry| match attribute_holder(vm, policy, entry)? {
+        Some((fd, sealed, rel)) => visit(fd.as_fd(), sealed, rel),
+        None => Ok(()),
+    })
+}
+
+/// The object `entry` names as an `O_PATH` descriptor, with whether its
+/// `user.*` and `trusted.*` values are sealed under `policy` (directories,
+/// symlinks, FIFOs, devices and sockets always; files whose class is
+/// encrypted) and its path; `None` for an internal name, or an object
+/// removed or swapped since it was listed.
+fn attribute_holder<'a>(
+    vm: &VmDir,
+    policy: &StoragePolicy,
+    entry: Visited<'a>,
+) -> Result<Option<(OwnedFd, bool, &'a Path)>, DatastoreError> {
+    let opened = match entry {
+        Visited::Directory { fd, rel } => {
+            let fd = fd.try_clone_to_owned().map_err(|e| {
+                DatastoreError::io(format!("opening {}", vm.display_path(rel).display()), e)
+            })?;
+            Some((fd, true, rel))
+        }
+        Visited::Internal { .. } => None,
+        Visited::Special { dir, name, rel } => open_listed(vm, dir, name, rel, |kind| {
+            !matches!(kind, FileType::RegularFile | FileType::Directory)
+        })?
+        .map(|fd| (fd, true, rel)),
+        Visited::RegularFile { dir, name, rel } => {
+            open_listed(vm, dir, name, rel, |kind| kind == FileType::RegularFile)?
+                .map(|fd| (fd, policy.class_of(name) == ContentClass::Encrypted, rel))
+        }
+    };
+    Ok(opened)
 }
 
 /// An `O_PATH` descriptor of `name` in `dir` (listed at `rel`), opened

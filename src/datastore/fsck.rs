@@ -4,7 +4,8 @@
 //! Per VM home it checks the key bundle (it parses, unwraps under the
 //! provider, is not rolled back: [`vm_keys::unlock_vm`]), the conversion
 //! journal ([`convert::pending_in`]), stray temp files, the disk policy
-//! against the disks' stored form, and every block of every encrypted file
+//! against the disks' stored form, every sealed extended attribute value
+//! (docs/FORMAT.md §7), and every block of every encrypted file
 //! ([`crate::content::verify`]). It only reads, except that with `repair`
 //! it removes the temp files vmcryptfs itself leaves and finishes or rolls
 //! back an interrupted conversion by its journal ([`convert::resume`]),
@@ -29,12 +30,13 @@ use serde_json::json;
 
 use super::bundle_file;
 use super::convert::{
-    self, stored_form, walk_vm_home, Pending, Progress, Resumed, StoredForm, WalkEntry,
-    JOURNAL_FILE_NAME, JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
+    self, for_each_attribute_holder, stored_form, walk_vm_home, Pending, Progress, Resumed,
+    StoredForm, WalkEntry, JOURNAL_FILE_NAME, JOURNAL_TEMP_FILE_NAME, TEMP_FILE_NAME,
 };
 use super::layout::{ContentClass, BUNDLE_FILE_NAME};
 use super::owned_file::{remove_at, VmDir};
 use super::vm_home::{StoragePolicy, VmHome};
+use super::xattrs::BackingObject;
 use super::{vm_keys, DatastoreError};
 use crate::content::verify::{check_file, ContentCheck, CHUNK_BLOCKS, SCRUB_CHUNK_BLOCKS};
 use crate::content::EncryptedFile;
@@ -88,7 +90,7 @@ impl VmState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// What kind: `bundle`, `bundle-missing`, `journal`, `stray-temp`,
-    /// `policy` (docs/JSON.md).
+    /// `policy`, `attribute` (docs/JSON.md).
     pub kind: &'static str,
     /// The file concerned, relative to the VM home, escaped; if any.
     pub path: Option<String>,
@@ -382,6 +384,7 @@ fn check_vm(
     };
     let plan = walk_and_plan(&vm, unlocked.as_ref(), repair.enabled, &mut report);
     if let Some((policy, keyring)) = &unlocked {
+        check_attributes(&vm, policy, keyring, &mut report);
         let layout = policy.content_layout;
         let mut fresh =
             |_: &Path, _: &File| ContentHold::unshared(EncryptedFile::new(keyring.clone(), layout));
@@ -425,6 +428,7 @@ pub fn check_mounted_vm(
     let unlocked = (policy, keyring.clone());
     let plan = walk_and_plan(&vm, Some(&unlocked), false, &mut report);
     let policy = &unlocked.0;
+    check_attributes(&vm, policy, keyring, &mut report);
     let mut hold = |rel: &Path, file: &File| shared.hold(vm_home, rel, file, keyring, policy);
     let checker = FileChecker {
         hold: &mut hold,
@@ -567,6 +571,45 @@ fn walk_and_plan(
         report.content_format = Some(policy.content_layout.format_version());
     }
     plan
+}
+
+/// Reports every sealed `user.*` or `trusted.*` value in `vm` that does
+/// not open under `keyring` (tampered, moved from another object or name,
+/// or sealed under a generation the bundle no longer holds), one
+/// `attribute` finding per value. Only reads; `--repair` leaves them (the
+/// value is the owner's, and removing it would lose what may be a
+/// recoverable backup's data).
+fn check_attributes(
+    vm: &VmDir,
+    policy: &StoragePolicy,
+    keyring: &VmKeyring,
+    report: &mut VmReport,
+) {
+    let walked = for_each_attribute_holder(vm, policy, |fd, sealed, rel| {
+        if !sealed {
+            return Ok(());
+        }
+        match BackingObject::new(fd).damaged_sealed(keyring) {
+            Ok(damaged) => {
+                for (name, why) in damaged {
+                    report.finding(
+                        "attribute",
+                        Some(rel),
+                        format!("extended attribute {name} does not authenticate: {why}"),
+                    );
+                }
+            }
+            Err(errno) => report.finding(
+                "attribute",
+                Some(rel),
+                format!("its extended attributes could not be read: {errno}"),
+            ),
+        }
+        Ok(())
+    });
+    if let Err(err) = walked {
+        report.unchecked = Some(format!("{err}; not every extended attribute was checked"));
+    }
 }
 
 /// The command that finishes an interrupted conversion.

@@ -254,6 +254,28 @@ impl<'fd> BackingObject<'fd> {
         Ok(rewritten)
     }
 
+    /// Every `user.*` and `trusted.*` value of the object that does not
+    /// open under `keyring` (fsck and scrub): its name, escaped, and why,
+    /// in fixed words. Internal names are not values; a value removed while
+    /// the list is read is skipped.
+    pub fn damaged_sealed(&self, keyring: &VmKeyring) -> Result<Vec<(String, String)>, Errno> {
+        let list = self.list_raw()?;
+        let mut damaged = Vec::new();
+        for name in rules::names(&list) {
+            let ns = Namespace::of(name);
+            if !ns.is_sealed() || rules::is_internal(name) {
+                continue;
+            }
+            match self.get_sealed(keyring, ns, name) {
+                Ok(_) | Err(XattrError::Backing(Errno::NODATA)) => {}
+                Err(XattrError::Tampered { name, why }) => damaged.push((name, why)),
+                Err(XattrError::Backing(errno)) => return Err(errno),
+                Err(XattrError::TooLarge { .. }) => unreachable!("reading never seals"),
+            }
+        }
+        Ok(damaged)
+    }
+
     /// Copies every attribute this process can read to `to`, as stored.
     pub fn copy_to(&self, to: &BackingObject<'_>) -> Result<(), Errno> {
         let list = self.list_raw()?;
