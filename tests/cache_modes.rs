@@ -1,5 +1,5 @@
 //! The kernel cache policy (frontend::cache_mode): writable opens of
-//! encrypted disks are direct, everything else goes through the page
+//! encrypted files are direct, everything else goes through the page
 //! cache, and the two modes always see the same bytes. And what reads
 //! bring into the backing file's page cache (`-o read_around`), or start
 //! reading ahead of a sequential reader (`-o read_ahead`).
@@ -29,40 +29,44 @@ fn bytes_served_for_rereads(mnt: &Path, file: &fs::File, times: usize) -> u64 {
 }
 
 #[test]
-fn writable_disk_opens_are_direct_and_other_opens_are_cached() {
+fn writable_encrypted_opens_are_direct_and_other_opens_are_cached() {
     let env = TestEnv::new();
     env.create_vm("vm1", true);
     let mount = env.mount();
     let disk = mount.path("vm1/disk-flat.vmdk");
     let config = mount.path("vm1/vm1.vmx");
-    fs::write(&disk, vec![0x5a; 4096]).unwrap();
-    fs::write(&config, vec![0x5a; 4096]).unwrap();
+    for file in [&disk, &config] {
+        fs::write(file, vec![0x5a; 4096]).unwrap();
+    }
+    let read_write = |path: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    };
 
-    // A writable open of a disk: every read reaches the mount.
-    let rw_disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&disk)
-        .unwrap();
-    assert_eq!(
-        bytes_served_for_rereads(&mount.path(""), &rw_disk, 10),
-        10 * 4096,
-        "reads of a writable disk open must not be cached"
-    );
-    drop(rw_disk);
+    // A writable open of an encrypted file, a disk or any other: every
+    // read reaches the mount.
+    for (file, what) in [(&disk, "disk"), (&config, ".vmx")] {
+        let rw = read_write(file);
+        assert_eq!(
+            bytes_served_for_rereads(&mount.path(""), &rw, 10),
+            10 * 4096,
+            "reads of a writable {what} open must not be cached"
+        );
+    }
 
-    // A read-only open of the same disk, and a writable open of a small VM
-    // file: the page cache serves the re-reads.
-    let ro_disk = fs::File::open(&disk).unwrap();
-    let served = bytes_served_for_rereads(&mount.path(""), &ro_disk, 10);
-    assert!(served <= 4096, "read-only disk open re-read {served} bytes");
-    let rw_config = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&config)
-        .unwrap();
-    let served = bytes_served_for_rereads(&mount.path(""), &rw_config, 10);
-    assert!(served <= 4096, ".vmx open re-read {served} bytes");
+    // Read-only opens of the same files: the page cache serves the
+    // re-reads.
+    for (file, what) in [(&disk, "disk"), (&config, ".vmx")] {
+        let ro = fs::File::open(file).unwrap();
+        let served = bytes_served_for_rereads(&mount.path(""), &ro, 10);
+        assert!(
+            served <= 4096,
+            "read-only {what} open re-read {served} bytes"
+        );
+    }
 }
 
 #[test]

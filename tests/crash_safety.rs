@@ -49,8 +49,8 @@ fn client(dir: PathBuf, id: usize, round: u64, ledger: SharedLedger, stop: Arc<A
     let mut v = round * 1000;
     while !stop.load(Ordering::Relaxed) {
         v += 1;
-        // Clients 2 and 3 write disk images, which are served direct with
-        // parallel writes (frontend::cache_mode); 0 and 1 ordinary files.
+        // Clients 2 and 3 write disk images, 0 and 1 ordinary files (both
+        // served direct with parallel writes, frontend::cache_mode).
         let name = if id >= 2 {
             format!("c{id}-{}-flat.vmdk", v % 3)
         } else {

@@ -219,15 +219,6 @@ impl VmHome {
             .unwrap_or(ContentClass::Encrypted)
     }
 
-    /// Whether `name` is a disk of this VM, by the bundle as for
-    /// [`VmHome::content_class`]: only for choosing how the kernel caches
-    /// an open, never a file's class. An unreadable bundle means the VM is
-    /// locked and nothing is opened.
-    pub fn is_disk(&self, name: &OsStr) -> bool {
-        self.bundle_field(|b| layout::is_disk_name(name, &b.disk_pattern))
-            .unwrap_or(false)
-    }
-
     /// The content format of the VM's encrypted files, from the bundle. An
     /// unreadable bundle also leaves the keys locked, so no content is read
     /// or written; only `stat` sizes use the fallback.

@@ -18,7 +18,7 @@ use super::cache_fill::{CacheRole, FillGate, FillJob};
 use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::caller::Caller;
 use super::handles::{Handle, Snapshot};
-use super::inodes::{Area, NodeInfo};
+use super::inodes::NodeInfo;
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
@@ -131,23 +131,12 @@ impl VmCryptFs {
         }
     }
 
-    /// How the kernel should cache an open of `rel` (class `class`) with
-    /// `flags`; see [`super::cache_mode`].
-    fn cache_mode_for(
-        &self,
-        node: &NodeInfo,
-        rel: &Path,
-        class: ContentClass,
-        flags: i32,
-    ) -> CacheMode {
-        let disk = match (&node.area, rel.file_name()) {
-            (Area::Vm(vm), Some(name)) => vm.is_disk(name),
-            _ => false,
-        };
-        let file = if class == ContentClass::Encrypted && disk {
-            OpenedFile::EncryptedDisk
-        } else {
-            OpenedFile::Other
+    /// How the kernel should cache an open of a file of class `class`
+    /// with `flags`; see [`super::cache_mode`].
+    fn cache_mode_for(&self, class: ContentClass, flags: i32) -> CacheMode {
+        let file = match class {
+            ContentClass::Encrypted => OpenedFile::Encrypted,
+            ContentClass::Plain => OpenedFile::Plain,
         };
         cache_mode(file, flags, self.direct_io_mmap.load(Ordering::Relaxed))
     }
@@ -171,7 +160,7 @@ impl VmCryptFs {
         let file = self
             .open_backing(&rel, flags, class, None)
             .map_err(io_errno)?;
-        let mode = self.cache_mode_for(&node, &rel, class, flags);
+        let mode = self.cache_mode_for(class, flags);
         let handle = self.make_handle(&node, file, class, &rel, CacheRole::of_open(flags, mode))?;
         if flags & libc::O_TRUNC != 0 && wants_write(flags) {
             self.truncate_handle(&handle, &rel, 0)?;
@@ -205,7 +194,7 @@ impl VmCryptFs {
             self.names_backing(known, backing)
         });
         let node = self.node(ino)?;
-        let mode = self.cache_mode_for(&node, &rel, class, flags);
+        let mode = self.cache_mode_for(class, flags);
         let handle = self.make_handle(&node, file, class, &rel, CacheRole::of_open(flags, mode))?;
         if flags & libc::O_TRUNC != 0 && stat.st_size > 0 {
             self.truncate_handle(&handle, &rel, 0)?;
