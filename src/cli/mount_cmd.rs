@@ -252,6 +252,9 @@ pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
         // do not reach the mount.
         let _ = nix::unistd::setsid();
     }
+    // Unlocks share their key store openings (a host's VMs powering on
+    // together); see `keys::embedded::unlock_cache`.
+    let provider = Arc::new(provider.caching_unlocks());
     serve(
         datastore,
         mountpoint,

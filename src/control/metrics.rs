@@ -96,8 +96,16 @@ const COUNTERS: &[CounterFamily] = &[
     ),
 ];
 
+/// What the mount as a whole did, beside its VM homes' counters.
+pub struct MountStats {
+    /// Time since the mount started.
+    pub uptime_seconds: f64,
+    /// Openings of the embedded key store by the mount's process.
+    pub key_store_opens: u64,
+}
+
 /// Renders the whole file.
-pub fn render(uptime_seconds: f64, vms: &[VmStats]) -> String {
+pub fn render(mount: &MountStats, vms: &[VmStats]) -> String {
     let mut out = String::new();
     let mut total = CounterValues::default();
     for vm in vms {
@@ -129,7 +137,12 @@ pub fn render(uptime_seconds: f64, vms: &[VmStats]) -> String {
         vms.iter().filter(|vm| vm.locked).count()
     ));
     out.push_str(&format!(
-        "# HELP vmcryptfs_uptime_seconds Time since the mount started.\n# TYPE vmcryptfs_uptime_seconds gauge\nvmcryptfs_uptime_seconds {uptime_seconds:.3}\n"
+        "# HELP vmcryptfs_key_store_opens_total Openings of the embedded key store (each reads its database and syncs twice); first unlocks that come together share them.\n# TYPE vmcryptfs_key_store_opens_total counter\nvmcryptfs_key_store_opens_total {}\n",
+        mount.key_store_opens
+    ));
+    out.push_str(&format!(
+        "# HELP vmcryptfs_uptime_seconds Time since the mount started.\n# TYPE vmcryptfs_uptime_seconds gauge\nvmcryptfs_uptime_seconds {:.3}\n",
+        mount.uptime_seconds
     ));
     out
 }
@@ -159,7 +172,11 @@ mod tests {
                 locked: true,
             },
         ];
-        let text = render(12.5, &vms);
+        let mount = MountStats {
+            uptime_seconds: 12.5,
+            key_store_opens: 7,
+        };
+        let text = render(&mount, &vms);
         assert!(text.contains("vmcryptfs_read_operations_total{vm=\"vm1\"} 2\n"));
         assert!(
             text.contains("vmcryptfs_read_operations_total{vm=\"odd \\\"name\\\"\\\\\\n\"} 3\n")
@@ -167,6 +184,7 @@ mod tests {
         assert!(text.contains("\nvmcryptfs_read_operations_total 5\n"));
         assert!(text.contains("\nvmcryptfs_locked_vms 1\n"));
         assert!(text.contains("\nvmcryptfs_uptime_seconds 12.500\n"));
+        assert!(text.contains("\nvmcryptfs_key_store_opens_total 7\n"));
         assert!(text.contains("# TYPE vmcryptfs_rekeys_total counter\n"));
         // Every line is a comment or `name[{labels}] value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

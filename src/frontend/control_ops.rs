@@ -134,7 +134,11 @@ impl VmCryptFs {
                 locked: vm.is_locked(),
             })
             .collect();
-        metrics::render(self.started.elapsed().as_secs_f64(), &vms).into_bytes()
+        let mount = metrics::MountStats {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            key_store_opens: crate::keys::embedded::store_opens(),
+        };
+        metrics::render(&mount, &vms).into_bytes()
     }
 
     /// What reading a virtual file shows now.

@@ -15,9 +15,14 @@
 
 pub(crate) mod backup;
 mod batch;
+mod fetched;
 mod record;
 mod restore;
 mod store;
+mod unlock_cache;
+
+pub use self::store::store_opens;
+pub use self::unlock_cache::UNLOCK_KEK_TTL;
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -70,6 +75,9 @@ struct Keystore {
     dir: PathBuf,
     /// How long an open waits for another holder of the sled lock.
     lock_timeout: Duration,
+    /// Openings through this value (the process's total is
+    /// [`store_opens`]); only counted up.
+    opens: std::sync::atomic::AtomicU64,
 }
 
 impl Keystore {
@@ -77,6 +85,7 @@ impl Keystore {
         Self {
             dir: dir.to_path_buf(),
             lock_timeout,
+            opens: Default::default(),
         }
     }
 
@@ -461,6 +470,13 @@ impl KeyProvider for EmbeddedProvider {
 
     fn batch(self: Arc<Self>) -> Option<Arc<dyn KeyProvider>> {
         Some(Arc::new(batch::EmbeddedBatch::new(self)))
+    }
+
+    fn caching_unlocks(self: Arc<Self>) -> Option<Arc<dyn KeyProvider>> {
+        Some(Arc::new(unlock_cache::UnlockCache::new(
+            self,
+            UNLOCK_KEK_TTL,
+        )))
     }
 }
 

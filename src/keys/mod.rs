@@ -334,4 +334,16 @@ pub trait KeyProvider: Send + Sync {
     fn batch(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn KeyProvider>> {
         None
     }
+
+    /// This provider for a mount's unlocks, or `None` if it has no cheaper
+    /// way than one operation each. It may keep what an unwrap fetched for
+    /// a bounded time (the embedded store: the plaintext KEK for
+    /// [`embedded::UNLOCK_KEK_TTL`]), so that many VMs unlocked together
+    /// share one fetch; everything but unwrapping behaves as the provider
+    /// itself, and its `batch` is the provider's.
+    fn caching_unlocks(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn KeyProvider>> {
+        None
+    }
 }

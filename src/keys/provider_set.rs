@@ -83,13 +83,30 @@ impl ProviderSet {
     /// its batch. Drop it when the batch ends: the embedded provider's
     /// batch holds plaintext KEKs until then.
     pub fn batched(&self) -> Self {
+        self.with_each(|provider| provider.batch())
+    }
+
+    /// This set for a mount's unlocks: each provider that can
+    /// ([`KeyProvider::caching_unlocks`]) replaced by its caching form, so
+    /// a burst of first unlocks shares its key store openings. Its
+    /// [`ProviderSet::batched`] is still the providers' batches.
+    pub fn caching_unlocks(&self) -> Self {
+        self.with_each(|provider| provider.caching_unlocks())
+    }
+
+    /// This set with each provider replaced by what `replace` makes of it,
+    /// where it makes something.
+    fn with_each(
+        &self,
+        replace: impl Fn(Arc<dyn KeyProvider>) -> Option<Arc<dyn KeyProvider>>,
+    ) -> Self {
         Self {
             providers: self
                 .providers
                 .iter()
                 .map(|(name, provider)| {
-                    let batch = provider.clone().batch();
-                    (name.clone(), batch.unwrap_or_else(|| provider.clone()))
+                    let replaced = replace(provider.clone());
+                    (name.clone(), replaced.unwrap_or_else(|| provider.clone()))
                 })
                 .collect(),
             ..self.clone()

@@ -11,9 +11,10 @@
 //! a version retired or destroyed during the batch still serves the batch,
 //! as it would have served an operation that started just before.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
+use super::fetched::FetchedKeks;
 use super::{unwrap_under, wrap_under, EmbeddedProvider, KekUse};
 use crate::crypto::secret::{Dek, Kek};
 use crate::keys::{KekRef, KekVersionInfo, KeyProvider, ProviderError};
@@ -24,13 +25,12 @@ pub(super) struct EmbeddedBatch {
     /// The provider. Immutable.
     provider: Arc<EmbeddedProvider>,
     /// The current KEK, read at the first ask. Held while it is read, and
-    /// `keys` is taken inside it then, never the other way round.
+    /// `keks` is taken inside it then, never the other way round.
     current: Mutex<Option<KekRef>>,
     /// Plaintext KEKs fetched in this batch, by version and use; wiped when
-    /// the batch (and every worker's clone of an entry) is dropped. Held
-    /// while a missing one is fetched, so concurrent workers fetch each
-    /// once; taken inside `current` only.
-    keks: Mutex<BTreeMap<(u32, KekUse), Arc<Kek>>>,
+    /// the batch (and every worker's clone of an entry) is dropped. Its own
+    /// lock (see [`FetchedKeks`]), taken inside `current` only.
+    keks: FetchedKeks,
 }
 
 impl EmbeddedBatch {
@@ -38,7 +38,7 @@ impl EmbeddedBatch {
         Self {
             provider,
             current: Mutex::new(None),
-            keks: Mutex::new(BTreeMap::new()),
+            keks: FetchedKeks::for_batch(),
         }
     }
 
@@ -47,22 +47,14 @@ impl EmbeddedBatch {
     fn kek(&self, kek: &KekRef, usage: KekUse) -> Result<Arc<Kek>, ProviderError> {
         // The owner check is cheap and must hold for every bundle.
         self.provider.check_owner(kek)?;
-        let mut keks = self.keks.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = keks.get(&(kek.version, usage)) {
-            return Ok(found.clone());
-        }
-        let fetched = Arc::new(self.provider.kek_for(kek, usage)?);
-        keks.insert((kek.version, usage), fetched.clone());
-        Ok(fetched)
+        self.keks
+            .get_or_fetch((kek.version, usage), || self.provider.kek_for(kek, usage))
     }
 
     /// Forgets everything fetched: the store changed under this batch.
     fn forget(&self) {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.keks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.keks.clear();
     }
 }
 
@@ -79,12 +71,10 @@ impl KeyProvider for EmbeddedBatch {
         // The wrapping KEK comes with it, from the same opening of the
         // store: each opening is two fsyncs of sled's, a third of the
         // time of a `vm create`.
+        let started = Instant::now();
         let kek = match self.provider.current_for_wrap() {
             Ok((kek, plain)) => {
-                self.keks
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert((kek.version, KekUse::Wrap), Arc::new(plain));
+                self.keks.insert((kek.version, KekUse::Wrap), started, plain);
                 kek
             }
             Err(_) => self.provider.current_kek()?,

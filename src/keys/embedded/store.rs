@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,16 @@ const META_CURRENT_VERSION: &[u8] = b"current_version";
 /// processes do; waiting here instead of spinning on the flock keeps threads
 /// of one mount from timing each other out.
 static PROCESS_STORE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Successful openings of a key store by this process, for `.stats`: each
+/// costs sled's segment read and two fsyncs, so this is what shows whether
+/// a burst of unlocks shared its openings (`unlock_cache.rs`).
+static STORE_OPENS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has opened a key store.
+pub fn store_opens() -> u64 {
+    STORE_OPENS.load(Ordering::Relaxed)
+}
 
 /// The open store. Dropping it closes sled and releases both locks.
 pub(super) struct Session<'a> {
@@ -93,6 +104,8 @@ impl<'a> Session<'a> {
             // left anything inconsistent behind it.
             .unwrap_or_else(PoisonError::into_inner);
         let db = open_db_waiting(keystore)?;
+        STORE_OPENS.fetch_add(1, Ordering::Relaxed);
+        keystore.opens.fetch_add(1, Ordering::Relaxed);
         let open_tree = |name: &[u8]| {
             db.open_tree(name)
                 .map_err(sled_error(&keystore.dir, "opening a tree of"))
