@@ -27,8 +27,19 @@ pub fn drop_cache(file: &fs::File) {
 
 /// Counter `name` (after `vmcryptfs_`) of `vm`, from the root `.stats`.
 pub fn vm_counter(mnt: &Path, name: &str, vm: &str) -> u64 {
+    stats_value(mnt, &format!("{name}{{vm=\"{vm}\"}}"))
+}
+
+/// Counter `name` (after `vmcryptfs_`) of the whole mount, from the root
+/// `.stats`.
+pub fn mount_counter(mnt: &Path, name: &str) -> u64 {
+    stats_value(mnt, name)
+}
+
+/// The value of series `series` (after `vmcryptfs_`) in the root `.stats`.
+fn stats_value(mnt: &Path, series: &str) -> u64 {
     let stats = fs::read_to_string(mnt.join(".stats")).unwrap();
-    let prefix = format!("vmcryptfs_{name}{{vm=\"{vm}\"}} ");
+    let prefix = format!("vmcryptfs_{series} ");
     stats
         .lines()
         .find_map(|line| line.strip_prefix(&prefix))
