@@ -341,9 +341,7 @@ pub trait KeyProvider: Send + Sync {
     /// [`embedded::UNLOCK_KEK_TTL`]), so that many VMs unlocked together
     /// share one fetch; everything but unwrapping behaves as the provider
     /// itself, and its `batch` is the provider's.
-    fn caching_unlocks(
-        self: std::sync::Arc<Self>,
-    ) -> Option<std::sync::Arc<dyn KeyProvider>> {
+    fn caching_unlocks(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn KeyProvider>> {
         None
     }
 }

@@ -74,7 +74,8 @@ impl KeyProvider for EmbeddedBatch {
         let started = Instant::now();
         let kek = match self.provider.current_for_wrap() {
             Ok((kek, plain)) => {
-                self.keks.insert((kek.version, KekUse::Wrap), started, plain);
+                self.keks
+                    .insert((kek.version, KekUse::Wrap), started, plain);
                 kek
             }
             Err(_) => self.provider.current_kek()?,

@@ -116,7 +116,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (provider, v1) = EmbeddedProvider::init(dir.path()).unwrap();
         let wrapped: Vec<_> = (0..32).map(|_| wrapped_under(&provider, &v1)).collect();
-        let cache = Arc::new(UnlockCache::new(Arc::new(provider), Duration::from_secs(60)));
+        let cache = Arc::new(UnlockCache::new(
+            Arc::new(provider),
+            Duration::from_secs(60),
+        ));
         let opens = || cache.provider.keystore.opens.load(Ordering::Relaxed);
         let before = opens();
         std::thread::scope(|scope| {
@@ -153,7 +156,10 @@ mod tests {
 
         // Another process (another provider on the same store) destroys v1:
         // within the TTL the cached KEK still serves (the documented bound)...
-        EmbeddedProvider::open(dir.path()).unwrap().destroy(1).unwrap();
+        EmbeddedProvider::open(dir.path())
+            .unwrap()
+            .destroy(1)
+            .unwrap();
         cache.unwrap_dek(&v1, &blob, AAD).unwrap();
         // ...and after it, the entry is wiped without anyone asking, and
         // the next unlock finds the version destroyed.
