@@ -130,6 +130,51 @@ fn every_operation_against_a_real_kms() {
     assert!(err.to_string().contains("Item Not Found"), "{err}");
 }
 
+/// Concurrent Encrypts and Decrypts through one client go to the KMS as the
+/// batch items of shared messages (KMIP 1.4 batching), each answered with
+/// its own result: a bad tag fails only its own item. Counted, not timed:
+/// 32 threads, each an Encrypt then a Decrypt, take far fewer than 64
+/// messages (one each without batching).
+#[test]
+fn concurrent_operations_share_batched_messages_and_keep_their_own_answers() {
+    const THREADS: u8 = 32;
+    let kms = Kms::start();
+    let client = client(&kms, &kms.server, Duration::from_secs(5));
+    let uid = client.create_aes256(&soon(), "batch-v1", "batch").unwrap();
+    client.activate(&soon(), &uid).unwrap();
+    let before = client.messages_sent();
+    std::thread::scope(|scope| {
+        for n in 0..THREADS {
+            let (client, uid) = (&client, &uid);
+            scope.spawn(move || {
+                let aad = [b'a', n];
+                let (ciphertext, tag) = client
+                    .encrypt_gcm(&soon(), uid, &[n; 32], &[n; 12], &aad)
+                    .unwrap();
+                let mut bad_tag = tag.clone();
+                bad_tag[0] ^= 1;
+                if n % 4 == 0 {
+                    let err = client
+                        .decrypt_gcm(&soon(), uid, &ciphertext, &[n; 12], &aad, &bad_tag)
+                        .unwrap_err();
+                    assert!(matches!(err, KmipError::Refused { .. }), "{err}");
+                } else {
+                    let plain = client
+                        .decrypt_gcm(&soon(), uid, &ciphertext, &[n; 12], &aad, &tag)
+                        .unwrap();
+                    assert_eq!(plain.as_slice(), &[n; 32]);
+                }
+            });
+        }
+    });
+    let messages = client.messages_sent() - before;
+    assert!(
+        messages < u64::from(THREADS),
+        "{} operations took {messages} messages",
+        2 * u64::from(THREADS)
+    );
+}
+
 #[test]
 fn server_and_local_wrapping_read_each_others_bytes() {
     let kms = Kms::start();

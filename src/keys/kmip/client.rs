@@ -2,20 +2,23 @@
 //! with retries.
 //!
 //! Read-only and repeatable operations (Locate, Get, GetAttributes,
-//! Encrypt, Decrypt, DiscoverVersions) share one cached connection and are
-//! retried with backoff when the connection fails, because repeating them
-//! changes nothing. Operations that change the server (Create, Activate,
+//! Encrypt, Decrypt, DiscoverVersions) share one cached connection, where
+//! those of concurrent threads go together as the batch items of one
+//! message ([`batcher`](super::batcher)), and are retried with backoff when
+//! the connection fails, because repeating them changes nothing. Operations that change the server (Create, Activate,
 //! Revoke, Destroy) each open a fresh connection and are retried only while
 //! connecting: once the request may have reached the server, repeating it
 //! could create a second key or fail confusingly, so the error is reported.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use zeroize::Zeroizing;
 
-use super::message::{decode_response, encode_request, ResponseError};
+use super::batcher::{Answer, Batcher};
+use super::message::{batch_item, decode_batch, decode_response, encode_batch, ResponseError};
 use super::tags::{self, operation, tag};
 use super::transport::{
     ClientIdentity, Connection, Deadline, Endpoint, IdentityError, TransportError,
@@ -116,6 +119,11 @@ pub struct KmipClient {
     /// The connection shared by repeatable operations. Held for the whole
     /// request and response, so one request is in flight at a time.
     cached: Mutex<Option<Connection>>,
+    /// Repeatable requests waiting to share a message; its own lock, never
+    /// held while `cached` is.
+    batcher: Batcher,
+    /// Request messages sent, for tests of the batching. Only counted up.
+    messages: AtomicU64,
 }
 
 impl KmipClient {
@@ -130,7 +138,15 @@ impl KmipClient {
             endpoint,
             retries,
             cached: Mutex::new(None),
+            batcher: Batcher::default(),
+            messages: AtomicU64::new(0),
         })
+    }
+
+    /// How many request messages this client has sent (a batch of items
+    /// is one).
+    pub fn messages_sent(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
     }
 
     /// HOST:PORT of the server.
@@ -148,11 +164,15 @@ impl KmipClient {
     }
 
     fn decode(&self, op: u32, bytes: &[u8]) -> Result<Item, KmipError> {
-        decode_response(bytes, op).map_err(|source| KmipError::Refused {
+        decode_response(bytes, op).map_err(|source| self.refused(op, source))
+    }
+
+    fn refused(&self, op: u32, source: ResponseError) -> KmipError {
+        KmipError::Refused {
             operation: tags::operation_name(op),
             server: self.endpoint.server.clone(),
             source,
-        })
+        }
     }
 
     fn retryable(err: &TransportError) -> bool {
@@ -163,7 +183,9 @@ impl KmipClient {
     }
 
     /// Runs one operation and returns its response payload; gives up at
-    /// `deadline`, retries and their backoff included.
+    /// `deadline`, retries and their backoff included. A repeatable one
+    /// goes first in a batch with other threads' ([`Batcher`]); if that
+    /// message fails in transport, it is sent alone, with the retries.
     fn call(
         &self,
         deadline: &Deadline,
@@ -171,7 +193,14 @@ impl KmipClient {
         payload: Vec<Item>,
         repeatable: bool,
     ) -> Result<Item, KmipError> {
-        let request = encode_request(op, payload);
+        let item = batch_item(op, payload);
+        if repeatable {
+            let send = |items: Vec<Item>, ops: &[u32]| self.send_batch(items, ops, deadline);
+            if let Some(answer) = self.batcher.run(op, item.clone(), deadline, send) {
+                return answer.map_err(|source| self.refused(op, source));
+            }
+        }
+        let request = encode_batch(vec![item]);
         let mut attempt = 0;
         loop {
             let result = if repeatable {
@@ -200,6 +229,50 @@ impl KmipClient {
         }
     }
 
+    /// One message of `items` (for `ops`) on the cached connection: one
+    /// answer per item, or `None` for each if the message failed in
+    /// transport (or, with several items, came back malformed), so that
+    /// each is sent alone and reports its own failure.
+    fn send_batch(&self, items: Vec<Item>, ops: &[u32], deadline: &Deadline) -> Vec<Answer> {
+        let request = encode_batch(items);
+        let alone = || vec![None; ops.len()];
+        let bytes = {
+            let mut cached = self.cached.lock().unwrap_or_else(|poisoned| {
+                // A panic mid-exchange may have left the connection out
+                // of step with the server: start a new one.
+                let mut cached = poisoned.into_inner();
+                *cached = None;
+                cached
+            });
+            if cached.is_none() {
+                match self.connect(deadline) {
+                    Ok(connection) => *cached = Some(connection),
+                    Err(_) => return alone(),
+                }
+            }
+            let connection = cached.as_mut().expect("just connected");
+            match self.exchange(connection, &request, deadline) {
+                Ok(bytes) => bytes,
+                Err(_) => {
+                    *cached = None;
+                    return alone();
+                }
+            }
+        };
+        match decode_batch(&bytes, ops) {
+            Ok(answers) => answers.into_iter().map(Some).collect(),
+            Err(err) if ops.len() == 1 => vec![Some(Err(err))],
+            Err(err) => {
+                log::warn!(
+                    "KMIP server {} answered a batch of {} items wrongly ({err}); sending them one by one",
+                    self.endpoint.server,
+                    ops.len()
+                );
+                alone()
+            }
+        }
+    }
+
     /// A round trip on the cached connection; any failure drops it. While
     /// another thread uses it, on a connection of its own instead: waiting
     /// for the lock could outlast this operation's deadline.
@@ -213,8 +286,8 @@ impl KmipClient {
             Ok(cached) => cached,
             Err(std::sync::TryLockError::WouldBlock) => {
                 let mut connection = self.connect(deadline)?;
-                return connection
-                    .round_trip(request, deadline)
+                return self
+                    .exchange(&mut connection, request, deadline)
                     .map_err(|e| (e, true));
             }
             Err(std::sync::TryLockError::Poisoned(_)) => panic!("KMIP connection lock poisoned"),
@@ -223,7 +296,7 @@ impl KmipClient {
             *cached = Some(self.connect(deadline)?);
         }
         let connection = cached.as_mut().expect("just connected");
-        connection.round_trip(request, deadline).map_err(|err| {
+        self.exchange(connection, request, deadline).map_err(|err| {
             *cached = None;
             (err, true)
         })
@@ -237,9 +310,19 @@ impl KmipClient {
         deadline: &Deadline,
     ) -> Result<Zeroizing<Vec<u8>>, (TransportError, bool)> {
         let mut connection = self.connect(deadline)?;
-        connection
-            .round_trip(request, deadline)
+        self.exchange(&mut connection, request, deadline)
             .map_err(|e| (e, false))
+    }
+
+    /// One request message and its response on `connection`, counted.
+    fn exchange(
+        &self,
+        connection: &mut Connection,
+        request: &[u8],
+        deadline: &Deadline,
+    ) -> Result<Zeroizing<Vec<u8>>, TransportError> {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        connection.round_trip(request, deadline)
     }
 
     /// A new connection; a failure to connect may be retried.

@@ -1,11 +1,12 @@
-//! The KMIP request and response envelopes: one operation per message.
+//! The KMIP request and response envelopes: one operation per message, or
+//! several as the batch items of one message.
 //!
-//! Knows the message structure (header, one batch item, result status) and
+//! Knows the message structure (header, batch items, result status) and
 //! nothing of sockets or of what the operations mean to vmcryptfs.
 
 use zeroize::Zeroizing;
 
-use super::tags::{tag, RESULT_SUCCESS};
+use super::tags::{tag, BATCH_CONTINUE, RESULT_SUCCESS};
 use super::ttlv::{Item, TtlvError, Value};
 
 /// The protocol version every request carries. 1.4 is the first with the
@@ -32,54 +33,135 @@ pub enum ResponseError {
     Structure(&'static str),
 }
 
+/// One batch item of a request: `operation` with its payload fields.
+pub fn batch_item(operation: u32, payload: Vec<Item>) -> Item {
+    Item::structure(
+        tag::BATCH_ITEM,
+        vec![
+            Item::enumeration(tag::OPERATION, operation),
+            Item::structure(tag::REQUEST_PAYLOAD, payload),
+        ],
+    )
+}
+
 /// Encodes a request for `operation` with the given payload fields. The
 /// buffer is wiped when dropped: an Encrypt request carries a DEK.
 pub fn encode_request(operation: u32, payload: Vec<Item>) -> Zeroizing<Vec<u8>> {
+    encode_batch(vec![batch_item(operation, payload)])
+}
+
+/// Encodes one request message carrying `items` (from [`batch_item`]) as
+/// its batch items, which KMIP 1.4 allows (section 7.1): the server
+/// answers each in one response message. With more than one, each gets
+/// its position as Unique Batch Item ID, which the spec then requires and
+/// the answers carry back. Wiped when dropped, as [`encode_request`].
+pub fn encode_batch(items: Vec<Item>) -> Zeroizing<Vec<u8>> {
     let (major, minor) = PROTOCOL_VERSION;
-    let message = Item::structure(
-        tag::REQUEST_MESSAGE,
+    let count = items.len();
+    // The ID goes after the Operation, as the spec orders the fields.
+    let numbered = items.into_iter().enumerate().map(|(i, mut item)| {
+        if count > 1 {
+            if let Value::Structure(fields) = &mut item.value {
+                fields.insert(1, Item::bytes(tag::UNIQUE_BATCH_ITEM_ID, &batch_id(i)));
+            }
+        }
+        item
+    });
+    let mut header = vec![Item::structure(
+        tag::PROTOCOL_VERSION,
         vec![
-            Item::structure(
-                tag::REQUEST_HEADER,
-                vec![
-                    Item::structure(
-                        tag::PROTOCOL_VERSION,
-                        vec![
-                            Item::integer(tag::PROTOCOL_VERSION_MAJOR, major),
-                            Item::integer(tag::PROTOCOL_VERSION_MINOR, minor),
-                        ],
-                    ),
-                    Item::integer(tag::BATCH_COUNT, 1),
-                ],
-            ),
-            Item::structure(
-                tag::BATCH_ITEM,
-                vec![
-                    Item::enumeration(tag::OPERATION, operation),
-                    Item::structure(tag::REQUEST_PAYLOAD, payload),
-                ],
-            ),
+            Item::integer(tag::PROTOCOL_VERSION_MAJOR, major),
+            Item::integer(tag::PROTOCOL_VERSION_MINOR, minor),
         ],
-    );
+    )];
+    if count > 1 {
+        // The default (Stop) leaves the items after a failed one (a
+        // tampered bundle's Decrypt) unanswered.
+        header.push(Item::enumeration(
+            tag::BATCH_ERROR_CONTINUATION_OPTION,
+            BATCH_CONTINUE,
+        ));
+    }
+    header.push(Item::integer(
+        tag::BATCH_COUNT,
+        i32::try_from(count).expect("a batch of fewer than 2^31 items"),
+    ));
+    let mut fields = vec![Item::structure(tag::REQUEST_HEADER, header)];
+    fields.extend(numbered);
     let mut out = Zeroizing::new(Vec::new());
-    message.encode_into(&mut out);
+    Item::structure(tag::REQUEST_MESSAGE, fields).encode_into(&mut out);
     out
+}
+
+/// The Unique Batch Item ID of the item at `position`.
+fn batch_id(position: usize) -> [u8; 4] {
+    u32::try_from(position)
+        .expect("a batch of fewer than 2^32 items")
+        .to_be_bytes()
 }
 
 /// Decodes the response to a request for `operation` and returns its
 /// payload (an empty structure for operations that return none).
 pub fn decode_response(bytes: &[u8], operation: u32) -> Result<Item, ResponseError> {
+    decode_batch(bytes, &[operation])?
+        .pop()
+        .expect("one answer for one item")
+}
+
+/// Decodes the response to a request of [`encode_batch`] whose items were
+/// for `operations`, in order: the whole message must answer every item
+/// exactly once (else `Err`), and each item's answer is its payload or its
+/// own failure. With several items, answers are matched by their Unique
+/// Batch Item ID, so a server may answer in any order.
+pub fn decode_batch(
+    bytes: &[u8],
+    operations: &[u32],
+) -> Result<Vec<Result<Item, ResponseError>>, ResponseError> {
     let message = Item::decode(bytes)?;
     if message.tag != tag::RESPONSE_MESSAGE {
         return Err(ResponseError::Structure("not a Response Message"));
     }
-    let mut items = message.children(tag::BATCH_ITEM);
-    let item = items
-        .next()
-        .ok_or(ResponseError::Structure("no Batch Item"))?;
-    if items.next().is_some() {
-        return Err(ResponseError::Structure("more than one Batch Item"));
+    let answers: Vec<&Item> = message.children(tag::BATCH_ITEM).collect();
+    match answers.len().cmp(&operations.len()) {
+        std::cmp::Ordering::Less if answers.is_empty() => {
+            return Err(ResponseError::Structure("no Batch Item"))
+        }
+        std::cmp::Ordering::Less => {
+            return Err(ResponseError::Structure("fewer Batch Items than asked"))
+        }
+        std::cmp::Ordering::Greater if operations.len() == 1 => {
+            return Err(ResponseError::Structure("more than one Batch Item"))
+        }
+        std::cmp::Ordering::Greater => {
+            return Err(ResponseError::Structure("more Batch Items than asked"))
+        }
+        std::cmp::Ordering::Equal => {}
     }
+    let mut ordered: Vec<Option<&Item>> = vec![None; operations.len()];
+    for (position, answer) in answers.into_iter().enumerate() {
+        let position = match (operations.len(), answer.child(tag::UNIQUE_BATCH_ITEM_ID)) {
+            (1, _) => 0,
+            (_, Some(id)) => id
+                .as_bytes()
+                .and_then(|id| <[u8; 4]>::try_from(id).ok())
+                .and_then(|id| usize::try_from(u32::from_be_bytes(id)).ok())
+                .filter(|&i| i < operations.len())
+                .ok_or(ResponseError::Structure("an unknown Unique Batch Item ID"))?,
+            (_, None) => position,
+        };
+        if ordered[position].replace(answer).is_some() {
+            return Err(ResponseError::Structure("an item answered twice"));
+        }
+    }
+    Ok(ordered
+        .into_iter()
+        .zip(operations)
+        .map(|(answer, &operation)| answer_of(answer.expect("each answered once"), operation))
+        .collect())
+}
+
+/// One batch item's answer: its payload, or why it failed.
+fn answer_of(item: &Item, operation: u32) -> Result<Item, ResponseError> {
     if let Some(op) = item.child(tag::OPERATION) {
         if op.as_enumeration() != Some(operation) {
             return Err(ResponseError::Structure(

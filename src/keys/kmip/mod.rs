@@ -7,14 +7,19 @@
 //! * [`tags`]: the KMIP numbers we use.
 //! * [`message`]: request and response envelopes, result status.
 //! * [`transport`]: one TLS connection (rustls, ring), timeouts, framing.
+//! * [`batcher`]: concurrent requests sent as the batch items of one
+//!   message.
 //! * [`client`]: the operations (Create, Activate, Get, Locate,
 //!   GetAttributes, Encrypt, Decrypt, Revoke, Destroy), with retries.
 //! * [`provider`]: KEK versions on the server as a
-//!   [`KeyProvider`](crate::keys::KeyProvider).
+//!   [`KeyProvider`](crate::keys::KeyProvider); `batch` is it for a re-key
+//!   of every VM home.
 //! * [`config`]: the stored settings of one provider.
 //! * [`known_versions`]: which KMIP object is each KEK version, as this
 //!   host recorded it.
 
+mod batch;
+pub mod batcher;
 pub mod client;
 pub mod config;
 pub mod known_versions;

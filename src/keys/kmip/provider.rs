@@ -630,6 +630,10 @@ impl KeyProvider for KmipProvider {
             .map_err(|e| self.error(e))?;
         Ok(())
     }
+
+    fn batch(self: Arc<Self>) -> Option<Arc<dyn KeyProvider>> {
+        Some(Arc::new(super::batch::KmipBatch::new(self)))
+    }
 }
 
 impl KmipProvider {

@@ -9,6 +9,7 @@ pub mod tag {
     pub const ATTRIBUTE_NAME: u32 = 0x42000A;
     pub const ATTRIBUTE_VALUE: u32 = 0x42000B;
     pub const BATCH_COUNT: u32 = 0x42000D;
+    pub const BATCH_ERROR_CONTINUATION_OPTION: u32 = 0x42000E;
     pub const BATCH_ITEM: u32 = 0x42000F;
     pub const BLOCK_CIPHER_MODE: u32 = 0x420011;
     pub const CRYPTOGRAPHIC_ALGORITHM: u32 = 0x420028;
@@ -43,6 +44,7 @@ pub mod tag {
     pub const STATE: u32 = 0x42008D;
     pub const SYMMETRIC_KEY: u32 = 0x42008F;
     pub const TEMPLATE_ATTRIBUTE: u32 = 0x420091;
+    pub const UNIQUE_BATCH_ITEM_ID: u32 = 0x420093;
     pub const UNIQUE_IDENTIFIER: u32 = 0x420094;
     pub const TAG_LENGTH: u32 = 0x4200CE;
     pub const DATA: u32 = 0x4200C2;
@@ -81,6 +83,9 @@ pub const KEY_FORMAT_RAW: u32 = 0x01;
 pub const REVOCATION_SUPERSEDED: u32 = 0x05;
 /// Result Status: Success.
 pub const RESULT_SUCCESS: u32 = 0x00;
+/// Batch Error Continuation Option Continue: a failed batch item does not
+/// stop the server from answering the items after it.
+pub const BATCH_CONTINUE: u32 = 0x01;
 
 /// KMIP object states (section 9.1.3.2.17).
 #[allow(missing_docs)]
