@@ -296,4 +296,121 @@ mod tests {
         assert!(decode_response(&request, operation::GET).is_err());
         assert!(decode_response(b"not ttlv", operation::GET).is_err());
     }
+
+    /// An answer to a batch: `(id, operation, status)` per item.
+    fn batch_response(answers: &[(Option<u32>, u32, u32)]) -> Vec<u8> {
+        let mut fields = vec![Item::structure(
+            tag::RESPONSE_HEADER,
+            vec![Item::integer(tag::BATCH_COUNT, answers.len() as i32)],
+        )];
+        for &(id, op, status) in answers {
+            let mut item = vec![Item::enumeration(tag::OPERATION, op)];
+            if let Some(id) = id {
+                item.push(Item::bytes(tag::UNIQUE_BATCH_ITEM_ID, &id.to_be_bytes()));
+            }
+            item.push(Item::enumeration(tag::RESULT_STATUS, status));
+            item.push(Item::structure(
+                tag::RESPONSE_PAYLOAD,
+                vec![Item::text(tag::UNIQUE_IDENTIFIER, &format!("{op}"))],
+            ));
+            fields.push(Item::structure(tag::BATCH_ITEM, item));
+        }
+        Item::structure(tag::RESPONSE_MESSAGE, fields).encode()
+    }
+
+    #[test]
+    fn a_batch_numbers_its_items_and_asks_to_continue_past_failures() {
+        let bytes = encode_batch(vec![
+            batch_item(operation::ENCRYPT, Vec::new()),
+            batch_item(operation::DECRYPT, Vec::new()),
+        ]);
+        let message = Item::decode(&bytes).unwrap();
+        let header = message.child(tag::REQUEST_HEADER).unwrap();
+        assert_eq!(
+            header.child(tag::BATCH_COUNT).unwrap().value,
+            Value::Integer(2)
+        );
+        assert_eq!(
+            header
+                .child(tag::BATCH_ERROR_CONTINUATION_OPTION)
+                .and_then(Item::as_enumeration),
+            Some(BATCH_CONTINUE)
+        );
+        for (i, item) in message.children(tag::BATCH_ITEM).enumerate() {
+            let Value::Structure(fields) = &item.value else {
+                panic!("a batch item is a structure")
+            };
+            // Operation, then the ID, as the spec orders them.
+            assert_eq!(fields[0].tag, tag::OPERATION);
+            assert_eq!(fields[1].as_bytes(), Some(&(i as u32).to_be_bytes()[..]));
+        }
+        // One item: no ID, no option, as before batching.
+        let single = Item::decode(&encode_request(operation::GET, Vec::new())).unwrap();
+        assert!(single
+            .child(tag::REQUEST_HEADER)
+            .unwrap()
+            .child(tag::BATCH_ERROR_CONTINUATION_OPTION)
+            .is_none());
+        assert!(single
+            .child(tag::BATCH_ITEM)
+            .unwrap()
+            .child(tag::UNIQUE_BATCH_ITEM_ID)
+            .is_none());
+    }
+
+    #[test]
+    fn batch_answers_are_matched_by_id_and_each_fails_alone() {
+        let ops = [operation::ENCRYPT, operation::DECRYPT, operation::GET];
+        // Out of order, the middle one failed.
+        let bytes = batch_response(&[
+            (Some(2), operation::GET, RESULT_SUCCESS),
+            (Some(0), operation::ENCRYPT, RESULT_SUCCESS),
+            (Some(1), operation::DECRYPT, 1),
+        ]);
+        let answers = decode_batch(&bytes, &ops).unwrap();
+        let uid = |answer: &Result<Item, ResponseError>| {
+            answer
+                .as_ref()
+                .unwrap()
+                .child(tag::UNIQUE_IDENTIFIER)
+                .and_then(Item::as_text)
+                .map(str::to_owned)
+        };
+        assert_eq!(uid(&answers[0]), Some(operation::ENCRYPT.to_string()));
+        assert!(matches!(answers[1], Err(ResponseError::Failed { .. })));
+        assert_eq!(uid(&answers[2]), Some(operation::GET.to_string()));
+
+        // Whole-message faults: an item unanswered (a server that stopped
+        // at a failure), answered twice, or with an unknown ID.
+        for wrong in [
+            batch_response(&[
+                (Some(0), operation::ENCRYPT, RESULT_SUCCESS),
+                (Some(1), operation::DECRYPT, 1),
+            ]),
+            batch_response(&[
+                (Some(0), operation::ENCRYPT, 0),
+                (Some(0), operation::ENCRYPT, 0),
+                (Some(2), operation::GET, 0),
+            ]),
+            batch_response(&[
+                (Some(0), operation::ENCRYPT, 0),
+                (Some(1), operation::DECRYPT, 0),
+                (Some(7), operation::GET, 0),
+            ]),
+        ] {
+            assert!(matches!(
+                decode_batch(&wrong, &ops),
+                Err(ResponseError::Structure(_))
+            ));
+        }
+        // An answer for another operation than asked fails that item.
+        let swapped = batch_response(&[
+            (Some(0), operation::DECRYPT, 0),
+            (Some(1), operation::DECRYPT, 0),
+            (Some(2), operation::GET, 0),
+        ]);
+        let answers = decode_batch(&swapped, &ops).unwrap();
+        assert!(matches!(answers[0], Err(ResponseError::Structure(_))));
+        assert!(answers[1].is_ok() && answers[2].is_ok());
+    }
 }
