@@ -104,11 +104,14 @@ pub struct BundleSequences {
     /// reading and hashing it for each of a host's VMs powering on cost
     /// more than their unlocks. Shared by clones; held only to look up or
     /// replace it.
-    last_read: Arc<Mutex<Option<(FileStamp, Arc<Records>)>>>,
+    last_read: Arc<Mutex<Option<LastRead>>>,
 }
 
 /// The record: the highest sequence seen, per VM id.
 type Records = BTreeMap<[u8; 16], u64>;
+
+/// The record file's stamp, taken before a read, and what that read found.
+type LastRead = (FileStamp, Arc<Records>);
 
 impl BundleSequences {
     /// The record of the key store at `keystore`, waiting as long for its
