@@ -223,9 +223,11 @@ impl Datastore {
         outcome
     }
 
-    /// Drops the cached keys of every VM home without open files. Returns
-    /// the names (escaped) flushed and kept (files open).
+    /// Drops the cached keys of every VM home without open files, and the
+    /// providers' cached KEKs (as a host reboot empties its key cache).
+    /// Returns the names (escaped) flushed and kept (files open).
     pub fn flush_keys(&self) -> (Vec<String>, Vec<String>) {
+        crate::keys::KeyProvider::forget_cached(&*self.provider);
         let (mut flushed, mut kept) = (Vec::new(), Vec::new());
         for vm in self.loaded_vms() {
             let name = vm.display_name();

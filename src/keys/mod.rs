@@ -344,4 +344,9 @@ pub trait KeyProvider: Send + Sync {
     fn caching_unlocks(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn KeyProvider>> {
         None
     }
+
+    /// Drops whatever this provider keeps from earlier operations (the
+    /// KEKs of [`KeyProvider::caching_unlocks`]): the next unwrap asks the
+    /// store. Nothing to drop by default.
+    fn forget_cached(&self) {}
 }

@@ -182,4 +182,10 @@ impl KeyProvider for ProviderSet {
     fn destroy(&self, version: u32) -> Result<(), ProviderError> {
         self.default_provider()?.destroy(version)
     }
+
+    fn forget_cached(&self) {
+        for provider in self.providers.values() {
+            provider.forget_cached();
+        }
+    }
 }

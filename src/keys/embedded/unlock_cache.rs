@@ -96,6 +96,10 @@ impl KeyProvider for UnlockCache {
     fn caching_unlocks(self: Arc<Self>) -> Option<Arc<dyn KeyProvider>> {
         Some(self)
     }
+
+    fn forget_cached(&self) {
+        self.keks.clear();
+    }
 }
 
 #[cfg(test)]
