@@ -2,12 +2,14 @@
 //! `.control.json` and `.stats`.
 //!
 //! * [`command`]: parsing what is written to a `.control` file.
+//! * [`execute`]: running it against the datastore.
 //! * [`status`]: rendering what reading one shows.
 //! * [`timefmt`]: UTC timestamps for humans.
 //! * [`virtual_file`]: which virtual files exist where.
 //! * [`metrics`]: the `.stats` counters in Prometheus text format.
 
 pub mod command;
+pub mod execute;
 pub mod metrics;
 pub mod status;
 pub mod timefmt;

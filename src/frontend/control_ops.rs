@@ -13,14 +13,13 @@ use fuser::Errno;
 use super::handles::{Handle, Snapshot};
 use super::inodes::NodeInfo;
 use super::{FsResult, VmCryptFs};
-use crate::control::command::{self, ControlCommand, ControlScope};
+use crate::control::command::{self, ControlScope};
+use crate::control::execute::{self, MountContext};
 use crate::control::metrics::{self, VmStats};
 use crate::control::status::{self, DatastoreSummary};
 use crate::control::virtual_file::VirtualFile;
-use crate::datastore::scrub::{self, Rate};
+use crate::datastore::fsck::SharedContent;
 use crate::datastore::vm_home::{CommandRecord, VmHome};
-use crate::datastore::vm_keys::RekeyOutcome;
-use crate::datastore::DatastoreError;
 use crate::format::untrusted;
 use crate::keys::KeyProvider;
 
@@ -33,13 +32,6 @@ fn describe_input(data: &[u8]) -> String {
     } else {
         text
     }
-}
-
-fn describe_rekey(outcome: &RekeyOutcome) -> String {
-    format!(
-        "ok: shallow re-key: DEK rewrapped under {} (was v{}); only the key bundle changed",
-        outcome.to, outcome.from.version
-    )
 }
 
 impl VmCryptFs {
@@ -253,19 +245,14 @@ impl VmCryptFs {
                 return Err(Errno::EINVAL);
             }
         };
+        let scrub_content = || -> Arc<dyn SharedContent> { Arc::new(self.mount_content()) };
+        let mount = MountContext {
+            datastore: &self.datastore,
+            scrub_rate: self.scrub_rate,
+            scrub_content: &scrub_content,
+        };
         for command in commands {
-            let (ok, result) = match (&command, vm) {
-                (ControlCommand::Rekey, Some(vm)) => self.run_rekey(vm, None),
-                (ControlCommand::RekeyTo(target), Some(vm)) => self.run_rekey(vm, Some(target)),
-                (ControlCommand::FlushKeys, _) => self.run_flush_keys(),
-                (ControlCommand::Scrub(rate), Some(vm)) => {
-                    self.run_scrub(Ok(vec![vm.clone()]), *rate)
-                }
-                (ControlCommand::ScrubAll(rate), _) => {
-                    self.run_scrub(self.datastore.scan_vm_homes(), *rate)
-                }
-                _ => self.run_rekey_all(),
-            };
+            let (ok, result) = execute::run(&command, vm, &mount);
             self.record(
                 vm,
                 CommandRecord {
@@ -278,111 +265,5 @@ impl VmCryptFs {
             }
         }
         Ok(())
-    }
-
-    /// Shallow re-key, moving the VM to provider `target` if given.
-    fn run_rekey(&self, vm: &VmHome, target: Option<&str>) -> (bool, String) {
-        let providers = match target {
-            None => Ok(self.datastore.provider().clone()),
-            Some(name) => self.datastore.provider().targeting(name),
-        };
-        let result = providers
-            .map_err(|source| DatastoreError::Provider {
-                path: vm.dir(),
-                source,
-            })
-            .and_then(|providers| self.datastore.rekey(vm, &providers));
-        match result {
-            Ok(outcome) => {
-                log::info!("VM {}: {}", vm.display_name(), describe_rekey(&outcome));
-                (true, describe_rekey(&outcome))
-            }
-            Err(err) => {
-                log::error!("VM {}: re-key failed: {err}", vm.display_name());
-                (false, format!("error: {err}"))
-            }
-        }
-    }
-
-    /// Starts scrubbing `vms` in the background (see `datastore::scrub`)
-    /// at `rate`, or the mount's `scrub_rate`.
-    fn run_scrub(
-        &self,
-        vms: Result<Vec<Arc<VmHome>>, DatastoreError>,
-        rate: Option<Rate>,
-    ) -> (bool, String) {
-        let rate = rate.unwrap_or(self.scrub_rate);
-        let started = vms.map_err(|err| err.to_string()).and_then(|vms| {
-            let content = Arc::new(self.mount_content());
-            scrub::start(self.datastore.clone(), vms, content, rate).map_err(|err| err.to_string())
-        });
-        match started {
-            Ok(count) => {
-                let result = format!("ok: scrub of {count} VM home(s) started at {rate} bytes a second; progress and findings under `scrub` in each VM home's .control");
-                log::info!("{result}");
-                (true, result)
-            }
-            Err(err) => {
-                log::error!("scrub not started: {err}");
-                (false, format!("error: {err}"))
-            }
-        }
-    }
-
-    fn run_flush_keys(&self) -> (bool, String) {
-        let (flushed, kept) = self.datastore.flush_keys();
-        let mut result = format!("ok: flushed the keys of {} VM home(s)", flushed.len());
-        if !kept.is_empty() {
-            result.push_str(&format!(
-                "; kept {} with open files ({})",
-                kept.len(),
-                kept.join(", ")
-            ));
-        }
-        log::info!("flush-keys: {result}");
-        (true, result)
-    }
-
-    fn run_rekey_all(&self) -> (bool, String) {
-        let results = match self.datastore.rekey_all() {
-            Ok(results) => results,
-            Err(err) => return (false, format!("error: {err}")),
-        };
-        let failures: Vec<String> = results
-            .iter()
-            .filter_map(|(name, r)| {
-                r.as_ref()
-                    .err()
-                    .map(|e: &DatastoreError| format!("{}: {e}", untrusted::name(name)))
-            })
-            .collect();
-        let done = results.len() - failures.len();
-        for (name, result) in &results {
-            let vm_result = match result {
-                Ok(outcome) => describe_rekey(outcome),
-                Err(err) => format!("error: {err}"),
-            };
-            if let Some(vm) = self.datastore.vm_home(name) {
-                vm.record_command(CommandRecord {
-                    command: "rekey-all".into(),
-                    result: vm_result,
-                });
-            }
-        }
-        if failures.is_empty() {
-            (
-                true,
-                format!("ok: {done} of {} VM homes re-keyed", results.len()),
-            )
-        } else {
-            (
-                false,
-                format!(
-                    "error: {done} of {} VM homes re-keyed; failed: {}",
-                    results.len(),
-                    failures.join("; ")
-                ),
-            )
-        }
     }
 }
