@@ -292,17 +292,9 @@ pub fn run(
 
     let mut plan = Vec::new();
     let mut report = Report::default();
-    walk_regular_files(&vm, |dir, name, rel| {
-        let path = vm.display_path(rel);
-        let (file, stat) = match open_regular_at(dir, name, OFlags::RDONLY, &path) {
-            Ok(opened) => opened,
-            // Removed since it was listed: nothing to convert.
-            Err(OwnedFileError::Missing { .. }) => return Ok(()),
-            Err(err) => return Err(err.into()),
-        };
-        let len = u64::try_from(stat.st_size).unwrap_or(0);
+    walk_stored_forms(&vm, &keyring, |name, rel, len, form| {
         let wanted = target.class_of(name);
-        let step = match (wanted, stored_form(&file, len, &keyring)) {
+        let step = match (wanted, form) {
             (_, StoredForm::Empty) => None,
             (ContentClass::Encrypted, StoredForm::Plain) => Some(Step::Encrypt),
             (ContentClass::Plain, StoredForm::Encrypted { layout, .. }) => {
@@ -472,15 +464,8 @@ fn format_target(
     keyring: &VmKeyring,
 ) -> Result<ContentLayout, DatastoreError> {
     let mut target = bundle_layout;
-    walk_regular_files(vm, |dir, name, rel| {
-        let path = vm.display_path(rel);
-        let (file, stat) = match open_regular_at(dir, name, OFlags::RDONLY, &path) {
-            Ok(opened) => opened,
-            Err(OwnedFileError::Missing { .. }) => return Ok(()),
-            Err(err) => return Err(err.into()),
-        };
-        let len = u64::try_from(stat.st_size).unwrap_or(0);
-        if let StoredForm::Encrypted { layout, .. } = stored_form(&file, len, keyring) {
+    walk_stored_forms(vm, keyring, |_, _, _, form| {
+        if let StoredForm::Encrypted { layout, .. } = form {
             if layout != bundle_layout {
                 target = layout;
             }
@@ -545,6 +530,27 @@ fn walk_regular_files(
     walk(vm, |entry| match entry {
         Visited::RegularFile { dir, name, rel } => visit(dir, name, rel),
         Visited::Directory { .. } | Visited::Special { .. } | Visited::Internal { .. } => Ok(()),
+    })
+}
+
+/// Calls `visit` with (name, path relative to the VM home, length, how it
+/// is stored under `keyring`) for every regular file of `vm` (see
+/// [`walk_regular_files`]); a file removed since it was listed is skipped,
+/// as there is nothing to do for it.
+fn walk_stored_forms(
+    vm: &VmDir,
+    keyring: &VmKeyring,
+    mut visit: impl FnMut(&OsStr, &Path, u64, StoredForm) -> Result<(), DatastoreError>,
+) -> Result<(), DatastoreError> {
+    walk_regular_files(vm, |dir, name, rel| {
+        let path = vm.display_path(rel);
+        let (file, stat) = match open_regular_at(dir, name, OFlags::RDONLY, &path) {
+            Ok(opened) => opened,
+            Err(OwnedFileError::Missing { .. }) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        let len = u64::try_from(stat.st_size).unwrap_or(0);
+        visit(name, rel, len, stored_form(&file, len, keyring))
     })
 }
 
