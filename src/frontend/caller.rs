@@ -26,7 +26,13 @@ impl Caller {
     /// `/proc/<pid>/status`; if that is gone (the caller exited
     /// meanwhile), whether it is root.
     pub fn has_capability(&self, cap: u32) -> bool {
-        let effective = status_field(self.pid, "CapEff:")
+        self.capable(read_status(self.pid).as_deref(), cap)
+    }
+
+    /// [`Self::has_capability`] from its status as read.
+    fn capable(&self, status: Option<&str>, cap: u32) -> bool {
+        let effective = status
+            .and_then(|status| field(status, "CapEff:"))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
         match effective {
             Some(caps) => caps & (1 << cap) != 0,
@@ -37,17 +43,22 @@ impl Caller {
     /// Whether it is in group `gid` (its fs group or a supplementary one)
     /// or has CAP_FSETID: the kernel's `in_group_or_capable`, which
     /// decides whether set-group-id without group-execute survives its
-    /// writes. If its status is gone, only its fs group counts.
+    /// writes. If its status is gone, its fs group and root count.
     fn in_group_or_capable(&self, gid: u32) -> bool {
         if self.gid == gid {
             return true;
         }
-        let supplementary = status_field(self.pid, "Groups:").is_some_and(|groups| {
-            groups
-                .split_whitespace()
-                .any(|g| g.parse::<u32>() == Ok(gid))
-        });
-        supplementary || self.has_capability(CAP_FSETID)
+        // One read of its status answers both questions.
+        let status = read_status(self.pid);
+        let supplementary = status
+            .as_deref()
+            .and_then(|status| field(status, "Groups:"))
+            .is_some_and(|groups| {
+                groups
+                    .split_whitespace()
+                    .any(|g| g.parse::<u32>() == Ok(gid))
+            });
+        supplementary || self.capable(status.as_deref(), CAP_FSETID)
     }
 
     /// The mode a file with mode `mode` and group `gid` gets when this
@@ -63,13 +74,14 @@ impl Caller {
     }
 }
 
-/// The `name` line of `/proc/<pid>/status`, without its name.
-fn status_field(pid: u32, name: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(name))
-        .map(str::to_owned)
+/// `/proc/<pid>/status`, if the process is still there.
+fn read_status(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The `name` line of a process status, without its name.
+fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| line.strip_prefix(name))
 }
 
 /// The mode a file with mode `mode` gets from a write or truncate by a
