@@ -478,7 +478,7 @@ fn format_target(
 /// Writes the journal atomically (temp file, fsync, rename, directory
 /// fsync): a kill while writing it must leave either no journal or a
 /// complete one, never an empty file that names no operation (found by
-/// `tests/crash_conversions.rs`). The temp file is created exclusively, so
+/// `tests/it/crash_conversions.rs`). The temp file is created exclusively, so
 /// nothing planted at its name is written through.
 fn write_journal(vm: &VmDir, operation: &Operation) -> Result<(), DatastoreError> {
     let temp = OsStr::new(JOURNAL_TEMP_FILE_NAME);

@@ -1,0 +1,313 @@
+//! `.control.json` (the status as JSON) and `.stats` (live counters in the
+//! Prometheus text format), read through a real mount.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use common::{read_control, write_control, TestEnv};
+
+/// The samples of a Prometheus text file: `name{labels}` → value.
+fn scrape(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("`series value`");
+            (series.to_owned(), value.parse().expect("numeric value"))
+        })
+        .collect()
+}
+
+#[test]
+fn stats_count_io_keys_rekeys_auth_failures_and_locked_vms() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    env.create_vm("vm2", false);
+    {
+        let mount = env.mount();
+        fs::write(mount.path("vm2/vm2.vmx"), vec![5u8; 10_000]).unwrap();
+    }
+    // Tamper with one block of vm2's file, and lock nothing yet.
+    let backing = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(env.vm_dir("vm2").join("vm2.vmx"))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let offset = common::ciphertext_byte_offset(1, 50);
+    backing.read_exact_at(&mut byte, offset).unwrap();
+    backing.write_all_at(&[byte[0] ^ 1], offset).unwrap();
+
+    let mount = env.mount();
+    fs::write(mount.path("vm1/vm1.nvram"), vec![1u8; 8192]).unwrap();
+    let mut buf = Vec::new();
+    fs::File::open(mount.path("vm1/vm1.nvram"))
+        .unwrap()
+        .read_to_end(&mut buf)
+        .unwrap();
+    assert_eq!(buf.len(), 8192);
+    write_control(&mount.path("vm1/.control"), "rekey\n").unwrap();
+    let err = fs::read(mount.path("vm2/vm2.vmx")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+
+    let stats = scrape(&fs::read_to_string(mount.path(".stats")).unwrap());
+    let get = |series: &str| {
+        *stats
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in {stats:?}"))
+    };
+    assert!(get("vmcryptfs_write_bytes_total{vm=\"vm1\"}") >= 8192.0);
+    assert!(get("vmcryptfs_write_operations_total{vm=\"vm1\"}") >= 1.0);
+    assert_eq!(get("vmcryptfs_read_bytes_total{vm=\"vm1\"}"), 8192.0);
+    assert_eq!(get("vmcryptfs_rekeys_total{vm=\"vm1\"}"), 1.0);
+    assert_eq!(get("vmcryptfs_key_cache_misses_total{vm=\"vm1\"}"), 1.0);
+    assert!(get("vmcryptfs_key_cache_hits_total{vm=\"vm1\"}") >= 1.0);
+    assert!(get("vmcryptfs_authentication_failures_total{vm=\"vm2\"}") >= 1.0);
+    assert_eq!(
+        get("vmcryptfs_authentication_failures_total{vm=\"vm1\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("vmcryptfs_read_bytes_total"),
+        get("vmcryptfs_read_bytes_total{vm=\"vm1\"}")
+            + get("vmcryptfs_read_bytes_total{vm=\"vm2\"}"),
+        "the unlabelled series is the total"
+    );
+    assert_eq!(get("vmcryptfs_locked_vms"), 0.0);
+    assert!(get("vmcryptfs_uptime_seconds") > 0.0);
+
+    // A VM whose bundle no longer unwraps shows as locked.
+    let bundle = env.vm_dir("vm2").join(".vmcryptfs-bundle");
+    let mut bytes = fs::read(&bundle).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&bundle, bytes).unwrap();
+    write_control(&mount.path(".control"), "flush-keys\n").unwrap();
+    assert!(fs::read(mount.path("vm2/vm2.vmx")).is_err());
+    let stats = scrape(&fs::read_to_string(mount.path(".stats")).unwrap());
+    assert_eq!(stats["vmcryptfs_vm_locked{vm=\"vm2\"}"], 1.0);
+    assert_eq!(stats["vmcryptfs_locked_vms"], 1.0);
+
+    // Read-only, root only, listed.
+    let err = fs::write(mount.path(".stats"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    assert!(!mount.path("vm1/.stats").exists());
+    let names: Vec<String> = fs::read_dir(mount.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in [".control", ".control.json", ".stats"] {
+        assert!(names.contains(&name.to_string()), "{names:?}");
+    }
+    let err = fs::remove_file(mount.path(".stats")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+}
+
+#[test]
+fn control_json_matches_the_text_status() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", true);
+    env.run_ok(&["provider", "rotate"]);
+    let mount = env.mount();
+    fs::write(mount.path("vm1/vm1.vmx"), b"config").unwrap();
+    let text = read_control(&mount.path("vm1/.control"));
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path("vm1/.control.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["vm"], "vm1");
+    assert_eq!(json["state"], text["state"]);
+    assert_eq!(json["kek_version"].to_string(), text["kek-version"]);
+    assert_eq!(json["needs_rekey"], true);
+    assert_eq!(json["encrypt_disks"], true);
+    assert_eq!(json["dek_fingerprint"], text["dek-fingerprint"]);
+
+    let root: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path(".control.json")).unwrap()).unwrap();
+    assert_eq!(root["provider"], "local");
+    assert_eq!(root["needs_rekey"], 1);
+    assert_eq!(root["vms"][0]["vm"], "vm1");
+    let err = fs::write(mount.path("vm1/.control.json"), "rekey\n").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    write_control(&mount.path("vm1/.control"), "rekey\n").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path("vm1/.control.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["needs_rekey"], false);
+    assert_eq!(json["last_command"], "rekey");
+}
+
+/// A virtual file shows the same owner and times whether the kernel got
+/// them from a directory listing or asks later: they are the datastore
+/// root's, even where the VM home's own differ.
+#[test]
+fn virtual_files_keep_their_attributes_between_a_listing_and_a_stat() {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let mount = env.mount();
+    let set_mtime = |dir: &std::path::Path, secs: u64| {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        fs::File::open(dir)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(time))
+            .unwrap();
+    };
+    set_mtime(&env.datastore, 1_000_000_000);
+    set_mtime(&env.vm_dir("vm1"), 1_500_000_000);
+
+    let listed: Vec<_> = fs::read_dir(mount.path("vm1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == ".control"), "{listed:?}");
+    let from_listing = fs::metadata(mount.path("vm1/.control")).unwrap();
+    let open = fs::File::open(mount.path("vm1/.control")).unwrap();
+    // Past the kernel's attribute lifetime (1 s): the daemon answers, to
+    // `fstat` with a GETATTR and to `stat` of the name with a LOOKUP.
+    std::thread::sleep(Duration::from_millis(1500));
+    let from_getattr = open.metadata().unwrap();
+    let from_lookup = fs::metadata(mount.path("vm1/.control")).unwrap();
+    for (source, meta) in [("fstat", &from_getattr), ("stat", &from_lookup)] {
+        for (what, listing, now) in [
+            ("mtime", from_listing.mtime(), meta.mtime()),
+            ("uid", from_listing.uid().into(), meta.uid().into()),
+            ("ino", from_listing.ino() as i64, meta.ino() as i64),
+        ] {
+            assert_eq!(listing, now, ".control {what}: listing, then {source}");
+        }
+    }
+    assert_eq!(from_getattr.mtime(), 1_000_000_000, "the root's mtime");
+}
+
+/// Issue 22: names in the datastore are chosen by whoever writes it; what
+/// status, `.stats` and the log show of them is escaped, so a name cannot
+/// forge a status line, a Prometheus series or a terminal escape.
+#[test]
+fn hostile_vm_home_names_are_shown_escaped() {
+    let env = TestEnv::new();
+    let name = "vm\nstate: unlocked\x1b[2J\"}";
+    env.create_vm(name, false);
+    let shown = r#"vm\x0astate: unlocked\x1b[2J"}"#;
+    let mount = env.mount();
+    fs::write(mount.path(&format!("{name}/vm.vmx")), b"config").unwrap();
+    let text = fs::read_to_string(mount.path(&format!("{name}/.control"))).unwrap();
+    assert!(text.contains(&format!("vm: {shown}\n")), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("state:")).count(),
+        1,
+        "{text}"
+    );
+    let root = fs::read_to_string(mount.path(".control")).unwrap();
+    assert!(
+        root.contains(&format!("vm {shown}: state=unlocked")),
+        "{root}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(mount.path(".control.json")).unwrap()).unwrap();
+    assert_eq!(json["vms"][0]["vm"], shown);
+    let stats = fs::read_to_string(mount.path(".stats")).unwrap();
+    assert!(
+        stats.contains(
+            r#"vmcryptfs_write_operations_total{vm="vm\\x0astate: unlocked\\x1b[2J\"}"} "#
+        ),
+        "{stats}"
+    );
+    write_control(&mount.path(&format!("{name}/.control")), "rekey\n").unwrap();
+    let log = mount.log_text();
+    for raw in [name, "\x1b"] {
+        assert!(!log.contains(raw), "raw name in the log:\n{log}");
+    }
+    assert!(log.contains(shown), "{log}");
+    // The CLI's views of the datastore escape it the same way.
+    for args in [
+        vec!["status", env.datastore.to_str().unwrap()],
+        vec!["rekey", "--all", env.datastore.to_str().unwrap()],
+    ] {
+        let out = env.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(text.contains(shown), "{args:?}: {text}");
+        assert!(
+            !text.contains(name) && !text.contains('\x1b'),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+/// The root `.control` keeps what it read from disk between reads (see
+/// `datastore::status_view`) but follows every change made behind the
+/// mount, also once its view has settled: a VM home created, a bundle
+/// replaced, a conversion journal appearing, a bundle removed (the VM home
+/// stays one, without bundle fields).
+#[test]
+fn the_root_status_follows_changes_made_behind_the_mount() {
+    use std::time::Duration;
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let mount = env.mount();
+    let root_json = || -> serde_json::Value {
+        serde_json::from_slice(&fs::read(mount.path(".control.json")).unwrap()).unwrap()
+    };
+    let vm_of = |doc: &serde_json::Value, name: &str| -> serde_json::Value {
+        doc["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|vm| vm["vm"] == name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let first = root_json();
+    let vm1_id = vm_of(&first, "vm1")["vm_id"].clone();
+    assert!(vm1_id.is_string(), "{first}");
+    env.create_vm("vm2", false);
+    assert_eq!(read_control(&mount.path(".control"))["vms"], "2");
+    // Past the window in which a directory's stamp is not trusted.
+    std::thread::sleep(Duration::from_millis(1500));
+    let settled = root_json();
+    let vm2_id = vm_of(&settled, "vm2")["vm_id"].clone();
+    assert_eq!(vm_of(&settled, "vm1")["vm_id"], vm1_id);
+    assert_eq!(
+        vm_of(&settled, "vm1")["conversion"],
+        serde_json::Value::Null
+    );
+
+    // vm1's bundle replaced (as another host or an intruder could): a VM
+    // not unlocked shows the bundle now on disk.
+    let bundle = ".vmcryptfs-bundle";
+    fs::copy(
+        env.vm_dir("vm2").join(bundle),
+        env.vm_dir("vm1").join("copy"),
+    )
+    .unwrap();
+    fs::rename(
+        env.vm_dir("vm1").join("copy"),
+        env.vm_dir("vm1").join(bundle),
+    )
+    .unwrap();
+    assert_eq!(vm_of(&root_json(), "vm1")["vm_id"], vm2_id);
+    // A conversion journal appears in vm2.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        vm_of(&root_json(), "vm2")["conversion"],
+        serde_json::Value::Null
+    );
+    fs::write(
+        env.vm_dir("vm2").join(".vmcryptfs-convert-journal"),
+        "encrypt\n",
+    )
+    .unwrap();
+    assert_eq!(vm_of(&root_json(), "vm2")["conversion"], "encrypt");
+    // vm2's bundle is removed: the mount still counts it (a VM home it
+    // has seen never turns plain), and shows no bundle fields for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(vm_of(&root_json(), "vm2")["vm_id"], vm2_id);
+    fs::remove_file(env.vm_dir("vm2").join(bundle)).unwrap();
+    assert_eq!(read_control(&mount.path(".control"))["vms"], "2");
+    assert_eq!(vm_of(&root_json(), "vm2")["vm_id"], serde_json::Value::Null);
+}
