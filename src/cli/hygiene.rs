@@ -12,7 +12,10 @@
 
 use std::sync::OnceLock;
 
-use nix::sys::stat::Mode;
+use rustix::fs::Mode;
+use rustix::process::{
+    set_dumpable_behavior, setrlimit, umask, DumpableBehavior, Resource, Rlimit,
+};
 
 /// The umask every command runs under.
 pub const PRIVATE_UMASK: u32 = 0o077;
@@ -24,13 +27,17 @@ static CALLER_UMASK: OnceLock<Mode> = OnceLock::new();
 /// sets the umask to [`PRIVATE_UMASK`]. Failures are logged, not fatal: a
 /// kernel or sandbox that refuses them should not lock an operator out.
 pub fn harden_process() {
-    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
+    let no_core = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, no_core) {
         log::warn!("could not disable core dumps (RLIMIT_CORE): {e}");
     }
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
         log::warn!("could not clear the dumpable flag: {e}");
     }
-    let caller = nix::sys::stat::umask(Mode::from_bits_truncate(PRIVATE_UMASK));
+    let caller = umask(Mode::from_raw_mode(PRIVATE_UMASK));
     let _ = CALLER_UMASK.set(caller);
 }
 
@@ -38,6 +45,6 @@ pub fn harden_process() {
 /// command with (as `mkdir` would have given it): for directories the
 /// operator asked for and expects to use, such as a new VM home.
 pub fn caller_dir_mode() -> u32 {
-    let umask = CALLER_UMASK.get().map_or(0o022, |m| m.bits());
+    let umask = CALLER_UMASK.get().map_or(0o022, |m| m.as_raw_mode());
     0o777 & !umask
 }

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -250,7 +249,7 @@ pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
     if background {
         // Leave the parent's session, so its terminal's Ctrl-C and hangup
         // do not reach the mount.
-        let _ = nix::unistd::setsid();
+        let _ = rustix::process::setsid();
     }
     // Unlocks share their key store openings (a host's VMs powering on
     // together); see `keys::embedded::unlock_cache`.
@@ -314,7 +313,7 @@ fn serve(
         },
         _ => None,
     };
-    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    rustix::process::umask(rustix::fs::Mode::empty());
     let store = Arc::new(Datastore::new(datastore.clone(), provider));
     let status_store = store.clone();
     let fs = VmCryptFs::new(store)
@@ -327,8 +326,8 @@ fn serve(
         .with_read_settings(settings.reads)
         .with_scrub_rate(settings.scrub_rate)
         .with_status_access(StatusAccess::new(
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
             settings.status_group,
         ));
     let filler = fs.cache_filler_starter();
@@ -516,8 +515,8 @@ fn detach_output(log_file: Option<&File>) {
             }
         },
     };
-    let _ = nix::unistd::dup2(target.as_raw_fd(), 1);
-    let _ = nix::unistd::dup2(target.as_raw_fd(), 2);
+    let _ = rustix::stdio::dup2_stdout(target);
+    let _ = rustix::stdio::dup2_stderr(target);
 }
 
 /// Starts `vmcryptfs mount --foreground` as a detached child and waits

@@ -12,11 +12,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 
-use nix::errno::Errno;
-use nix::fcntl::{fallocate, FallocateFlags};
-use nix::unistd::{lseek, Whence};
+use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
+use rustix::io::Errno;
 
 use super::encrypted_file::{ContentError, EncryptedFile};
 use super::sealed_region::{self, SealedRegion};
@@ -36,7 +34,7 @@ pub enum SeekTarget {
 }
 
 fn errno_err(errno: Errno) -> ContentError {
-    ContentError::Io(io::Error::from_raw_os_error(errno as i32))
+    ContentError::Io(errno.into())
 }
 
 /// Whether full block `block_no` is stored as a hole (all zero bytes).
@@ -52,18 +50,18 @@ fn is_hole_block(backing: &File, layout: ContentLayout, block_no: u64) -> io::Re
 
 /// The backing file's own SEEK_DATA/SEEK_HOLE answer; `None` for ENXIO
 /// (no data at or after `from`).
-fn backing_seek(backing: &File, from: u64, whence: Whence) -> Result<Option<u64>, ContentError> {
-    match lseek(backing.as_raw_fd(), from as i64, whence) {
-        Ok(off) => Ok(Some(off as u64)),
-        Err(Errno::ENXIO) => Ok(None),
+fn backing_seek(backing: &File, whence: SeekFrom) -> Result<Option<u64>, ContentError> {
+    match seek(backing, whence) {
+        Ok(off) => Ok(Some(off)),
+        Err(Errno::NXIO) => Ok(None),
         Err(e) => Err(errno_err(e)),
     }
 }
 
 /// Punches `len` backing bytes at `off` out of the file, keeping its size.
 fn punch(backing: &File, off: u64, len: u64) -> Result<(), ContentError> {
-    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    fallocate(backing.as_raw_fd(), flags, off as i64, len as i64).map_err(errno_err)?;
+    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    fallocate(backing, flags, off, len).map_err(errno_err)?;
     Ok(())
 }
 
@@ -80,23 +78,23 @@ impl EncryptedFile {
         let _size = self.size_lock.read().expect("size lock poisoned");
         let size = self.plain_size(backing)?;
         if offset >= size {
-            return Err(errno_err(Errno::ENXIO));
+            return Err(errno_err(Errno::NXIO));
         }
         let blocks = plain_size_to_block_count(size);
         let mut block_no = plain_off_to_block_no(offset);
         let whence = match target {
-            SeekTarget::Data => Whence::SeekData,
-            SeekTarget::Hole => Whence::SeekHole,
+            SeekTarget::Data => SeekFrom::Data,
+            SeekTarget::Hole => SeekFrom::Hole,
         };
         loop {
-            let found = backing_seek(backing, self.layout().block_data_off(block_no), whence)?;
+            let found = backing_seek(backing, whence(self.layout().block_data_off(block_no)))?;
             let candidate = match found {
                 Some(off) => self.layout().cipher_off_to_block_no(off).max(block_no),
                 None => blocks,
             };
             if candidate >= blocks {
                 return match target {
-                    SeekTarget::Data => Err(errno_err(Errno::ENXIO)),
+                    SeekTarget::Data => Err(errno_err(Errno::NXIO)),
                     SeekTarget::Hole => Ok(size),
                 };
             }
@@ -120,7 +118,7 @@ impl EncryptedFile {
         len: u64,
         keep_size: bool,
     ) -> Result<(), ContentError> {
-        let end = offset.checked_add(len).ok_or(errno_err(Errno::EFBIG))?;
+        let end = offset.checked_add(len).ok_or(errno_err(Errno::FBIG))?;
         self.check_reachable(end)?;
         let _size = self.size_lock.write().expect("size lock poisoned");
         let first = plain_off_to_block_no(offset);
@@ -128,13 +126,8 @@ impl EncryptedFile {
         // Format 2 tag pages in the range are reserved too: harmless.
         let cipher_start = self.layout().block_data_off(first);
         let cipher_len = self.layout().block_data_off(last + 1) - cipher_start;
-        fallocate(
-            backing.as_raw_fd(),
-            FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            cipher_start as i64,
-            cipher_len as i64,
-        )
-        .map_err(errno_err)?;
+        fallocate(backing, FallocateFlags::KEEP_SIZE, cipher_start, cipher_len)
+            .map_err(errno_err)?;
         self.extend_unless(keep_size, backing, end)
     }
 
@@ -156,7 +149,7 @@ impl EncryptedFile {
         len: u64,
         keep_size: bool,
     ) -> Result<(), ContentError> {
-        let end = offset.checked_add(len).ok_or(errno_err(Errno::EFBIG))?;
+        let end = offset.checked_add(len).ok_or(errno_err(Errno::FBIG))?;
         self.check_reachable(end)?;
         let _size = self.size_lock.write().expect("size lock poisoned");
         self.zero_within_size(backing, offset, len)?;

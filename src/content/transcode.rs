@@ -44,28 +44,16 @@ fn plain_data_region(
     offset: u64,
     size: u64,
 ) -> Result<Option<(u64, u64)>, ContentError> {
-    use nix::unistd::{lseek, Whence};
-    use std::os::fd::AsRawFd;
+    use rustix::fs::{seek, SeekFrom};
     if offset >= size {
         return Ok(None);
     }
-    let start = match lseek(file.as_raw_fd(), offset as i64, Whence::SeekData) {
-        Ok(s) => s as u64,
-        Err(nix::errno::Errno::ENXIO) => return Ok(None),
-        Err(e) => {
-            return Err(ContentError::Io(std::io::Error::from_raw_os_error(
-                e as i32,
-            )))
-        }
+    let start = match seek(file, SeekFrom::Data(offset)) {
+        Ok(s) => s,
+        Err(rustix::io::Errno::NXIO) => return Ok(None),
+        Err(e) => return Err(ContentError::Io(e.into())),
     };
-    let end = match lseek(file.as_raw_fd(), start as i64, Whence::SeekHole) {
-        Ok(e) => e as u64,
-        Err(e) => {
-            return Err(ContentError::Io(std::io::Error::from_raw_os_error(
-                e as i32,
-            )))
-        }
-    };
+    let end = seek(file, SeekFrom::Hole(start)).map_err(|e| ContentError::Io(e.into()))?;
     Ok(Some((start, end.min(size))))
 }
 

@@ -18,11 +18,10 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use nix::errno::Errno;
-use nix::unistd::{lseek, Whence};
+use rustix::fs::{seek, SeekFrom};
+use rustix::io::Errno;
 
 use super::encrypted_file::{ContentError, EncryptedFile, FileKeys};
 use super::parallel::try_for_each_block;
@@ -238,9 +237,9 @@ fn check_hole_slots(
             continue;
         };
         let len = run.block_count * SLOT_LEN;
-        match lseek(backing.as_raw_fd(), slot_off as i64, Whence::SeekData) {
-            Ok(data) if (data as u64) < slot_off + len => {}
-            Ok(_) | Err(Errno::ENXIO) => continue,
+        match seek(backing, SeekFrom::Data(slot_off)) {
+            Ok(data) if data < slot_off + len => {}
+            Ok(_) | Err(Errno::NXIO) => continue,
             Err(_) => {}
         }
         let mut slots = vec![0u8; len as usize];
@@ -354,8 +353,8 @@ fn check_locked(
 fn fully_allocated(backing: &File, layout: ContentLayout, block: u64) -> bool {
     let start = layout.block_data_off(block);
     let end = start + layout.inline_len(PLAIN_BLOCK_LEN);
-    match lseek(backing.as_raw_fd(), start as i64, Whence::SeekHole) {
-        Ok(hole) => hole as u64 >= end,
+    match seek(backing, SeekFrom::Hole(start)) {
+        Ok(hole) => hole >= end,
         Err(_) => false,
     }
 }

@@ -17,7 +17,7 @@ pub fn readahead_bytes(path: &Path) -> Option<u64> {
 
 /// [`readahead_bytes`] of the device `dev` (an `st_dev`).
 fn readahead_of_device(dev: u64) -> Option<u64> {
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     readahead_knobs(major, minor)
         .into_iter()
         .find_map(|knob| std::fs::read_to_string(knob).ok())
@@ -50,7 +50,7 @@ impl DeviceReadahead {
 /// (partitions have no queue of their own); and the backing-device-info
 /// entry, which also exists for devices without a queue (device mapper
 /// targets list theirs under the first).
-fn readahead_knobs(major: u64, minor: u64) -> [PathBuf; 3] {
+fn readahead_knobs(major: u32, minor: u32) -> [PathBuf; 3] {
     let device = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
     [
         device.join("queue/read_ahead_kb"),
@@ -80,8 +80,8 @@ mod tests {
         let dev = std::fs::metadata(dir.path()).unwrap().dev();
         let bdi = format!(
             "/sys/class/bdi/{}:{}/read_ahead_kb",
-            nix::sys::stat::major(dev),
-            nix::sys::stat::minor(dev)
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev)
         );
         // Where the kernel lists the device as a backing device, its
         // readahead is what was found (through whichever knob).

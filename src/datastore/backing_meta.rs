@@ -464,7 +464,7 @@ mod tests {
             // A final symlink is never followed: its target keeps its mode.
             assert_eq!(errno(beneath.chmod(p("vm/l"), 0o777)), libc::EOPNOTSUPP);
             assert_eq!(fs::metadata(vm.join("f")).unwrap().mode() & 0o7777, 0o604);
-            let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+            let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
             beneath
                 .chown(p("vm/l"), Some(uid.as_raw()), Some(gid.as_raw()))
                 .unwrap();

@@ -413,7 +413,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::write(root.join("file"), b"x").unwrap();
-        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::RWXU,
+            0,
+        )
+        .unwrap();
         std::fs::create_dir(root.join("dir")).unwrap();
         let beneath = BackingRoot::open(root).unwrap();
         for name in ["fifo", "dir"] {

@@ -168,7 +168,8 @@ pub(super) fn is_temp_name(name: &OsStr) -> bool {
 /// crash tests to prove that every step of an update is recoverable.
 pub(crate) fn crash_point(name: &str) {
     if std::env::var("VMCRYPTFS_TEST_CRASH_AT").is_ok_and(|v| v == name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
 

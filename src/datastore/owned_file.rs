@@ -473,7 +473,9 @@ pub(crate) mod tests {
                 "symlink to a directory" => {
                     std::os::unix::fs::symlink(self.base.path().join("outside/dir"), at).unwrap()
                 }
-                "FIFO" => nix::unistd::mkfifo(at, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                "FIFO" => {
+                    rustix::fs::mknodat(rustix::fs::CWD, at, FileType::Fifo, Mode::RWXU, 0).unwrap()
+                }
                 "directory" => fs::create_dir(at).unwrap(),
                 "2 GiB sparse file" => File::create(at).unwrap().set_len(2 << 30).unwrap(),
                 other => panic!("unknown plant {other}"),
@@ -551,10 +553,11 @@ pub(crate) mod tests {
         // A device is refused without being opened: /dev/null's twin.
         let null = fs::metadata("/dev/null").unwrap().rdev();
         let device = vm_path.join("device");
-        nix::sys::stat::mknod(
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
             &device,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::S_IRUSR,
+            FileType::CharacterDevice,
+            Mode::RUSR,
             null,
         )
         .unwrap();

@@ -120,14 +120,14 @@ mod tests {
 
     #[test]
     fn this_process_capabilities_and_groups_are_read() {
-        let root = nix::unistd::geteuid().is_root();
+        let root = rustix::process::geteuid().is_root();
         let me = Caller {
             pid: std::process::id(),
             uid: 0,
             gid: u32::MAX - 1,
         };
         assert_eq!(me.has_capability(CAP_FSETID), root);
-        let groups = nix::unistd::getgroups().unwrap();
+        let groups = rustix::process::getgroups().unwrap();
         if let Some(group) = groups.first() {
             assert!(me.in_group_or_capable(group.as_raw()));
         }

@@ -21,7 +21,8 @@
 use std::cell::Cell;
 
 use nix::sched::CloneFlags;
-use nix::sys::stat::{umask, Mode};
+use rustix::fs::Mode;
+use rustix::process::umask;
 
 thread_local! {
     /// Whether this thread has its own fs context: unknown (`None`) until
@@ -36,6 +37,8 @@ fn own_fs_context() -> bool {
         if let Some(known) = own.get() {
             return known;
         }
+        // nix's, as rustix's safe `unshare` is deprecated for its unsafe
+        // twin (because of CLONE_FILES); CLONE_FS alone is safe.
         let unshared = nix::sched::unshare(CloneFlags::CLONE_FS);
         if let Err(err) = &unshared {
             log::warn!(
@@ -68,9 +71,7 @@ pub fn create_with_umask<T>(caller_umask: u32, mode: u32, create: impl FnOnce(u3
     if !own_fs_context() {
         return create(mode & !caller_umask);
     }
-    let _restore = RestoreUmask(umask(Mode::from_bits_truncate(
-        caller_umask as libc::mode_t,
-    )));
+    let _restore = RestoreUmask(umask(Mode::from_raw_mode(caller_umask)));
     create(mode)
 }
 

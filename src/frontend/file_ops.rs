@@ -2,7 +2,6 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -384,11 +383,12 @@ impl VmCryptFs {
         match &*handle {
             Handle::Plain { file, .. } => {
                 let whence = match target {
-                    SeekTarget::Data => nix::unistd::Whence::SeekData,
-                    SeekTarget::Hole => nix::unistd::Whence::SeekHole,
+                    SeekTarget::Data => rustix::fs::SeekFrom::Data(offset),
+                    SeekTarget::Hole => rustix::fs::SeekFrom::Hole(offset),
                 };
-                nix::unistd::lseek(file.as_raw_fd(), offset as i64, whence)
-                    .map_err(|e| Errno::from_i32(e as i32))
+                rustix::fs::seek(file, whence)
+                    .map(|off| off as i64)
+                    .map_err(sys_errno)
             }
             Handle::Encrypted { file, content, .. } => content
                 .seek(file, offset, target)
@@ -411,13 +411,13 @@ impl VmCryptFs {
             return Err(Errno::EOPNOTSUPP);
         }
         match &*handle {
-            Handle::Plain { file, .. } => nix::fcntl::fallocate(
-                file.as_raw_fd(),
-                nix::fcntl::FallocateFlags::from_bits_truncate(mode),
-                offset as i64,
-                len as i64,
+            Handle::Plain { file, .. } => rustix::fs::fallocate(
+                file,
+                rustix::fs::FallocateFlags::from_bits_truncate(mode as u32),
+                offset,
+                len,
             )
-            .map_err(|e| Errno::from_i32(e as i32)),
+            .map_err(sys_errno),
             Handle::Encrypted { file, content, .. } => {
                 let result = match kind {
                     0 => content.allocate(file, offset, len, keep_size),

@@ -215,7 +215,7 @@ impl Drop for LockTable {
 
 /// Takes or releases a lock on a backing file without waiting.
 fn try_lock(file: &File, want: Range) -> FsResult<()> {
-    fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&want.to_flock()))
+    fcntl(file, FcntlArg::F_OFD_SETLK(&want.to_flock()))
         .map(|_| ())
         .map_err(|e| Errno::from_i32(e as i32))
 }
@@ -455,8 +455,7 @@ impl VmCryptFs {
         let mut state = self.locks.shared.lock_state();
         let file = self.lock_owner_file(&mut state, ino, fh, owner)?;
         let mut lock = Range { start, end, typ }.to_flock();
-        fcntl(file.as_raw_fd(), FcntlArg::F_OFD_GETLK(&mut lock))
-            .map_err(|e| Errno::from_i32(e as i32))?;
+        fcntl(file, FcntlArg::F_OFD_GETLK(&mut lock)).map_err(|e| Errno::from_i32(e as i32))?;
         if i32::from(lock.l_type) == libc::F_UNLCK {
             return Ok((start, end, libc::F_UNLCK));
         }

@@ -483,7 +483,8 @@ impl KeyProvider for EmbeddedProvider {
 /// TEST-ONLY crash hook, see [`TEST_CRASH_AFTER_ENV`].
 fn crash_here_if_testing(point: &str) {
     if std::env::var_os(TEST_CRASH_AFTER_ENV).is_some_and(|value| value == point) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
 

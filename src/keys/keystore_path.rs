@@ -23,7 +23,7 @@ pub struct NoKeystoreDir;
 /// 0), else `$XDG_DATA_HOME/vmcryptfs`, else `$HOME/.local/share/vmcryptfs`.
 pub fn default_keystore_dir() -> Result<PathBuf, NoKeystoreDir> {
     resolve(
-        nix::unistd::geteuid().is_root(),
+        rustix::process::geteuid().is_root(),
         std::env::var_os("XDG_DATA_HOME"),
         std::env::var_os("HOME"),
     )

@@ -9,7 +9,6 @@ use crate::common;
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,7 +52,7 @@ fn errno_of<T>(result: io::Result<T>) -> Option<i32> {
 
 fn fallocate_at(path: &Path, offset: u64, flags: FallocateFlags) -> Option<i32> {
     let file = open_rw(path);
-    fallocate(file.as_raw_fd(), flags, offset as i64, 4096)
+    fallocate(&file, flags, offset as i64, 4096)
         .err()
         .map(|e| e as i32)
 }

@@ -8,7 +8,6 @@
 use crate::common;
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
@@ -49,7 +48,7 @@ fn exercise(file: &File, model: &mut Vec<u8>) {
     truncate(file, model, 4 * GROUP); // grows over them: must read zeros
     write(file, model, 3 * GROUP + 9, 10, 0x44);
     fallocate(
-        file.as_raw_fd(),
+        file,
         FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
         (GROUP / 2) as i64,
         GROUP as i64,
@@ -139,12 +138,12 @@ fn format_2_data_pages_are_page_aligned_in_the_backing_file() {
     let data_off = ContentLayout::PageAligned.block_data_off(block);
     assert_eq!(data_off % 4096, 0);
     assert_eq!(
-        lseek(backing.as_raw_fd(), 4096, Whence::SeekData).unwrap() as u64 / 4096 * 4096,
+        lseek(&backing, 4096, Whence::SeekData).unwrap() as u64 / 4096 * 4096,
         ContentLayout::PageAligned.block_slot_off(block).unwrap() / 4096 * 4096,
         "the first stored page after the header's is the block's tag page"
     );
     assert_eq!(
-        lseek(backing.as_raw_fd(), data_off as i64, Whence::SeekHole).unwrap() as u64,
+        lseek(&backing, data_off as i64, Whence::SeekHole).unwrap() as u64,
         data_off + 4096,
         "exactly one data page is stored"
     );

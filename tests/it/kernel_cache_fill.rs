@@ -8,7 +8,6 @@
 use crate::common;
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -48,7 +47,7 @@ fn pages_of(w: u64) -> Vec<u64> {
 fn open_random_reader(path: &Path) -> fs::File {
     let file = fs::File::open(path).unwrap();
     nix::fcntl::posix_fadvise(
-        file.as_raw_fd(),
+        &file,
         0,
         0,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,

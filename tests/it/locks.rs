@@ -7,7 +7,6 @@ use crate::common;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,36 +46,23 @@ fn ofd_locks_conflict_within_a_mount_and_across_two_mounts() {
     std::fs::write(&path, b"config").unwrap();
 
     let holder = open_rw(&path);
-    fcntl(
-        holder.as_raw_fd(),
-        FcntlArg::F_OFD_SETLK(&write_lock(0, 100)),
-    )
-    .unwrap();
+    fcntl(&holder, FcntlArg::F_OFD_SETLK(&write_lock(0, 100))).unwrap();
     let same_mount = open_rw(&path);
     assert_eq!(
-        fcntl(
-            same_mount.as_raw_fd(),
-            FcntlArg::F_OFD_SETLK(&write_lock(50, 10))
-        ),
+        fcntl(&same_mount, FcntlArg::F_OFD_SETLK(&write_lock(50, 10))),
         Err(Errno::EAGAIN)
     );
-    fcntl(
-        same_mount.as_raw_fd(),
-        FcntlArg::F_OFD_SETLK(&write_lock(100, 10)),
-    )
-    .expect("disjoint range is free");
+    fcntl(&same_mount, FcntlArg::F_OFD_SETLK(&write_lock(100, 10)))
+        .expect("disjoint range is free");
 
     let other_host = open_rw(&mnt_b.join("vm1/vm1.vmx"));
     assert_eq!(
-        fcntl(
-            other_host.as_raw_fd(),
-            FcntlArg::F_OFD_SETLK(&write_lock(0, 1))
-        ),
+        fcntl(&other_host, FcntlArg::F_OFD_SETLK(&write_lock(0, 1))),
         Err(Errno::EAGAIN),
         "the lock must hold on the other mount too"
     );
     let mut query = write_lock(0, 1);
-    fcntl(other_host.as_raw_fd(), FcntlArg::F_OFD_GETLK(&mut query)).unwrap();
+    fcntl(&other_host, FcntlArg::F_OFD_GETLK(&mut query)).unwrap();
     assert_eq!(
         i32::from(query.l_type),
         libc::F_WRLCK,
@@ -88,11 +74,7 @@ fn ofd_locks_conflict_within_a_mount_and_across_two_mounts() {
     // given back on the backing file shortly after close(2) returns.
     drop(holder);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while fcntl(
-        other_host.as_raw_fd(),
-        FcntlArg::F_OFD_SETLK(&write_lock(0, 1)),
-    ) == Err(Errno::EAGAIN)
-    {
+    while fcntl(&other_host, FcntlArg::F_OFD_SETLK(&write_lock(0, 1))) == Err(Errno::EAGAIN) {
         assert!(
             Instant::now() < deadline,
             "the lock was not released after close"
@@ -118,12 +100,11 @@ fn posix_locks_conflict_between_processes() {
         .unwrap();
     wait_for_line(&mut holder, "locked");
     let probe = open_rw(&path);
-    let err = fcntl(probe.as_raw_fd(), FcntlArg::F_SETLK(&write_lock(0, 0))).unwrap_err();
+    let err = fcntl(&probe, FcntlArg::F_SETLK(&write_lock(0, 0))).unwrap_err();
     assert!(matches!(err, Errno::EAGAIN | Errno::EACCES), "{err}");
     holder.kill().unwrap();
     holder.wait().unwrap();
-    fcntl(probe.as_raw_fd(), FcntlArg::F_SETLK(&write_lock(0, 0)))
-        .expect("free after the holder died");
+    fcntl(&probe, FcntlArg::F_SETLK(&write_lock(0, 0))).expect("free after the holder died");
 
     let status = Command::new("flock")
         .arg("-n")

@@ -579,8 +579,14 @@ fn rename_over_existing_file_is_atomic_swtpm_pattern() {
     // renameat2: NOREPLACE refuses an existing target; EXCHANGE swaps two
     // files atomically, and each keeps reading its own content afterwards.
     let rename2 = |from: &str, to: &str, flags| {
-        nix::fcntl::renameat2(None, &mount.path(from), None, &mount.path(to), flags)
-            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &mount.path(from),
+            nix::fcntl::AT_FDCWD,
+            &mount.path(to),
+            flags,
+        )
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
     };
     fs::write(mount.path("vm1/c.nvram"), b"c content, a bit longer").unwrap();
     assert_errno(
@@ -1170,7 +1176,7 @@ fn chmod_chown_and_utimens() {
         }
 
         nix::sys::stat::utimensat(
-            None,
+            nix::fcntl::AT_FDCWD,
             &path,
             &nix::sys::time::TimeSpec::new(1_400_000_000, 987_654_321),
             &nix::sys::time::TimeSpec::new(1_500_000_000, 123_456_789),

@@ -5,7 +5,6 @@
 use crate::common;
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
@@ -93,7 +92,7 @@ fn fallocate_preallocates_punches_and_zeroes() {
     let mount = env.mount();
     let file = create_empty(&mount.path("vm1/vm1.vmem"));
     let backing = env.vm_dir("vm1").join("vm1.vmem");
-    let fd = file.as_raw_fd();
+    let fd = &file;
 
     fallocate(fd, FallocateFlags::empty(), 0, (16 * MIB) as i64).unwrap();
     assert_eq!(file.metadata().unwrap().len(), 16 * MIB, "mode 0 extends");

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -202,7 +201,7 @@ impl<'a> Session<'a> {
             "opening {} to sync it",
             db_path.display()
         )))?;
-        nix::unistd::syncfs(db_dir.as_raw_fd()).map_err(|errno| ProviderError::Io {
+        rustix::fs::syncfs(&db_dir).map_err(|errno| ProviderError::Io {
             context: format!("syncing the filesystem of {}", db_path.display()),
             source: io::Error::from(errno),
         })

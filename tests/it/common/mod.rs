@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// backing file, its clean pages leave the page cache.
 pub fn drop_cache(file: &fs::File) {
     nix::fcntl::posix_fadvise(
-        std::os::fd::AsRawFd::as_raw_fd(file),
+        file,
         0,
         0,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
@@ -753,8 +753,7 @@ pub fn create_empty(path: &Path) -> std::fs::File {
 #[allow(dead_code)]
 pub fn data_extents(file: &std::fs::File) -> Vec<(i64, i64)> {
     use nix::unistd::{lseek, Whence};
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
+    let fd = file;
     let mut out = Vec::new();
     let mut pos = 0;
     while let Ok(data) = lseek(fd, pos, Whence::SeekData) {
