@@ -50,9 +50,10 @@ ensure_tool() {
 }
 
 # ensure_c_compiler: the build compiles C: AWS-LC, which seals file
-# content (crypto::block_aead, through aws-lc-sys), and ring, under the KMIP
-# client's TLS. Both bring their sources, so a C compiler and the C
-# library's headers are all they need; rustc links through `cc` as well.
+# content (crypto::block_aead, through aws-lc-sys) and is the KMIP
+# client's TLS crypto (rustls on aws-lc-rs). It brings its sources, so a C
+# compiler and the C library's headers are all it needs; rustc links
+# through `cc` as well.
 ensure_c_compiler() {
     if command -v cc >/dev/null 2>&1; then
         return 0

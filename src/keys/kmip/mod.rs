@@ -6,7 +6,7 @@
 //! * [`ttlv`]: the TTLV byte encoding (pure, fuzzed).
 //! * [`tags`]: the KMIP numbers we use.
 //! * [`message`]: request and response envelopes, result status.
-//! * [`transport`]: one TLS connection (rustls, ring), timeouts, framing.
+//! * [`transport`]: one TLS connection (rustls, aws-lc-rs), timeouts, framing.
 //! * [`batcher`]: concurrent requests sent as the batch items of one
 //!   message.
 //! * [`client`]: the operations (Create, Activate, Get, Locate,

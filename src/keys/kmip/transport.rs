@@ -1,5 +1,5 @@
 //! One TLS connection to a KMIP server: client-certificate authentication
-//! (rustls with the ring provider), timeouts, and framing of one TTLV
+//! (rustls with the aws-lc-rs provider), timeouts, and framing of one TTLV
 //! message per request and per response.
 //!
 //! Every step (name resolution, connect, handshake, each read and write)
@@ -170,7 +170,8 @@ fn invalid(path: &Path, reason: impl Into<String>) -> IdentityError {
 
 impl ClientIdentity {
     /// Loads the files into a rustls client configuration (TLS 1.2 and
-    /// 1.3, ring provider).
+    /// 1.3, aws-lc-rs provider: the AWS-LC that already seals file content,
+    /// so no second crypto library is built).
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, IdentityError> {
         let mut roots = RootCertStore::empty();
         let ca_pem = read_file(&self.ca)?;
@@ -194,7 +195,7 @@ impl ClientIdentity {
         let key_pem = Zeroizing::new(read_file(&self.key)?);
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| invalid(&self.key, format!("not a PEM private key: {e}")))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| invalid(&self.cert, e.to_string()))?
