@@ -43,6 +43,15 @@ SCALE_ROWS = [
 ]
 
 
+def number(text):
+    """A CSV value as a number; 0.0 for an empty or unreadable one (a
+    failed measurement), which the checks below report."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
 class Results:
     """The values of one run, by (job, system), in the order jobs first appear."""
 
@@ -55,15 +64,12 @@ class Results:
         self.problems = []
         self.scale = [r for r in rows if r["job"].startswith("scale-")]
         for r in self.scale:
-            if not float(r["value"] or 0) > 0:
+            if not number(r["value"]) > 0:
                 self.problems.append(f"{r['job']} at {r['system']} VM homes gave no value ({r['value']!r})")
         for r in rows:
             if r["job"].startswith("scale-"):
                 continue
-            try:
-                value = float(r["value"])
-            except ValueError:
-                value = 0.0
+            value = number(r["value"])
             if not value > 0:
                 self.problems.append(f"round {r['round']}: {r['job']} on {r['system']} gave no value ({r['value']!r})")
                 continue
@@ -183,7 +189,9 @@ def scale_table(res):
     if not res.scale:
         return []
     sizes = sorted({int(r["system"]) for r in res.scale})
-    by = {(r["job"], int(r["system"])): f"{float(r['value']):g} {r['unit']}" for r in res.scale}
+    # A failed measurement shows as "-" (and fails the run), rather than
+    # ending the report before the table is written.
+    by = {(r["job"], int(r["system"])): f"{number(r['value']):g} {r['unit']}" for r in res.scale if number(r["value"]) > 0}
     lines = ["", "| control plane (one run) | " + " | ".join(f"{n:,} VM homes" for n in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for job, what in SCALE_ROWS:
