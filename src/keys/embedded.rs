@@ -634,6 +634,34 @@ mod tests {
         assert!(batch.wrap_dek(&v2, &dek, AAD).is_ok());
     }
 
+    /// A batch answers with the current KEK it read first, whatever
+    /// happens to the store meanwhile, and forgets it, with the KEKs it
+    /// fetched, when it changes the provider itself.
+    #[test]
+    fn a_batch_keeps_its_current_kek_until_it_changes_the_provider() {
+        let (_dir, _keystore, provider) = new_store();
+        let provider = Arc::new(provider);
+        let v1 = version(&provider, 1);
+        let batch = provider.clone().batch().unwrap();
+        assert_eq!(batch.current_kek().unwrap(), v1);
+        let v2 = provider.rotate().unwrap();
+        assert_eq!(batch.current_kek().unwrap(), v1, "as of its first read");
+        let v3 = batch.rotate().unwrap();
+        assert_eq!(v3, version(&provider, 3));
+        assert_eq!(batch.current_kek().unwrap(), v3, "its own rotation");
+        let dek = Dek::generate();
+        batch.wrap_dek(&v2, &dek, AAD).unwrap();
+        batch.retire(2).unwrap();
+        assert!(
+            matches!(
+                batch.wrap_dek(&v2, &dek, AAD),
+                Err(ProviderError::KekNotActive { .. })
+            ),
+            "the wrapping KEK it fetched is forgotten once it retired it"
+        );
+        assert_eq!(provider.current_kek().unwrap(), v3);
+    }
+
     /// DESIGN.md §2.6: an open provider holds no key; each operation reads
     /// `master.key` and checks it against the store.
     #[test]

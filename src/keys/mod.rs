@@ -6,6 +6,7 @@
 //! wrapped under a master key file ([`master_key`]). External KMIP providers
 //! sit behind the same trait.
 
+mod batch;
 pub mod bundle_sequences;
 pub mod embedded;
 mod fsutil;

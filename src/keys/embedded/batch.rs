@@ -11,35 +11,34 @@
 //! a version retired or destroyed during the batch still serves the batch,
 //! as it would have served an operation that started just before.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::fetched::FetchedKeks;
 use super::{unwrap_under, wrap_under, EmbeddedProvider, KekUse};
 use crate::crypto::secret::{Dek, Kek};
-use crate::keys::{KekRef, KekVersionInfo, KeyProvider, ProviderError};
+use crate::keys::batch::{Batch, BatchSource};
+use crate::keys::{KekRef, KeyProvider, ProviderError};
 
-/// [`EmbeddedProvider`] caching its current version and the KEKs it
-/// fetched, for the life of one batch.
+/// [`EmbeddedProvider`]'s part of its [`Batch`]: the KEKs it fetched, for
+/// the life of the batch.
 pub(super) struct EmbeddedBatch {
     /// The provider. Immutable.
     provider: Arc<EmbeddedProvider>,
-    /// The current KEK, read at the first ask. Held while it is read, and
-    /// `keks` is taken inside it then, never the other way round.
-    current: Mutex<Option<KekRef>>,
     /// Plaintext KEKs fetched in this batch, by version and use; wiped when
     /// the batch (and every worker's clone of an entry) is dropped. Its own
-    /// lock (see [`FetchedKeks`]), taken inside `current` only.
+    /// lock (see [`FetchedKeks`]), taken inside the batch's memo of the
+    /// current KEK only.
     keks: FetchedKeks,
 }
 
 impl EmbeddedBatch {
-    pub(super) fn new(provider: Arc<EmbeddedProvider>) -> Self {
-        Self {
+    /// The embedded provider's batch.
+    pub(super) fn new(provider: Arc<EmbeddedProvider>) -> Batch<Self> {
+        Batch::new(Self {
             provider,
-            current: Mutex::new(None),
             keks: FetchedKeks::for_batch(),
-        }
+        })
     }
 
     /// The plaintext KEK of `kek` for `usage`, fetched on first use. A
@@ -50,38 +49,26 @@ impl EmbeddedBatch {
         self.keks
             .get_or_fetch((kek.version, usage), || self.provider.kek_for(kek, usage))
     }
-
-    /// Forgets everything fetched: the store changed under this batch.
-    fn forget(&self) {
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.keks.clear();
-    }
 }
 
-impl KeyProvider for EmbeddedBatch {
-    fn name(&self) -> &str {
-        self.provider.name()
+impl BatchSource for EmbeddedBatch {
+    fn provider(&self) -> &dyn KeyProvider {
+        &*self.provider
     }
 
-    fn current_kek(&self) -> Result<KekRef, ProviderError> {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(kek) = &*current {
-            return Ok(kek.clone());
-        }
+    fn read_current(&self) -> Result<KekRef, ProviderError> {
         // The wrapping KEK comes with it, from the same opening of the
         // store: each opening is two fsyncs of sled's, a third of the
         // time of a `vm create`.
         let started = Instant::now();
-        let kek = match self.provider.current_for_wrap() {
+        match self.provider.current_for_wrap() {
             Ok((kek, plain)) => {
                 self.keks
                     .insert((kek.version, KekUse::Wrap), started, plain);
-                kek
+                Ok(kek)
             }
-            Err(_) => self.provider.current_kek()?,
-        };
-        *current = Some(kek.clone());
-        Ok(kek)
+            Err(_) => self.provider.current_kek(),
+        }
     }
 
     fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError> {
@@ -92,22 +79,8 @@ impl KeyProvider for EmbeddedBatch {
         unwrap_under(&*self.kek(kek, KekUse::Unwrap)?, kek, wrapped, aad)
     }
 
-    fn list_versions(&self) -> Result<Vec<KekVersionInfo>, ProviderError> {
-        self.provider.list_versions()
-    }
-
-    fn rotate(&self) -> Result<KekRef, ProviderError> {
-        self.forget();
-        self.provider.rotate()
-    }
-
-    fn retire(&self, version: u32) -> Result<(), ProviderError> {
-        self.forget();
-        self.provider.retire(version)
-    }
-
-    fn destroy(&self, version: u32) -> Result<(), ProviderError> {
-        self.forget();
-        self.provider.destroy(version)
+    /// Forgets every KEK fetched: the store changed under this batch.
+    fn forget(&self) {
+        self.keks.clear();
     }
 }
