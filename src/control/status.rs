@@ -257,6 +257,46 @@ pub fn vm_json(status: &VmStatus) -> serde_json::Value {
     serde_json::to_value(VmJson::of(status)).expect("JSON of plain values")
 }
 
+/// One VM home as the datastore root's status files show it: its line of
+/// `.control` and of `.control.json`, rendered once, and what the
+/// summary counts. The root's status keeps one per VM home while its
+/// status does not change (see [`root_cache`](super::root_cache)).
+pub struct RootEntry {
+    /// Its line of the root `.control`, newline included.
+    text: Box<str>,
+    /// Its object in the root `.control.json`'s `vms`, on one line,
+    /// without separator or newline.
+    json: Box<str>,
+    /// Its `state`.
+    state: &'static str,
+    /// Whether it needs a re-key, if known.
+    needs_rekey: Option<bool>,
+}
+
+impl RootEntry {
+    /// Renders `status`.
+    pub fn of(status: &VmStatus) -> Self {
+        let bundle = status.bundle.as_ref();
+        let text = format!(
+            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={} disk-pattern={} scrub={}\n",
+            status.name,
+            status.state,
+            or_dash(bundle.map(|b| b.kek.version)),
+            or_dash(status.needs_rekey().map(yes_no)),
+            or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
+            or_dash(bundle.map(|b| disk_pattern_text(&b.disk_pattern))),
+            status.scrub.state(),
+        );
+        let json = serde_json::to_string(&VmJson::of(status)).expect("JSON of plain values");
+        Self {
+            text: text.into_boxed_str(),
+            json: json.into_boxed_str(),
+            state: status.state,
+            needs_rekey: status.needs_rekey(),
+        }
+    }
+}
+
 /// The summary shown by the datastore root's `.control`.
 pub struct DatastoreSummary<'a> {
     /// Datastore directory.
@@ -265,8 +305,8 @@ pub struct DatastoreSummary<'a> {
     pub provider: &'a str,
     /// Provider's current KEK version, if it answered.
     pub provider_current_version: Option<u32>,
-    /// Every VM home's status.
-    pub vms: &'a [VmStatus],
+    /// Every VM home, rendered.
+    pub vms: &'a [&'a RootEntry],
     /// Last command written to the root `.control`.
     pub last_command: Option<crate::datastore::vm_home::CommandRecord>,
 }
@@ -285,6 +325,11 @@ struct DatastoreJson<'a> {
     unlocked: usize,
 }
 
+/// The number of VM homes in `summary` for which `pred` holds.
+fn count(summary: &DatastoreSummary<'_>, pred: impl Fn(&RootEntry) -> bool) -> usize {
+    summary.vms.iter().filter(|vm| pred(vm)).count()
+}
+
 /// Writes the root `.control` as JSON (`.control.json`) to `out`: the
 /// summary fields on the first line, then every VM home as in [`vm_json`],
 /// one per line, and a final newline.
@@ -297,22 +342,21 @@ pub fn write_datastore_json(
     summary: &DatastoreSummary<'_>,
     out: impl std::io::Write,
 ) -> std::io::Result<()> {
-    // The serializer writes token by token; buffered, `out` sees large
+    // Each VM's line is a few hundred bytes: buffered, `out` sees large
     // writes (unbuffered, the calls into the snapshot were a fifth of the
     // time at a thousand VM homes).
     use std::io::Write as _;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
     let last = summary.last_command.as_ref();
     let doc = DatastoreJson {
         datastore: &summary.root,
         last_command: last.map(|c| c.command.as_str()),
         last_result: last.map(|c| c.result.as_str()),
-        locked: count(&|s| s.state == "locked"),
-        needs_rekey: count(&|s| s.needs_rekey() == Some(true)),
+        locked: count(summary, |vm| vm.state == "locked"),
+        needs_rekey: count(summary, |vm| vm.needs_rekey == Some(true)),
         provider: summary.provider,
         provider_current_version: summary.provider_current_version,
-        unlocked: count(&|s| s.state == "unlocked"),
+        unlocked: count(summary, |vm| vm.state == "unlocked"),
     };
     let head = serde_json::to_vec(&doc)?;
     // The summary object without its closing brace, then the array.
@@ -320,7 +364,7 @@ pub fn write_datastore_json(
     out.write_all(b",\"vms\":[")?;
     for (i, vm) in summary.vms.iter().enumerate() {
         out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-        serde_json::to_writer(&mut out, &VmJson::of(vm))?;
+        out.write_all(vm.json.as_bytes())?;
     }
     out.write_all(b"\n]}\n")?;
     out.flush()
@@ -328,7 +372,6 @@ pub fn write_datastore_json(
 
 /// The status text of the root `.control`.
 pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
-    let count = |pred: &dyn Fn(&VmStatus) -> bool| summary.vms.iter().filter(|s| pred(s)).count();
     let mut out = String::new();
     let _ = writeln!(out, "datastore: {}", summary.root);
     let _ = writeln!(out, "provider: {}", summary.provider);
@@ -338,12 +381,16 @@ pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
         or_dash(summary.provider_current_version)
     );
     let _ = writeln!(out, "vms: {}", summary.vms.len());
-    let _ = writeln!(out, "unlocked: {}", count(&|s| s.state == "unlocked"));
-    let _ = writeln!(out, "locked: {}", count(&|s| s.state == "locked"));
+    let _ = writeln!(
+        out,
+        "unlocked: {}",
+        count(summary, |vm| vm.state == "unlocked")
+    );
+    let _ = writeln!(out, "locked: {}", count(summary, |vm| vm.state == "locked"));
     let _ = writeln!(
         out,
         "needs-rekey: {}",
-        count(&|s| s.needs_rekey() == Some(true))
+        count(summary, |vm| vm.needs_rekey == Some(true))
     );
     let _ = writeln!(
         out,
@@ -356,18 +403,7 @@ pub fn render_datastore(summary: &DatastoreSummary<'_>) -> String {
         or_dash(summary.last_command.as_ref().map(|c| c.result.clone()))
     );
     for vm in summary.vms {
-        let bundle = vm.bundle.as_ref();
-        let _ = writeln!(
-            out,
-            "vm {}: state={} kek-version={} needs-rekey={} encrypt-disks={} disk-pattern={} scrub={}",
-            vm.name,
-            vm.state,
-            or_dash(bundle.map(|b| b.kek.version)),
-            or_dash(vm.needs_rekey().map(yes_no)),
-            or_dash(bundle.map(|b| yes_no(b.encrypt_disks))),
-            or_dash(bundle.map(|b| disk_pattern_text(&b.disk_pattern))),
-            vm.scrub.state(),
-        );
+        out.push_str(&vm.text);
     }
     out
 }
@@ -409,7 +445,7 @@ mod tests {
 
     #[test]
     fn datastore_summary_counts() {
-        let vms = vec![
+        let vms = [
             VmStatus {
                 name: "a".into(),
                 state: "unlocked",
@@ -425,11 +461,12 @@ mod tests {
                 ..VmStatus::default()
             },
         ];
+        let entries: Vec<RootEntry> = vms.iter().map(RootEntry::of).collect();
         let text = render_datastore(&DatastoreSummary {
             root: "/ds".into(),
             provider: "local",
             provider_current_version: Some(3),
-            vms: &vms,
+            vms: &entries.iter().collect::<Vec<_>>(),
             last_command: None,
         });
         assert!(text.contains("vms: 2\n"));
@@ -453,12 +490,13 @@ mod tests {
         };
         for vms in [vec![], vec![vm("a")], vec![vm("a"), vm("b"), vm("c")]] {
             let mut out = Vec::new();
+            let entries: Vec<RootEntry> = vms.iter().map(RootEntry::of).collect();
             write_datastore_json(
                 &DatastoreSummary {
                     root: "/ds".into(),
                     provider: "local",
                     provider_current_version: Some(3),
-                    vms: &vms,
+                    vms: &entries.iter().collect::<Vec<_>>(),
                     last_command: None,
                 },
                 &mut out,

@@ -80,6 +80,64 @@ impl CurrentKekCache {
     pub fn forget(&self) {
         self.slots.lock().expect("current KEK slots lock").clear();
     }
+
+    /// The answers for one status read, through `provider`.
+    pub fn for_read<'a>(&'a self, provider: &'a dyn KeyProvider) -> ReadVersions<'a> {
+        ReadVersions {
+            cache: self,
+            provider,
+            default: None,
+            by_series: HashMap::new(),
+        }
+    }
+}
+
+/// The current KEK versions of one status read: each series is asked of
+/// the cache once, and every VM home of it shows that one answer. A read
+/// of ten thousand VM homes took the cache's locks and built a key of two
+/// strings for each; here a series already answered is found by borrowed
+/// names.
+pub struct ReadVersions<'a> {
+    cache: &'a CurrentKekCache,
+    provider: &'a dyn KeyProvider,
+    /// The default provider's answer, once asked.
+    default: Option<Result<u32, String>>,
+    /// Answers by provider name, then KEK series.
+    by_series: HashMap<String, HashMap<String, Result<u32, String>>>,
+}
+
+impl ReadVersions<'_> {
+    /// The answer for `kek`'s series (the default provider's with `None`)
+    /// if this read has it already.
+    pub fn known(&self, kek: Option<&KekRef>) -> Option<Result<u32, String>> {
+        match kek {
+            None => self.default.clone(),
+            Some(kek) => self
+                .by_series
+                .get(kek.provider.as_str())?
+                .get(kek.kek_id.as_str())
+                .cloned(),
+        }
+    }
+
+    /// The answer for `kek`'s series, asked of the cache at its first need
+    /// in this read (see [`CurrentKekCache::current_version`]).
+    pub fn current_version(&mut self, kek: Option<&KekRef>) -> Result<u32, String> {
+        if let Some(answer) = self.known(kek) {
+            return answer;
+        }
+        let answer = self.cache.current_version(self.provider, kek);
+        match kek {
+            None => self.default = Some(answer.clone()),
+            Some(kek) => {
+                self.by_series
+                    .entry(kek.provider.clone())
+                    .or_default()
+                    .insert(kek.kek_id.clone(), answer.clone());
+            }
+        }
+        answer
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! * [`counters`]: live per-VM counters for `.stats`.
 //! * [`current_kek`]: providers' current KEK versions for status, kept
 //!   a few seconds.
+//! * [`write_counted`]: a lock counting its writes, so that status can
+//!   tell cheaply whether a VM home's status changed.
 //! * [`file_size_limit`]: the largest file the datastore's file system
 //!   holds, so that a size beyond it fails before any work.
 //! * [`backing_device`]: what the block device under the datastore does by
@@ -51,6 +53,7 @@ pub mod scrub;
 pub mod status_view;
 pub mod vm_home;
 pub mod vm_keys;
+pub mod write_counted;
 pub mod xattrs;
 
 use std::path::PathBuf;

@@ -1,6 +1,5 @@
 //! The VM homes of one mounted datastore.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
@@ -13,7 +12,7 @@ use super::convert;
 use super::current_kek::CurrentKekCache;
 use super::rekey_batch;
 use super::status_view::{DirStamp, SeenVm, StatusView};
-use super::vm_home::{VmHome, VmStatus};
+use super::vm_home::{StatusStamp, VmHome, VmStatus};
 use super::vm_keys::RekeyOutcome;
 use super::DatastoreError;
 use crate::keys::bundle_sequences::BundleSequences;
@@ -147,6 +146,22 @@ impl Datastore {
     /// changed since the last call (see [`StatusView`]): one `lstat` per
     /// VM home otherwise.
     pub fn statuses(&self) -> Result<Vec<VmStatus>, DatastoreError> {
+        Ok(self
+            .statuses_since(|_| false)?
+            .into_iter()
+            .filter_map(|(_, status)| status)
+            .collect())
+    }
+
+    /// Every VM home's [`StatusStamp`], sorted by name, each with its
+    /// status unless `known` says the caller has what that stamp stands
+    /// for already: the root status files keep each VM home's lines until
+    /// its stamp changes, and building ten thousand statuses that did not
+    /// change was most of a read.
+    pub fn statuses_since(
+        &self,
+        known: impl Fn(&StatusStamp) -> bool,
+    ) -> Result<Vec<(StatusStamp, Option<VmStatus>)>, DatastoreError> {
         let mut view = self.status_view.lock().expect("status view lock");
         let root_now = DirStamp::of(&self.root);
         if !view.listing_holds(root_now) {
@@ -160,41 +175,31 @@ impl Datastore {
         let root = std::fs::File::open(&self.root).map_err(|e| {
             DatastoreError::io(format!("opening datastore {}", self.root.display()), e)
         })?;
+        let mut current = self.current_keks.for_read(self.provider());
         let StatusView { names, vms, .. } = &mut *view;
         let mut statuses = Vec::with_capacity(names.len());
         for name in names.iter() {
             let now = DirStamp::of_entry(root.as_fd(), name);
-            let seen = match vms.entry(name.clone()) {
-                Entry::Occupied(seen) if seen.get().still_holds(now) => seen.into_mut(),
-                entry => {
-                    let Some(stamp) = now else {
-                        if let Entry::Occupied(gone) = entry {
-                            gone.remove();
-                        }
-                        continue;
-                    };
-                    let taken = SystemTime::now();
-                    let vm = self.vm_home(name);
-                    let conversion = vm.as_ref().and_then(|vm| {
-                        vm.forget_peeked();
-                        convert::pending(&vm.dir()).map(|p| p.to_string())
-                    });
-                    let seen = SeenVm::new(vm, conversion, stamp, taken);
-                    match entry {
-                        Entry::Occupied(mut old) => {
-                            old.insert(seen);
-                            old.into_mut()
-                        }
-                        Entry::Vacant(new) => new.insert(seen),
-                    }
-                }
-            };
+            // Looked up before any insertion, so that the name is copied
+            // only for a VM home seen anew.
+            if !vms.get(name).is_some_and(|seen| seen.still_holds(now)) {
+                let Some(stamp) = now else {
+                    vms.remove(name);
+                    continue;
+                };
+                let taken = SystemTime::now();
+                let vm = self.vm_home(name);
+                let conversion = vm.as_ref().and_then(|vm| {
+                    vm.forget_peeked();
+                    convert::pending(&vm.dir()).map(|p| p.to_string())
+                });
+                vms.insert(name.clone(), SeenVm::new(vm, conversion, stamp, taken));
+            }
+            let seen = &vms[name];
             if let Some(vm) = &seen.vm {
-                statuses.push(vm.status_with(
-                    self.provider(),
-                    &self.current_keks,
-                    seen.conversion.clone(),
-                ));
+                let stamp = vm.status_stamp(seen.conversion.clone(), &mut current);
+                let status = (!known(&stamp)).then(|| vm.status_from(&stamp, &mut current));
+                statuses.push((stamp, status));
             }
         }
         Ok(statuses)

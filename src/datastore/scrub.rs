@@ -29,6 +29,7 @@ use super::convert::Progress;
 use super::fsck::{self, SharedContent, VmReport, VmState};
 use super::registry::Datastore;
 use super::vm_home::VmHome;
+use super::write_counted::WriteCounted;
 
 /// Default `scrub_rate`: plaintext bytes checked per second.
 pub const DEFAULT_RATE: u64 = 64 << 20;
@@ -141,8 +142,9 @@ impl ScrubView {
 #[derive(Default)]
 pub struct ScrubSlot {
     /// What `.control` shows; held briefly, by the scrub thread after each
-    /// chunk and by status reads.
-    view: Mutex<ScrubView>,
+    /// chunk and by status reads. Its writes are counted for status
+    /// stamps.
+    view: WriteCounted<ScrubView>,
     /// The damaged ranges last logged per file (escaped path), so that a
     /// scrub logs a file's damage once, and again only if it changed.
     logged: Mutex<HashMap<String, Vec<Range<u64>>>>,
@@ -151,16 +153,21 @@ pub struct ScrubSlot {
 impl ScrubSlot {
     /// A copy of what `.control` shows.
     pub fn view(&self) -> ScrubView {
-        self.view.lock().expect("scrub view lock").clone()
+        self.view.read().clone()
+    }
+
+    /// Changes to the view so far (see `WriteCounted`).
+    pub fn writes(&self) -> u64 {
+        self.view.writes()
     }
 
     fn update(&self, change: impl FnOnce(&mut ScrubView)) {
-        change(&mut self.view.lock().expect("scrub view lock"));
+        change(&mut self.view.write());
     }
 
     /// Marks the slot queued at `rate`, unless a scrub is queued or running.
     fn claim(&self, rate: Rate) -> bool {
-        let mut view = self.view.lock().expect("scrub view lock");
+        let mut view = self.view.write();
         if matches!(view.phase, ScrubPhase::Queued | ScrubPhase::Running) {
             return false;
         }

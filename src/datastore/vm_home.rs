@@ -2,16 +2,17 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::convert::Pending;
 use super::counters::VmCounters;
-use super::current_kek::CurrentKekCache;
+use super::current_kek::{CurrentKekCache, ReadVersions};
 pub use super::layout::StoragePolicy;
 use super::layout::{self, ContentClass, BUNDLE_FILE_NAME};
 use super::scrub::{ScrubSlot, ScrubView};
 use super::vm_keys::{self, Authenticated, RekeyOutcome};
+use super::write_counted::WriteCounted;
 use super::{bundle_file, DatastoreError};
 use crate::crypto::keyring::VmKeyring;
 use crate::format::bundle::KeyBundle;
@@ -45,6 +46,17 @@ enum KeyState {
         reason: String,
         bundle: Option<KeyBundle>,
     },
+}
+
+impl KeyState {
+    /// The bundle this state holds, if any.
+    fn bundle(&self) -> Option<&KeyBundle> {
+        match self {
+            KeyState::NotLoaded { peeked } => peeked.as_ref(),
+            KeyState::Unlocked { bundle, .. } => Some(bundle),
+            KeyState::Locked { bundle, .. } => bundle.as_ref(),
+        }
+    }
 }
 
 /// The VM's DEKs cannot be unwrapped; opens of its encrypted files fail
@@ -108,6 +120,41 @@ impl VmStatus {
     }
 }
 
+/// Everything a VM home's [`VmStatus`] is made of, in a form cheap to
+/// read and compare: while two stamps of one VM home are equal, so are the
+/// statuses built from them (see [`VmHome::status_from`]). The root
+/// status files keep each VM home's rendered lines with its stamp and
+/// render them again only when the stamp changed.
+///
+/// The state behind locks (keys and bundle, name, last command, scrub) is
+/// stood for by the count of writes to each lock, which only grows (see
+/// [`WriteCounted`]); values that can go back to an earlier one (the open
+/// counts, the conversion, the provider's answer) are in the stamp
+/// themselves, and the status shows exactly the stamp's, so a value that
+/// changed and changed back cannot leave an old line looking current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusStamp {
+    /// Which VM home: unique in the process, never reused.
+    vm: u64,
+    /// Writes to its keys, location, last command and scrub view.
+    writes: [u64; 4],
+    open_files: usize,
+    open_handles: usize,
+    conversion: Option<String>,
+    /// The provider's current KEK version for the VM's KEK series.
+    current: Result<u32, String>,
+}
+
+impl StatusStamp {
+    /// The VM home it is of (unique in the process, never reused).
+    pub fn vm(&self) -> u64 {
+        self.vm
+    }
+}
+
+/// The next [`VmHome`]'s [`StatusStamp::vm`].
+static NEXT_VM_ID: AtomicU64 = AtomicU64::new(0);
+
 /// One open file handle of a VM home, counted in its `open_handles` for
 /// as long as this lives. Why a count of its own beside `open_files`: a
 /// pass-through file (a disk of a VM without `encrypt-disks`) uses no key,
@@ -126,15 +173,17 @@ impl Drop for OpenHandle {
 
 /// One encrypted VM home of a mounted datastore.
 pub struct VmHome {
+    /// Identity for [`StatusStamp`]s. Immutable.
+    id: u64,
     /// Directory name and full path; changed only by a rename of the VM
     /// home through the mount (write lock), read everywhere else.
-    location: RwLock<(OsString, PathBuf)>,
+    location: WriteCounted<(OsString, PathBuf)>,
     /// Key cache. Read-locked on the fast path of every open; write-locked
     /// while unwrapping or re-keying, so a re-key and an unlock never
     /// interleave.
-    keys: RwLock<KeyState>,
+    keys: WriteCounted<KeyState>,
     /// Last control command; its own lock, never held with `keys`.
-    last_command: Mutex<Option<CommandRecord>>,
+    last_command: WriteCounted<Option<CommandRecord>>,
     /// Open encrypted-file handles using the cached keyring. Incremented
     /// while holding `keys` (read or write), so `flush_keys`, which holds
     /// `keys` for writing, sees a stable count.
@@ -159,9 +208,10 @@ impl VmHome {
     pub fn new(name: OsString, dir: PathBuf, sequences: Arc<BundleSequences>) -> Self {
         Self {
             sequences,
-            location: RwLock::new((name, dir)),
-            keys: RwLock::new(KeyState::NotLoaded { peeked: None }),
-            last_command: Mutex::new(None),
+            id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
+            location: WriteCounted::new((name, dir)),
+            keys: WriteCounted::new(KeyState::NotLoaded { peeked: None }),
+            last_command: WriteCounted::new(None),
             open_files: AtomicUsize::new(0),
             open_handles: AtomicUsize::new(0),
             counters: VmCounters::default(),
@@ -181,15 +231,12 @@ impl VmHome {
 
     /// Whether the VM's DEKs could not be unwrapped at the last attempt.
     pub fn is_locked(&self) -> bool {
-        matches!(
-            *self.keys.read().expect("keys lock"),
-            KeyState::Locked { .. }
-        )
+        matches!(*self.keys.read(), KeyState::Locked { .. })
     }
 
     /// Directory name.
     pub fn name(&self) -> OsString {
-        self.location.read().expect("location lock").0.clone()
+        self.location.read().0.clone()
     }
 
     /// The directory name for status, logs and messages: chosen by
@@ -200,12 +247,12 @@ impl VmHome {
 
     /// Directory path in the datastore.
     pub fn dir(&self) -> PathBuf {
-        self.location.read().expect("location lock").1.clone()
+        self.location.read().1.clone()
     }
 
     /// Records a rename of the VM home directory.
     pub fn set_location(&self, name: &OsStr, dir: PathBuf) {
-        *self.location.write().expect("location lock") = (name.to_owned(), dir);
+        *self.location.write() = (name.to_owned(), dir);
     }
 
     /// The class of the VM's existing file named `name`, from the bundle's
@@ -230,16 +277,8 @@ impl VmHome {
     /// A field of the VM's bundle: the cached one, else parsed from disk
     /// and kept while the keys are not loaded; `None` if it cannot be read.
     fn bundle_field<T>(&self, field: impl Fn(&KeyBundle) -> T) -> Option<T> {
-        match &*self.keys.read().expect("keys lock") {
-            KeyState::Unlocked { bundle, .. }
-            | KeyState::Locked {
-                bundle: Some(bundle),
-                ..
-            }
-            | KeyState::NotLoaded {
-                peeked: Some(bundle),
-            } => return Some(field(bundle)),
-            _ => {}
+        if let Some(bundle) = self.keys.read().bundle() {
+            return Some(field(bundle));
         }
         self.peek().as_ref().map(field)
     }
@@ -248,7 +287,7 @@ impl VmHome {
     /// loaded; `None` if it cannot be read. Unwraps nothing.
     fn peek(&self) -> Option<KeyBundle> {
         let bundle = bundle_file::read(&self.dir()).ok()?;
-        if let KeyState::NotLoaded { peeked } = &mut *self.keys.write().expect("keys lock") {
+        if let KeyState::NotLoaded { peeked } = &mut *self.keys.write() {
             *peeked = Some(bundle.clone());
         }
         Some(bundle)
@@ -257,7 +296,7 @@ impl VmHome {
     /// Forgets the bundle peeked for status while the keys are not loaded:
     /// the VM home changed on disk, so the next status reads it again.
     pub fn forget_peeked(&self) {
-        if let KeyState::NotLoaded { peeked } = &mut *self.keys.write().expect("keys lock") {
+        if let KeyState::NotLoaded { peeked } = &mut *self.keys.write() {
             *peeked = None;
         }
     }
@@ -306,13 +345,13 @@ impl VmHome {
         };
         // Hits are counted for file opens only (status reads also look the
         // keys up); every unwrap through the provider is a miss.
-        if let KeyState::Unlocked { keyring, bundle } = &*self.keys.read().expect("keys lock") {
+        if let KeyState::Unlocked { keyring, bundle } = &*self.keys.read() {
             if count {
                 self.counters.key_lookup(true);
             }
             return Ok(take(keyring, bundle));
         }
-        let mut state = self.keys.write().expect("keys lock");
+        let mut state = self.keys.write();
         if let KeyState::Unlocked { keyring, bundle } = &*state {
             if count {
                 self.counters.key_lookup(true);
@@ -370,7 +409,7 @@ impl VmHome {
     /// Drops the cached DEKs unless files are open, as a host reboot empties
     /// its key cache. Returns whether they were dropped.
     pub fn flush_keys(&self) -> bool {
-        let mut state = self.keys.write().expect("keys lock");
+        let mut state = self.keys.write();
         if self.open_files.load(Ordering::SeqCst) > 0 {
             return false;
         }
@@ -432,7 +471,7 @@ impl VmHome {
         provider: &dyn KeyProvider,
         sequences: &dyn SequenceCheck,
     ) -> Result<RekeyOutcome, DatastoreError> {
-        let mut state = self.keys.write().expect("keys lock");
+        let mut state = self.keys.write();
         // Only an unlocked VM's bundle authenticated here; a locked one's
         // was merely parsed and must never be re-wrapped from memory.
         let known = match &*state {
@@ -458,7 +497,7 @@ impl VmHome {
 
     /// Records the last control command.
     pub fn record_command(&self, record: CommandRecord) {
-        *self.last_command.lock().expect("last command lock") = Some(record);
+        *self.last_command.write() = Some(record);
     }
 
     /// Everything `.control` shows. Never unwraps: a VM nobody has opened
@@ -471,28 +510,69 @@ impl VmHome {
     /// fatal.
     pub fn status(&self, provider: &dyn KeyProvider, versions: &CurrentKekCache) -> VmStatus {
         let conversion = super::convert::pending(&self.dir()).map(|p| p.to_string());
-        self.status_with(provider, versions, conversion)
+        let mut current = versions.for_read(provider);
+        let stamp = self.status_stamp(conversion, &mut current);
+        self.status_from(&stamp, &mut current)
     }
 
-    /// [`VmHome::status`] with the unfinished conversion as the caller
-    /// read it (the root's status view, which reads it only when the VM
-    /// home changed).
-    pub fn status_with(
+    /// What this VM home's status is made of now: `conversion` as the
+    /// caller read it (the root's status view reads it only when the VM
+    /// home changed), the current KEK version from `current`. Build the
+    /// status with [`VmHome::status_from`], after this and with the same
+    /// `current`.
+    pub fn status_stamp(
         &self,
-        provider: &dyn KeyProvider,
-        versions: &CurrentKekCache,
         conversion: Option<String>,
-    ) -> VmStatus {
+        current: &mut ReadVersions<'_>,
+    ) -> StatusStamp {
+        // A bundle not read yet is read (and kept) before the counts:
+        // keeping it is a write, which after them would make the next
+        // stamp differ and the VM home be rendered twice.
+        if matches!(*self.keys.read(), KeyState::NotLoaded { peeked: None }) {
+            self.peek();
+        }
+        // The counts before what they count (see `WriteCounted`).
+        let writes = [
+            self.keys.writes(),
+            self.location.writes(),
+            self.last_command.writes(),
+            self.scrub.writes(),
+        ];
+        let open_files = self.open_files();
+        let open_handles = self.open_handles();
+        // A series this read already asked about is answered under the
+        // lock; a new one is asked after it (that may be a round trip to a
+        // KMS), with the KEK reference copied out.
+        let answered = {
+            let keys = self.keys.read();
+            let kek = keys.bundle().map(|b| &b.kek);
+            current.known(kek).ok_or_else(|| kek.cloned())
+        };
+        let current = answered.unwrap_or_else(|kek| current.current_version(kek.as_ref()));
+        StatusStamp {
+            vm: self.id,
+            writes,
+            open_files,
+            open_handles,
+            conversion,
+            current,
+        }
+    }
+
+    /// The status `stamp` stands for: its open counts and conversion, and
+    /// the rest as it is now, which is what the stamp's counts stood for
+    /// unless they have moved since (then the next stamp differs).
+    pub fn status_from(&self, stamp: &StatusStamp, current: &mut ReadVersions<'_>) -> VmStatus {
         let mut status = VmStatus {
             name: self.display_name(),
-            last_command: self.last_command.lock().expect("last command lock").clone(),
-            open_files: self.open_files(),
-            open_handles: self.open_handles(),
+            last_command: self.last_command.read().clone(),
+            open_files: stamp.open_files,
+            open_handles: stamp.open_handles,
             scrub: self.scrub.view(),
-            conversion,
+            conversion: stamp.conversion.clone(),
             ..VmStatus::default()
         };
-        let not_loaded = match &*self.keys.read().expect("keys lock") {
+        let not_loaded = match &*self.keys.read() {
             KeyState::NotLoaded { peeked } => {
                 status.state = "not-loaded";
                 status.bundle = peeked.clone();
@@ -514,7 +594,9 @@ impl VmHome {
         if not_loaded {
             status.bundle = self.peek();
         }
-        match versions.current_version(provider, status.bundle.as_ref().map(|b| &b.kek)) {
+        // The stamp's answer while the bundle is the stamp's: one read
+        // asks each series once.
+        match current.current_version(status.bundle.as_ref().map(|b| &b.kek)) {
             Ok(version) => status.provider_current_version = Some(version),
             Err(err) => status.provider_error = Some(err),
         }

@@ -51,18 +51,19 @@ impl VmCryptFs {
         }
     }
 
-    /// Builds the root `.control` summary (every VM's status) and hands it
+    /// Builds the root `.control` summary (every VM's lines, see
+    /// [`RootCache`](crate::control::root_cache::RootCache)) and hands it
     /// to `render`, with the error if the datastore could not be scanned.
     ///
-    /// This runs on a thread of its own, started for the read: the status
-    /// of ten thousand VM homes is a hundred thousand small allocations,
-    /// and glibc serves each FUSE thread from its own arena and keeps
-    /// what was freed there, so reads landing on different FUSE threads
-    /// grew the mount by one full set per thread (tens of MiB at ten
-    /// thousand VMs). A thread that has exited leaves its arena free, and
-    /// the next one started takes it again, so these allocations stay in
-    /// one arena. Starting a thread costs tens of microseconds, against
-    /// tens of milliseconds for such a read.
+    /// This runs on a thread of its own, started for the read: rendering
+    /// the status of ten thousand VM homes (the first read, or one after a
+    /// re-key of them all) is a hundred thousand small allocations, and
+    /// glibc serves each FUSE thread from its own arena and keeps what was
+    /// freed there, so reads landing on different FUSE threads grew the
+    /// mount by one full set per thread (tens of MiB at ten thousand VMs).
+    /// A thread that has exited leaves its arena free, and the next one
+    /// started takes it again, so these allocations, and the kept lines,
+    /// stay in one arena. Starting a thread costs tens of microseconds.
     fn with_datastore_summary<R: Send>(
         &self,
         render: impl FnOnce(&DatastoreSummary<'_>, Option<String>) -> R + Send,
@@ -96,15 +97,13 @@ impl VmCryptFs {
         render: impl FnOnce(&DatastoreSummary<'_>, Option<String>) -> R,
     ) -> R {
         let provider = self.datastore.provider();
-        let (statuses, scan_error) = match self.datastore.statuses() {
-            Ok(s) => (s, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
-        };
+        let mut cache = self.root_cache.lock().expect("root status cache lock");
+        let scan_error = cache.refresh(&self.datastore).err().map(|e| e.to_string());
         let summary = DatastoreSummary {
             root: self.datastore.root().display().to_string(),
             provider: provider.name(),
             provider_current_version: self.datastore.default_current_version().ok(),
-            vms: &statuses,
+            vms: &cache.entries(),
             last_command: self
                 .root_last_command
                 .lock()

@@ -82,6 +82,10 @@ pub struct VmCryptFs {
     locks: lock_ops::LockTable,
     /// Last command written to the root `.control`; its own mutex.
     root_last_command: Mutex<Option<CommandRecord>>,
+    /// The root status files' lines of every VM home. Held for a whole
+    /// root status read; `root_last_command` and the datastore's locks
+    /// are taken inside it, never the other way round.
+    root_cache: Mutex<crate::control::root_cache::RootCache>,
     /// Whether unencrypted files are served by kernel passthrough (set at
     /// FUSE init when the kernel offers it; cleared if registering a
     /// backing file ever fails).
@@ -148,6 +152,7 @@ impl VmCryptFs {
             handles: HandleTable::default(),
             locks: lock_ops::LockTable::default(),
             root_last_command: Mutex::new(None),
+            root_cache: Mutex::default(),
             chown_new_files: rustix::process::geteuid().is_root(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             direct_io_mmap: std::sync::atomic::AtomicBool::new(false),

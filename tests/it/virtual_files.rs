@@ -239,6 +239,18 @@ fn hostile_vm_home_names_are_shown_escaped() {
     }
 }
 
+/// VM home `name` as the root `.control.json` `doc` lists it; null if it
+/// does not.
+fn listed_vm(doc: &serde_json::Value, name: &str) -> serde_json::Value {
+    doc["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["vm"] == name)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// The root `.control` keeps what it read from disk between reads (see
 /// `datastore::status_view`) but follows every change made behind the
 /// mount, also once its view has settled: a VM home created, a bundle
@@ -253,15 +265,7 @@ fn the_root_status_follows_changes_made_behind_the_mount() {
     let root_json = || -> serde_json::Value {
         serde_json::from_slice(&fs::read(mount.path(".control.json")).unwrap()).unwrap()
     };
-    let vm_of = |doc: &serde_json::Value, name: &str| -> serde_json::Value {
-        doc["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|vm| vm["vm"] == name)
-            .cloned()
-            .unwrap_or(serde_json::Value::Null)
-    };
+    let vm_of = listed_vm;
     let first = root_json();
     let vm1_id = vm_of(&first, "vm1")["vm_id"].clone();
     assert!(vm1_id.is_string(), "{first}");
@@ -310,4 +314,119 @@ fn the_root_status_follows_changes_made_behind_the_mount() {
     fs::remove_file(env.vm_dir("vm2").join(bundle)).unwrap();
     assert_eq!(read_control(&mount.path(".control"))["vms"], "2");
     assert_eq!(vm_of(&root_json(), "vm2")["vm_id"], serde_json::Value::Null);
+}
+
+/// The root status files keep each VM home's lines until its status
+/// changes (`control::root_cache`), and every change made through the
+/// mount shows at the very next read of the root `.control.json`, the same
+/// as the VM home's own `.control.json` shows it: a file opened and closed,
+/// a re-key, a rotation seen through a re-key, `rekey-all`, a scrub, a
+/// flush of the keys, a rename of the VM home.
+#[test]
+fn the_root_status_shows_every_change_at_the_next_read() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    env.create_vm("vm2", false);
+    let mount = env.mount();
+    fs::write(mount.path("vm1/vm1.nvram"), b"nvram").unwrap();
+    fs::write(mount.path("vm2/vm2.nvram"), b"nvram").unwrap();
+    let root_json = || -> serde_json::Value {
+        serde_json::from_slice(&fs::read(mount.path(".control.json")).unwrap()).unwrap()
+    };
+    let vm_of = |name: &str| listed_vm(&root_json(), name);
+    // What the VM home's own file shows, but for the fields the root's
+    // line leaves out nowhere: they must be equal.
+    let own = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(mount.path(&format!("{name}/.control.json"))).unwrap())
+            .unwrap()
+    };
+    let root_line = |name: &str| -> String {
+        fs::read_to_string(mount.path(".control"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("vm {name}:")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Past the window in which a VM home's directory is looked at again
+    // at every read, so that the reads below use the kept lines.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..2 {
+        assert_eq!(vm_of("vm1"), own("vm1"));
+    }
+
+    let file = fs::File::open(mount.path("vm1/vm1.nvram")).unwrap();
+    let shown = vm_of("vm1");
+    assert_eq!(
+        (&shown["open_files"], &shown["open_handles"]),
+        (&1.into(), &1.into())
+    );
+    drop(file);
+    // The close reaches the mount as FUSE release, after close(2) returns.
+    let closed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        vm_of("vm1")["open_handles"] == 0
+    });
+    assert!(closed, "{}", vm_of("vm1"));
+    assert_eq!(vm_of("vm1")["open_files"], 0);
+
+    // A rotation by another process shows within the provider answer's
+    // lifetime; a re-key through the mount asks again at once.
+    env.run_ok(&["provider", "rotate"]);
+    write_control(&mount.path("vm2/.control"), "rekey\n").unwrap();
+    let shown = vm_of("vm2");
+    assert_eq!(
+        (&shown["kek_version"], &shown["last_command"]),
+        (&2.into(), &"rekey".into())
+    );
+    assert_eq!(shown["needs_rekey"], false);
+    assert_eq!(vm_of("vm1")["needs_rekey"], true);
+    assert!(
+        root_line("vm1").contains("kek-version=1 needs-rekey=yes"),
+        "{}",
+        root_line("vm1")
+    );
+    write_control(&mount.path(".control"), "rekey-all\n").unwrap();
+    assert_eq!(vm_of("vm1")["kek_version"], 2);
+    assert!(
+        root_line("vm1").contains("kek-version=2 needs-rekey=no"),
+        "{}",
+        root_line("vm1")
+    );
+    assert_eq!(vm_of("vm1"), own("vm1"));
+
+    // A scrub paced to take about a second: its progress and its end
+    // come from the scrub's own thread, with nothing else changing.
+    fs::write(mount.path("vm1/data.bin"), vec![7u8; 2 << 20]).unwrap();
+    write_control(&mount.path("vm1/.control"), "scrub rate=2M\n").unwrap();
+    let mut states = Vec::new();
+    for _ in 0..1000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let state = vm_of("vm1")["scrub"]["state"].clone();
+        if states.last() != Some(&state) {
+            states.push(state.clone());
+        }
+        if !matches!(state.as_str(), Some("queued" | "running")) {
+            break;
+        }
+    }
+    assert!(
+        states.len() >= 2 && states.last().unwrap() == "clean",
+        "{states:?}"
+    );
+    assert_eq!(vm_of("vm1")["scrub"], own("vm1")["scrub"]);
+    assert_eq!(vm_of("vm1")["scrub"]["state"], "clean");
+    assert!(
+        root_line("vm1").ends_with("scrub=clean"),
+        "{}",
+        root_line("vm1")
+    );
+
+    write_control(&mount.path(".control"), "flush-keys\n").unwrap();
+    assert_eq!(vm_of("vm1")["state"], "not-loaded");
+    assert_eq!(vm_of("vm1"), own("vm1"));
+
+    fs::rename(mount.path("vm2"), mount.path("vm3")).unwrap();
+    assert_eq!(vm_of("vm2"), serde_json::Value::Null);
+    assert_eq!(vm_of("vm3"), own("vm3"));
 }
