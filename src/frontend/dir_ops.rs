@@ -21,7 +21,6 @@ use super::handles::{DirEntry, Handle};
 use super::inodes::ROOT_INO;
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::control::virtual_file::VirtualFile;
-use crate::datastore::layout;
 
 /// Whether a listing entry is `.` or `..`, which the kernel never turns
 /// into a dentry from a `readdirplus` reply (and so never counts).
@@ -31,7 +30,7 @@ fn is_dot_entry(name: &OsStr) -> bool {
 
 impl VmCryptFs {
     /// Opens a directory: snapshots its entries, hiding internal files and
-    /// adding the virtual `.control` where there is one.
+    /// adding the virtual files where there are some (see [`super::names`]).
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.node(ino)?;
         let path = self.node_path(&node)?;
@@ -47,7 +46,8 @@ impl VmCryptFs {
                 name: "..".into(),
             },
         ];
-        if let Some(scope) = self.control_scope_of_dir(&node) {
+        let place = Self::dir_place(&node);
+        if let Some(scope) = place.control_scope() {
             // Listing inode numbers only need to be distinct; a lookup
             // gives the real node.
             for (i, file) in VirtualFile::all_in(scope).iter().enumerate() {
@@ -63,7 +63,7 @@ impl VmCryptFs {
         // the entry, so listing costs no stat per entry.
         let listing = self.beneath.list_dir(&path).map_err(io_errno)?;
         for entry in listing.entries {
-            if layout::is_internal_name(&entry.name) {
+            if !place.name(&entry.name).listed_from_backing() {
                 continue;
             }
             entries.push(DirEntry {

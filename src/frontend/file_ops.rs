@@ -18,6 +18,7 @@ use super::cache_mode::{cache_mode, CacheMode, OpenedFile};
 use super::caller::Caller;
 use super::handles::{Handle, Snapshot};
 use super::inodes::NodeInfo;
+use super::virtual_calls::{self, VirtualCall};
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::content::{ContentError, EncryptedFile, SeekTarget};
 use crate::control::virtual_file::VirtualFile;
@@ -33,7 +34,7 @@ use crate::format::untrusted;
 const STRIPPED_FLAGS: i32 =
     libc::O_APPEND | libc::O_DIRECT | libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL;
 
-fn wants_write(flags: i32) -> bool {
+pub(super) fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
@@ -145,9 +146,7 @@ impl VmCryptFs {
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, CacheMode)> {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
-            if !file.writable() && wants_write(flags) {
-                return Err(Errno::EACCES);
-            }
+            virtual_calls::check(file, VirtualCall::Open { flags })?;
             let mode = cache_mode(OpenedFile::Virtual, flags, false);
             return Ok((self.open_virtual(&node, file), mode));
         }
@@ -179,7 +178,7 @@ impl VmCryptFs {
         gid: u32,
     ) -> FsResult<(FileAttr, u64, CacheMode)> {
         let dir = self.node(parent)?;
-        self.check_user_name(&dir, name)?;
+        Self::check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
         let area = self.child_area(&dir, name, None);
         let class = self.class_to_write(&area, name, "create", &rel)?;
@@ -358,6 +357,7 @@ impl VmCryptFs {
                 snapshot,
                 pending,
             } => {
+                virtual_calls::check(*file, VirtualCall::Write)?;
                 let VirtualFile::Control(scope) = *file else {
                     return Err(Errno::EBADF);
                 };

@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use fuser::BackingId;
 
+use super::moves::Domain;
 use crate::content::EncryptedFile;
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::vm_home::VmHome;
@@ -30,13 +31,12 @@ pub enum Area {
 }
 
 impl Area {
-    /// Whether two areas are the same encryption domain (renames and links
-    /// across domains return EXDEV).
-    pub fn same_domain(&self, other: &Area) -> bool {
-        match (self, other) {
-            (Area::Vm(a), Area::Vm(b)) => Arc::ptr_eq(a, b),
-            (Area::Vm(_), _) | (_, Area::Vm(_)) => false,
-            _ => true,
+    /// The encryption domain (renames and links across domains return
+    /// EXDEV; see [`super::moves`]).
+    pub fn domain(&self) -> Domain<SameVm<'_>> {
+        match self {
+            Area::Vm(vm) => Domain::VmHome(SameVm(vm)),
+            Area::Root | Area::Plain => Domain::Clear,
         }
     }
 
@@ -46,6 +46,17 @@ impl Area {
             Area::Vm(vm) => Some(vm),
             _ => None,
         }
+    }
+}
+
+/// A VM home, equal only to itself: two `VmHome` values are one domain
+/// when they are the mount's one record of that VM home.
+#[derive(Clone, Copy)]
+pub struct SameVm<'a>(pub &'a Arc<VmHome>);
+
+impl PartialEq for SameVm<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self.0, other.0)
     }
 }
 

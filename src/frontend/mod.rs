@@ -8,6 +8,12 @@
 //! attributes), each returning
 //! `Result<_, Errno>`. [`fuse_adapter`] implements `fuser::Filesystem` by
 //! calling them and sending the reply, and nothing else.
+//!
+//! The rules they apply that need no mount are pure functions, tested in
+//! process: [`names`] (what a name is in a directory: virtual, internal
+//! or ordinary), [`moves`] (which renames and links keep how an entry is
+//! stored, else EXDEV) and [`virtual_calls`] (what each call may do to a
+//! virtual file).
 
 pub mod attr;
 pub mod cache_fill;
@@ -21,8 +27,11 @@ pub mod fuse_adapter;
 pub mod handles;
 pub mod inodes;
 pub mod lock_ops;
+pub mod moves;
+pub mod names;
 pub mod node_ops;
 pub mod scrub_content;
+pub mod virtual_calls;
 pub mod xattr_ops;
 
 use std::ffi::OsStr;
@@ -33,13 +42,12 @@ use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
 use crate::content::encrypted_file::ReadSettings;
-use crate::control::command::ControlScope;
 use crate::control::virtual_file::{StatusAccess, VirtualFile};
 use crate::datastore::backing_device::DeviceReadahead;
 use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
 use crate::datastore::file_size_limit;
-use crate::datastore::layout::{self, ContentClass};
+use crate::datastore::layout::ContentClass;
 use crate::datastore::registry::Datastore;
 use crate::datastore::scrub::{self, Rate};
 use crate::datastore::vm_home::{CommandRecord, StoragePolicy, VmHome};
@@ -47,6 +55,7 @@ use crate::format::content_layout::ContentLayout;
 use crate::format::untrusted;
 use handles::HandleTable;
 use inodes::{Area, InodeTable, NodeInfo, NodeKind, ROOT_INO};
+use names::{DirPlace, NameKind};
 
 /// Result of a frontend operation: a value, or the errno to reply with.
 pub type FsResult<T> = Result<T, Errno>;
@@ -226,15 +235,14 @@ impl VmCryptFs {
         node.path.clone().ok_or(Errno::ENOENT)
     }
 
-    /// Which `.control` a directory node carries, if any: the root's, or a
-    /// VM home's (the VM home directory itself, a direct child of the root).
-    fn control_scope_of_dir(&self, dir: &NodeInfo) -> Option<ControlScope> {
+    /// Where directory node `dir` is, for the names in it: the root, a VM
+    /// home (the VM home directory itself, a direct child of the root), or
+    /// elsewhere.
+    fn dir_place(dir: &NodeInfo) -> DirPlace {
         match (&dir.area, &dir.path) {
-            (Area::Root, _) => Some(ControlScope::Datastore),
-            (Area::Vm(_), Some(path)) if path.components().count() == 1 => {
-                Some(ControlScope::VmHome)
-            }
-            _ => None,
+            (Area::Root, _) => DirPlace::Root,
+            (Area::Vm(_), Some(path)) if path.components().count() == 1 => DirPlace::VmHome,
+            _ => DirPlace::Other,
         }
     }
 
@@ -313,16 +321,13 @@ impl VmCryptFs {
     }
 
     /// Rejects names the user may not create, remove or rename: our
-    /// internal files, and `.control` where it is virtual.
-    fn check_user_name(&self, parent: &NodeInfo, name: &OsStr) -> FsResult<()> {
-        if layout::is_internal_name(name) {
+    /// internal files, and the virtual files where they are virtual.
+    fn check_user_name(parent: &NodeInfo, name: &OsStr) -> FsResult<()> {
+        let kind = Self::dir_place(parent).name(name);
+        if kind == NameKind::Internal {
             log::warn!("refusing to touch internal name {}", untrusted::name(name));
-            return Err(Errno::EPERM);
         }
-        if self.virtual_file_named(parent, name).is_some() {
-            return Err(Errno::EPERM);
-        }
-        Ok(())
+        kind.check_change()
     }
 
     /// Gives newly created entry `rel` to the calling user when we run as
@@ -347,16 +352,5 @@ impl VmCryptFs {
             NodeKind::Virtual(file) => Some(file),
             NodeKind::Backing => None,
         }
-    }
-
-    /// The virtual file called `name` in directory `dir`, if any.
-    fn virtual_file_named(&self, dir: &NodeInfo, name: &OsStr) -> Option<VirtualFile> {
-        // Every lookup asks; virtual names all start with a dot, so most
-        // names are settled without looking at the directory.
-        if !name.as_encoded_bytes().starts_with(b".") {
-            return None;
-        }
-        self.control_scope_of_dir(dir)
-            .and_then(|scope| VirtualFile::named(scope, name))
     }
 }

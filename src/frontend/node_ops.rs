@@ -14,7 +14,10 @@ use super::attr;
 use super::caller::Caller;
 use super::file_ops::clear_setid_bits;
 use super::handles::Handle;
-use super::inodes::{Area, NodeInfo};
+use super::inodes::{Area, NodeInfo, SameVm};
+use super::moves::{self, End, Entry};
+use super::names::NameKind;
+use super::virtual_calls::{self, VirtualCall};
 use super::{backing_id, io_errno, sys_errno, FsResult, VmCryptFs};
 use crate::control::virtual_file::VirtualFile;
 use crate::datastore::backing_root::{BackingRoot, DirFd};
@@ -97,15 +100,14 @@ impl VmCryptFs {
         dir_fd: &DirFd<'_>,
         name: &OsStr,
     ) -> FsResult<FileAttr> {
-        if let Some(file) = self.virtual_file_named(dir, name) {
+        let kind = Self::dir_place(dir).name(name);
+        if let NameKind::Virtual(file) = kind {
             let ino = self
                 .inodes
                 .remember_virtual(dir.ino, dir.area.clone(), file);
             return self.virtual_file_attr(ino, file);
         }
-        if layout::is_internal_name(name) {
-            return Err(Errno::ENOENT);
-        }
+        kind.check_lookup()?;
         let stat = BackingRoot::stat_in(dir_fd, name).map_err(io_errno)?;
         let rel = dir_path.join(name);
         let area = self.child_area(dir, name, Some(&stat));
@@ -192,10 +194,7 @@ impl VmCryptFs {
         let node = self.node(ino)?;
         if let Some(file) = Self::virtual_file(&node) {
             // `echo cmd > .control` truncates first; there is nothing to do.
-            // The read-only files change only by themselves.
-            if !file.writable() {
-                return Err(Errno::EACCES);
-            }
+            virtual_calls::check(file, VirtualCall::SetAttr)?;
             return self.getattr(ino, None);
         }
         let target = self.metadata_target(&node)?;
@@ -337,7 +336,7 @@ impl VmCryptFs {
         make: impl FnOnce(&Path) -> std::io::Result<()>,
     ) -> FsResult<FileAttr> {
         let dir = self.node(parent)?;
-        self.check_user_name(&dir, name)?;
+        Self::check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
         make(&rel).map_err(io_errno)?;
         self.chown_to_caller(&rel, uid, gid)?;
@@ -354,7 +353,7 @@ impl VmCryptFs {
     /// Removes a file.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let dir = self.node(parent)?;
-        self.check_user_name(&dir, name)?;
+        Self::check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
         self.beneath.remove_file(&rel).map_err(io_errno)?;
         self.inodes.unlink_path(&rel);
@@ -366,7 +365,7 @@ impl VmCryptFs {
     /// its key bundle too, as deleting a VM does.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let dir = self.node(parent)?;
-        self.check_user_name(&dir, name)?;
+        Self::check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
         if Self::is_root(parent) && self.has_bundle(&rel) {
             self.remove_empty_vm_home(&rel)?;
@@ -421,8 +420,8 @@ impl VmCryptFs {
     ) -> FsResult<()> {
         let from_dir = self.node(parent)?;
         let to_dir = self.node(new_parent)?;
-        self.check_user_name(&from_dir, name)?;
-        self.check_user_name(&to_dir, new_name)?;
+        Self::check_user_name(&from_dir, name)?;
+        Self::check_user_name(&to_dir, new_name)?;
         let from = self.node_path(&from_dir)?.join(name);
         let to = self.node_path(&to_dir)?.join(new_name);
         let from_stat = self.beneath.stat(&from).map_err(io_errno)?;
@@ -430,18 +429,10 @@ impl VmCryptFs {
             self.child_area(&from_dir, name, Some(&from_stat)),
             Area::Vm(_)
         ) && Self::is_root(parent);
-        if is_vm_home {
-            // A VM home can be renamed in place, not moved below another
-            // directory (it would stop being a VM home).
-            if !Self::is_root(new_parent) {
-                return Err(Errno::EXDEV);
-            }
-        } else {
-            self.check_same_storage(&from_dir, name, &from_stat, &to_dir, new_name)?;
-            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                let to_stat = self.beneath.stat(&to).map_err(io_errno)?;
-                self.check_same_storage(&to_dir, new_name, &to_stat, &from_dir, name)?;
-            }
+        self.check_same_storage(&from_dir, name, &from_stat, &to_dir, new_name)?;
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            let to_stat = self.beneath.stat(&to).map_err(io_errno)?;
+            self.check_same_storage(&to_dir, new_name, &to_stat, &from_dir, name)?;
         }
         self.beneath
             .rename(
@@ -464,8 +455,9 @@ impl VmCryptFs {
         Ok(())
     }
 
-    /// EXDEV unless an entry moving from `from_dir/name` to `to_dir/new_name`
-    /// keeps its encryption domain and, for regular files, its class.
+    /// EXDEV unless an entry moving from `from_dir/name` (whose backing
+    /// `stat` is given) to `to_dir/new_name` keeps how it is stored
+    /// ([`moves`]).
     fn check_same_storage(
         &self,
         from_dir: &NodeInfo,
@@ -475,58 +467,62 @@ impl VmCryptFs {
         new_name: &OsStr,
     ) -> FsResult<()> {
         let from_area = self.child_area(from_dir, name, Some(stat));
-        let to_area = self.child_area(to_dir, new_name, None);
-        let regular = backing_meta::file_type(stat) == rustix::fs::FileType::RegularFile;
-        let to = self.node_path(to_dir)?.join(new_name);
-        self.check_same_class(&from_area, name, &to_area, new_name, regular, "rename", &to)
+        let entry = match backing_meta::file_type(stat) {
+            rustix::fs::FileType::RegularFile => Entry::RegularFile,
+            _ => Entry::Other,
+        };
+        let from = End {
+            domain: from_area.domain(),
+            name,
+            in_root: Self::is_root(from_dir.ino),
+        };
+        self.check_move_into(entry, from, to_dir, new_name, "rename")
     }
 
-    /// EXDEV unless an entry named `name` in `from_area` keeps its
-    /// encryption domain when it becomes `new_name` in `to_area` and, if it
-    /// is a regular file, its class. Within a VM home the classes come
-    /// from its authenticated bundle, so a move into a VM home that has not
-    /// authenticated fails closed (ENOKEY).
-    #[allow(clippy::too_many_arguments)]
-    fn check_same_class(
+    /// [`moves::check_move`] of `entry` from `from` to `to_dir/new_name`,
+    /// asking the destination VM's authenticated bundle for the classes
+    /// (see [`Self::authenticated_policy`]); `what` names the call in the
+    /// log.
+    fn check_move_into(
         &self,
-        from_area: &Area,
-        name: &OsStr,
-        to_area: &Area,
+        entry: Entry,
+        from: End<'_, SameVm<'_>>,
+        to_dir: &NodeInfo,
         new_name: &OsStr,
-        regular: bool,
         what: &str,
-        to: &Path,
     ) -> FsResult<()> {
-        if !from_area.same_domain(to_area) {
-            return Err(Errno::EXDEV);
-        }
-        let Area::Vm(vm) = to_area else {
-            return Ok(());
+        let to_area = self.child_area(to_dir, new_name, None);
+        let to = End {
+            domain: to_area.domain(),
+            name: new_name,
+            in_root: Self::is_root(to_dir.ino),
         };
-        let policy = self.authenticated_policy(vm, what, to)?;
-        let class = |name| policy.class_of(name);
-        if regular && class(name) != class(new_name) {
-            return Err(Errno::EXDEV);
-        }
-        Ok(())
+        let rel = self.node_path(to_dir)?.join(new_name);
+        moves::check_move(entry, from, to, |SameVm(vm)| {
+            self.authenticated_policy(vm, what, &rel)
+        })
     }
 
     /// Creates a hard link (within one encryption domain and class).
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> FsResult<FileAttr> {
         let node = self.node(ino)?;
         let to_dir = self.node(new_parent)?;
-        self.check_user_name(&to_dir, new_name)?;
-        if Self::virtual_file(&node).is_some() {
-            return Err(Errno::EPERM);
+        Self::check_user_name(&to_dir, new_name)?;
+        if let Some(file) = Self::virtual_file(&node) {
+            virtual_calls::check(file, VirtualCall::Link)?;
         }
         let from = self.node_path(&node)?;
-        let to_area = self.child_area(&to_dir, new_name, None);
         let name = from.file_name().ok_or(Errno::EPERM)?;
         let to = self.node_path(&to_dir)?.join(new_name);
         // Only regular files and symlinks can be linked here (directories
         // cannot be hard-linked); classes matter for regular files, and a
         // symlink's name never makes it encrypted, so comparing is safe.
-        self.check_same_class(&node.area, name, &to_area, new_name, true, "link", &to)?;
+        let from_end = End {
+            domain: node.area.domain(),
+            name,
+            in_root: from.components().count() == 1,
+        };
+        self.check_move_into(Entry::RegularFile, from_end, &to_dir, new_name, "link")?;
         self.beneath.hard_link(&from, &to).map_err(io_errno)?;
         self.lookup(new_parent, new_name)
     }

@@ -19,7 +19,9 @@ use rustix::fs::{FileType, XattrFlags};
 
 use super::handles::Handle;
 use super::inodes::Area;
+use super::virtual_calls::{self, VirtualCall};
 use super::{io_errno, sys_errno, FsResult, VmCryptFs};
+use crate::control::virtual_file::VirtualFile;
 use crate::crypto::keyring::VmKeyring;
 use crate::datastore::backing_meta;
 use crate::datastore::layout::ContentClass;
@@ -30,9 +32,9 @@ use crate::format::xattr::{self as rules, Treatment};
 
 /// What an attribute call on a node acts on.
 enum XattrTarget {
-    /// A virtual file (`.control`, `.control.json`, `.stats`): it answers
-    /// as a read-only file with no attributes.
-    Virtual,
+    /// A virtual file (`.control`, `.control.json`, `.stats`): it has no
+    /// attributes, and takes none ([`virtual_calls`]).
+    Virtual(VirtualFile),
     /// A backing object of any kind. A symlink, FIFO, socket or device is
     /// reached by an `O_PATH` descriptor too, never followed or opened;
     /// the kernel refuses `user.*` names on them before asking us, as it
@@ -69,8 +71,11 @@ impl VmCryptFs {
         if rules::is_internal(name) {
             return Err(Errno::ENODATA);
         }
-        let XattrTarget::Object(target) = self.xattr_target(ino, name, false)? else {
-            return Err(Errno::ENODATA);
+        let target = match self.xattr_target(ino, name, false)? {
+            XattrTarget::Virtual(file) => {
+                return virtual_calls::check(file, VirtualCall::GetXattr).map(|()| Vec::new())
+            }
+            XattrTarget::Object(target) => target,
         };
         let result = match target.treatment(name) {
             Treatment::Sealed(ns) => {
@@ -98,7 +103,7 @@ impl VmCryptFs {
             return Err(Errno::EPERM);
         }
         let target = match self.xattr_target(ino, name, true)? {
-            XattrTarget::Virtual => return Err(Errno::EACCES),
+            XattrTarget::Virtual(file) => return virtual_calls::check(file, VirtualCall::SetXattr),
             XattrTarget::Object(target) => target,
         };
         let result = match target.treatment(name) {
@@ -118,8 +123,11 @@ impl VmCryptFs {
     /// ones only if `show_trusted` (the caller has CAP_SYS_ADMIN, as ext4
     /// decides).
     pub fn listxattr(&self, ino: u64, show_trusted: bool) -> FsResult<Vec<u8>> {
-        let XattrTarget::Object(target) = self.xattr_target(ino, b"", false)? else {
-            return Ok(Vec::new());
+        let target = match self.xattr_target(ino, b"", false)? {
+            XattrTarget::Virtual(file) => {
+                return virtual_calls::check(file, VirtualCall::ListXattr).map(|()| Vec::new())
+            }
+            XattrTarget::Object(target) => target,
         };
         let list = target.object().list_raw().map_err(sys_errno)?;
         Ok(rules::visible_names(&list, show_trusted))
@@ -136,7 +144,7 @@ impl VmCryptFs {
             return Err(Errno::EPERM);
         }
         match self.xattr_target(ino, name, false)? {
-            XattrTarget::Virtual => Err(Errno::ENODATA),
+            XattrTarget::Virtual(file) => virtual_calls::check(file, VirtualCall::RemoveXattr),
             XattrTarget::Object(target) => target.object().remove_raw(name).map_err(sys_errno),
         }
     }
@@ -149,8 +157,8 @@ impl VmCryptFs {
     /// clear.
     fn xattr_target(&self, ino: u64, name: &[u8], writing: bool) -> FsResult<XattrTarget> {
         let node = self.node(ino)?;
-        if Self::virtual_file(&node).is_some() {
-            return Ok(XattrTarget::Virtual);
+        if let Some(file) = Self::virtual_file(&node) {
+            return Ok(XattrTarget::Virtual(file));
         }
         let (fd, rel, open_class) = match &node.path {
             Some(rel) => (

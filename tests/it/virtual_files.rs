@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use common::{read_control, write_control, TestEnv};
 
@@ -429,4 +430,78 @@ fn the_root_status_shows_every_change_at_the_next_read() {
     fs::rename(mount.path("vm2"), mount.path("vm3")).unwrap();
     assert_eq!(vm_of("vm2"), serde_json::Value::Null);
     assert_eq!(vm_of("vm3"), own("vm3"));
+}
+
+/// Whoever writes the datastore may plant files under the virtual files'
+/// names, and under the datastore's own (`.vmcryptfs*`). Through the
+/// mount, a virtual file hides a planted file of its name: each is listed
+/// once, and reads as itself. Internal names are never listed nor found,
+/// in any directory. Elsewhere (below a VM home, a plain directory, `.stats`
+/// in a VM home) the same names are ordinary files, listed and read as
+/// they are. The in-process table of these rules is `frontend::names`.
+#[test]
+fn planted_files_under_virtual_and_internal_names_are_listed_as_the_rules_say() {
+    let env = TestEnv::new();
+    env.create_vm("vm1", false);
+    let planted = [".control", ".control.json", ".stats", ".vmcryptfs-planted"];
+    let dirs = ["", "vm1", "vm1/sub", "plain"];
+    for dir in &dirs[2..] {
+        fs::create_dir(env.datastore.join(dir)).unwrap();
+    }
+    let mount = env.mount();
+    // `name` in directory `dir` of the mount ("" is its root).
+    let at = |dir: &str, name: &str| mount.path(&Path::new(dir).join(name).to_string_lossy());
+    let virtual_names = |dir: &str| -> &[&str] {
+        match dir {
+            "" => &[".control", ".control.json", ".stats"],
+            "vm1" => &[".control", ".control.json"],
+            _ => &[],
+        }
+    };
+    for dir in dirs {
+        for name in planted {
+            let through_mount =
+                !name.starts_with(".vmcryptfs") && !virtual_names(dir).contains(&name);
+            if through_mount {
+                // An ordinary name: in the VM home it is an encrypted file,
+                // so it is written as a VM's file would be.
+                fs::write(at(dir, name), b"planted\n").unwrap();
+            } else {
+                if name.starts_with(".vmcryptfs") {
+                    let err = fs::write(at(dir, name), b"x").expect_err(&format!("{dir}/{name}"));
+                    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{dir}/{name}: {err}");
+                }
+                // The datastore's writer needs no mount.
+                fs::write(env.datastore.join(dir).join(name), b"planted\n").unwrap();
+            }
+        }
+    }
+    for dir in dirs {
+        let mut listed: Vec<String> = fs::read_dir(mount.path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with('.'))
+            .collect();
+        listed.sort();
+        // Every name once; no internal name.
+        let expected = [".control", ".control.json", ".stats"];
+        assert_eq!(listed, expected, "listing of {dir:?}");
+        for name in expected {
+            let text = fs::read(at(dir, name));
+            let text = text.unwrap_or_else(|e| panic!("{dir}/{name}: {e}"));
+            assert_eq!(
+                text == b"planted\n",
+                !virtual_names(dir).contains(&name),
+                "{dir}/{name} reads as {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        let internal = at(dir, ".vmcryptfs-planted");
+        assert_eq!(
+            fs::metadata(&internal).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT),
+            "{}",
+            internal.display()
+        );
+    }
 }
