@@ -19,10 +19,11 @@
 //! * [`frontend`]: the thin FUSE layer that translates kernel requests.
 //! * [`cli`]: the command-line interface.
 
-// One audited exception: `crypto::block_aead` calls AWS-LC's AEAD through
-// its C interface (`aws-lc-sys`), because the safe wrappers take only
-// 96-bit nonces; each `unsafe` there states why it holds. Nothing else may
-// use `unsafe`.
+// Two audited exceptions, each `unsafe` stating why it holds:
+// `crypto::block_aead` calls AWS-LC's AEAD through its C interface
+// (`aws-lc-sys`), because the safe wrappers take only 96-bit nonces; and
+// `cli::large_buffers` calls glibc's `mallopt`, which no crate wraps and
+// which takes no pointers. Nothing else may use `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -8,6 +8,7 @@ pub mod convert_cmd;
 pub mod exit;
 pub mod fsck_cmd;
 pub mod hygiene;
+pub mod large_buffers;
 pub mod lifecycle_cmd;
 pub mod mount_cmd;
 pub mod mount_helper;
