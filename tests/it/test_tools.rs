@@ -3,8 +3,9 @@
 //! one halfway through the suite. (It once did: fio was installed only by
 //! a CI-only step, so CI passed while a new user's `scripts/test` failed.)
 //!
-//! The tools are found the way a reader would find them: `Command::new("X")`
-//! and the tool checks `need("X", ...)` / `require("X", ...)` in every
+//! The tools are found the way a reader would find them: each
+//! `Command::new` of a string literal, and the tool checks `need(TOOL, ...)`
+//! and `require(TOOL, ...)` with a literal TOOL, in every
 //! source under `tests/` (each area's module in `tests/it/` and its
 //! `common/`, however deep), plus tpm2-tools' commands, which the vTPM test names as string
 //! literals. Each must be a base tool of every Debian system (or of the
