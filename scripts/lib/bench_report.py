@@ -39,7 +39,8 @@ SCALE_ROWS = [
     ("scale-first-read-every-vm", "fresh mount: first read of a file of every VM, 32 in parallel"),
     ("scale-first-read-store-opens", "key store openings during those first reads"),
     ("scale-kmip-vm-create", "KMIP provider (PyKMIP): `vm create` of every VM, in a loop"),
-    ("scale-kmip-rekey-all-unmounted", "KMIP provider (PyKMIP): `rekey --all` unmounted"),
+    ("scale-kmip-rekey-all-unmounted", "KMIP provider (PyKMIP): `rekey --all` unmounted, `wrap = server`"),
+    ("scale-kmip-rekey-all-unmounted-wrap-local", "KMIP provider (PyKMIP): `rekey --all` unmounted, `wrap = local`"),
 ]
 
 

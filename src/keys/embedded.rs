@@ -15,7 +15,6 @@
 
 pub(crate) mod backup;
 mod batch;
-mod fetched;
 mod record;
 mod restore;
 mod store;
@@ -32,10 +31,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::record::{check_value_matches, new_check_value, KekRecord, KeystoreId};
 use self::store::{Changes, Session, META_CHECK, META_KEYSTORE_ID};
+use super::fetched_keks::{unwrap_under, wrap_under, KekUse};
 use super::fsutil::io_error;
 use super::master_key::{self, MASTER_KEY_FILE_NAME};
 use super::{KekRef, KekState, KekVersionInfo, KeyProvider, ProviderError};
-use crate::crypto::key_wrap;
 use crate::crypto::random;
 use crate::crypto::secret::{Dek, Kek, MasterKey};
 
@@ -125,13 +124,6 @@ pub struct EmbeddedProvider {
     keystore_id: KeystoreId,
     /// Hex of `keystore_id`, the `kek_id` of every [`KekRef`]. Immutable.
     kek_id: String,
-}
-
-/// What a KEK is being fetched for: only active versions wrap.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum KekUse {
-    Wrap,
-    Unwrap,
 }
 
 impl EmbeddedProvider {
@@ -373,23 +365,6 @@ impl EmbeddedProvider {
             version,
         }
     }
-}
-
-/// Wraps `dek` under the plaintext KEK `kek_key`.
-fn wrap_under(kek_key: &Kek, dek: &Dek, aad: &[u8]) -> Vec<u8> {
-    key_wrap::wrap(kek_key.expose(), dek.expose(), aad)
-}
-
-/// Unwraps a DEK wrapped under `kek`, whose plaintext is `kek_key`.
-fn unwrap_under(
-    kek_key: &Kek,
-    kek: &KekRef,
-    wrapped: &[u8],
-    aad: &[u8],
-) -> Result<Dek, ProviderError> {
-    let dek = key_wrap::unwrap(kek_key.expose(), wrapped, aad)
-        .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
-    Ok(Dek::from_bytes(*dek))
 }
 
 impl KeyProvider for EmbeddedProvider {

@@ -7,6 +7,7 @@
 //! sit behind the same trait.
 
 mod batch;
+pub(crate) mod fetched_keks;
 pub mod bundle_sequences;
 pub mod embedded;
 mod fsutil;

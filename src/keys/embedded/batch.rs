@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::fetched::FetchedKeks;
-use super::{unwrap_under, wrap_under, EmbeddedProvider, KekUse};
+use super::EmbeddedProvider;
+use crate::keys::fetched_keks::{unwrap_under, wrap_under, FetchedKeks, KekUse};
 use crate::crypto::secret::{Dek, Kek};
 use crate::keys::batch::{Batch, BatchSource};
 use crate::keys::{KekRef, KeyProvider, ProviderError};

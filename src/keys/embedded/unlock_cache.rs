@@ -20,8 +20,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fetched::FetchedKeks;
-use super::{unwrap_under, EmbeddedProvider, KekUse};
+use super::EmbeddedProvider;
+use crate::keys::fetched_keks::{unwrap_under, FetchedKeks, KekUse};
 use crate::crypto::secret::Dek;
 use crate::keys::{KekRef, KekVersionInfo, KeyProvider, ProviderError};
 

@@ -37,8 +37,9 @@ use super::config::{KmipConfig, WrapMode};
 use super::known_versions::{ProviderVersions, Records};
 use super::tags::{reason, state};
 use super::transport::{ClientIdentity, Deadline, Endpoint, TransportError};
-use crate::crypto::key_wrap::{self, WRAPPED_KEY_LEN, WRAP_NONCE_LEN};
-use crate::crypto::secret::{Dek, KEY_LEN};
+use crate::crypto::key_wrap::{WRAPPED_KEY_LEN, WRAP_NONCE_LEN};
+use crate::crypto::secret::{Dek, Kek, KEY_LEN};
+use crate::keys::fetched_keks::{unwrap_under, wrap_under, KekUse};
 use crate::keys::{KekRef, KekState, KekVersionInfo, KeyProvider, ProviderError};
 
 /// One KEK version as the KMS holds it.
@@ -347,7 +348,7 @@ impl KmipProvider {
             .and_then(|known| known.versions.get(&version).cloned()))
     }
 
-    fn check_series(&self, kek: &KekRef) -> Result<(), ProviderError> {
+    pub(super) fn check_series(&self, kek: &KekRef) -> Result<(), ProviderError> {
         if kek.provider != self.name {
             return Err(ProviderError::UnknownProvider {
                 name: kek.provider.clone(),
@@ -381,10 +382,46 @@ impl KmipProvider {
         aad: &[u8],
         deadline: &Deadline,
     ) -> Result<Dek, ProviderError> {
+        let key = self.fetched_kek(kek, uid, KekUse::Unwrap, deadline)?;
+        unwrap_under(&key, kek, wrapped, aad)
+    }
+
+    /// Version `kek`'s key, fetched with Get, to wrap or unwrap under on
+    /// this host: what `wrap = local` does for every version, and `wrap =
+    /// server` for a retired one. A wrapping key must be Active: Get does
+    /// not check the key's state, so we do.
+    fn fetched_kek(
+        &self,
+        kek: &KekRef,
+        uid: &str,
+        usage: KekUse,
+        deadline: &Deadline,
+    ) -> Result<Kek, ProviderError> {
+        if usage == KekUse::Wrap {
+            match self.state_of(kek, uid, deadline)? {
+                Some(state::ACTIVE) => {}
+                other => return Err(self.not_active(kek, other)),
+            }
+        }
         let key = self.fetch_key(kek, uid, deadline)?;
-        let dek = key_wrap::unwrap(&key, wrapped, aad)
-            .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
-        Ok(Dek::from_bytes(*dek))
+        Ok(Kek::from_bytes(*key))
+    }
+
+    /// [`Self::fetched_kek`] of version `kek`, for a batch that keeps what
+    /// it fetched (`batch.rs`).
+    pub(super) fn fetch_kek(&self, kek: &KekRef, usage: KekUse) -> Result<Kek, ProviderError> {
+        let deadline = &self.deadline();
+        let uid = self.uid(kek, deadline)?;
+        self.fetched_kek(kek, &uid, usage, deadline)
+    }
+
+    /// A version that may not wrap: the KMS holds it in `state`.
+    fn not_active(&self, kek: &KekRef, state: Option<u32>) -> ProviderError {
+        ProviderError::KekNotActive {
+            kek_id: kek.kek_id.clone(),
+            version: kek.version,
+            state: state.map_or("unknown", super::tags::state_name),
+        }
     }
 
     fn state_of(
@@ -462,11 +499,6 @@ impl KeyProvider for KmipProvider {
     fn wrap_dek(&self, kek: &KekRef, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, ProviderError> {
         let deadline = &self.deadline();
         let uid = self.uid(kek, deadline)?;
-        let not_active = |state: Option<u32>| ProviderError::KekNotActive {
-            kek_id: kek.kek_id.clone(),
-            version: kek.version,
-            state: state.map_or("unknown", super::tags::state_name),
-        };
         match self.config.wrap {
             WrapMode::Server => {
                 let nonce: [u8; WRAP_NONCE_LEN] = crate::crypto::random::array();
@@ -477,7 +509,7 @@ impl KeyProvider for KmipProvider {
                         Err(err) if err.reason() == Some(reason::PERMISSION_DENIED) => {
                             match self.state_of(kek, &uid, deadline)? {
                                 Some(state::ACTIVE) => return Err(self.error(err)),
-                                other => return Err(not_active(other)),
+                                other => return Err(self.not_active(kek, other)),
                             }
                         }
                         Err(err) => return Err(self.kek_error(kek, err)),
@@ -500,15 +532,11 @@ impl KeyProvider for KmipProvider {
                 out.extend_from_slice(&tag);
                 Ok(out)
             }
-            WrapMode::Local => {
-                // Get does not check the key's state, so we do.
-                match self.state_of(kek, &uid, deadline)? {
-                    Some(state::ACTIVE) => {}
-                    other => return Err(not_active(other)),
-                }
-                let key = self.fetch_key(kek, &uid, deadline)?;
-                Ok(key_wrap::wrap(&key, dek.expose(), aad))
-            }
+            WrapMode::Local => Ok(wrap_under(
+                &self.fetched_kek(kek, &uid, KekUse::Wrap, deadline)?,
+                dek,
+                aad,
+            )),
         }
     }
 

@@ -1,25 +1,54 @@
-//! Plaintext KEKs fetched from the embedded store, kept for a batch
-//! (`batch.rs`) or for a bounded time (`unlock_cache.rs`).
+//! Plaintext KEKs fetched from a provider, kept for a batch (the embedded
+//! and KMIP providers' `batch.rs`) or for a bounded time (the embedded
+//! provider's `unlock_cache.rs`), and the local wrap and unwrap under them.
 //!
-//! Why one map serves both: each fetch opens the store (sled reads its
-//! segment and fsyncs twice, about 5 ms here) and reads and wipes
-//! `master.key`; under the process-wide store mutex those fetches run one
-//! at a time. Holding the map's lock during a fetch makes concurrent askers
-//! of one KEK wait for that single fetch instead of queueing one each.
+//! Why one map serves all three: a fetch is expensive and serialized. The
+//! embedded store opens sled (it reads its segment and fsyncs twice, about
+//! 5 ms here) and reads and wipes `master.key`, under the process-wide
+//! store mutex; a KMIP server with `wrap = local` answers a GetAttributes
+//! and a Get, one message at a time in PyKMIP. Holding the map's lock
+//! during a fetch makes concurrent askers of one KEK wait for that single
+//! fetch instead of queueing one each.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use super::KekUse;
-use crate::crypto::secret::Kek;
-use crate::keys::ProviderError;
+use crate::crypto::key_wrap;
+use crate::crypto::secret::{Dek, Kek};
+use crate::keys::{KekRef, ProviderError};
+
+/// What a KEK is being fetched for: only active versions wrap, so a
+/// provider checks more before it hands out a wrapping KEK, and the two
+/// uses are kept apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum KekUse {
+    Wrap,
+    Unwrap,
+}
+
+/// Wraps `dek` under `kek_key`, a KEK's plaintext.
+pub(crate) fn wrap_under(kek_key: &Kek, dek: &Dek, aad: &[u8]) -> Vec<u8> {
+    key_wrap::wrap(kek_key.expose(), dek.expose(), aad)
+}
+
+/// Unwraps a DEK wrapped under `kek`, whose plaintext is `kek_key`.
+pub(crate) fn unwrap_under(
+    kek_key: &Kek,
+    kek: &KekRef,
+    wrapped: &[u8],
+    aad: &[u8],
+) -> Result<Dek, ProviderError> {
+    let dek = key_wrap::unwrap(kek_key.expose(), wrapped, aad)
+        .map_err(|_| ProviderError::UnwrapFailed { kek: kek.clone() })?;
+    Ok(Dek::from_bytes(*dek))
+}
 
 /// KEKs by (version, use), with the instant each fetch started.
 type Entries = BTreeMap<(u32, KekUse), (Instant, Arc<Kek>)>;
 
 /// Plaintext KEKs (zeroizing [`Kek`]s) fetched by one batch or cache.
-pub(super) struct FetchedKeks {
+pub(crate) struct FetchedKeks {
     /// How long after its fetch started an entry still serves, and after
     /// which it is wiped; `None`: until this map is dropped (a batch).
     /// Immutable.
@@ -32,7 +61,7 @@ pub(super) struct FetchedKeks {
 
 impl FetchedKeks {
     /// A map whose entries last until it is dropped.
-    pub(super) fn for_batch() -> Self {
+    pub(crate) fn for_batch() -> Self {
         Self {
             ttl: None,
             entries: Arc::default(),
@@ -42,7 +71,7 @@ impl FetchedKeks {
     /// A map whose entries serve for `ttl` after their fetch started and
     /// are wiped then, by a short-lived thread, whether or not anyone asks
     /// again.
-    pub(super) fn expiring(ttl: Duration) -> Self {
+    pub(crate) fn expiring(ttl: Duration) -> Self {
         Self {
             ttl: Some(ttl),
             entries: Arc::default(),
@@ -57,7 +86,7 @@ impl FetchedKeks {
 
     /// The entry for `key`, from `fetch` if missing or expired. A failure
     /// is not kept: the next asker fetches again.
-    pub(super) fn get_or_fetch(
+    pub(crate) fn get_or_fetch(
         &self,
         key: (u32, KekUse),
         fetch: impl FnOnce() -> Result<Kek, ProviderError>,
@@ -80,14 +109,14 @@ impl FetchedKeks {
 
     /// Adds an entry fetched by the caller (with another read of the same
     /// opening of the store), timed from `started`.
-    pub(super) fn insert(&self, key: (u32, KekUse), started: Instant, kek: Kek) {
+    pub(crate) fn insert(&self, key: (u32, KekUse), started: Instant, kek: Kek) {
         self.lock().insert(key, (started, Arc::new(kek)));
         self.expire_later(key);
     }
 
     /// Wipes every entry (clones held by operations in flight go when
     /// those end).
-    pub(super) fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.lock().clear();
     }
 
@@ -127,7 +156,7 @@ fn wipe_expired(entries: &Mutex<Entries>, key: (u32, KekUse), ttl: Duration) {
 #[cfg(test)]
 impl FetchedKeks {
     /// How many KEKs are held now.
-    pub(super) fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.lock().len()
     }
 }
