@@ -541,9 +541,4 @@ impl VmCryptFs {
             frsize: st.f_frsize as u32,
         })
     }
-
-    /// Which virtual file node `ino` is, for the adapter's checks.
-    pub fn virtual_file_of(&self, ino: u64) -> Option<VirtualFile> {
-        self.inodes.get(ino).and_then(|n| Self::virtual_file(&n))
-    }
 }
