@@ -7,9 +7,9 @@
 //! sit behind the same trait.
 
 mod batch;
-pub(crate) mod fetched_keks;
 pub mod bundle_sequences;
 pub mod embedded;
+pub(crate) mod fetched_keks;
 mod fsutil;
 pub mod fuzzing;
 pub mod keystore_path;

@@ -686,7 +686,11 @@ fn a_local_wrap_rekey_of_every_vm_asks_the_kms_per_key_version_not_per_vm() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let asked = operations() - before;
     eprintln!("rekey --all of {VMS} VMs with wrap = local: {asked} KMS operations\n{out}");
-    assert!(asked >= 2, "the re-key never reached the KMS:\n{}", kms.log());
+    assert!(
+        asked >= 2,
+        "the re-key never reached the KMS:\n{}",
+        kms.log()
+    );
     // Operations, not messages: the client shares messages between
     // concurrent requests, so only the operations show the work per VM.
     // One listing for the current version (a Locate and a GetAttributes

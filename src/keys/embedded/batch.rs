@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::EmbeddedProvider;
-use crate::keys::fetched_keks::{unwrap_under, wrap_under, FetchedKeks, KekUse};
 use crate::crypto::secret::{Dek, Kek};
 use crate::keys::batch::{Batch, BatchSource};
+use crate::keys::fetched_keks::{unwrap_under, wrap_under, FetchedKeks, KekUse};
 use crate::keys::{KekRef, KeyProvider, ProviderError};
 
 /// [`EmbeddedProvider`]'s part of its [`Batch`]: the KEKs it fetched, for

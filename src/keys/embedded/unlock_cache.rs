@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::EmbeddedProvider;
-use crate::keys::fetched_keks::{unwrap_under, FetchedKeks, KekUse};
 use crate::crypto::secret::Dek;
+use crate::keys::fetched_keks::{unwrap_under, FetchedKeks, KekUse};
 use crate::keys::{KekRef, KekVersionInfo, KeyProvider, ProviderError};
 
 /// How long an unwrapping KEK serves unlocks after its fetch started: the
