@@ -117,6 +117,27 @@ impl BackingRoot {
         Ok(rustix::fs::unlinkat(&dir, name, AtFlags::empty())?)
     }
 
+    /// Removes non-directory `rel` as [`Self::remove_file`] does, holding
+    /// the removed file open (`O_PATH`, which opens nothing for real, and
+    /// never follows a symlink) so that its last close, not the unlink,
+    /// frees it (see `super::deferred_release`). `None` when it could not
+    /// be held (then the unlink freed it, as `remove_file`).
+    pub fn unlink_holding(&self, rel: &Path) -> std::io::Result<Option<OwnedFd>> {
+        let (dir, name) = self.parent_of(rel)?;
+        // Whatever this pins, the unlink removes the name; if the name was
+        // swapped in between, the file held is another one, still linked
+        // elsewhere or freed at its close all the same.
+        let held = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok();
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
+        Ok(held)
+    }
+
     /// Removes empty directory `rel`.
     pub fn remove_dir(&self, rel: &Path) -> std::io::Result<()> {
         let (dir, name) = self.parent_of(rel)?;

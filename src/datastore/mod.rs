@@ -41,6 +41,7 @@ pub mod bundle_file;
 pub mod convert;
 pub mod counters;
 pub mod current_kek;
+pub mod deferred_release;
 pub mod file_size_limit;
 pub mod fsck;
 pub mod inventory;

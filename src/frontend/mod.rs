@@ -46,6 +46,7 @@ use crate::control::virtual_file::{StatusAccess, VirtualFile};
 use crate::datastore::backing_device::DeviceReadahead;
 use crate::datastore::backing_meta;
 use crate::datastore::backing_root::BackingRoot;
+use crate::datastore::deferred_release::DeferredRelease;
 use crate::datastore::file_size_limit;
 use crate::datastore::layout::ContentClass;
 use crate::datastore::registry::Datastore;
@@ -133,6 +134,10 @@ pub struct VmCryptFs {
     fill_gate: Arc<cache_fill::FillGate>,
     /// The filler, once the mount started it; set once.
     cache_filler: Arc<std::sync::OnceLock<cache_fill::CacheFiller>>,
+    /// Closes the descriptors that unlinks keep of the files they remove,
+    /// so that the backing file system frees them off the unlink's path;
+    /// internally locked.
+    released: DeferredRelease,
 }
 
 impl VmCryptFs {
@@ -176,6 +181,7 @@ impl VmCryptFs {
             scrub_rate: Rate(Some(scrub::DEFAULT_RATE)),
             fill_gate: Arc::default(),
             cache_filler: Arc::default(),
+            released: DeferredRelease::new(),
         })
     }
 

@@ -350,13 +350,17 @@ impl VmCryptFs {
         Ok(self.beneath.read_link(&path).map_err(io_errno)?.into_vec())
     }
 
-    /// Removes a file.
+    /// Removes a file. The backing file is freed a moment later, by the
+    /// closer of [`DeferredRelease`](crate::datastore::deferred_release::DeferredRelease), not on this call's path.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let dir = self.node(parent)?;
         Self::check_user_name(&dir, name)?;
         let rel = self.node_path(&dir)?.join(name);
-        self.beneath.remove_file(&rel).map_err(io_errno)?;
+        let held = self.beneath.unlink_holding(&rel).map_err(io_errno)?;
         self.inodes.unlink_path(&rel);
+        if let Some(file) = held {
+            self.released.hold(file);
+        }
         Ok(())
     }
 
@@ -527,8 +531,11 @@ impl VmCryptFs {
         self.lookup(new_parent, new_name)
     }
 
-    /// File system statistics of the datastore's file system.
+    /// File system statistics of the datastore's file system, once the
+    /// files unlinked so far are freed (so that `df` after `rm` counts
+    /// their space as free, as without [`DeferredRelease`](crate::datastore::deferred_release::DeferredRelease)).
     pub fn statfs(&self) -> FsResult<FsStats> {
+        self.released.wait_idle();
         let st = self.beneath.statvfs().map_err(io_errno)?;
         Ok(FsStats {
             blocks: st.f_blocks,
