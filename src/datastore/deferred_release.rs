@@ -48,8 +48,11 @@ fn keeps(waiting: usize, max: usize) -> bool {
 struct State {
     /// Descriptors not yet closed.
     held: Vec<OwnedFd>,
-    /// Descriptors the closer has taken and is closing.
-    closing: usize,
+    /// How many descriptors were ever kept for the closer.
+    kept: u64,
+    /// How many of those the closer has closed. Descriptors are closed in
+    /// the order they were kept, so every one of the first `closed` is.
+    closed: u64,
     /// Set when the owner goes: the closer closes what is left and stops.
     stop: bool,
 }
@@ -59,8 +62,8 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when descriptors arrive or the owner stops.
     arrived: Condvar,
-    /// Signalled when nothing waits or is being closed.
-    idle: Condvar,
+    /// Signalled when the closer has closed a batch.
+    batch_closed: Condvar,
 }
 
 /// Closes descriptors of unlinked files on a thread of its own; see the
@@ -117,6 +120,7 @@ impl DeferredRelease {
         }
         let first = state.held.is_empty();
         state.held.push(fd);
+        state.kept += 1;
         drop(state);
         if first {
             self.shared.arrived.notify_one();
@@ -124,13 +128,16 @@ impl DeferredRelease {
     }
 
     /// Returns once every descriptor handed over so far is closed (the
-    /// file system has freed those files).
+    /// file system has freed those files). Descriptors handed over while it
+    /// waits are not waited for, so a `df` during a long `rm -rf` waits for
+    /// one batch, not for the whole removal.
     pub fn wait_idle(&self) {
         let state = self.shared.state.lock().expect("release lock");
-        let _idle = self
+        let until = state.kept;
+        let _done = self
             .shared
-            .idle
-            .wait_while(state, |s| !s.held.is_empty() || s.closing > 0)
+            .batch_closed
+            .wait_while(state, |s| s.closed < until)
             .expect("release lock");
     }
 }
@@ -165,20 +172,14 @@ fn close_batches(shared: &Shared) {
         if !stopping {
             std::thread::sleep(GATHER);
         }
-        let batch = {
-            let mut state = shared.state.lock().expect("release lock");
-            let batch = std::mem::take(&mut state.held);
-            state.closing = batch.len();
-            batch
-        };
+        let batch = std::mem::take(&mut shared.state.lock().expect("release lock").held);
+        let count = batch.len() as u64;
         drop(batch);
         let mut state = shared.state.lock().expect("release lock");
-        state.closing = 0;
-        if state.held.is_empty() {
-            shared.idle.notify_all();
-            if state.stop {
-                return;
-            }
+        state.closed += count;
+        shared.batch_closed.notify_all();
+        if state.stop && state.held.is_empty() {
+            return;
         }
     }
 }
@@ -221,6 +222,28 @@ mod tests {
         assert_eq!(release.shared.state.lock().unwrap().held.len(), 0);
         // Each read returns EOF at once: every write end is closed.
         assert!(readers.into_iter().all(closed));
+    }
+
+    /// A wait covers what was handed over before it, not what arrives
+    /// while it waits: `df` during a long `rm -rf` is not held up by it.
+    #[test]
+    fn a_wait_is_not_extended_by_later_arrivals() {
+        let release = Arc::new(DeferredRelease::new());
+        let (reader, writer) = pipe();
+        release.hold(writer);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let feeder = {
+            let (release, stop) = (release.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    release.hold(pipe().1);
+                }
+            })
+        };
+        release.wait_idle();
+        assert!(closed(reader));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        feeder.join().unwrap();
     }
 
     #[test]
