@@ -30,8 +30,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use super::client::{KmipClient, KmipError, ObjectAttributes};
 use super::config::{KmipConfig, WrapMode};
 use super::known_versions::{ProviderVersions, Records};
@@ -363,17 +361,6 @@ impl KmipProvider {
         Ok(())
     }
 
-    fn fetch_key(
-        &self,
-        kek: &KekRef,
-        uid: &str,
-        deadline: &Deadline,
-    ) -> Result<Zeroizing<[u8; KEY_LEN]>, ProviderError> {
-        self.client()?
-            .get_key(deadline, uid)
-            .map_err(|e| self.kek_error(kek, e))
-    }
-
     fn unwrap_locally(
         &self,
         kek: &KekRef,
@@ -403,7 +390,10 @@ impl KmipProvider {
                 other => return Err(self.not_active(kek, other)),
             }
         }
-        let key = self.fetch_key(kek, uid, deadline)?;
+        let key = self
+            .client()?
+            .get_key(deadline, uid)
+            .map_err(|e| self.kek_error(kek, e))?;
         Ok(Kek::from_bytes(*key))
     }
 
