@@ -22,7 +22,7 @@
 // Two audited exceptions, each `unsafe` stating why it holds:
 // `crypto::block_aead` calls AWS-LC's AEAD through its C interface
 // (`aws-lc-sys`), because the safe wrappers take only 96-bit nonces; and
-// `cli::large_buffers` calls glibc's `mallopt`, which no crate wraps and
+// `cli::malloc_settings` calls glibc's `mallopt`, which no crate wraps and
 // which takes no pointers. Nothing else may use `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -236,7 +236,7 @@ fn preflight(datastore: &Path, mountpoint: &Path) -> Result<(), CliError> {
 /// Runs `vmcryptfs mount`.
 pub fn run(args: MountArgs, keystore: &Path) -> Result<(), CliError> {
     // Before the key store and the mount start their threads and allocate.
-    super::large_buffers::return_to_the_kernel_when_freed();
+    super::malloc_settings::apply_for_the_mount();
     ensure_path();
     let datastore = absolute(&args.datastore)?;
     let mountpoint = absolute(&args.mountpoint)?;
