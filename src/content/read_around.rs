@@ -16,7 +16,8 @@
 //! **adaptive**, where each file's [`ReadAroundState`] watches how many of
 //! its small reads find their pages cached and places the bet only while
 //! the numbers say it pays, and only on a file that fits in the memory the
-//! kernel has available ([`Governor`], with its reasoning).
+//! kernel has available, within the mount's cgroup limit if it has one
+//! ([`Governor`], with its reasoning).
 //!
 //! A file read through the kernel's page cache can also have the plaintext
 //! of a window copied into that cache ([`ReadAroundState::fill_window`]),
@@ -26,6 +27,7 @@
 //! never copied, and for reads through the page cache only reads in
 //! control windows are counted ([`AroundRead::counted`]).
 
+mod available_memory;
 mod governor;
 
 use std::fs::File;
@@ -327,25 +329,14 @@ impl ReadAroundState {
 }
 
 /// Whether all of `backing` could stay in the page cache: its size is at
-/// most the memory the kernel reports available (`MemAvailable`, which
-/// counts reclaimable cache). When it cannot be told, no.
+/// most the memory its cache could grow into
+/// ([`available_memory::available_bytes`]: `MemAvailable`, or less under a
+/// cgroup memory limit). When it cannot be told, no.
 fn fits_in_memory(backing: &File) -> bool {
     let Ok(size) = backing.metadata().map(|m| m.len()) else {
         return false;
     };
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|meminfo| mem_available(&meminfo))
-        .is_some_and(|available| size <= available)
-}
-
-/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
-fn mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    kib.checked_mul(1024)
+    available_memory::available_bytes().is_some_and(|available| size <= available)
 }
 
 #[cfg(test)]
@@ -435,14 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn mem_available_is_read_in_bytes() {
-        let meminfo = "MemTotal:       24668168 kB\nMemFree:         1203004 kB\nMemAvailable:   20000000 kB\nBuffers: 1 kB\n";
-        assert_eq!(mem_available(meminfo), Some(20_000_000 * 1024));
-        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
-        assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
-        // This machine's own, and a small file fits in it.
-        let here = std::fs::read_to_string("/proc/meminfo").unwrap();
-        assert!(mem_available(&here).unwrap() > 0);
+    fn a_small_file_fits_in_this_machines_memory() {
         assert!(fits_in_memory(
             &std::fs::File::open("/proc/self/exe").unwrap()
         ));
