@@ -481,3 +481,104 @@ fn read_ahead_auto_is_decided_by_the_device_of_each_file() {
     assert!(mount.unmount().success());
     drop(own_fs);
 }
+
+/// With the default (`auto`) read-around, a mount whose memory cgroup
+/// cannot hold a disk never brings in windows of it, however much memory
+/// the host has free: the cache would be reclaimed at the cgroup's limit
+/// before the window is read again. The same disk and reads in a mount
+/// outside any limit do get a window, so the case can fail.
+#[test]
+fn read_around_stays_off_for_a_disk_larger_than_the_mounts_memory_cgroup() {
+    let content: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+    let windows_with = |limit: Option<u64>| -> u64 {
+        let env = TestEnv::new();
+        env.create_vm_in_format("vm1", true, 2);
+        let mount = env.mount();
+        let _cgroup = limit.map(|bytes| MemoryCgroup::holding(mount.pid(), bytes));
+        fs::write(mount.path("vm1/disk-flat.vmdk"), &content).unwrap();
+        let disk = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mount.path("vm1/disk-flat.vmdk"))
+            .unwrap();
+        let backing = fs::File::open(env.vm_dir("vm1").join("disk-flat.vmdk")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        // An epoch of reads that mostly hit, as in
+        // read_around_brings_in_the_aligned_window_of_a_cold_read.
+        for i in 0..4096u64 {
+            disk.read_exact_at(&mut buf, (i % 512) * 4096).unwrap();
+        }
+        common::drop_cache(&backing);
+        disk.read_exact_at(&mut buf, 100 * 4096).unwrap();
+        assert_eq!(buf, content[100 * 4096..][..4096]);
+        let windows = common::vm_counter(&mount.path(""), "read_around_windows_total", "vm1");
+        drop(disk);
+        assert!(mount.unmount().success());
+        windows
+    };
+    // The control: without a limit the window comes (retried as the
+    // other read-around test is, for the kernel's page cache).
+    let unlimited: Vec<u64> = (0..3)
+        .map(|_| windows_with(None))
+        .take_while(|&w| w == 0)
+        .collect();
+    assert!(
+        unlimited.len() < 3,
+        "no window in three mounts without a cgroup limit"
+    );
+    // The mount is charged for the page cache of what it writes and reads
+    // from when it joins; 32 MiB holds the warm-up's 2 MiB easily but not
+    // the 64 MiB disk.
+    assert_eq!(
+        windows_with(Some(32 << 20)),
+        0,
+        "a window was brought in under a 32 MiB memory cgroup for a 64 MiB disk"
+    );
+}
+
+/// A memory cgroup made for one test, with a limit, holding one process;
+/// removed when dropped (after that process has exited). cgroup v1's
+/// memory controller where the host mounts it (a hybrid host, as this
+/// project's machines are), else cgroup v2's unified hierarchy.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn holding(pid: u32, limit: u64) -> Self {
+        let name = format!("vmcryptfs-test-{:x}", common::rand_suffix());
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(&name), "memory.limit_in_bytes")
+        } else {
+            (Path::new("/sys/fs/cgroup").join(&name), "memory.max")
+        };
+        fs::create_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "cannot make the memory cgroup {} for this test (it needs root and a memory controller): {e}",
+                dir.display()
+            )
+        });
+        let cgroup = Self { dir };
+        fs::write(cgroup.dir.join(limit_file), limit.to_string())
+            .unwrap_or_else(|e| panic!("cannot set {limit_file} of {}: {e}", cgroup.dir.display()));
+        fs::write(cgroup.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        cgroup
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The process has exited or is about to: retry briefly.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!(
+            "could not remove the test's memory cgroup {}",
+            self.dir.display()
+        );
+    }
+}
