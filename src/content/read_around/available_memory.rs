@@ -37,7 +37,7 @@ pub(super) fn available_bytes() -> Option<u64> {
 }
 
 /// `MemAvailable` of a `/proc/meminfo` text, in bytes.
-pub(super) fn mem_available(meminfo: &str) -> Option<u64> {
+fn mem_available(meminfo: &str) -> Option<u64> {
     let line = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))?;
@@ -63,8 +63,9 @@ struct Level {
 /// text of `/proc/self/cgroup`), from the process's own up to the root of
 /// its hierarchy, mounted at `v1_base` (the v1 memory controller) or
 /// `v2_base` (the unified hierarchy). A v1 memory controller is
-/// preferred when both appear (a hybrid host such as this one, where v2's
-/// hierarchy carries no memory controller).
+/// preferred when both appear: on a hybrid host (systemd's hybrid mode,
+/// and the Firecracker guests this project is tested on) the v2 hierarchy
+/// carries no memory controller.
 fn memory_cgroup_levels(proc_self_cgroup: &str, v1_base: &Path, v2_base: &Path) -> Vec<Level> {
     let mut v1 = None;
     let mut v2 = None;
