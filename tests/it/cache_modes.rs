@@ -502,6 +502,9 @@ fn read_around_stays_off_for_a_disk_larger_than_the_mounts_memory_cgroup() {
             .open(mount.path("vm1/disk-flat.vmdk"))
             .unwrap();
         let backing = fs::File::open(env.vm_dir("vm1").join("disk-flat.vmdk")).unwrap();
+        // Dirty pages survive the drop below: written back first, the cold
+        // read is cold whatever the host's writeback settings.
+        backing.sync_all().unwrap();
         let mut buf = vec![0u8; 4096];
         // An epoch of reads that mostly hit, as in
         // read_around_brings_in_the_aligned_window_of_a_cold_read.
