@@ -112,7 +112,9 @@ impl BackingRoot {
     /// inode held rather than looking the name up again. That is one system
     /// call more than a plain open and an `fstat`, against a FUSE round trip
     /// per open. An exclusive create needs none of it: it can only make a
-    /// new regular file.
+    /// new regular file. So O_CREAT tries that first (the kernel sends a
+    /// create only after a lookup found no such name, so it almost always
+    /// succeeds), and only EEXIST leads to the pinned open.
     pub fn open_file(&self, rel: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
         let flags = (flags & (libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | PASSED_FLAGS))
             | libc::O_NOFOLLOW;
@@ -128,16 +130,19 @@ impl BackingRoot {
         if creating && flags & libc::O_EXCL != 0 {
             return create(flags);
         }
-        // A name that appears between the O_PATH lookup and the exclusive
-        // create is looked at again; a datastore writer racing us forever
-        // gets EEXIST, never an open of what it planted.
+        // A name that vanishes between a failed exclusive create and the
+        // O_PATH lookup is created again; a datastore writer racing us
+        // forever gets EEXIST, never an open of what it planted.
         for _ in 0..3 {
+            if creating {
+                match create(flags) {
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
+                    result => return result,
+                }
+            }
             match self.resolve(rel, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()) {
                 Ok(pinned) => return open_pinned_regular(&pinned, rel, flags),
-                Err(Errno::NOENT) if creating => match create(flags) {
-                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => continue,
-                    result => return result,
-                },
+                Err(Errno::NOENT) if creating => continue,
                 Err(errno) => return Err(errno.into()),
             }
         }
@@ -406,6 +411,52 @@ mod tests {
             panic!("a file as a directory");
         };
         assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
+    }
+
+    /// O_CREAT without O_EXCL tries an exclusive create first; a name that
+    /// exists is then opened as it is (contents and mode kept), unless it
+    /// is a symlink (never followed, even to a file beneath the root).
+    #[test]
+    fn a_create_of_an_existing_name_opens_what_is_there_and_never_a_symlink() {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("file"), b"kept").unwrap();
+        std::fs::set_permissions(root.join("file"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::os::unix::fs::symlink("file", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
+        let beneath = BackingRoot::open(root).unwrap();
+        let create =
+            |name: &str| beneath.open_file(Path::new(name), libc::O_RDWR | libc::O_CREAT, 0o644);
+
+        let mut existing = create("file").unwrap();
+        let mut text = String::new();
+        existing.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "kept");
+        let mode = std::fs::metadata(root.join("file"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "an open of an existing file changes no mode"
+        );
+
+        for link in ["link", "dangling"] {
+            let err = create(link).expect_err(link);
+            assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{link}: {err}");
+        }
+        assert!(
+            !root.join("nowhere").exists(),
+            "a dangling symlink made its target"
+        );
+
+        let new = create("new").unwrap();
+        assert_eq!(new.metadata().unwrap().len(), 0);
+        assert!(root.join("new").is_file());
     }
 
     #[test]
