@@ -124,16 +124,7 @@ impl BackingRoot {
     /// be held (then the unlink freed it, as `remove_file`).
     pub fn unlink_holding(&self, rel: &Path) -> std::io::Result<Option<OwnedFd>> {
         let (dir, name) = self.parent_of(rel)?;
-        // Whatever this pins, the unlink removes the name; if the name was
-        // swapped in between, the file held is another one, still linked
-        // elsewhere or freed at its close all the same.
-        let held = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok();
+        let held = hold_entry(&dir, name);
         rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
         Ok(held)
     }
@@ -147,11 +138,38 @@ impl BackingRoot {
     /// Renames `from` to `to` (`renameat2`, so RENAME_NOREPLACE and
     /// RENAME_EXCHANGE work as on the backing file system).
     pub fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> std::io::Result<()> {
+        self.rename_with(from, to, flags, false).map(drop)
+    }
+
+    /// [`Self::rename`], except that a plain rename over an existing `to`
+    /// holds the entry it replaces, as [`Self::unlink_holding`] holds a
+    /// removed one, so that its last close, not the rename, frees it. The
+    /// descriptor is returned: `None` when nothing was replaced (or with
+    /// RENAME_NOREPLACE or RENAME_EXCHANGE, which replace nothing), or
+    /// when it could not be held.
+    pub fn rename_holding(
+        &self,
+        from: &Path,
+        to: &Path,
+        flags: RenameFlags,
+    ) -> std::io::Result<Option<OwnedFd>> {
+        self.rename_with(from, to, flags, true)
+    }
+
+    fn rename_with(
+        &self,
+        from: &Path,
+        to: &Path,
+        flags: RenameFlags,
+        hold_replaced: bool,
+    ) -> std::io::Result<Option<OwnedFd>> {
         let (from_dir, from_name) = self.parent_of(from)?;
         let (to_dir, to_name) = self.parent_of(to)?;
-        Ok(rustix::fs::renameat_with(
-            &from_dir, from_name, &to_dir, to_name, flags,
-        )?)
+        let held = (hold_replaced && flags.is_empty())
+            .then(|| hold_entry(&to_dir, to_name))
+            .flatten();
+        rustix::fs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)?;
+        Ok(held)
     }
 
     /// Makes `to` a hard link to `from` (to a symlink itself if `from` is
@@ -274,6 +292,22 @@ fn chmod_pinned(entry: &OwnedFd, mode: u32) -> std::io::Result<()> {
     )?)
 }
 
+/// An `O_PATH | O_NOFOLLOW` descriptor of entry `name` of `dir` (which
+/// opens nothing for real and never follows a symlink), about to be
+/// unlinked or renamed over, or `None` (no such entry, or no descriptor
+/// left). Whatever this pins, the caller's call removes the name; if the
+/// name was swapped in between, the file held is another one, still
+/// linked elsewhere or freed at its close all the same.
+fn hold_entry(dir: &impl AsFd, name: &OsStr) -> Option<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;
@@ -355,6 +389,73 @@ mod tests {
 
     fn errno<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
         result.expect_err("refused").raw_os_error().unwrap_or(0)
+    }
+
+    /// An unlink and a rename over a file hold the very inode they take
+    /// the name from (its last link gone, so the holder's close frees it);
+    /// renames that replace nothing hold nothing, and a symlink replaced is
+    /// held as the link, never its target.
+    #[test]
+    fn unlinks_and_renames_over_a_file_hold_the_inode_they_unlink() {
+        let fx = fixture();
+        let beneath = open_root(&fx.root, false);
+        let p = Path::new;
+        let vm = fx.root.join("vm");
+        let ino = |name: &str| fs::symlink_metadata(vm.join(name)).unwrap().ino();
+        let held_stat = |held: Option<OwnedFd>| rustix::fs::fstat(held.expect("held")).unwrap();
+
+        fs::write(vm.join("victim"), b"old").unwrap();
+        let victim = ino("victim");
+        let stat = held_stat(beneath.unlink_holding(p("vm/victim")).unwrap());
+        assert_eq!((stat.st_ino, stat.st_nlink), (victim, 0));
+        assert!(!vm.join("victim").exists());
+
+        fs::write(vm.join("replaced"), b"old").unwrap();
+        fs::write(vm.join("new"), b"new").unwrap();
+        let replaced = ino("replaced");
+        let held = beneath
+            .rename_holding(p("vm/new"), p("vm/replaced"), RenameFlags::empty())
+            .unwrap();
+        let stat = held_stat(held);
+        assert_eq!((stat.st_ino, stat.st_nlink), (replaced, 0));
+        assert_eq!(fs::read(vm.join("replaced")).unwrap(), b"new");
+
+        // Nothing replaced: nothing held.
+        let held = beneath
+            .rename_holding(p("vm/replaced"), p("vm/moved"), RenameFlags::empty())
+            .unwrap();
+        assert!(held.is_none());
+        fs::write(vm.join("other"), b"other").unwrap();
+        let held = beneath
+            .rename_holding(p("vm/moved"), p("vm/other"), RenameFlags::EXCHANGE)
+            .unwrap();
+        assert!(held.is_none(), "an exchange unlinks nothing");
+        assert_eq!(
+            errno(beneath.rename_holding(p("vm/moved"), p("vm/other"), RenameFlags::NOREPLACE)),
+            libc::EEXIST
+        );
+
+        // A symlink renamed over is held as the link itself.
+        std::os::unix::fs::symlink("other", vm.join("sl")).unwrap();
+        let link = ino("sl");
+        let stat = held_stat(
+            beneath
+                .rename_holding(p("vm/moved"), p("vm/sl"), RenameFlags::empty())
+                .unwrap(),
+        );
+        assert_eq!((stat.st_ino, stat.st_nlink), (link, 0));
+        assert_eq!(file_type(&stat), FileType::Symlink);
+        assert_eq!(
+            fs::read(vm.join("other")).unwrap(),
+            b"new",
+            "the link's target untouched"
+        );
+
+        // A failed rename leaves the entry it would have replaced linked.
+        assert!(beneath
+            .rename_holding(p("vm/missing"), p("vm/other"), RenameFlags::empty())
+            .is_err());
+        assert_eq!(fs::read(vm.join("other")).unwrap(), b"new");
     }
 
     #[test]

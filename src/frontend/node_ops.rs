@@ -438,13 +438,20 @@ impl VmCryptFs {
             let to_stat = self.beneath.stat(&to).map_err(io_errno)?;
             self.check_same_storage(&to_dir, new_name, &to_stat, &from_dir, name)?;
         }
-        self.beneath
-            .rename(
+        // A file renamed over is freed by the closer of `released`, as a
+        // removed one is: replacing a large disk image does not wait for
+        // the backing file system to free it.
+        let replaced = self
+            .beneath
+            .rename_holding(
                 &from,
                 &to,
                 rustix::fs::RenameFlags::from_bits_retain(flags.bits()),
             )
             .map_err(io_errno)?;
+        if let Some(file) = replaced {
+            self.released.hold(file);
+        }
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             let marker = PathBuf::from("\0exchange");
             self.inodes.rename_path(&from, &marker);

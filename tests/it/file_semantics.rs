@@ -331,11 +331,12 @@ fn ioctls_are_refused_as_not_a_terminal_without_log_noise() {
     );
 }
 
-/// `rm` then `df` through the mount, as an admin frees space: the space of
-/// a removed file counts as free at the next statfs, although the mount
-/// lets the backing file system free removed files on a thread of its own
-/// (`datastore::deferred_release`), and the name is gone from the backing
-/// directory when the unlink returns.
+/// `rm` then `df` through the mount, as an admin frees space, and `mv` of
+/// a small file over a large one, as a tool replaces a disk image: the
+/// space of the file removed or replaced counts as free at the next
+/// statfs, although the mount lets the backing file system free it on a
+/// thread of its own (`datastore::deferred_release`), and the name is gone
+/// from (or new in) the backing directory when the call returns.
 #[test]
 fn a_removed_file_is_free_space_at_the_next_statfs() {
     const SIZE: u64 = 128 << 20;
@@ -343,34 +344,43 @@ fn a_removed_file_is_free_space_at_the_next_statfs() {
     env.create_vm("vm1", false);
     let mount = env.mount();
     let path = mount.path("vm1/vm1.vmss");
-    {
+    let small = mount.path("vm1/small.vmss");
+    let write_large = || {
         let mut file = fs::File::create(&path).unwrap();
         let chunk = vec![0x5au8; 1 << 20];
         for _ in 0..SIZE >> 20 {
             file.write_all(&chunk).unwrap();
         }
         file.sync_all().unwrap();
-    }
+    };
     let free = || {
         let st = nix::sys::statvfs::statvfs(&mount.mnt).unwrap();
         st.blocks_available() as u64 * st.fragment_size() as u64
     };
-    for _ in 0..3 {
+    for round in 0..4 {
+        write_large();
         let before = free();
-        fs::remove_file(&path).unwrap();
+        let how = if round % 2 == 1 {
+            fs::remove_file(&path).unwrap();
+            assert!(
+                !env.vm_dir("vm1").join("vm1.vmss").exists(),
+                "the backing name outlived the unlink"
+            );
+            "removing"
+        } else {
+            fs::write(&small, b"small").unwrap();
+            fs::rename(&small, &path).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"small");
+            assert!(!env.vm_dir("vm1").join("small.vmss").exists());
+            "renaming a small file over"
+        };
         let after = free();
-        assert!(
-            !env.vm_dir("vm1").join("vm1.vmss").exists(),
-            "the backing name outlived the unlink"
-        );
         // Others may allocate on the same disk meanwhile: most of the
         // file's space, not all of it.
         assert!(
             after >= before + SIZE * 3 / 4,
-            "removing {SIZE} bytes freed only {} by the next statfs",
+            "{how} {SIZE} bytes freed only {} by the next statfs",
             after.saturating_sub(before)
         );
-        fs::write(&path, vec![0xa5u8; SIZE as usize]).unwrap();
-        fs::File::open(&path).unwrap().sync_all().unwrap();
     }
 }
