@@ -92,8 +92,8 @@ class Results:
                 pass
             elif j == "guest":
                 expected += [(f"guest-{row}", s) for row in GUEST_ROWS for s in GUEST_SYSTEMS]
-            elif j == "meta":
-                expected += [(f"meta-{phase}", s) for phase in ("create", "ls", "rm") for s in SYSTEMS]
+            elif j in ("meta", "meta-journal"):
+                expected += [(f"{j}-{phase}", s) for phase in ("create", "ls", "rm") for s in SYSTEMS]
             else:
                 expected += [(j, s) for s in SYSTEMS if not (j == "deeprekey" and s == "vmc-plain")]
         for j, s in expected:
