@@ -136,36 +136,22 @@ impl BackingRoot {
     }
 
     /// Renames `from` to `to` (`renameat2`, so RENAME_NOREPLACE and
-    /// RENAME_EXCHANGE work as on the backing file system).
-    pub fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> std::io::Result<()> {
-        self.rename_with(from, to, flags, false).map(drop)
-    }
-
-    /// [`Self::rename`], except that a plain rename over an existing `to`
-    /// holds the entry it replaces, as [`Self::unlink_holding`] holds a
-    /// removed one, so that its last close, not the rename, frees it. The
-    /// descriptor is returned: `None` when nothing was replaced (or with
-    /// RENAME_NOREPLACE or RENAME_EXCHANGE, which replace nothing), or
-    /// when it could not be held.
+    /// RENAME_EXCHANGE work as on the backing file system). A plain rename
+    /// over an existing `to` holds the entry it replaces, as
+    /// [`Self::unlink_holding`] holds a removed one, so that its last
+    /// close, not the rename, frees it. The descriptor is returned: `None`
+    /// when nothing was replaced (RENAME_NOREPLACE and RENAME_EXCHANGE
+    /// replace nothing), or when it could not be held.
     pub fn rename_holding(
         &self,
         from: &Path,
         to: &Path,
         flags: RenameFlags,
     ) -> std::io::Result<Option<OwnedFd>> {
-        self.rename_with(from, to, flags, true)
-    }
-
-    fn rename_with(
-        &self,
-        from: &Path,
-        to: &Path,
-        flags: RenameFlags,
-        hold_replaced: bool,
-    ) -> std::io::Result<Option<OwnedFd>> {
         let (from_dir, from_name) = self.parent_of(from)?;
         let (to_dir, to_name) = self.parent_of(to)?;
-        let held = (hold_replaced && flags.is_empty())
+        let held = flags
+            .is_empty()
             .then(|| hold_entry(&to_dir, to_name))
             .flatten();
         rustix::fs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)?;
@@ -485,15 +471,19 @@ mod tests {
                     ("remove_dir", errno(beneath.remove_dir(&at("d")))),
                     (
                         "rename from",
-                        errno(beneath.rename(&at("f"), p("vm/moved"), RenameFlags::empty())),
+                        errno(beneath.rename_holding(
+                            &at("f"),
+                            p("vm/moved"),
+                            RenameFlags::empty(),
+                        )),
                     ),
                     (
                         "rename to",
-                        errno(beneath.rename(p("vm/f"), &at("f"), RenameFlags::empty())),
+                        errno(beneath.rename_holding(p("vm/f"), &at("f"), RenameFlags::empty())),
                     ),
                     (
                         "exchange",
-                        errno(beneath.rename(p("vm/f"), &at("f"), RenameFlags::EXCHANGE)),
+                        errno(beneath.rename_holding(p("vm/f"), &at("f"), RenameFlags::EXCHANGE)),
                     ),
                     (
                         "hard_link from",
@@ -624,20 +614,20 @@ mod tests {
                 .is_symlink());
 
             beneath
-                .rename(p("vm/new/hard"), p("vm/renamed"), RenameFlags::empty())
+                .rename_holding(p("vm/new/hard"), p("vm/renamed"), RenameFlags::empty())
                 .unwrap();
             assert!(vm.join("renamed").is_file());
             assert_eq!(
-                errno(beneath.rename(p("vm/renamed"), p("vm/f"), RenameFlags::NOREPLACE)),
+                errno(beneath.rename_holding(p("vm/renamed"), p("vm/f"), RenameFlags::NOREPLACE)),
                 libc::EEXIST
             );
             beneath
-                .rename(p("vm/l"), p("vm/d"), RenameFlags::EXCHANGE)
+                .rename_holding(p("vm/l"), p("vm/d"), RenameFlags::EXCHANGE)
                 .unwrap();
             assert!(fs::symlink_metadata(vm.join("d")).unwrap().is_symlink());
             assert!(vm.join("l").is_dir());
             assert_eq!(
-                errno(beneath.rename(p("vm/missing"), p("vm/x"), RenameFlags::empty())),
+                errno(beneath.rename_holding(p("vm/missing"), p("vm/x"), RenameFlags::empty())),
                 libc::ENOENT
             );
 

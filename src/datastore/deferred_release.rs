@@ -12,8 +12,9 @@
 //! ([`BackingRoot::unlink_holding`](super::backing_root::BackingRoot::unlink_holding)),
 //! and likewise holds a file that a rename replaces
 //! ([`BackingRoot::rename_holding`](super::backing_root::BackingRoot::rename_holding):
-//! a disk image replaced by a converted copy can be large), answers, and hands the descriptor to a [`DeferredRelease`], whose own
-//! thread closes a batch of them a moment later: the file system frees the
+//! a disk image replaced by a converted copy can be large), answers, and
+//! hands the descriptor to a [`DeferredRelease`], whose own thread closes a
+//! batch of them a moment later: the file system frees the
 //! inodes there, on the other core, while the next unlinks go on. The
 //! name is gone when the unlink answers, as before; only the space comes
 //! back a few milliseconds later, and [`DeferredRelease::wait_idle`] lets
